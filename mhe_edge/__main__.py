@@ -1,0 +1,3 @@
+from mhe_edge.cli import main
+
+main()

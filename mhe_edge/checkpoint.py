@@ -1,0 +1,125 @@
+"""Safe checkpoints: `.pt` read only with `torch.load(weights_only=True)`, or `.safetensors`.
+
+Nothing here ever unpickles arbitrary objects: a pickle that carries code is refused, not run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mhe_edge.atomic import atomic_output
+from mhe_edge.config import ModelConfig
+from mhe_edge.errors import CheckpointError, ConfigError
+from mhe_edge.models import Transformer, build_model
+
+FORMAT = "mhe-edge/1"
+SUFFIXES = (".pt", ".safetensors")
+
+
+def save_checkpoint(model: Transformer, path: str | os.PathLike) -> Path:
+    """Write `model` (with its `.config`) to `.pt` or `.safetensors`, atomically."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise CheckpointError(f"checkpoint path must end in .pt or .safetensors, not {path.name!r}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_output(path) as tmp:
+        if path.suffix == ".pt":
+            torch.save({"format": FORMAT, "config": model.config.to_dict(), "state_dict": state}, tmp)
+        else:
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(model.config.to_dict())})
+    return path
+
+
+def load_model(path: str | os.PathLike) -> Transformer:
+    """Load a checkpoint written by `save_checkpoint` into a model in eval mode (`model.config` set)."""
+    config, state = read_checkpoint(path)
+    model = build_model(config)
+    model.load_state_dict(state, strict=True)
+    return model.eval()
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and state dict of a checkpoint, checked to fit each other (every key, every shape)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{str(path)!r} is not a file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path.name} is empty")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK"):
+        raw_config, state = _read_torch(path)
+    elif len(head) == 8 and int.from_bytes(head, "little") < path.stat().st_size:
+        raw_config, state = _read_safetensors(path)
+    else:
+        raise CheckpointError(f"{path.name} is not an mhe-edge checkpoint (neither a torch zip nor safetensors)")
+    try:
+        config = ModelConfig.from_dict(raw_config)
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"{path.name} has an invalid model config: {exc}") from None
+    _check_state_fits(config, state, path.name)
+    return config, state
+
+
+def _read_torch(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
+        raise CheckpointError(f"{path.name} holds objects a safe load refuses (not run): {first}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {_one_line(exc)}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path.name} is a torch file but not an mhe-edge checkpoint (no 'format': '{FORMAT}')")
+    state = payload.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path.name} has no state_dict of tensors")
+    return payload.get("config"), state
+
+
+def _read_safetensors(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CheckpointError(f"{path.name} is not a readable safetensors file: {_one_line(exc)}") from None
+    if metadata.get("format") != FORMAT or "config" not in metadata:
+        raise CheckpointError(f"{path.name} is a safetensors file but not an mhe-edge checkpoint (no config metadata)")
+    try:
+        return json.loads(metadata["config"]), state
+    except json.JSONDecodeError:
+        raise CheckpointError(f"{path.name} has config metadata that is not JSON") from None
+
+
+def _check_state_fits(config: ModelConfig, state: dict[str, torch.Tensor], name: str) -> None:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        expected = build_model(config).state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing:
+        raise CheckpointError(f"{name} lacks {len(missing)} weight(s) its config needs, e.g. {missing[0]}")
+    if unexpected:
+        raise CheckpointError(f"{name} has {len(unexpected)} weight(s) its config does not, e.g. {unexpected[0]}")
+    for key, tensor in expected.items():
+        if state[key].shape != tensor.shape:
+            raise CheckpointError(
+                f"{name}: {key} has shape {tuple(state[key].shape)}, its config needs {tuple(tensor.shape)}"
+            )
+        if not state[key].is_floating_point():
+            raise CheckpointError(f"{name}: {key} is {state[key].dtype}, not a floating-point tensor")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__

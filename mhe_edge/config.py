@@ -1,0 +1,112 @@
+"""Model configuration: one dataclass describes every architecture mhe-edge builds."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from mhe_edge.errors import ConfigError
+
+ARCHS = ("encoder", "decoder")
+ATTENTION_KINDS = ("mha", "mqa", "gqa", "mhe-add", "mhe-mul")
+MHE_KINDS = ("mhe-add", "mhe-mul")
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "decoder"  # "encoder": BERT-style, bidirectional; "decoder": GPT-style causal LM
+    attention: str = "mhe-mul"  # one of ATTENTION_KINDS
+    n_layers: int = 2  # transformer blocks
+    d_model: int = 64  # residual stream width
+    n_heads: int = 4  # query heads (MHE: head embeddings per projection)
+    head_dim: int | None = None  # size of one head; None means d_model // n_heads
+    n_kv_heads: int | None = None  # K/V heads for "gqa"; derived for every other kind
+    d_ff: int | None = None  # MLP hidden width; None means 4 * d_model
+    vocab_size: int = 1000  # token ids are in [0, vocab_size)
+    max_seq_len: int = 128  # learned positions; a decoder's context (past + new) may not exceed it
+    layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHS:
+            raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
+        if self.attention not in ATTENTION_KINDS:
+            raise ConfigError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, not {self.attention!r}")
+        for name in ("n_layers", "d_model", "n_heads", "vocab_size", "max_seq_len"):
+            _require_positive_int(name, getattr(self, name))
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise ConfigError(
+                    f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}; give head_dim explicitly"
+                )
+            self.head_dim = self.d_model // self.n_heads
+        _require_positive_int("head_dim", self.head_dim)
+        if self.attention == "gqa":
+            if self.n_kv_heads is None:
+                raise ConfigError("gqa needs n_kv_heads")
+            _require_positive_int("n_kv_heads", self.n_kv_heads)
+            if self.n_heads % self.n_kv_heads:
+                raise ConfigError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+        else:
+            implied = self.n_heads if self.attention == "mha" else 1
+            if self.n_kv_heads not in (None, implied):
+                raise ConfigError(f"{self.attention} has {implied} KV head(s); n_kv_heads {self.n_kv_heads} does not fit")
+            self.n_kv_heads = implied
+        if self.d_ff is None:
+            self.d_ff = 4 * self.d_model
+        _require_positive_int("d_ff", self.d_ff)
+        if not isinstance(self.layer_norm_eps, (int, float)) or not 0 < self.layer_norm_eps < 1:
+            raise ConfigError(f"layer_norm_eps must be in (0, 1), not {self.layer_norm_eps!r}")
+
+    @property
+    def is_mhe(self) -> bool:
+        return self.attention in MHE_KINDS
+
+    @property
+    def kv_heads(self) -> int:
+        """Heads held in the KV cache: n_heads (mha), n_kv_heads (gqa), 1 (mqa and MHE, which caches X W_K, X W_V)."""
+        return self.n_kv_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a model config must be a mapping, not {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown config field(s): {', '.join(map(str, unknown))}")
+        return cls(**data)
+
+
+def _require_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Test-sized: exports and validates in seconds.
+    "tiny": dict(n_layers=2, d_model=64, n_heads=4, d_ff=256, vocab_size=1000, max_seq_len=128),
+    # The benchmark decoder of the profiling issue: a 2048-token context plus decode steps fits.
+    "small": dict(n_layers=6, d_model=512, n_heads=8, d_ff=2048, vocab_size=8192, max_seq_len=4096),
+    # BERT-base / GPT-2-small widths.
+    "base": dict(n_layers=12, d_model=768, n_heads=12, d_ff=3072, vocab_size=50257, max_seq_len=4096),
+}
+
+
+def preset_config(name: str, arch: str = "decoder", attention: str = "mhe-mul", **overrides: Any) -> ModelConfig:
+    """A named preset, with `overrides` (None values ignored) applied on top."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    fields = dict(PRESETS[name], arch=arch, attention=attention)
+    fields.update({k: v for k, v in overrides.items() if v is not None})
+    if attention == "gqa" and fields.get("n_kv_heads") is None:
+        fields["n_kv_heads"] = _default_kv_groups(fields["n_heads"])
+    return ModelConfig(**fields)
+
+
+def _default_kv_groups(n_heads: int) -> int:
+    """GQA's customary grouping: the largest divisor of n_heads up to n_heads / 4 (n_heads / 2 for few heads)."""
+    limit = n_heads // 4 if n_heads >= 8 else max(1, n_heads // 2)
+    return max(g for g in range(1, limit + 1) if n_heads % g == 0)

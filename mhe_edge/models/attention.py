@@ -1,0 +1,132 @@
+"""Self-attention for every kind mhe-edge knows: MHA, MQA, GQA, MHE-ADD and MHE-MUL.
+
+The module projects and then hands the projections to an *attention core*, which concatenates the
+cache, forms the heads and applies softmax attention. The reference core below computes MHE per head,
+exactly as the paper defines it (no folding). The exporter swaps in a core that emits ONNX ops instead
+(see `use_attention_core`), so the projections, shapes and cache handling exist once.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+from typing import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mhe_edge.config import ModelConfig
+
+KVCache = tuple[torch.Tensor, torch.Tensor]  # keys, values: (B, kv_heads, T_total, head_dim) each
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.attention = config.attention
+        self.n_heads = config.n_heads
+        self.kv_heads = config.kv_heads
+        self.head_dim = config.head_dim
+        self.is_mhe = config.is_mhe
+        n, g, d = self.n_heads, self.kv_heads, self.head_dim
+        q_width = d if self.is_mhe else n * d  # MHE shares one projection among all heads
+        self.q_proj = nn.Linear(config.d_model, q_width)
+        self.k_proj = nn.Linear(config.d_model, g * d)
+        self.v_proj = nn.Linear(config.d_model, g * d)
+        self.out_proj = nn.Linear(n * d, config.d_model)
+        if self.is_mhe:
+            # MUL starts near 1 and ADD near 0, so a fresh model behaves like shared-projection attention.
+            centre = 1.0 if self.attention == "mhe-mul" else 0.0
+            for name in ("q_head_embeddings", "k_head_embeddings", "v_head_embeddings"):
+                self.register_parameter(name, nn.Parameter(centre + 0.02 * torch.randn(n, d)))
+
+    def head_embeddings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        assert self.is_mhe
+        return self.q_head_embeddings, self.k_head_embeddings, self.v_head_embeddings
+
+    def forward(
+        self,
+        x: torch.Tensor,  # (B, T, d_model)
+        past: KVCache | None = None,
+        attn_bias: torch.Tensor | None = None,  # additive, broadcastable to (B, n_heads, T, S)
+        causal: bool = False,
+    ) -> tuple[torch.Tensor, KVCache]:
+        q = self.q_proj(x)  # (B, T, n*d), or (B, T, d) for MHE
+        k = self.k_proj(x)  # (B, T, g*d)
+        v = self.v_proj(x)  # (B, T, g*d)
+        y, present = _CORE.get()(self, q, k, v, past, attn_bias, causal)  # (B, T, n*d)
+        return self.out_proj(y), present
+
+
+AttentionCore = Callable[
+    [SelfAttention, torch.Tensor, torch.Tensor, torch.Tensor, "KVCache | None", "torch.Tensor | None", bool],
+    tuple[torch.Tensor, KVCache],
+]
+
+
+def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+    B, T, _ = x.shape
+    return x.view(B, T, heads, head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
+
+
+def apply_head_embeddings(shared: torch.Tensor, embeddings: torch.Tensor, mode: str) -> torch.Tensor:
+    """MHE's per-head step: head i sees `shared + E[i]` (ADD) or `shared * E[i]` (MUL).
+
+    shared: (B, 1, T, d); embeddings: (n, d); returns (B, n, T, d).
+    """
+    per_head = embeddings[None, :, None, :]  # (1, n, 1, d)
+    return shared + per_head if mode == "mhe-add" else shared * per_head
+
+
+def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
+    """True where query i (at absolute position kv_len - q_len + i) may see key j: bottom-right aligned."""
+    return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
+
+
+def reference_attention(
+    attn: SelfAttention,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past: KVCache | None,
+    attn_bias: torch.Tensor | None,
+    causal: bool,
+) -> tuple[torch.Tensor, KVCache]:
+    n, g, d = attn.n_heads, attn.kv_heads, attn.head_dim
+    B, T, _ = q.shape
+    k = split_heads(k, g, d)  # (B, g, T, d)
+    v = split_heads(v, g, d)
+    if past is not None:
+        k = torch.cat([past[0], k], dim=2)  # (B, g, S, d)
+        v = torch.cat([past[1], v], dim=2)
+    present = (k, v)
+    if attn.is_mhe:
+        e_q, e_k, e_v = attn.head_embeddings()
+        qh = apply_head_embeddings(split_heads(q, 1, d), e_q, attn.attention)  # (B, n, T, d)
+        kh = apply_head_embeddings(k, e_k, attn.attention)  # (B, n, S, d)
+        vh = apply_head_embeddings(v, e_v, attn.attention)  # (B, n, S, d)
+    else:
+        qh = split_heads(q, n, d)  # (B, n, T, d)
+        kh = k.repeat_interleave(n // g, dim=1)  # (B, n, S, d): query head i reads KV head i // (n/g)
+        vh = v.repeat_interleave(n // g, dim=1)
+    scores = qh @ kh.transpose(-2, -1) / math.sqrt(d)  # (B, n, T, S)
+    if attn_bias is not None:
+        scores = scores + attn_bias
+    if causal:
+        scores = scores.masked_fill(~causal_mask(T, kh.shape[2], q.device), float("-inf"))
+    y = F.softmax(scores, dim=-1) @ vh  # (B, n, T, d)
+    return y.transpose(1, 2).reshape(B, T, n * d), present
+
+
+_CORE: contextvars.ContextVar[AttentionCore] = contextvars.ContextVar("attention_core", default=reference_attention)
+
+
+@contextlib.contextmanager
+def use_attention_core(core: AttentionCore) -> Iterator[None]:
+    """Run attention through `core` inside the block (the exporter uses this to emit fused ONNX ops)."""
+    token = _CORE.set(core)
+    try:
+        yield
+    finally:
+        _CORE.reset(token)
