@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -102,6 +103,81 @@ def inspect(
         print(json.dumps(report))
         return
     _print_report(report)
+
+
+@app.command()
+def export(
+    model: Path = typer.Argument(..., help="Checkpoint to export: .pt or .safetensors."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="ONNX file to write (default: MODEL with .onnx)."),
+    opset: int = typer.Option(23, help="ONNX opset; 23 is the first with the standard Attention op."),
+    atol: float = typer.Option(1e-4, help="Largest allowed |ONNX Runtime - PyTorch| on any output."),
+    external_data: bool = typer.Option(False, "--external-data", help="Store weights in OUTPUT.data (automatic past 2 GB)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Export a checkpoint to ONNX: MHE layers become one fused `mhe_edge.MHEAttention` node each (an ONNX
+    function any runtime can run), MHA/MQA/GQA the standard `Attention` op; decoders get KV-cache inputs and
+    outputs. The file is checked (full ONNX check, ONNX Runtime vs PyTorch) before it appears.
+
+    Example: `mhe-edge export model.pt -o model.onnx`
+    """
+    from mhe_edge.exporters import export as export_model
+
+    with _steps("export", quiet=as_json) as on_step:
+        report = export_model(model, output, opset=opset, atol=atol, external_data=external_data, force=force, on_step=on_step)
+    if as_json:
+        print(json.dumps(report.to_dict()))
+        return
+    table = Table(title=f"exported {report.path}")
+    for column in ("case", "output", "max abs diff", "max rel diff", "dtype"):
+        table.add_column(column)
+    for record in _worst_per_case(report.parity):
+        table.add_row(record.case, record.output, f"{record.max_abs_diff:.2e}", f"{record.max_rel_diff:.2e}", record.dtype)
+    out.print(table)
+    fused = {k: v for k, v in report.op_counts.items() if k.endswith("Attention")}
+    out.print(
+        f"{report.file_bytes:,} bytes, opset {report.opset}, fused attention {fused}, "
+        f"max |ORT - PyTorch| {report.max_abs_diff:.2e} (atol {atol:g}), {sum(report.seconds.values()):.1f} s"
+    )
+
+
+def _worst_per_case(records):
+    worst: dict[str, Any] = {}
+    for record in records:
+        if record.case not in worst or record.max_abs_diff > worst[record.case].max_abs_diff:
+            worst[record.case] = record
+    return list(worst.values())
+
+
+class _steps:
+    """A spinner naming the running step, and a tick line per finished step (stderr; silent with --json)."""
+
+    def __init__(self, title: str, quiet: bool):
+        self.title, self.quiet, self.current, self.status = title, quiet, None, None
+
+    def __enter__(self):
+        if not self.quiet:
+            self.status = err.status(f"{self.title}: starting")
+            self.status.__enter__()
+        return self.on_step
+
+    def on_step(self, name: str) -> None:
+        self._finish()
+        self.current = (name, time.perf_counter())
+        if self.status:
+            self.status.update(f"{self.title}: {name}")
+
+    def _finish(self) -> None:
+        if self.current and self.status:
+            name, start = self.current
+            err.print(f"  [green]done[/] {name} ({time.perf_counter() - start:.1f} s)", highlight=False)
+
+    def __exit__(self, exc_type, *rest):
+        if exc_type is None:
+            self._finish()
+        if self.status:
+            self.status.__exit__(exc_type, *rest)
+        return False
 
 
 def _print_report(report: dict[str, Any]) -> None:

@@ -1,0 +1,107 @@
+"""Trace a model to ONNX with torch.export, keeping MHE attention as one `mhe_edge.MHEAttention` node per layer."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+import torch
+from torch import nn
+
+from mhe_edge.config import ModelConfig
+from mhe_edge.exporters.cores import export_core
+from mhe_edge.exporters.metadata import input_names, output_names
+from mhe_edge.exporters.mhe_function import DOMAIN, DOMAIN_VERSION, mhe_attention_function
+from mhe_edge.models import Transformer, use_attention_core
+
+
+class DecoderWithFlatCache(nn.Module):
+    """The decoder with its cache as flat tensors: (input_ids, k0, v0, k1, v1, ...) -> (logits, k0', v0', ...)."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor):
+        pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
+        logits, present = self.model(input_ids, pairs)
+        return (logits, *[t for kv in present for t in kv])
+
+
+class EncoderWithMask(nn.Module):
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        return self.model(input_ids, attention_mask)
+
+
+def example_inputs(config: ModelConfig, batch: int = 2, seq: int = 3, past: int = 4):
+    """Tracing inputs; sizes above 1 so torch.export does not specialise any dynamic axis."""
+    generator = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator)
+    if config.arch == "encoder":
+        return (ids, torch.ones(batch, seq, dtype=torch.long))
+    cache_shape = (batch, config.kv_heads, past, config.head_dim)
+    return (ids, *[torch.randn(cache_shape, generator=generator) for _ in range(2 * config.n_layers)])
+
+
+def trace(model: Transformer, opset: int):
+    """The traced graph as an onnx_ir Model; MHE layers are `mhe_edge.MHEAttention` nodes (see attach_mhe_function)."""
+    config = model.config
+    batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    if config.arch == "encoder":
+        wrapper: nn.Module = EncoderWithMask(model)
+        dynamic_shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
+    else:
+        wrapper = DecoderWithFlatCache(model)
+        past = torch.export.Dim("past_sequence")
+        dynamic_shapes = ({0: batch, 1: seq}, tuple({0: batch, 2: past} for _ in range(2 * config.n_layers)))
+    with _quiet_exporter(), use_attention_core(export_core), torch.no_grad():
+        program = torch.onnx.export(
+            wrapper.eval(),
+            example_inputs(config),
+            input_names=input_names(config),
+            output_names=output_names(config),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
+    return program.model
+
+
+def attach_mhe_function(ir_model, opset: int) -> None:
+    """Store the MHEAttention definition in the model, so any ONNX runtime can run the custom-domain nodes.
+
+    The public exporter inlines functions it is given; emitting a symbolic node and attaching the
+    FunctionProto afterwards keeps the fused node visible in the graph.
+    """
+    import onnx_ir as ir
+
+    if not any(n.domain == DOMAIN for n in ir_model.graph):
+        return
+    function = ir.serde.deserialize_function(mhe_attention_function(opset))
+    ir_model.functions[function.identifier()] = function
+    ir_model.opset_imports[DOMAIN] = DOMAIN_VERSION
+
+
+class _quiet_exporter:
+    """torch.onnx logs warnings users cannot act on (e.g. torchvision ops it skips); keep the terminal clean."""
+
+    def __enter__(self):
+        self._warnings = warnings.catch_warnings()
+        self._warnings.__enter__()
+        warnings.simplefilter("ignore")
+        self._levels = {}
+        for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes", "onnxscript"):
+            logger = logging.getLogger(name)
+            self._levels[name] = logger.level
+            logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        self._warnings.__exit__(*exc)
+        return False

@@ -1,0 +1,39 @@
+"""ONNX Runtime sessions that never fall back silently to another provider."""
+from __future__ import annotations
+
+import os
+
+from mhe_edge.errors import ModelFileError, ProviderError, RequestError
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def create_session(path: str | os.PathLike, provider: str = "cpu", threads: int | None = None, **session_config: str):
+    """An InferenceSession on exactly `provider`; raises ProviderError if ONNX Runtime lands elsewhere."""
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise RequestError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[provider]
+    if wanted not in ort.get_available_providers():
+        raise ProviderError(
+            f"ONNX Runtime {ort.__version__} here has no {wanted} (available: {', '.join(ort.get_available_providers())});"
+            " install onnxruntime-gpu with matching CUDA and cuDNN libraries"
+        )
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise to users
+    if threads is not None:
+        if threads < 1:
+            raise RequestError(f"threads must be at least 1, not {threads}")
+        options.intra_op_num_threads = threads
+    for key, value in session_config.items():
+        options.add_session_config_entry(key, value)
+    providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except Exception as exc:  # ORT raises its own pybind classes; report them as one line
+        text = str(exc).strip().splitlines()
+        raise ModelFileError(f"ONNX Runtime cannot load {os.fspath(path)!r}: {text[0][:300] if text else exc}") from None
+    if session.get_providers()[0] != wanted:
+        raise ProviderError(f"asked for {wanted} but ONNX Runtime gave {session.get_providers()[0]} (silent fallback refused)")
+    return session

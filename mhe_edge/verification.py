@@ -1,0 +1,129 @@
+"""Numerical parity records: every comparison is recorded, every failure collected before raising."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import numpy as np
+
+from mhe_edge.errors import ParityError
+
+
+@dataclass
+class ParityRecord:
+    case: str  # which inputs, e.g. "prefill B=3 T=5 P=0"
+    output: str  # output name
+    max_abs_diff: float
+    max_rel_diff: float
+    dtype: str
+    atol: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(np.isfinite(self.max_abs_diff)) and self.max_abs_diff <= self.atol
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+def compare(case: str, name: str, got, want, atol: float) -> ParityRecord:
+    got = np.asarray(got)
+    want = np.asarray(want)
+    if got.shape != want.shape:
+        return ParityRecord(case, f"{name} (shape {got.shape} vs {want.shape})", float("inf"), float("inf"), str(got.dtype), atol)
+    diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
+    abs_diff = float(diff.max()) if diff.size else 0.0
+    rel = diff / np.maximum(np.abs(want.astype(np.float64)), 1e-6)
+    rel_diff = float(rel.max()) if rel.size else 0.0
+    return ParityRecord(case, name, abs_diff, rel_diff, str(got.dtype), atol)
+
+
+def raise_on_failures(records: list[ParityRecord], what: str) -> None:
+    failures = [r for r in records if not r.passed]
+    if failures:
+        worst = max(failures, key=lambda r: r.max_abs_diff)
+        raise ParityError(
+            f"{what}: {len(failures)} of {len(records)} outputs exceed atol {worst.atol:g}; worst {worst.output} "
+            f"in '{worst.case}' differs by {worst.max_abs_diff:.3g}",
+            records,
+        )
+
+
+# --- Runners: anything that maps ONNX-style feeds to named outputs, so PyTorch and ONNX Runtime compare alike.
+
+Runner = Callable[[dict], dict]  # feeds by input name -> outputs by output name
+
+
+def torch_runner(model):
+    """The PyTorch reference model behind the ONNX I/O contract (names from the export's metadata)."""
+    import torch
+
+    from mhe_edge.exporters.metadata import output_names
+
+    config = model.config
+    names = output_names(config)
+
+    def run(feeds):
+        ids = torch.from_numpy(feeds["input_ids"])
+        with torch.no_grad():
+            if config.arch == "encoder":
+                outputs = [model(ids, torch.from_numpy(feeds["attention_mask"]))]
+            else:
+                past = [
+                    (torch.from_numpy(feeds[f"past_key_values.{i}.key"]), torch.from_numpy(feeds[f"past_key_values.{i}.value"]))
+                    for i in range(config.n_layers)
+                ]
+                logits, present = model(ids, past)
+                outputs = [logits, *[t for kv in present for t in kv]]
+        return {name: t.numpy() for name, t in zip(names, outputs)}
+
+    return run
+
+
+def ort_runner(session):
+    names = [o.name for o in session.get_outputs()]
+
+    def run(feeds):
+        return dict(zip(names, session.run(None, feeds)))
+
+    return run
+
+
+def parity_cases(config) -> list[tuple[str, int, list[int]]]:
+    """(name, batch, chunk lengths): decoders run the chunks in turn, each feeding its own cache back."""
+    L = config.max_seq_len
+    if config.arch == "encoder":
+        return [("padded batch B=2 T=7", 2, [min(7, L)]), ("single B=1 T=13", 1, [min(13, L)])]
+    prefill = max(1, min(5, L - 3))
+    return [
+        ("empty past B=2 T=7", 2, [min(7, L)]),
+        ("prefill B=3 T=5 then 3 cached steps", 3, [prefill] + [1] * min(3, L - prefill)),
+    ]
+
+
+def compare_runners(config, candidate, reference, atol: float, seed: int = 0, float_dtype=np.float32) -> list[ParityRecord]:
+    """Run both on the same seeded inputs; one record per output per step. Never raises on a mismatch."""
+    rng = np.random.default_rng(seed)
+    records: list[ParityRecord] = []
+    for case, batch, chunks in parity_cases(config):
+        if config.arch == "encoder":
+            T = chunks[0]
+            mask = np.ones((batch, T), dtype=np.int64)
+            if batch > 1 and T > 2:
+                mask[1, T - 2 :] = 0  # padding; every row keeps real tokens
+            feeds = {"input_ids": rng.integers(0, config.vocab_size, (batch, T)), "attention_mask": mask}
+            got, want = candidate(feeds), reference(feeds)
+            records += [compare(case, name, got[name], want[name], atol) for name in want]
+            continue
+        empty = np.zeros((batch, config.kv_heads, 0, config.head_dim), dtype=float_dtype)
+        past_names = [n for i in range(config.n_layers) for n in (f"past_key_values.{i}.key", f"past_key_values.{i}.value")]
+        caches = {"candidate": dict.fromkeys(past_names, empty), "reference": dict.fromkeys(past_names, empty)}
+        for step, T in enumerate(chunks):
+            ids = rng.integers(0, config.vocab_size, (batch, T))
+            outputs = {}
+            for who, run in (("candidate", candidate), ("reference", reference)):
+                outputs[who] = run({"input_ids": ids, **caches[who]})
+                caches[who] = {p: outputs[who][p.replace("past_key_values", "present")] for p in past_names}
+            label = f"{case} (step {step})" if len(chunks) > 1 else case
+            records += [compare(label, name, outputs["candidate"][name], outputs["reference"][name], atol) for name in outputs["reference"]]
+    return records
