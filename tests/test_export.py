@@ -1,0 +1,179 @@
+"""Export: every kind and arch, odd sizes, the fused node and its function, parity, the cache contract."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import ALL_KINDS, tiny_model
+from mhe_edge.exporters import export
+from mhe_edge.exporters.metadata import KEY_CONFIG, KEY_IO, input_names, output_names
+from mhe_edge.runtime import create_session
+
+SIZES = {
+    "default": dict(),
+    # head counts that are not powers of two, d_model not a multiple of 64, head_dim given explicitly
+    "odd": dict(n_layers=3, d_model=42, n_heads=3, head_dim=14, d_ff=70, vocab_size=61, max_seq_len=40),
+}
+
+
+def _size(attention, name):
+    size = dict(SIZES[name])
+    if attention == "gqa" and name == "odd":
+        size.update(n_heads=6, head_dim=7, n_kv_heads=3)
+    return size
+
+
+@pytest.fixture(scope="module")
+def exports(tmp_path_factory):
+    """Export each (arch, attention, size) once per module; tests share the files."""
+    cache = {}
+    folder = tmp_path_factory.mktemp("exports")
+
+    def get(arch, attention, size="default"):
+        key = (arch, attention, size)
+        if key not in cache:
+            model = tiny_model(arch=arch, attention=attention, seed=11, **_size(attention, size))
+            report = export(model, folder / f"{arch}-{attention}-{size}.onnx")
+            cache[key] = (model, report)
+        return cache[key]
+
+    return get
+
+
+@pytest.mark.parametrize("size", list(SIZES))
+@pytest.mark.parametrize("arch", ["decoder", "encoder"])
+@pytest.mark.parametrize("attention", ALL_KINDS)
+def test_export_structure_and_parity(exports, arch, attention, size):
+    model, report = exports(arch, attention, size)
+    cfg = model.config
+    proto = onnx.load(report.path)
+    onnx.checker.check_model(proto, full_check=True)
+    assert [i.name for i in proto.graph.input] == input_names(cfg)
+    assert [o.name for o in proto.graph.output] == output_names(cfg)
+    fused = [n for n in proto.graph.node if n.op_type in ("MHEAttention", "Attention")]
+    assert len(fused) == cfg.n_layers
+    if cfg.is_mhe:
+        assert all(n.domain == "mhe_edge" for n in fused)
+        assert [(f.domain, f.name) for f in proto.functions] == [("mhe_edge", "MHEAttention")]
+        assert {"mode": attention.removeprefix("mhe-"), "num_heads": cfg.n_heads} == {
+            a.name: (a.s.decode() if a.type == onnx.AttributeProto.STRING else a.i)
+            for a in fused[0].attribute if a.name in ("mode", "num_heads")
+        }
+        assert {imp.domain: imp.version for imp in proto.functions[0].opset_import}[""] == report.opset
+    else:
+        assert all(n.domain == "" for n in fused) and not proto.functions
+    # parity was measured by export itself, on two shapes; hold it to the standard here too
+    assert report.parity and all(r.passed for r in report.parity)
+    assert report.max_abs_diff <= 1e-4
+    if cfg.arch == "decoder":
+        assert any("cached" in r.case for r in report.parity)
+    if cfg.arch == "decoder":  # the cache is declared with kv_heads heads and dynamic axes
+        past = proto.graph.input[1].type.tensor_type.shape.dim
+        assert [d.dim_param or d.dim_value for d in past] == ["batch", cfg.kv_heads, "past_sequence", cfg.head_dim]
+
+
+@pytest.mark.parametrize("attention", ALL_KINDS)
+def test_exported_cache_decoding_equals_a_full_pytorch_pass(exports, attention):
+    model, report = exports("decoder", attention)
+    cfg = model.config
+    session = create_session(report.path)
+    ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        full = model(ids)[0].numpy()
+    past = {n: np.zeros((2, cfg.kv_heads, 0, cfg.head_dim), np.float32) for n in input_names(cfg)[1:]}
+    chunks, start = [6, 1, 3, 1, 1], 0
+    logits = []
+    for T in chunks:
+        outputs = dict(zip(output_names(cfg), session.run(None, {"input_ids": ids[:, start : start + T].numpy(), **past})))
+        past = {n: outputs[n.replace("past_key_values", "present")] for n in past}
+        logits.append(outputs["logits"])
+        start += T
+    assert past["past_key_values.0.key"].shape == (2, cfg.kv_heads, 12, cfg.head_dim)
+    assert np.abs(np.concatenate(logits, 1) - full).max() < 1e-4
+
+
+@pytest.mark.parametrize("attention", ["mhe-add", "mhe-mul", "gqa"])
+def test_reference_evaluator_agrees_with_onnx_runtime(exports, attention):
+    """onnx.reference is an independent ONNX implementation: it runs the MHE function body itself."""
+    from onnx.reference import ReferenceEvaluator
+
+    model, report = exports("decoder", attention)
+    cfg = model.config
+    rng = np.random.default_rng(0)
+    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (2, 3))}
+    for name in input_names(cfg)[1:]:
+        feeds[name] = rng.standard_normal((2, cfg.kv_heads, 4, cfg.head_dim)).astype(np.float32)
+    ort_out = create_session(report.path).run(None, feeds)
+    ref_out = ReferenceEvaluator(report.path).run(None, feeds)
+    for a, b in zip(ort_out, ref_out):
+        assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
+
+
+def test_metadata_lets_an_app_drive_the_file(exports, cli):
+    model, report = exports("decoder", "mhe-mul")
+    props = {p.key: p.value for p in onnx.load(report.path).metadata_props}
+    assert json.loads(props[KEY_CONFIG]) == model.config.to_dict()
+    io = json.loads(props[KEY_IO])
+    assert io["kv_cache"]["kv_heads"] == 1 and io["kv_cache"]["past_key"] == "past_key_values.{i}.key"
+    result = cli("inspect", report.path, "--json")
+    described = json.loads(result.stdout)
+    assert described["op_counts"]["mhe_edge.MHEAttention"] == model.config.n_layers
+    assert described["functions"] == ["mhe_edge.MHEAttention"]
+    assert described["file_bytes"] == report.file_bytes
+    assert described["parameter_bytes"] > 0.9 * 4 * described["parameters"]["total"]
+
+
+def test_external_data_and_opset_24(tmp_path):
+    model = tiny_model(attention="mhe-add")
+    report = export(model, tmp_path / "m.onnx", external_data=True, opset=24)
+    assert report.external_data and (tmp_path / "m.onnx.data").is_file()
+    assert report.max_abs_diff <= 1e-4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+
+
+def test_cli_export_json(tmp_path, cli):
+    from mhe_edge import save_checkpoint
+
+    save_checkpoint(tiny_model(attention="mhe-mul"), tmp_path / "m.safetensors")
+    result = cli("export", tmp_path / "m.safetensors", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["path"] == str(tmp_path / "m.onnx") and report["max_abs_diff"] <= 1e-4
+    assert {"load", "trace", "attach functions", "check", "validate", "save"} == set(report["seconds"])
+
+
+@pytest.mark.parametrize(
+    "make_args,code,fragment",
+    [
+        (lambda d: [d / "notes.pt"], 3, "not an mhe-edge checkpoint"),
+        (lambda d: [d / "m.pt", "--opset", "18"], 2, "opset 18 is not supported"),
+        (lambda d: [d / "m.pt", "-o", d / "missing" / "m.onnx"], 2, "does not exist"),
+        (lambda d: [d / "m.pt", "-o", d / "m.txt"], 2, "must end in .onnx"),
+        (lambda d: [d / "m.pt", "--atol", "1e-12"], 6, "ONNX Runtime disagrees with PyTorch"),
+        (lambda d: [d / "m.pt", "--atol", "0"], 2, "atol must be positive"),
+    ],
+)
+def test_bad_export_requests(tmp_path, cli, make_args, code, fragment):
+    from mhe_edge import save_checkpoint
+
+    save_checkpoint(tiny_model(attention="mhe-add"), tmp_path / "m.pt")
+    (tmp_path / "notes.pt").write_text("not a model")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = cli("export", *make_args(tmp_path))
+    assert result.code == code, result
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before, "a file was left behind"
+
+
+def test_existing_output_needs_force(tmp_path, cli):
+    from mhe_edge import save_checkpoint
+
+    save_checkpoint(tiny_model(attention="mqa"), tmp_path / "m.pt")
+    (tmp_path / "m.onnx").write_bytes(b"precious")
+    result = cli("export", tmp_path / "m.pt")
+    assert result.code == 2 and "--force" in result.stderr
+    assert (tmp_path / "m.onnx").read_bytes() == b"precious"
+    assert cli("export", tmp_path / "m.pt", "--force").code == 0
+    assert onnx.load(tmp_path / "m.onnx").graph.node
