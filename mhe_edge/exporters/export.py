@@ -1,24 +1,22 @@
 """`export`: checkpoint -> validated ONNX file, with the steps reported as they run."""
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from mhe_edge.atomic import check_output_path
+from mhe_edge.progress import timed_steps
 from mhe_edge.errors import ExportError, RequestError
 from mhe_edge.exporters.metadata import build_metadata
 from mhe_edge.exporters.mhe_function import DOMAIN, OP_TYPE
 from mhe_edge.models import Transformer
+from mhe_edge.onnx_files import EXTERNAL_DATA_THRESHOLD, check_full, initializer_bytes, publish, save_ir_model, staged
 from mhe_edge.verification import ParityRecord, compare_runners, ort_runner, raise_on_failures, torch_runner
 
 MIN_OPSET = 23  # the first with the standard Attention operator
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot hold 2 GB; leave room for the graph itself
 
 STEPS = ("load", "trace", "attach functions", "check", "validate", "save")
 
@@ -85,7 +83,7 @@ def export(
     if target.suffix != ".onnx":
         raise RequestError(f"output must end in .onnx, not {target.name!r}")
     seconds: dict[str, float] = {}
-    step = _stepper(seconds, on_step)
+    step = timed_steps(seconds, on_step)
 
     with step("load"):
         source = "<module>"
@@ -107,10 +105,8 @@ def export(
         attach_mhe_function(ir_model, opset)
         ir_model.metadata_props.update(build_metadata(config, graph="export"))
         _check_fused_nodes(ir_model, config)
-    size = sum(v.const_value.nbytes for v in ir_model.graph.initializers.values() if v.const_value is not None)
-    use_external = external_data or size > EXTERNAL_DATA_THRESHOLD
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp_dir:
-        tmp = Path(tmp_dir) / target.name
+    use_external = external_data or initializer_bytes(ir_model) > EXTERNAL_DATA_THRESHOLD
+    with staged(target) as tmp:
         with step("check"):
             save_ir_model(ir_model, tmp, use_external)
             check_full(tmp)
@@ -128,49 +124,11 @@ def export(
     return ExportReport(str(target), source, config.to_dict(), opset, use_external, file_bytes, dict(sorted(ops.items())), records, seconds)
 
 
-def save_ir_model(ir_model, path: Path, external: bool) -> None:
-    import onnx_ir as ir
-
-    ir.save(ir_model, path, external_data=f"{path.name}.data" if external else None)
-
-
-def check_full(path: Path) -> None:
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ExportError(f"the ONNX checker rejects the graph: {_first_line(exc)}") from None
-
-
-def publish(tmp: Path, target: Path) -> int:
-    """Move a finished model (and its external data, first) from the temporary folder to `target`."""
-    data = tmp.with_name(tmp.name + ".data")
-    total = tmp.stat().st_size
-    if data.exists():
-        total += data.stat().st_size
-        os.replace(data, target.with_name(target.name + ".data"))
-    os.replace(tmp, target)
-    return total
-
-
 def _check_fused_nodes(ir_model, config) -> None:
     """One fused attention node per layer, or the export is not what it claims to be."""
     fused = [n for n in ir_model.graph if (n.domain, n.op_type) in ((DOMAIN, OP_TYPE), ("", "Attention"))]
     if len(fused) != config.n_layers:
         raise ExportError(f"expected {config.n_layers} fused attention nodes, traced {len(fused)}")
-
-
-def _stepper(seconds: dict[str, float], on_step: Callable[[str], None] | None):
-    @contextlib.contextmanager
-    def step(name: str):
-        if on_step:
-            on_step(name)
-        start = time.perf_counter()
-        yield
-        seconds[name] = round(time.perf_counter() - start, 3)
-
-    return step
 
 
 def _first_line(exc: BaseException) -> str:

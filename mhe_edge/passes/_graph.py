@@ -1,0 +1,39 @@
+"""Small onnx_ir helpers shared by the passes."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+
+from mhe_edge.errors import ModelFileError
+
+
+def constant_array(value: ir.Value | None, what: str) -> np.ndarray:
+    """The numpy value of an initializer or Constant output, or a clear refusal."""
+    tensor = None if value is None else ir.convenience.get_const_tensor(value)
+    if tensor is None:
+        raise ModelFileError(f"{what} ({value.name if value is not None else 'missing'}) is not a constant; cannot fold")
+    return tensor.numpy()
+
+
+def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Value:
+    """Register `array` as a new initializer with a name not yet used in the graph."""
+    name, k = base_name, 0
+    while name in graph.initializers:
+        k += 1
+        name = f"{base_name}_{k}"
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def sole_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
+    """The single node reading `value`, if it is one `op_type` node and the value is not a graph output."""
+    consumers = value.consumers()
+    if len(consumers) != 1 or value.is_graph_output() or consumers[0].op_type != op_type or consumers[0].domain != "":
+        return None
+    return consumers[0]
+
+
+def ints(graph: ir.Graph, base_name: str, values: list[int]) -> ir.Value:
+    return add_initializer(graph, base_name, np.asarray(values, dtype=np.int64))

@@ -1,0 +1,19 @@
+"""Clean-up: constant folding, onnxscript's default rewrites, dead nodes/initializers/functions/opsets,
+identity removal, shape inference. All of it is onnxscript's and onnx_ir's own machinery."""
+from __future__ import annotations
+
+import onnx_ir as ir
+import onnx_ir.passes.common as common
+import onnxscript.optimizer
+
+
+class CleanupPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # inline=False: a surviving mhe_edge function node is meant to stay fused.
+        onnxscript.optimizer.optimize_ir(model, inline=False)
+        common.IdentityEliminationPass()(model)
+        common.RemoveUnusedNodesPass()(model)
+        common.RemoveUnusedFunctionsPass()(model)
+        common.RemoveUnusedOpsetsPass()(model)
+        common.ShapeInferencePass()(model)
+        return ir.passes.PassResult(model, modified=True)

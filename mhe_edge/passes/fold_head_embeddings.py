@@ -1,0 +1,108 @@
+"""Fold MHE's head embeddings into constants and replace each `mhe_edge.MHEAttention` node by one
+standard `Attention` node with a single KV head (see shared/mhe-algebra.md for the identities).
+
+MUL: head i's query is q * C[i] with C = E_Q * E_K / sqrt(d); every head shares the cached k and v;
+     E_V folds into the rows of the output projection W_O (same size).
+ADD: head i's query is q + E_Q[i] (scaled by the kernel); E_K drops out (softmax cancels it);
+     E_V folds into the output bias, b_O + concat_i(E_V[i]) W_O.
+No per-head K or V is ever materialised, and the head-embedding initializers leave the graph.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_ir as ir
+
+from mhe_edge.errors import ModelFileError
+from mhe_edge.exporters.mhe_function import DOMAIN, OP_TYPE
+from mhe_edge.passes._graph import add_initializer, constant_array, ints, sole_consumer
+
+
+class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        nodes = [n for n in graph if n.domain == DOMAIN and n.op_type == OP_TYPE]
+        for node in nodes:
+            replaced = self._fold(graph, node)
+            for value in replaced:  # the head embeddings and the unfolded projection: now dead weight
+                if value.is_initializer() and not value.uses() and not value.is_graph_output():
+                    del graph.initializers[value.name]
+        if nodes and not any(n.domain == DOMAIN for n in graph):
+            for key in [k for k in model.functions if k[0] == DOMAIN]:
+                del model.functions[key]
+            model.opset_imports.pop(DOMAIN, None)
+        return ir.passes.PassResult(model, modified=bool(nodes))
+
+    def _fold(self, graph: ir.Graph, node: ir.Node) -> list[ir.Value]:
+        """Rewrite one node; returns the constants it stopped using."""
+        query, key, value, e_q_in, e_k_in, e_v_in, past_key, past_value, attn_bias = node.inputs
+        mode = node.attributes["mode"].as_string()
+        n = node.attributes["num_heads"].as_int()
+        is_causal = node.attributes["is_causal"].as_int()
+        where = node.name or "an MHEAttention node"
+        e_q, e_k, e_v = (constant_array(v, f"{where}: head embedding").astype(np.float64) for v in (e_q_in, e_k_in, e_v_in))
+        if e_q.shape[0] != n or not e_q.shape == e_k.shape == e_v.shape:
+            raise ModelFileError(f"{where}: head embeddings of shape {e_q.shape} do not fit num_heads {n}")
+        d = e_q.shape[1]
+        dtype = ir.convenience.get_const_tensor(e_q_in).numpy().dtype
+        out_matmul = sole_consumer(node.outputs[0], "MatMul")
+        if out_matmul is None or out_matmul.inputs[0] is not node.outputs[0]:
+            raise ModelFileError(f"{where}: its output does not feed one output-projection MatMul; cannot fold E_V")
+        replaced = [e_q_in, e_k_in, e_v_in, attn_bias]
+        w_o = constant_array(out_matmul.inputs[1], f"{where}: output projection").astype(np.float64)  # (n*d, D)
+        prefix = (node.name or "mhe").replace("/", "_")
+
+        if mode == "mul":
+            query_constant = e_q * e_k / math.sqrt(d)  # (n, d): carries the softmax scale too
+            scale = 1.0
+            w_folded = w_o * e_v.reshape(n * d, 1)  # diag(E_V[i]) W_O[i*d:(i+1)*d, :]
+            replaced.append(out_matmul.inputs[1])
+            out_matmul.replace_input_with(1, add_initializer(graph, f"{prefix}_out_proj_folded", w_folded.astype(dtype)))
+        elif mode == "add":
+            query_constant = e_q
+            scale = 1.0 / math.sqrt(d)
+            bias_add = sole_consumer(out_matmul.outputs[0], "Add")
+            if bias_add is None:
+                raise ModelFileError(f"{where}: the output projection has no bias Add to fold E_V into")
+            bias_index = 1 if bias_add.inputs[0] is out_matmul.outputs[0] else 0
+            b_o = constant_array(bias_add.inputs[bias_index], f"{where}: output bias").astype(np.float64)
+            b_folded = b_o + e_v.reshape(n * d) @ w_o  # rows of P sum to 1, so E_V passes through as a constant
+            replaced.append(bias_add.inputs[bias_index])
+            bias_add.replace_input_with(bias_index, add_initializer(graph, f"{prefix}_out_bias_folded", b_folded.astype(dtype)))
+        else:
+            raise ModelFileError(f"{where}: unknown MHE mode {mode!r}")
+
+        new_nodes = []
+
+        def emit(op_type, inputs, attributes=None, num_outputs=1):
+            new = ir.node(op_type, inputs, attributes, num_outputs=num_outputs)
+            new_nodes.append(new)
+            return new.outputs if num_outputs > 1 else new.outputs[0]
+
+        constant = add_initializer(graph, f"{prefix}_query_head_constant", query_constant.astype(dtype))  # (n, d)
+        per_head = emit("Unsqueeze", [query, ints(graph, f"{prefix}_axis2", [2])])  # (B, T, 1, d)
+        per_head = emit("Mul" if mode == "mul" else "Add", [per_head, constant])  # (B, T, n, d)
+        q_all = emit("Reshape", [per_head, ints(graph, f"{prefix}_bt_flat", [0, 0, -1])])  # (B, T, n*d)
+        mask = None
+        if not _is_zero_constant(attn_bias):
+            # ONNX Runtime's CPU kernel wants the mask's query axis spelled out: (B, 1, 1, S) -> (B, 1, T, S).
+            q_len = emit("Shape", [query], {"start": 1, "end": 2})
+            target = emit("Concat", [ints(graph, f"{prefix}_ones2", [1, 1]), q_len, ints(graph, f"{prefix}_one", [1])], {"axis": 0})
+            mask = emit("Expand", [attn_bias, target])
+        keep_cache = any(o.uses() or o.is_graph_output() for o in node.outputs[1:])
+        attributes = {"q_num_heads": n, "kv_num_heads": 1, "is_causal": is_causal, "scale": scale}
+        inputs = [q_all, key, value, mask] + ([past_key, past_value] if keep_cache else [])
+        outputs = emit("Attention", inputs, attributes, num_outputs=3 if keep_cache else 1)
+        new_values = list(outputs) if keep_cache else [outputs]
+        ir.convenience.replace_nodes_and_values(
+            graph, node, [node], new_nodes, list(node.outputs[: len(new_values)]), new_values
+        )
+        return [v for v in replaced if v is not None]
+
+
+def _is_zero_constant(value: ir.Value | None) -> bool:
+    if value is None:
+        return True
+    tensor = ir.convenience.get_const_tensor(value)
+    return tensor is not None and not np.any(tensor.numpy())

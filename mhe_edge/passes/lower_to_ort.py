@@ -1,0 +1,80 @@
+"""Lower standard `Attention` nodes of a decoder to `com.microsoft.GroupQueryAttention` (`--target ort`).
+
+GQA is ONNX Runtime's fused grouped-query kernel (CPU fp32/fp16, CUDA fp16/bf16) with the KV cache in
+BNSH layout; after folding, an MHE layer is GQA with kv_num_heads = 1. GQA wants `seqlens_k` (int32 [B],
+total length - 1) and `total_sequence_length` (int32 scalar); both are computed from shapes here, so the
+I/O contract does not change. Only causal self-attention with a cache is lowered: encoders (bidirectional,
+with a padding mask) keep the standard op, which ONNX Runtime also runs natively.
+"""
+from __future__ import annotations
+
+import onnx_ir as ir
+
+from mhe_edge.passes._graph import ints
+
+MS_DOMAIN = "com.microsoft"
+
+
+class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        lowered = 0
+        lengths = None  # every layer of a decoder step shares batch, past and new length: compute them once
+        for node in [n for n in graph if n.domain == "" and n.op_type == "Attention"]:
+            if self._lowerable(node):
+                lengths = self._lower(graph, node, lengths)
+                lowered += 1
+        if lowered:
+            model.opset_imports.setdefault(MS_DOMAIN, 1)
+        return ir.passes.PassResult(model, modified=bool(lowered))
+
+    @staticmethod
+    def _lowerable(node: ir.Node) -> bool:
+        inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+        attrs = node.attributes
+        return (
+            attrs.get("is_causal") is not None and attrs["is_causal"].as_int() == 1
+            and inputs[3] is None  # no mask
+            and inputs[4] is not None and inputs[5] is not None  # a cache
+            and len(node.outputs) >= 3
+            and (node.inputs[0].shape is None or len(node.inputs[0].shape) == 3)  # the 3-D form
+            and attrs.get("softcap") is None and attrs.get("qk_matmul_output_mode") is None
+        )
+
+    def _lower(self, graph: ir.Graph, node: ir.Node, lengths: tuple | None) -> tuple:
+        """Replace one node; returns (seqlens_k, total_sequence_length, query_seqlens) for the next."""
+        query, key, value, _, past_key, past_value = list(node.inputs)[:6]
+        n = node.attributes["q_num_heads"].as_int()
+        g = node.attributes["kv_num_heads"].as_int()
+        attributes = {"num_heads": n, "kv_num_heads": g}
+        if node.attributes.get("scale") is not None:
+            attributes["scale"] = node.attributes["scale"].as_float()
+        prefix = (node.name or "attention").replace("/", "_")
+        new_nodes = []
+
+        def emit(op_type, inputs, attrs=None, domain=""):
+            new = ir.node(op_type, inputs, attrs, domain=domain, num_outputs=3 if domain else 1)
+            new_nodes.append(new)
+            return new.outputs if domain else new.outputs[0]
+
+        if lengths is None:
+            past_len = emit("Shape", [past_key], {"start": 2, "end": 3})  # [P]
+            new_len = emit("Shape", [query], {"start": 1, "end": 2})  # [T]
+            batch = emit("Shape", [query], {"start": 0, "end": 1})  # [B]
+            total = emit("Add", [past_len, new_len])  # [P + T]
+            total_i32 = emit("Cast", [emit("Squeeze", [total])], {"to": ir.DataType.INT32})  # scalar
+            last = emit("Sub", [total, ints(graph, f"{prefix}_one", [1])])  # [P + T - 1]
+            seqlens_k = emit("Cast", [emit("Expand", [last, batch])], {"to": ir.DataType.INT32})  # (B,)
+            # query_seqlens (every row holds T valid tokens) lets the kernel take batched multi-token chunks
+            # with a past, which it otherwise refuses on CPU for batch > 1.
+            query_seqlens = emit("Cast", [emit("Expand", [new_len, batch])], {"to": ir.DataType.INT32})  # (B,)
+            lengths = (seqlens_k, total_i32, query_seqlens)
+        seqlens_k, total_i32, query_seqlens = lengths
+        outputs = emit(
+            "GroupQueryAttention",
+            [query, key, value, past_key, past_value, seqlens_k, total_i32] + [None] * 9 + [query_seqlens],
+            attributes,
+            domain=MS_DOMAIN,
+        )
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, list(node.outputs[:3]), list(outputs))
+        return lengths
