@@ -1,5 +1,6 @@
 """Clean-up: constant folding, onnxscript's default rewrites, dead nodes/initializers/functions/opsets,
-identity removal, shape inference. All of it is onnxscript's and onnx_ir's own machinery."""
+identity removal, per-node exporter metadata (stack traces: bloat on a device), shape inference.
+All of it is onnxscript's and onnx_ir's own machinery; the model's own metadata_props are kept."""
 from __future__ import annotations
 
 import onnx_ir as ir
@@ -15,5 +16,6 @@ class CleanupPass(ir.passes.InPlacePass):
         common.RemoveUnusedNodesPass()(model)
         common.RemoveUnusedFunctionsPass()(model)
         common.RemoveUnusedOpsetsPass()(model)
+        common.ClearMetadataAndDocStringPass()(model)  # nodes' and graphs' only; model.metadata_props stay
         common.ShapeInferencePass()(model)
         return ir.passes.PassResult(model, modified=True)

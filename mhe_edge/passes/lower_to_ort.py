@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from mhe_edge.errors import RequestError
 from mhe_edge.passes._graph import ints
 
 MS_DOMAIN = "com.microsoft"
@@ -46,6 +47,11 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
         query, key, value, _, past_key, past_value = list(node.inputs)[:6]
         n = node.attributes["q_num_heads"].as_int()
         g = node.attributes["kv_num_heads"].as_int()
+        head_size = past_key.shape[-1] if past_key.shape is not None else None
+        if not isinstance(head_size, int) or head_size % 8:
+            raise RequestError(
+                f"GroupQueryAttention needs a head size that is a multiple of 8 (this model's is {head_size}); use --target std"
+            )
         attributes = {"num_heads": n, "kv_num_heads": g}
         if node.attributes.get("scale") is not None:
             attributes["scale"] = node.attributes["scale"].as_float()

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from mhe_edge.atomic import check_output_path
 from mhe_edge.progress import timed_steps
-from mhe_edge.errors import ModelFileError, RequestError
+from mhe_edge.errors import MheEdgeError, ModelFileError, RequestError
 from mhe_edge.exporters.metadata import KEY_GRAPH, KEY_IO, read_metadata
 from mhe_edge.onnx_files import check_full, file_bytes, publish, save_ir_model, staged
 from mhe_edge.verification import ParityRecord, argmax_agreement, compare_runners, ort_runner, raise_on_failures
@@ -105,7 +105,10 @@ def optimize(
         model = ir.load(source)
         before = _op_counts(model)
     with step("passes"):
-        ir.passes.PassManager(passes)(model)
+        try:
+            model = ir.passes.PassManager(passes)(model).model  # functional passes (int8) return a new model
+        except ir.passes.PassError as exc:
+            raise _own_error(exc) from exc
         precision = "fp16" if fp16 else "int8" if int8 else "fp32"
         applied = [type(p).__name__ for p in passes]
         model.metadata_props[KEY_GRAPH] = f"{props.get(KEY_GRAPH, 'export')}+optimize(target={target},precision={precision})"
@@ -132,6 +135,14 @@ def optimize(
             written = publish(tmp, target_path)
     return OptimizeReport(str(source), str(target_path), target, precision, applied, before, _op_counts(model),
                           file_bytes(source), written, records, seconds)
+
+
+def _own_error(exc: BaseException) -> BaseException:
+    """The pass manager wraps errors twice; surface ours (one clear line) when it is the cause."""
+    cause = exc
+    while cause is not None and not isinstance(cause, MheEdgeError):
+        cause = cause.__cause__ or cause.__context__
+    return cause if cause is not None else ModelFileError(f"a graph pass failed: {exc}")
 
 
 def _op_counts(model) -> dict[str, int]:
