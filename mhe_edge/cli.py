@@ -177,6 +177,82 @@ def optimize(
     _print_optimize(report)
 
 
+@app.command()
+def generate(
+    model: Path = typer.Argument(..., help="A decoder export (.onnx)."),
+    prompt: str = typer.Option(..., help="Comma-separated token ids, e.g. 3,1,4."),
+    max_new_tokens: int = typer.Option(16, help="How many tokens to generate (greedy)."),
+    provider: str = typer.Option("cpu", help="cpu or cuda (refused, never silently replaced, if unavailable)."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads."),
+    prefill_chunk: Optional[int] = typer.Option(None, help="Feed the prompt in chunks of this many tokens."),
+) -> None:
+    """Greedy generation with the KV cache; prints `tokens:` and the new ids separated by spaces.
+
+    Example: `mhe-edge generate model.onnx --prompt 3,1,4 --max-new-tokens 8`
+    """
+    from mhe_edge.errors import RequestError
+    from mhe_edge.runtime import ExportedModel, parse_prompt
+
+    ids = parse_prompt(prompt)
+    runner = ExportedModel(model, provider, threads)
+    if runner.config.arch != "decoder":
+        raise RequestError(f"{model.name} is an encoder; generate needs a decoder export")
+    tokens = runner.generate(ids, max_new_tokens, prefill_chunk)
+    print("tokens: " + " ".join(str(int(t)) for t in tokens[0]))
+
+
+@app.command()
+def profile(
+    model: Path = typer.Argument(..., help="An mhe-edge export (.onnx)."),
+    provider: str = typer.Option("cpu", help="cpu or cuda."),
+    batch: int = typer.Option(1, help="Sequences per call."),
+    seq_len: int = typer.Option(128, help="Prompt length (decoders) or sequence length (encoders)."),
+    prefill_chunk: Optional[int] = typer.Option(None, help="Prefill in chunks of this many tokens."),
+    new_tokens: int = typer.Option(16, help="Decode steps after the prefill (decoders)."),
+    runs: int = typer.Option(3, help="Measured runs."),
+    warmup: int = typer.Option(1, help="Unmeasured runs first."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads."),
+    trace: Optional[Path] = typer.Option(None, help="Keep ONNX Runtime's Chrome trace here."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Latency (load, prefill, per-token decode: p50/p90), tokens/s, peak memory, KV-cache bytes, file
+    size, and the slowest ops by ONNX Runtime's own profiler.
+
+    Example: `mhe-edge profile model.opt.onnx --seq-len 512 --new-tokens 32 --json`
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from mhe_edge.runtime.profiler import profile as profile_model
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True, disable=as_json) as bar:
+        task = bar.add_task("profile", total=warmup + runs)
+
+        def on_progress(phase: str, done: int, total: int) -> None:
+            bar.update(task, completed=done, description=f"profile: {phase}")
+
+        report = profile_model(
+            model, provider, batch=batch, seq_len=seq_len, prefill_chunk=prefill_chunk, new_tokens=new_tokens,
+            runs=runs, warmup=warmup, threads=threads, trace=trace, on_progress=on_progress,
+        )
+    if as_json:
+        print(json.dumps(report))
+        return
+    latency = report["latency_ms"]
+    table = Table(title=f"{report['path']} on {report['provider']} ({report['attention']} {report['arch']}, batch {batch}, {seq_len} tokens)", show_header=False)
+    table.add_row("session load", f"{latency['load']:.1f} ms")
+    for key in ("prefill", "forward", "decode_per_token"):
+        if latency.get(key):
+            table.add_row(key.replace("_", " "), f"p50 {latency[key]['p50']:.2f} ms, p90 {latency[key]['p90']:.2f} ms")
+    table.add_row("tokens/s", f"{report['tokens_per_second']:.1f}")
+    peak = report["peak_memory_bytes"]
+    table.add_row("peak memory", f"{peak / 2**20:.1f} MiB ({report['peak_memory_source']})" if peak else "n/a")
+    table.add_row("KV cache", f"{report['kv_cache_bytes'] / 2**20:.2f} MiB")
+    table.add_row("model file", f"{report['model_file_bytes'] / 2**20:.2f} MiB")
+    for op in report["top_ops"]:
+        table.add_row(f"op {op['op']}", f"{op['ms']:.2f} ms ({op['share']:.0%})")
+    out.print(table)
+
+
 def _print_optimize(report) -> None:
     data = report.to_dict()
     table = Table(title=f"optimized {report.output} (target {report.target}, {report.precision})")

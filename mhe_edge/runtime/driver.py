@@ -1,0 +1,118 @@
+"""Drive any mhe-edge export from its metadata: an encoder forward pass, or greedy decoding with the KV cache.
+
+One code path for every provider: inputs and outputs go through ONNX Runtime's IO binding, so on CUDA the
+KV cache stays on the device between steps (each step's present OrtValues are bound as the next past);
+only `logits` come back to the host, for the argmax.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from mhe_edge.errors import RequestError
+from mhe_edge.exporters.metadata import read_metadata
+from mhe_edge.runtime.session import create_session
+
+DEVICE = {"cpu": "cpu", "cuda": "cuda"}
+
+
+class ExportedModel:
+    """An mhe-edge export loaded on one provider, with its config and I/O layout read from the file."""
+
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None, **session_config: str):
+        self.path = Path(path)
+        self.config, self.metadata, _ = read_metadata(self.path)
+        self.provider = provider
+        self.session = create_session(self.path, provider, threads, **session_config)
+        self.device = DEVICE[provider]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        self.float_dtype = np.float16 if any(i.type == "tensor(float16)" for i in inputs.values()) else np.float32
+        self.input_names = list(inputs)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.past_names = [n for n in self.input_names if n.startswith("past_key_values.")]
+
+    # --- shared
+
+    def check_ids(self, ids: np.ndarray, new_tokens: int = 0) -> np.ndarray:
+        ids = np.asarray(ids)
+        if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
+            raise RequestError(f"input ids must be a non-empty (batch, sequence) array, not shape {ids.shape}")
+        if not np.issubdtype(ids.dtype, np.integer):
+            raise RequestError("input ids must be integers")
+        bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
+        if bad.size:
+            raise RequestError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})")
+        if new_tokens < 0:
+            raise RequestError(f"the number of new tokens must not be negative, not {new_tokens}")
+        if ids.shape[1] + new_tokens > self.config.max_seq_len:
+            raise RequestError(
+                f"{ids.shape[1]} prompt + {new_tokens} new tokens exceed the model's max_seq_len {self.config.max_seq_len}"
+            )
+        return ids.astype(np.int64)
+
+    def _ortvalue(self, array: np.ndarray):
+        import onnxruntime as ort
+
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.device, 0)
+
+    # --- encoders
+
+    def encode(self, ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        assert self.config.arch == "encoder", "encode() is for encoders; use generate() for decoders"
+        ids = self.check_ids(ids)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+
+    # --- decoders
+
+    def empty_cache(self, batch: int) -> dict:
+        cfg = self.config
+        empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), self.float_dtype)
+        return {name: self._ortvalue(empty) for name in self.past_names}
+
+    def step(self, ids: np.ndarray, cache: dict) -> tuple[np.ndarray, dict]:
+        """One decoder call: ids (B, T) int64 and the cache (OrtValues by past name) -> logits (B, T, V), new cache."""
+        binding = self.session.io_binding()
+        binding.bind_ortvalue_input("input_ids", self._ortvalue(ids.astype(np.int64)))
+        for name in self.past_names:
+            binding.bind_ortvalue_input(name, cache[name])
+        binding.bind_output("logits", "cpu")  # the host needs them for the argmax
+        for name in self.output_names[1:]:
+            binding.bind_output(name, self.device)  # the cache stays where the model runs
+        self.session.run_with_iobinding(binding)
+        outputs = dict(zip(self.output_names, binding.get_outputs()))
+        new_cache = {p: outputs[p.replace("past_key_values", "present")] for p in self.past_names}
+        return outputs["logits"].numpy(), new_cache
+
+    def prefill(self, ids: np.ndarray, chunk: int | None = None) -> tuple[np.ndarray, dict]:
+        """Run the prompt (in chunks of `chunk` tokens, if given); returns the last position's logits and the cache."""
+        if chunk is not None and chunk < 1:
+            raise RequestError(f"prefill chunk must be at least 1, not {chunk}")
+        cache = self.empty_cache(ids.shape[0])
+        chunk = chunk or ids.shape[1]
+        for start in range(0, ids.shape[1], chunk):
+            logits, cache = self.step(ids[:, start : start + chunk], cache)
+        return logits[:, -1], cache
+
+    def generate(self, prompt: np.ndarray, max_new_tokens: int, prefill_chunk: int | None = None) -> np.ndarray:
+        """Greedy decoding: prefill, then one token per step. Returns the new ids, (B, max_new_tokens)."""
+        assert self.config.arch == "decoder", "generate() is for decoders"
+        prompt = self.check_ids(prompt, max_new_tokens)
+        if max_new_tokens == 0:
+            return np.zeros((prompt.shape[0], 0), np.int64)
+        last, cache = self.prefill(prompt, prefill_chunk)
+        tokens = [last.argmax(-1)]
+        for _ in range(max_new_tokens - 1):
+            logits, cache = self.step(tokens[-1][:, None], cache)
+            tokens.append(logits[:, -1].argmax(-1))
+        return np.stack(tokens, axis=1).astype(np.int64)
+
+
+def parse_prompt(text: str) -> np.ndarray:
+    """'3,1,4' -> [[3, 1, 4]]; one clear error for anything that is not comma-separated integers."""
+    parts = [p.strip() for p in text.split(",")]
+    if not text.strip() or any(not p.lstrip("-").isdigit() for p in parts):
+        raise RequestError(f"prompt must be comma-separated token ids such as 3,1,4, not {text!r}")
+    return np.array([[int(p) for p in parts]], dtype=np.int64)

@@ -1,0 +1,172 @@
+"""`profile`: latency, throughput and memory of an export on ONNX Runtime, plus its slowest ops."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from mhe_edge.accounting import kv_cache_bytes
+from mhe_edge.errors import RequestError
+from mhe_edge.onnx_files import file_bytes
+from mhe_edge.runtime.driver import ExportedModel
+from mhe_edge.runtime.memory import DevicePeakMemory, peak_rss_bytes, reset_peak_rss
+
+
+def _percentiles(samples_s: list[float]) -> dict[str, float]:
+    ms = np.array(samples_s) * 1000.0
+    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean()), "n": len(ms)}
+
+
+def profile(
+    path: str | os.PathLike,
+    provider: str = "cpu",
+    *,
+    batch: int = 1,
+    seq_len: int = 128,
+    prefill_chunk: int | None = None,
+    new_tokens: int = 16,
+    runs: int = 3,
+    warmup: int = 1,
+    threads: int | None = None,
+    trace: str | os.PathLike | None = None,
+    top_ops: int = 8,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Profile an export: decoders prefill `seq_len` tokens (in chunks of `prefill_chunk`) then decode
+    `new_tokens` one at a time; encoders run one forward pass of `seq_len` tokens. Latencies are p50/p90
+    over `runs` runs after `warmup` runs; memory is the peak over the measured runs."""
+    for name, value, least in (("batch", batch, 1), ("seq_len", seq_len, 1), ("runs", runs, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 0)):
+        if value < least:
+            raise RequestError(f"{name} must be at least {least}, not {value}")
+    start = time.perf_counter()
+    model = ExportedModel(path, provider, threads)
+    load_s = time.perf_counter() - start
+    cfg = model.config
+    is_decoder = cfg.arch == "decoder"
+    if is_decoder:
+        model.check_ids(np.zeros((batch, seq_len), np.int64), new_tokens)
+    elif seq_len > cfg.max_seq_len:
+        raise RequestError(f"seq_len {seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len))
+
+    prefill_s: list[float] = []
+    decode_s: list[float] = []
+
+    def one_run(record: bool) -> None:
+        t0 = time.perf_counter()
+        if not is_decoder:
+            model.encode(ids)
+            if record:
+                prefill_s.append(time.perf_counter() - t0)
+            return
+        last, cache = model.prefill(ids, prefill_chunk)
+        if record:
+            prefill_s.append(time.perf_counter() - t0)
+        token = last.argmax(-1)[:, None]
+        for _ in range(new_tokens):
+            t1 = time.perf_counter()
+            logits, cache = model.step(token, cache)
+            token = logits[:, -1:].argmax(-1)
+            if record:
+                decode_s.append(time.perf_counter() - t1)
+
+    total = warmup + runs
+    for i in range(warmup):
+        one_run(record=False)
+        if on_progress:
+            on_progress("warm-up", i + 1, total)
+    reset_peak_rss()
+    with DevicePeakMemory() if provider == "cuda" else _nothing() as device_memory:
+        for i in range(runs):
+            one_run(record=True)
+            if on_progress:
+                on_progress("measure", warmup + i + 1, total)
+    peak = device_memory.peak if provider == "cuda" else peak_rss_bytes()
+
+    final_len = seq_len + (new_tokens if is_decoder else 0)
+    bytes_per_element = 2 if model.float_dtype == np.float16 else 4
+    decode = _percentiles(decode_s) if decode_s else None
+    report: dict[str, Any] = {
+        "path": str(path),
+        "provider": provider,
+        "providers": model.session.get_providers(),
+        "arch": cfg.arch,
+        "attention": cfg.attention,
+        "graph": model.metadata.get("mhe_edge.graph"),
+        "batch": batch,
+        "seq_len": seq_len,
+        "prefill_chunk": prefill_chunk,
+        "new_tokens": new_tokens if is_decoder else 0,
+        "runs": runs,
+        "latency_ms": {"load": load_s * 1000.0, "prefill" if is_decoder else "forward": _percentiles(prefill_s), "decode_per_token": decode},
+        "tokens_per_second": (batch / (decode["p50"] / 1000.0)) if decode else batch * seq_len / statistics.median(prefill_s),
+        "peak_memory_bytes": peak,
+        "peak_memory_source": "NVML device memory" if provider == "cuda" else "process VmHWM (run phase)",
+        "kv_cache_bytes": kv_cache_bytes(cfg, batch, final_len, bytes_per_element) if is_decoder else 0,
+        "model_file_bytes": file_bytes(Path(path)),
+        "parameter_bytes": _parameter_bytes(path),
+    }
+    report["top_ops"] = _top_ops(path, provider, threads, ids, prefill_chunk, min(new_tokens, 4), is_decoder, trace, top_ops)
+    return report
+
+
+class _nothing:
+    peak = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _parameter_bytes(path) -> int:
+    from mhe_edge.exporters.metadata import describe_onnx
+
+    return describe_onnx(path)["parameter_bytes"]
+
+
+def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, limit) -> list[dict[str, Any]]:
+    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model = ExportedModel(path, provider, threads, **{})
+        options_model = _profiling_session(model, Path(tmp))
+        if is_decoder:
+            last, cache = options_model.prefill(ids, prefill_chunk)
+            token = last.argmax(-1)[:, None]
+            for _ in range(steps):
+                logits, cache = options_model.step(token, cache)
+                token = logits[:, -1:].argmax(-1)
+        else:
+            options_model.encode(ids)
+        trace_file = Path(options_model.session.end_profiling())
+        events = json.loads(trace_file.read_text())
+        if trace:
+            shutil.copyfile(trace_file, trace)
+    per_op: dict[str, float] = defaultdict(float)
+    for event in events:
+        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+            per_op[event["args"].get("op_name", "?")] += event.get("dur", 0)
+    total = sum(per_op.values()) or 1.0
+    ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:limit]
+    return [{"op": op, "ms": us / 1000.0, "share": us / total} for op, us in ranked]
+
+
+def _profiling_session(model: ExportedModel, folder: Path) -> ExportedModel:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.enable_profiling = True
+    options.profile_file_prefix = str(folder / "ort_profile")
+    options.log_severity_level = 3
+    providers = model.session.get_providers()
+    model.session = ort.InferenceSession(str(model.path), sess_options=options, providers=providers)
+    return model
