@@ -1,0 +1,134 @@
+"""Runtime on real ONNX Runtime (CPU): greedy generation equals PyTorch's, the profiler's report is sane,
+and CUDA is refused cleanly where it is missing (CUDA tests skip without a CUDA provider)."""
+import json
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+from passes_helpers import exported
+from mhe_edge.errors import ProviderError, RequestError
+from mhe_edge.passes import optimize
+from mhe_edge.runtime import ExportedModel, create_session, parse_prompt
+from mhe_edge.runtime.profiler import profile
+
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+def torch_greedy(model, prompt, new_tokens):
+    ids = torch.from_numpy(prompt)
+    with torch.no_grad():
+        for _ in range(new_tokens):
+            ids = torch.cat([ids, model(ids)[0][:, -1:].argmax(-1)], 1)
+    return ids[:, prompt.shape[1]:].numpy()
+
+
+@pytest.mark.parametrize("attention", ["mhe-add", "mhe-mul", "mha", "gqa"])
+@pytest.mark.parametrize("optimized", [False, True])
+def test_generation_equals_pytorch_greedy(tmp_path, attention, optimized):
+    model, path = exported(tmp_path, attention=attention, d_model=64)
+    if optimized:
+        path = optimize(path, tmp_path / "opt.onnx", target="ort").output
+    prompt = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], dtype=np.int64)
+    want = torch_greedy(model, prompt, 12)
+    runner = ExportedModel(path)
+    assert np.array_equal(runner.generate(prompt, 12), want)
+    assert np.array_equal(runner.generate(prompt, 12, prefill_chunk=2), want)
+
+
+def test_generate_cli_prints_tokens(tmp_path, cli):
+    model, path = exported(tmp_path, attention="mhe-mul")
+    result = cli("generate", path, "--prompt", "3,1,4", "--max-new-tokens", "6")
+    assert result.code == 0, result.stderr
+    want = torch_greedy(model, np.array([[3, 1, 4]]), 6)[0]
+    assert result.stdout.strip() == "tokens: " + " ".join(map(str, want))
+
+
+@pytest.mark.parametrize(
+    "args,code,fragment",
+    [
+        (["--prompt", "3,1,9999"], 2, "outside the vocabulary"),
+        (["--prompt", "-1"], 2, "outside the vocabulary"),
+        (["--prompt", "3,one"], 2, "comma-separated token ids"),
+        (["--prompt", ""], 2, "comma-separated token ids"),
+        (["--prompt", "3", "--max-new-tokens", "64"], 2, "exceed the model's max_seq_len"),
+        (["--prompt", "3", "--max-new-tokens", "-2"], 2, "must not be negative"),
+        (["--prompt", "3", "--provider", "tpu"], 2, "unknown provider"),
+        (["--prompt", "3", "--prefill-chunk", "0"], 2, "prefill chunk must be at least 1"),
+    ],
+)
+def test_generate_refuses_bad_requests(tmp_path, cli, args, code, fragment):
+    _, path = exported(tmp_path, attention="mhe-add")
+    result = cli("generate", path, *args)
+    assert result.code == code, result
+    assert fragment in result.stderr and "Traceback" not in result.stderr
+
+
+def test_generate_refuses_an_encoder(tmp_path, cli):
+    _, path = exported(tmp_path, arch="encoder", attention="mhe-add")
+    result = cli("generate", path, "--prompt", "1,2")
+    assert result.code == 2 and "encoder" in result.stderr
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA; the refusal is for machines without it")
+def test_cuda_is_refused_not_silently_replaced(tmp_path, cli):
+    _, path = exported(tmp_path, attention="mhe-mul")
+    with pytest.raises(ProviderError, match="CUDAExecutionProvider"):
+        create_session(path, "cuda")
+    result = cli("profile", path, "--provider", "cuda")
+    assert result.code == ProviderError.exit_code and "CUDAExecutionProvider" in result.stderr
+
+
+def test_profile_json_has_every_field_with_sane_values(tmp_path, cli):
+    _, path = exported(tmp_path, attention="mhe-add")
+    trace = tmp_path / "trace.json"
+    result = cli("profile", path, "--seq-len", "16", "--new-tokens", "4", "--runs", "2", "--batch", "2", "--trace", trace, "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["provider"] == "cpu" and report["providers"][0] == "CPUExecutionProvider"
+    latency = report["latency_ms"]
+    assert latency["load"] > 0 and 0 < latency["prefill"]["p50"] <= latency["prefill"]["p90"]
+    assert latency["decode_per_token"]["n"] == 2 * 4 and latency["decode_per_token"]["p50"] > 0
+    assert report["tokens_per_second"] > 0
+    assert 10 * 2**20 < report["peak_memory_bytes"] < 4 * 2**30  # a real process, not a made-up figure
+    cfg = ExportedModel(path).config
+    assert report["kv_cache_bytes"] == 2 * (16 + 4) * 2 * cfg.n_layers * 1 * cfg.head_dim * 4
+    assert report["model_file_bytes"] == path.stat().st_size and report["parameter_bytes"] > 0
+    assert report["top_ops"] and {"op", "ms", "share"} <= set(report["top_ops"][0])
+    assert any(e.get("cat") == "Node" for e in json.loads(trace.read_text()))
+
+
+def test_profile_encoder_and_bad_values(tmp_path):
+    _, path = exported(tmp_path, arch="encoder", attention="mhe-mul")
+    report = profile(path, seq_len=12, runs=1)
+    assert report["latency_ms"]["forward"]["p50"] > 0 and report["kv_cache_bytes"] == 0
+    for kwargs, fragment in [(dict(batch=0), "batch must be at least 1"), (dict(seq_len=-3), "seq_len"), (dict(seq_len=4096), "max_seq_len")]:
+        with pytest.raises(RequestError, match=fragment):
+            profile(path, **kwargs)
+
+
+def test_parse_prompt():
+    assert parse_prompt("3, 1,4").tolist() == [[3, 1, 4]]
+    with pytest.raises(RequestError):
+        parse_prompt("1.5")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDAExecutionProvider in this ONNX Runtime")
+def test_cuda_generation_matches_cpu(tmp_path):
+    _, path = exported(tmp_path, attention="mhe-mul", d_model=64)
+    fp16 = optimize(path, tmp_path / "fp16.onnx", target="ort", fp16=True).output  # GQA on CUDA is fp16/bf16 only
+    prompt = np.array([[3, 1, 4, 1, 5]], dtype=np.int64)
+    cpu = ExportedModel(fp16, "cpu").generate(prompt, 8)
+    gpu = ExportedModel(fp16, "cuda")
+    assert gpu.session.get_providers()[0] == "CUDAExecutionProvider"
+    assert np.array_equal(gpu.generate(prompt, 8), cpu)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDAExecutionProvider in this ONNX Runtime")
+def test_cuda_profile_reports_device_memory(tmp_path):
+    _, path = exported(tmp_path, attention="mhe-add", d_model=64)
+    report = profile(path, "cuda", seq_len=32, new_tokens=4, runs=1)
+    assert report["providers"][0] == "CUDAExecutionProvider"
