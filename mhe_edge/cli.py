@@ -253,6 +253,70 @@ def profile(
     out.print(table)
 
 
+@app.command()
+def compare(
+    files: Optional[list[Path]] = typer.Argument(None, help="Exports to compare; none: build them from --preset."),
+    preset: str = typer.Option("small", help=f"Model size when building: {', '.join(PRESETS)}."),
+    arch: str = typer.Option("decoder", help="decoder or encoder, when building."),
+    attention: str = typer.Option("mha,mqa,gqa,mhe-add,mhe-mul", help="Kinds to build, comma-separated."),
+    provider: str = typer.Option("cpu", help="cpu or cuda."),
+    seq_lens: str = typer.Option("128,512", help="Prompt lengths, comma-separated."),
+    batch: int = typer.Option(1, help="Sequences per call."),
+    new_tokens: int = typer.Option(8, help="Decode steps measured after each prefill."),
+    runs: int = typer.Option(2, help="Measured runs per point."),
+    prefill_chunk: Optional[int] = typer.Option(None, help="Prefill in chunks of this many tokens."),
+    target: str = typer.Option("std", help="optimize target for built models: std or ort."),
+    threads: Optional[int] = typer.Option(None, help="ONNX Runtime intra-op threads."),
+    plot: Optional[Path] = typer.Option(None, help="Write a PNG of peak memory and decode time vs length."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Put MHE beside MHA, MQA and GQA: same-size random-weight models are built, exported and optimized
+    (or FILES are taken as they are), each profiled in its own process; one table with ratios to MHA.
+
+    Example: `mhe-edge compare --preset small --seq-lens 128,512,2048 --plot compare.png`
+    """
+    from mhe_edge.errors import RequestError
+    from mhe_edge.runtime.compare import compare as compare_models
+
+    try:
+        lengths = [int(t) for t in seq_lens.split(",")]
+    except ValueError:
+        raise RequestError(f"seq-lens must be comma-separated integers, not {seq_lens!r}") from None
+    with err.status("compare: starting") as status:
+        result = compare_models(
+            files or (), preset=preset, arch=arch, attentions=[a.strip() for a in attention.split(",")], provider=provider,
+            seq_lens=lengths, batch=batch, new_tokens=new_tokens, runs=runs, prefill_chunk=prefill_chunk, target=target,
+            threads=threads, plot=plot, on_progress=lambda message: status.update(f"compare: {message}"),
+        )
+    if as_json:
+        print(json.dumps(result))
+        return
+    out.print(comparison_table(result))
+    if plot:
+        out.print(f"plot: {plot}")
+
+
+def comparison_table(result: dict[str, Any]) -> Table:
+    settings = result["settings"]
+    table = Table(title=f"compare on {settings['provider']}: batch {settings['batch']}, {settings['new_tokens']} decode steps"
+                        f" (ratios: x MHA at the same length)")
+    for column in ("attention", "tokens", "params", "file MiB", "KV cache MiB", "peak MiB", "prefill ms", "decode ms/tok"):
+        table.add_column(column, justify="right")
+
+    def cell(row, key, scale=1.0, digits=1, unit=""):
+        value, ratio = row[key], row.get(f"{key}_vs_mha")
+        if value is None:
+            return "n/a"
+        text = f"{value / scale:,.{digits}f}{unit}"
+        return text + (f" ({ratio:.2f}x)" if ratio is not None and row["attention"] != "mha" else "")
+
+    for row in result["rows"]:
+        table.add_row(row["attention"], str(row["seq_len"]), cell(row, "parameters", 1e6, 2, "M"),
+                      cell(row, "model_file_bytes", 2**20), cell(row, "kv_cache_bytes", 2**20, 2),
+                      cell(row, "peak_memory_bytes", 2**20), cell(row, "prefill_ms", 1, 2), cell(row, "decode_ms_per_token", 1, 2))
+    return table
+
+
 def _print_optimize(report) -> None:
     data = report.to_dict()
     table = Table(title=f"optimized {report.output} (target {report.target}, {report.precision})")
