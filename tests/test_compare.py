@@ -13,7 +13,8 @@ def test_compare_builds_profiles_and_plots(tmp_path):
     assert [(r["attention"], r["seq_len"]) for r in rows] == [("mha", 16), ("mha", 32), ("mhe-mul", 16), ("mhe-mul", 32)]
     mhe = [r for r in rows if r["attention"] == "mhe-mul"]
     assert all(r["kv_cache_bytes_vs_mha"] == pytest.approx(1 / 4) for r in mhe)  # one KV head instead of 4
-    assert all(r["parameters_vs_mha"] < 1 and r["peak_memory_bytes"] > 0 and r["decode_ms_per_token"] > 0 for r in rows)
+    assert all(r["parameters_vs_mha"] < 1 for r in mhe)
+    assert all(r["peak_memory_bytes"] > 0 and r["decode_ms_per_token"] > 0 for r in rows)
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 10_000
 
 
