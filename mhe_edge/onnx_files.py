@@ -12,6 +12,14 @@ from mhe_edge.errors import ExportError
 EXTERNAL_DATA_THRESHOLD = 1_800_000_000  # protobuf cannot hold 2 GB; leave room for the graph itself
 
 
+def op_counts(ir_model) -> dict[str, int]:
+    """Nodes of the main graph by `domain.op_type` (the default domain unprefixed), sorted."""
+    from collections import Counter
+
+    counts = Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in ir_model.graph)
+    return dict(sorted(counts.items()))
+
+
 def initializer_bytes(ir_model) -> int:
     return sum(v.const_value.nbytes for v in ir_model.graph.initializers.values() if v.const_value is not None)
 

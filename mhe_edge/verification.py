@@ -46,6 +46,10 @@ def compare(case: str, name: str, got, want, atol: float, min_argmax_agreement: 
                         min_argmax_agreement if agreement is not None else None)
 
 
+def max_abs_diff(records: list[ParityRecord]) -> float:
+    return max((r.max_abs_diff for r in records), default=0.0)
+
+
 def argmax_agreement(records: list[ParityRecord]) -> float | None:
     shares = [r.argmax_agreement for r in records if r.argmax_agreement is not None]
     return min(shares) if shares else None

@@ -6,7 +6,7 @@ import onnx
 import pytest
 
 from passes_helpers import exported
-from mhe_edge.errors import ModelFileError, RequestError
+
 from mhe_edge.passes import optimize
 from mhe_edge.runtime import create_session
 

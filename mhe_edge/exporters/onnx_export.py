@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -13,8 +12,8 @@ from mhe_edge.errors import ExportError, RequestError
 from mhe_edge.exporters.metadata import build_metadata
 from mhe_edge.exporters.mhe_function import DOMAIN, OP_TYPE
 from mhe_edge.models import Transformer
-from mhe_edge.onnx_files import EXTERNAL_DATA_THRESHOLD, check_full, initializer_bytes, publish, save_ir_model, staged
-from mhe_edge.verification import ParityRecord, compare_runners, ort_runner, raise_on_failures, torch_runner
+from mhe_edge.onnx_files import EXTERNAL_DATA_THRESHOLD, check_full, initializer_bytes, op_counts, publish, save_ir_model, staged
+from mhe_edge.verification import ParityRecord, max_abs_diff, compare_runners, ort_runner, raise_on_failures, torch_runner
 
 MIN_OPSET = 23  # the first with the standard Attention operator
 
@@ -35,7 +34,7 @@ class ExportReport:
 
     @property
     def max_abs_diff(self) -> float:
-        return max((r.max_abs_diff for r in self.parity), default=0.0)
+        return max_abs_diff(self.parity)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -120,8 +119,7 @@ def export(
                 raise_on_failures(records, "ONNX Runtime disagrees with PyTorch")
         with step("save"):
             file_bytes = publish(tmp, target)
-    ops = Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in ir_model.graph)
-    return ExportReport(str(target), source, config.to_dict(), opset, use_external, file_bytes, dict(sorted(ops.items())), records, seconds)
+    return ExportReport(str(target), source, config.to_dict(), opset, use_external, file_bytes, op_counts(ir_model), records, seconds)
 
 
 def _check_fused_nodes(ir_model, config) -> None:

@@ -3,7 +3,6 @@ against the input with ONNX Runtime before it is written."""
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -12,8 +11,8 @@ from mhe_edge.atomic import check_output_path
 from mhe_edge.progress import timed_steps
 from mhe_edge.errors import MheEdgeError, ModelFileError, RequestError
 from mhe_edge.exporters.metadata import KEY_GRAPH, KEY_IO, read_metadata
-from mhe_edge.onnx_files import check_full, file_bytes, publish, save_ir_model, staged
-from mhe_edge.verification import ParityRecord, argmax_agreement, compare_runners, ort_runner, raise_on_failures
+from mhe_edge.onnx_files import check_full, file_bytes, op_counts, publish, save_ir_model, staged
+from mhe_edge.verification import ParityRecord, max_abs_diff, argmax_agreement, compare_runners, ort_runner, raise_on_failures
 
 TARGETS = ("std", "ort")
 FP32_ATOL, FP16_ATOL, FP16_MIN_ARGMAX = 1e-4, 1e-2, 0.99
@@ -36,7 +35,7 @@ class OptimizeReport:
 
     @property
     def max_abs_diff(self) -> float:
-        return max((r.max_abs_diff for r in self.parity), default=0.0)
+        return max_abs_diff(self.parity)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -103,7 +102,7 @@ def optimize(
         except Exception as exc:
             raise ModelFileError(f"{source.name} is malformed: {exc}") from None
         model = ir.load(source)
-        before = _op_counts(model)
+        before = op_counts(model)
     with step("passes"):
         try:
             model = ir.passes.PassManager(passes)(model).model  # functional passes (int8) return a new model
@@ -133,7 +132,7 @@ def optimize(
                 raise_on_failures(records, "the optimized model disagrees with its input")
         with step("save"):
             written = publish(tmp, target_path)
-    return OptimizeReport(str(source), str(target_path), target, precision, applied, before, _op_counts(model),
+    return OptimizeReport(str(source), str(target_path), target, precision, applied, before, op_counts(model),
                           file_bytes(source), written, records, seconds)
 
 
@@ -143,10 +142,6 @@ def _own_error(exc: BaseException) -> BaseException:
     while cause is not None and not isinstance(cause, MheEdgeError):
         cause = cause.__cause__ or cause.__context__
     return cause if cause is not None else ModelFileError(f"a graph pass failed: {exc}")
-
-
-def _op_counts(model) -> dict[str, int]:
-    return dict(sorted(Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph).items()))
 
 
 def _fp16_io(io_json: str) -> str:

@@ -21,11 +21,12 @@ DEVICE = {"cpu": "cpu", "cuda": "cuda"}
 class ExportedModel:
     """An mhe-edge export loaded on one provider, with its config and I/O layout read from the file."""
 
-    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None, **session_config: str):
+    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+                 profile_prefix: str | None = None, **session_config: str):
         self.path = Path(path)
         self.config, self.metadata, _ = read_metadata(self.path)
         self.provider = provider
-        self.session = create_session(self.path, provider, threads, **session_config)
+        self.session = create_session(self.path, provider, threads, profile_prefix, **session_config)
         self.device = DEVICE[provider]
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.float_dtype = np.float16 if any(i.type == "tensor(float16)" for i in inputs.values()) else np.float32

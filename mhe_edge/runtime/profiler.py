@@ -1,6 +1,7 @@
 """`profile`: latency, throughput and memory of an export on ONNX Runtime, plus its slowest ops."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -84,7 +85,7 @@ def profile(
         if on_progress:
             on_progress("warm-up", i + 1, total)
     reset_peak_rss()
-    with DevicePeakMemory() if provider == "cuda" else _nothing() as device_memory:
+    with DevicePeakMemory() if provider == "cuda" else contextlib.nullcontext() as device_memory:
         for i in range(runs):
             one_run(record=True)
             if on_progress:
@@ -118,16 +119,6 @@ def profile(
     return report
 
 
-class _nothing:
-    peak = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _parameter_bytes(path) -> int:
     from mhe_edge.exporters.metadata import describe_onnx
 
@@ -137,17 +128,16 @@ def _parameter_bytes(path) -> int:
 def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, limit) -> list[dict[str, Any]]:
     """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps."""
     with tempfile.TemporaryDirectory() as tmp:
-        model = ExportedModel(path, provider, threads, **{})
-        options_model = _profiling_session(model, Path(tmp))
+        model = ExportedModel(path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile"))
         if is_decoder:
-            last, cache = options_model.prefill(ids, prefill_chunk)
+            last, cache = model.prefill(ids, prefill_chunk)
             token = last.argmax(-1)[:, None]
             for _ in range(steps):
-                logits, cache = options_model.step(token, cache)
+                logits, cache = model.step(token, cache)
                 token = logits[:, -1:].argmax(-1)
         else:
-            options_model.encode(ids)
-        trace_file = Path(options_model.session.end_profiling())
+            model.encode(ids)
+        trace_file = Path(model.session.end_profiling())
         events = json.loads(trace_file.read_text())
         if trace:
             shutil.copyfile(trace_file, trace)
@@ -158,15 +148,3 @@ def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, tra
     total = sum(per_op.values()) or 1.0
     ranked = sorted(per_op.items(), key=lambda kv: -kv[1])[:limit]
     return [{"op": op, "ms": us / 1000.0, "share": us / total} for op, us in ranked]
-
-
-def _profiling_session(model: ExportedModel, folder: Path) -> ExportedModel:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.enable_profiling = True
-    options.profile_file_prefix = str(folder / "ort_profile")
-    options.log_severity_level = 3
-    providers = model.session.get_providers()
-    model.session = ort.InferenceSession(str(model.path), sess_options=options, providers=providers)
-    return model

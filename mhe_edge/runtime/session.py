@@ -8,8 +8,16 @@ from mhe_edge.errors import ModelFileError, ProviderError, RequestError
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
-def create_session(path: str | os.PathLike, provider: str = "cpu", threads: int | None = None, **session_config: str):
-    """An InferenceSession on exactly `provider`; raises ProviderError if ONNX Runtime lands elsewhere."""
+def create_session(
+    path: str | os.PathLike,
+    provider: str = "cpu",
+    threads: int | None = None,
+    profile_prefix: str | None = None,
+    **session_config: str,
+):
+    """An InferenceSession on exactly `provider`; raises ProviderError if ONNX Runtime lands elsewhere.
+
+    `profile_prefix` turns on ONNX Runtime's profiler (its trace goes to PREFIX_<time>.json)."""
     import onnxruntime as ort
 
     if provider not in PROVIDERS:
@@ -26,6 +34,9 @@ def create_session(path: str | os.PathLike, provider: str = "cpu", threads: int 
         if threads < 1:
             raise RequestError(f"threads must be at least 1, not {threads}")
         options.intra_op_num_threads = threads
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     for key, value in session_config.items():
         options.add_session_config_entry(key, value)
     providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]

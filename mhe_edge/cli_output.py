@@ -1,0 +1,103 @@
+"""What the CLI prints: tables, and a spinner with a line per finished step (stderr)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console()
+err = Console(stderr=True)
+
+
+def comparison_table(result: dict[str, Any]) -> Table:
+    settings = result["settings"]
+    table = Table(title=f"compare on {settings['provider']}: batch {settings['batch']}, {settings['new_tokens']} decode steps"
+                        f" (ratios: x MHA at the same length)")
+    for column in ("attention", "tokens", "params", "file MiB", "KV cache MiB", "peak MiB", "prefill ms", "decode ms/tok"):
+        table.add_column(column, justify="right")
+
+    def cell(row, key, scale=1.0, digits=1, unit=""):
+        value, ratio = row[key], row.get(f"{key}_vs_mha")
+        if value is None:
+            return "n/a"
+        text = f"{value / scale:,.{digits}f}{unit}"
+        return text + (f" ({ratio:.2f}x)" if ratio is not None and row["attention"] != "mha" else "")
+
+    for row in result["rows"]:
+        table.add_row(row["attention"], str(row["seq_len"]), cell(row, "parameters", 1e6, 2, "M"),
+                      cell(row, "model_file_bytes", 2**20), cell(row, "kv_cache_bytes", 2**20, 2),
+                      cell(row, "peak_memory_bytes", 2**20), cell(row, "prefill_ms", 1, 2), cell(row, "decode_ms_per_token", 1, 2))
+    return table
+
+
+def print_optimize(report) -> None:
+    data = report.to_dict()
+    table = Table(title=f"optimized {report.output} (target {report.target}, {report.precision})")
+    for column in ("", "before", "after"):
+        table.add_column(column)
+    table.add_row("bytes", f"{report.bytes_before:,}", f"{report.bytes_after:,}")
+    table.add_row("nodes", str(data["nodes"]["before"]), str(data["nodes"]["after"]))
+    for op in sorted(set(report.op_counts_before) | set(report.op_counts_after)):
+        if "Attention" in op:
+            table.add_row(op, str(report.op_counts_before.get(op, 0)), str(report.op_counts_after.get(op, 0)))
+    out.print(table)
+    agreement = data["argmax_agreement"]
+    out.print(
+        f"passes: {', '.join(report.passes)}; max |optimized - input| {report.max_abs_diff:.2e}"
+        + (f", argmax agreement {agreement:.2%}" if agreement is not None else "")
+    )
+
+
+def worst_per_case(records):
+    worst: dict[str, Any] = {}
+    for record in records:
+        if record.case not in worst or record.max_abs_diff > worst[record.case].max_abs_diff:
+            worst[record.case] = record
+    return list(worst.values())
+
+
+class steps:
+    """A spinner naming the running step, and a tick line per finished step (stderr; silent with --json)."""
+
+    def __init__(self, title: str, quiet: bool):
+        self.title, self.quiet, self.current, self.status = title, quiet, None, None
+
+    def __enter__(self):
+        if not self.quiet:
+            self.status = err.status(f"{self.title}: starting")
+            self.status.__enter__()
+        return self.on_step
+
+    def on_step(self, name: str) -> None:
+        self._finish()
+        self.current = (name, time.perf_counter())
+        if self.status:
+            self.status.update(f"{self.title}: {name}")
+
+    def _finish(self) -> None:
+        if self.current and self.status:
+            name, start = self.current
+            err.print(f"  [green]done[/] {name} ({time.perf_counter() - start:.1f} s)", highlight=False)
+
+    def __exit__(self, exc_type, *rest):
+        if exc_type is None:
+            self._finish()
+        if self.status:
+            self.status.__exit__(exc_type, *rest)
+        return False
+
+
+def print_report(report: dict[str, Any]) -> None:
+    table = Table(title=f"{report['path']} ({report['kind']})", show_header=False)
+    for key, value in report["config"].items():
+        table.add_row(key, str(value))
+    for key, value in report["parameters"].items():
+        table.add_row(f"parameters.{key}", f"{value:,}")
+    for key, value in report.items():
+        if key not in ("config", "parameters", "path", "kind") and not isinstance(value, (dict, list)):
+            table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+    for key, value in report.get("op_counts", {}).items():
+        table.add_row(f"ops.{key}", str(value))
+    out.print(table)
