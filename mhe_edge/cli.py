@@ -22,7 +22,7 @@ from mhe_edge.errors import MheEdgeError
 
 app = typer.Typer(
     name="mhe-edge",
-    help="Ship MHE-attention transformers to the edge: build, export to ONNX, inspect.",
+    help="Ship MHE-attention transformers to the edge: build, export to ONNX, optimize, run, profile, compare.\n\nStart with `mhe-edge compare` (MHE beside MHA, MQA and GQA on ONNX Runtime).",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
