@@ -293,6 +293,32 @@ def compare(
         out.print(f"plot: {plot}")
 
 
+@app.command("to-ort")
+def to_ort(
+    model: Path = typer.Argument(..., help="An mhe-edge export (.onnx), ideally optimized with --target std."),
+    output: Optional[Path] = typer.Option(None, "-o", "--output", help="Where to write (default: MODEL with .ort)."),
+    optimization_level: str = typer.Option("basic", help="basic keeps standard ONNX ops; extended/all add ORT CPU fusions."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Convert to the ONNX Runtime mobile format (.ort) and write OUT.required_operators.config for a
+    reduced-size ONNX Runtime build (`--include_ops_by_config`); the .ort is checked against the .onnx.
+
+    Example: `mhe-edge to-ort model.opt.onnx -o model.ort`
+    """
+    from mhe_edge.edge import to_ort as convert
+
+    with err.status("to-ort: converting and checking"):
+        report = convert(model, output, optimization_level=optimization_level, force=force)
+    if as_json:
+        print(json.dumps(report))
+        return
+    out.print(f"wrote {report['ort']} ({report['ort_bytes']:,} bytes) and {report['required_operators_config']}")
+    for domain, ops in report["required_operators"].items():
+        out.print(f"  {domain}: {', '.join(ops)}")
+    out.print(f"max |.ort - .onnx| {report['max_abs_diff']:.2e}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, map mhe-edge errors to one line and their exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("MHE_EDGE_DEBUG") == "1"

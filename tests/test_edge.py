@@ -1,0 +1,89 @@
+"""Edge artifacts: the .ort round trip and its operator config; the C++ example against `mhe-edge generate`."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from passes_helpers import exported
+from mhe_edge.edge import read_required_operators, to_ort
+from mhe_edge.passes import optimize
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cpp"
+
+
+@pytest.mark.parametrize("attention", ["mhe-add", "mhe-mul"])
+def test_ort_round_trip_needs_only_standard_ops(tmp_path, attention):
+    _, path = exported(tmp_path, attention=attention)
+    optimized = optimize(path, tmp_path / "opt.onnx", target="std").output
+    report = to_ort(optimized, tmp_path / "model.ort")
+    assert Path(report["ort"]).is_file() and Path(report["required_operators_config"]).is_file()
+    assert report["max_abs_diff"] <= 1e-5 and all(r["passed"] for r in report["parity"])
+    operators = read_required_operators(report["required_operators_config"])
+    assert list(operators) == ["ai.onnx"] and "Attention" in operators["ai.onnx"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("model")) == ["model.ort", "model.required_operators.config"]
+
+
+def test_ort_of_an_unoptimized_export_inlines_the_function(tmp_path):
+    _, path = exported(tmp_path, attention="mhe-mul")
+    report = to_ort(path, tmp_path / "raw.ort")
+    ops = report["required_operators"]
+    assert list(ops) == ["ai.onnx"] and "Softmax" in ops["ai.onnx"] and "Attention" not in ops["ai.onnx"]
+
+
+def test_to_ort_refusals(tmp_path, cli):
+    _, path = exported(tmp_path, attention="mhe-add")
+    (tmp_path / "decoder-mhe-add.ort").write_bytes(b"keep")
+    result = cli("to-ort", path)
+    assert result.code == 2 and "--force" in result.stderr
+    assert (tmp_path / "decoder-mhe-add.ort").read_bytes() == b"keep"
+    assert cli("to-ort", path, "-o", tmp_path / "x.onnx").code == 2
+    assert cli("to-ort", path, "-o", tmp_path / "y.ort", "--optimization-level", "max").code == 2
+    (tmp_path / "plain.onnx").write_bytes(b"\x08\x07")  # a protobuf with no graph and no metadata
+    result = cli("to-ort", tmp_path / "plain.onnx")
+    assert result.code == 4 and "not an mhe-edge export" in result.stderr
+
+
+@pytest.fixture(scope="module")
+def cpp_generate():
+    if not (shutil.which("cmake") and (shutil.which("c++") or shutil.which("g++"))):
+        pytest.skip("no C++ compiler or cmake on this machine")
+    subprocess.run(["bash", str(EXAMPLE / "build.sh")], check=True, env={**os.environ, "PYTHON": sys.executable})
+    binary = EXAMPLE / "build" / "mhe_generate"
+    assert binary.is_file()
+    return binary
+
+
+@pytest.mark.parametrize("attention,variant", [("mhe-add", "export"), ("mhe-mul", "std"), ("mhe-mul", "ort"), ("mha", "fp16"), ("gqa", "ort")])
+def test_cpp_example_matches_python_token_for_token(tmp_path, cli, cpp_generate, attention, variant):
+    _, path = exported(tmp_path, attention=attention, d_model=64)
+    if variant != "export":
+        path = optimize(path, tmp_path / "opt.onnx", target="ort" if variant == "ort" else "std", fp16=variant == "fp16").output
+    args = ["--prompt", "3,1,4,1,5", "--max-new-tokens", "12"]
+    python = cli("generate", path, *args)
+    cpp = subprocess.run([str(cpp_generate), str(path), *args], capture_output=True, text=True)
+    assert cpp.returncode == 0, cpp.stderr
+    assert cpp.stdout.strip() == python.stdout.strip() and python.stdout.startswith("tokens: ")
+    assert len(cpp.stdout.split()) == 13
+
+
+def test_cpp_example_refuses_bad_prompts(tmp_path, cpp_generate):
+    _, path = exported(tmp_path, attention="mhe-add")
+    for args, fragment in [(["--prompt", "3,x"], "comma-separated"), (["--prompt", "5000"], "outside the vocabulary"),
+                           (["--prompt", "1", "--max-new-tokens", "999"], "max_seq_len")]:
+        done = subprocess.run([str(cpp_generate), str(path), *args], capture_output=True, text=True)
+        assert done.returncode == 2 and fragment in done.stderr, (args, done.stderr)
+
+
+def test_cpp_reads_the_same_metadata_python_writes(tmp_path):
+    _, path = exported(tmp_path, attention="mhe-mul")
+    import onnx
+
+    io = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["mhe_edge.io"])
+    source = (EXAMPLE / "main.cpp").read_text()
+    for key in ("arch", "num_layers", "kv_heads", "head_dim", "vocab_size", "max_seq_len"):
+        assert f'"{key}"' in source
+        assert key in io or key in io["kv_cache"]
