@@ -319,6 +319,37 @@ def to_ort(
     out.print(f"max |.ort - .onnx| {report['max_abs_diff']:.2e}")
 
 
+@app.command()
+def package(
+    model: Path = typer.Argument(..., help="A decoder export (.onnx)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Folder to write."),
+    format: str = typer.Option("genai", "--format", help="genai: a folder onnxruntime-genai loads as it is."),
+    target: str = typer.Option("ort", help="optimize target when MODEL is not optimized yet: ort or std."),
+    share_buffer: bool = typer.Option(False, "--share-buffer", help="past_present_share_buffer: update the cache in place (needs --target ort)."),
+    eos_token_id: Optional[int] = typer.Option(None, help="End-of-sequence id for the generator (default: vocab_size - 1)."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+) -> None:
+    """Package an export for onnxruntime-genai: the optimized model and a genai_config.json from the export's
+    metadata (layers, heads, KV heads, head size, vocab, context length, I/O names, greedy defaults). With
+    onnxruntime-genai installed, its greedy tokens are checked against `mhe-edge generate` first.
+
+    Example: `mhe-edge package model.onnx --format genai -o model-genai/`
+    """
+    from mhe_edge.edge import package_genai
+    from mhe_edge.errors import RequestError
+
+    if format != "genai":
+        raise RequestError(f"format must be genai, not {format!r}")
+    with err.status("package: optimizing, configuring, checking"):
+        report = package_genai(model, output, target=target, share_buffer=share_buffer, eos_token_id=eos_token_id, force=force)
+    if as_json:
+        print(json.dumps(report))
+        return
+    out.print(f"wrote {report['folder']}: model.onnx ({report['model_bytes']:,} bytes), genai_config.json"
+              f" (share buffer {report['share_buffer']}, eos {report['eos_token_id']}); onnxruntime-genai check: {report['check']['status']}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app, map mhe-edge errors to one line and their exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("MHE_EDGE_DEBUG") == "1"
