@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ import torch
 
 from mhe_edge.atomic import atomic_output
 from mhe_edge.config import ModelConfig
-from mhe_edge.errors import CheckpointError, ConfigError
+from mhe_edge.errors import CheckpointError, ConfigError, OutputError
 from mhe_edge.models import Transformer, build_model
 
 FORMAT = "mhe-edge/1"
@@ -28,13 +27,17 @@ def save_checkpoint(model: Transformer, path: str | os.PathLike) -> Path:
     if path.suffix not in SUFFIXES:
         raise CheckpointError(f"checkpoint path must end in .pt or .safetensors, not {path.name!r}")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_output(path) as tmp:
-        if path.suffix == ".pt":
-            torch.save({"format": FORMAT, "config": model.config.to_dict(), "state_dict": state}, tmp)
-        else:
-            from safetensors.torch import save_file
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
 
-            save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(model.config.to_dict())})
+    with atomic_output(path) as tmp:
+        try:
+            if path.suffix == ".pt":
+                torch.save({"format": FORMAT, "config": model.config.to_dict(), "state_dict": state}, tmp)
+            else:
+                save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(model.config.to_dict())})
+        except (OSError, RuntimeError, SafetensorError) as exc:  # the writers report a full disk their own way
+            raise OutputError(f"cannot write {path.name}: {_one_line(exc)}; nothing was written") from None
     return path
 
 
@@ -75,7 +78,7 @@ def _read_torch(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
         raise CheckpointError(f"{path.name} holds objects a safe load refuses (not run): {first}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # torch.load raises many classes on corrupt input (found by the fuzz test)
         raise CheckpointError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {_one_line(exc)}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is a torch file but not an mhe-edge checkpoint (no 'format': '{FORMAT}')")
@@ -92,7 +95,7 @@ def _read_safetensors(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
             state = {key: f.get_tensor(key) for key in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+    except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
         raise CheckpointError(f"{path.name} is not a readable safetensors file: {_one_line(exc)}") from None
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise CheckpointError(f"{path.name} is a safetensors file but not an mhe-edge checkpoint (no config metadata)")

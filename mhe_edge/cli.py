@@ -18,7 +18,7 @@ from rich.table import Table
 import mhe_edge
 from mhe_edge.config import ARCHS, ATTENTION_KINDS, PRESETS
 from mhe_edge.cli_output import comparison_table, err, out, print_optimize, print_report, steps, worst_per_case
-from mhe_edge.errors import MheEdgeError
+from mhe_edge.errors import MheEdgeError, OutputError
 
 app = typer.Typer(
     name="mhe-edge",
@@ -41,8 +41,7 @@ def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors (also MHE_EDGE_DEBUG=1)."),
 ) -> None:
-    if debug:
-        os.environ["MHE_EDGE_DEBUG"] = "1"
+    """`--debug` is read by `main` before the app runs (it decides how errors are shown)."""
 
 
 @app.command()
@@ -364,7 +363,16 @@ def main(argv: list[str] | None = None) -> None:
         show = getattr(exc, "show", None)
         show() if show else err.print(f"error: {exc}", highlight=False)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # disk full, permissions: the staged outputs were already removed
+        if debug:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        err.print(f"[bold red]error:[/] cannot complete the operation ({exc.strerror or exc}){where}; nothing was written",
+                  highlight=False, soft_wrap=True)
+        sys.exit(OutputError.exit_code)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted; nothing was written", highlight=False)
         sys.exit(130)
+    if code == 130:  # typer turns Ctrl-C into exit code 130; staged outputs were removed on the way out
+        err.print("interrupted; nothing was written", highlight=False)
     sys.exit(code if isinstance(code, int) else 0)

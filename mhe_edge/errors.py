@@ -52,3 +52,9 @@ class ProviderError(MheEdgeError):
     """An execution provider was asked for and ONNX Runtime cannot give it."""
 
     exit_code = 7
+
+
+class OutputError(MheEdgeError):
+    """An output could not be written (disk full, file too large, no permission); nothing was left behind."""
+
+    exit_code = 8

@@ -103,9 +103,33 @@ def load_onnx_header(path: str | os.PathLike):
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, str], Any]:
+    """Config, metadata and header of an mhe-edge export. Every command that reads an ONNX file comes
+    through here first, so the file's tensors are vetted before any runtime or loader touches them."""
+    path = Path(path)
     proto = load_onnx_header(path)
     props = {p.key: p.value for p in proto.metadata_props}
-    return config_from_metadata(props, Path(path).name), props, proto
+    config = config_from_metadata(props, path.name)
+    check_tensor_sizes(proto, path)
+    return config, props, proto
+
+
+def check_tensor_sizes(proto, path: Path) -> None:
+    """Refuse tensors whose declared size does not match the bytes behind them (a small file declaring a
+    huge tensor would otherwise make a loader allocate it), and external data outside the model's folder."""
+    external_data_files(proto, path)
+    folder = path.resolve().parent
+    for tensor in proto.graph.initializer:
+        declared = _tensor_bytes(tensor)
+        location = {e.key: e.value for e in tensor.external_data}
+        if location:
+            data = folder / location["location"]
+            offset, length = int(location.get("offset", 0)), int(location.get("length", declared))
+            if not data.is_file() or offset + length > data.stat().st_size or length != declared:
+                raise ModelFileError(f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes its external data does not hold")
+        elif tensor.raw_data and len(tensor.raw_data) != declared:
+            raise ModelFileError(
+                f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes but holds {len(tensor.raw_data):,}"
+            )
 
 
 def external_data_files(proto, path: Path) -> set[str]:

@@ -1,0 +1,66 @@
+"""Outputs appear whole or not at all: interrupted runs (Ctrl-C) and full disks leave nothing behind."""
+import resource
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import tiny_model
+from mhe_edge import save_checkpoint
+
+
+def _mhe_edge(*args, **kwargs):
+    return subprocess.Popen([sys.executable, "-m", "mhe_edge", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def test_ctrl_c_during_export_leaves_nothing(tmp_path):
+    # big enough that checking and validating the staged file takes a while
+    save_checkpoint(tiny_model(attention="mhe-mul", n_layers=4, d_model=256, n_heads=8, d_ff=1024, vocab_size=4000, max_seq_len=64),
+                    tmp_path / "m.pt")
+    (tmp_path / "m.onnx").write_bytes(b"the previous export")
+    process = _mhe_edge("export", tmp_path / "m.pt", "--force")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(p.name.startswith(".m.onnx.") for p in tmp_path.iterdir()):  # the staged output exists now
+            process.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.005)
+    else:
+        pytest.fail("the export finished or hung before a staged file appeared")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted; nothing was written" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.pt"]
+    assert (tmp_path / "m.onnx").read_bytes() == b"the previous export"
+
+
+def _file_size_limit(limit_bytes):
+    def apply():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return apply
+
+
+@pytest.mark.parametrize("command", ["init-pt", "init-safetensors", "export", "optimize"])
+def test_a_full_disk_leaves_nothing(tmp_path, command):
+    model = tiny_model(attention="mhe-add")
+    save_checkpoint(model, tmp_path / "m.pt")
+    if command == "optimize":
+        from mhe_edge.exporters import export
+
+        export(model, tmp_path / "m.onnx")
+    args = {
+        "init-pt": ["init", tmp_path / "new.pt"],
+        "init-safetensors": ["init", tmp_path / "new.safetensors"],
+        "export": ["export", tmp_path / "m.pt", "-o", tmp_path / "new.onnx"],
+        "optimize": ["optimize", tmp_path / "m.onnx", "-o", tmp_path / "new.onnx"],
+    }[command]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    process = _mhe_edge(*args, preexec_fn=_file_size_limit(100_000))  # the model files are ~0.3-0.9 MB
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 8, stderr
+    assert "nothing was written" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
