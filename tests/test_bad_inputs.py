@@ -42,28 +42,18 @@ def _copy(assets, name, to):
     return to
 
 
-def _external_outside(assets, d):
+def _external_data_at(assets, d, location, symlink_to=None):
+    """A copy of the external-data export whose tensors name `location` (made a symlink when asked)."""
     (d / "sub").mkdir()
     proto = onnx.load(assets[0] / "external.onnx", load_external_data=False)
     for tensor in proto.graph.initializer:
         for entry in tensor.external_data:
             if entry.key == "location":
-                entry.value = "../../etc/passwd"
+                entry.value = location
     onnx.save(proto, d / "sub" / "evil.onnx")
+    if symlink_to:
+        os.symlink(symlink_to, d / "sub" / location)
     return d / "sub" / "evil.onnx"
-
-
-def _external_symlink_outside(assets, d):
-    """External data named inside the folder, but a symlink to a file outside it (CVE-2026-27489's shape)."""
-    (d / "sub").mkdir()
-    proto = onnx.load(assets[0] / "external.onnx", load_external_data=False)
-    for tensor in proto.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = "weights.data"
-    onnx.save(proto, d / "sub" / "linked.onnx")
-    os.symlink("/etc/hostname", d / "sub" / "weights.data")
-    return d / "sub" / "linked.onnx"
 
 
 def _huge_tensor(assets, d):
@@ -112,8 +102,8 @@ CASES = [
     ("onnx-empty", lambda a, d: ["optimize", _write(d / "empty.onnx", b"")], 4, "not an mhe-edge export"),
     ("onnx-truncated", lambda a, d: ["generate", _write(d / "cut.onnx", (a[0] / "good.onnx").read_bytes()[:5000]), "--prompt", "1"], 4, "not"),
     ("onnx-not-mhe-edge", lambda a, d: ["profile", _plain_onnx(d)], 4, "not an mhe-edge export"),
-    ("onnx-external-data-outside-folder", lambda a, d: ["to-ort", _external_outside(a, d)], 4, "outside its folder"),
-    ("onnx-external-data-symlink-outside", lambda a, d: ["inspect", _external_symlink_outside(a, d)], 4, "outside its folder"),
+    ("onnx-external-data-outside-folder", lambda a, d: ["to-ort", _external_data_at(a, d, "../../etc/passwd")], 4, "outside its folder"),
+    ("onnx-external-data-symlink-outside", lambda a, d: ["inspect", _external_data_at(a, d, "weights.data", symlink_to="/etc/hostname")], 4, "outside its folder"),
     ("onnx-huge-declared-tensor", lambda a, d: ["inspect", _huge_tensor(a, d)], 4, "declares"),
     ("compare-non-mhe-edge-file", lambda a, d: ["compare", _plain_onnx(d), "--seq-lens", "4"], 4, "not an mhe-edge export"),
     ("package-an-encoder", lambda a, d: ["package", a[0] / "encoder.onnx", "-o", d / "pkg"], 2, "is an encoder"),
