@@ -12,6 +12,16 @@ from mhe_edge.models import build_model
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+class CodeCarrier:
+    """A pickle payload that would create `marker` if it were ever unpickled: proof that code ran."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
 def tiny_config(arch: str = "decoder", attention: str = "mhe-mul", **overrides) -> ModelConfig:
     fields = dict(arch=arch, attention=attention, n_layers=2, d_model=48, n_heads=4, d_ff=96, vocab_size=97, max_seq_len=64)
     if attention == "gqa":

@@ -8,20 +8,12 @@ import onnx
 import pytest
 import torch
 
-from conftest import tiny_model
+from conftest import CodeCarrier, tiny_model
 from mhe_edge import save_checkpoint
 from mhe_edge.checkpoint import FORMAT
 from mhe_edge.exporters import export
 
 MARKER = "code_ran"
-
-
-class CodeCarrier:
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.fixture(scope="module")

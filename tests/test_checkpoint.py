@@ -9,22 +9,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import tiny_model
+from conftest import CodeCarrier, tiny_model
 from mhe_edge import load_model, save_checkpoint
 from mhe_edge.checkpoint import FORMAT
 from mhe_edge.errors import CheckpointError
 
-MARKER_ENV = "MHE_EDGE_TEST_MARKER"
-
-
-class CodeCarrier:
-    """Unpickling this would create the marker file: proof that code ran."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
