@@ -132,14 +132,24 @@ def check_tensor_sizes(proto, path: Path) -> None:
             )
 
 
+def external_locations(proto) -> set[str]:
+    """The external-data file names a model's initializers point to (unchecked)."""
+    return {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+
+
 def external_data_files(proto, path: Path) -> set[str]:
     """The external-data files a model names; refuses any that would resolve outside the model's folder."""
     folder = path.resolve().parent
-    files = {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    files = external_locations(proto)
     for name in files:
         if Path(name).is_absolute() or folder not in (folder / name).resolve().parents:
             raise ModelFileError(f"{path.name} points its external data outside its folder ({name!r}); refused")
     return files
+
+
+def parameter_bytes(proto) -> int:
+    """Bytes of every initializer, inline or external, as declared (check_tensor_sizes holds them to it)."""
+    return sum(_tensor_bytes(t) for t in proto.graph.initializer)
 
 
 def _tensor_bytes(tensor) -> int:
@@ -156,8 +166,7 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     config, props, proto = read_metadata(path)
     ops = Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in proto.graph.node)
-    initializers = list(proto.graph.initializer)
-    external = external_data_files(proto, path)
+    external = external_locations(proto)  # read_metadata has vetted them
     report: dict[str, Any] = {
         "path": str(path),
         "kind": "onnx",
@@ -170,7 +179,7 @@ def describe_onnx(path: str | os.PathLike) -> dict[str, Any]:
         "functions": [f"{f.domain}.{f.name}" for f in proto.functions],
         "op_counts": dict(sorted(ops.items())),
         "parameters": count_parameters(config),
-        "parameter_bytes": sum(_tensor_bytes(t) for t in initializers),
+        "parameter_bytes": parameter_bytes(proto),
         "file_bytes": path.stat().st_size + sum((path.parent / e).stat().st_size for e in external if (path.parent / e).is_file()),
         "external_data": sorted(external),
     }

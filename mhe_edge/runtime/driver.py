@@ -12,11 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from mhe_edge.errors import RequestError
-from mhe_edge.exporters.metadata import read_metadata
+from mhe_edge.exporters.metadata import parameter_bytes, read_metadata
 from mhe_edge.runtime.session import create_session
-
-DEVICE = {"cpu": "cpu", "cuda": "cuda"}
-
 
 class ExportedModel:
     """An mhe-edge export loaded on one provider, with its config and I/O layout read from the file."""
@@ -24,10 +21,11 @@ class ExportedModel:
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
                  profile_prefix: str | None = None, **session_config: str):
         self.path = Path(path)
-        self.config, self.metadata, _ = read_metadata(self.path)
+        self.config, self.metadata, header = read_metadata(self.path)
+        self.parameter_bytes = parameter_bytes(header)  # from the header already parsed; not kept in memory
         self.provider = provider
         self.session = create_session(self.path, provider, threads, profile_prefix, **session_config)
-        self.device = DEVICE[provider]
+        self.device = provider  # ORT names devices as we name providers: "cpu", "cuda"
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.float_dtype = np.float16 if any(i.type == "tensor(float16)" for i in inputs.values()) else np.float32
         self.input_names = list(inputs)

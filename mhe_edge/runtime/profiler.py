@@ -113,16 +113,10 @@ def profile(
         "peak_memory_source": "NVML device memory" if provider == "cuda" else "process VmHWM (run phase)",
         "kv_cache_bytes": kv_cache_bytes(cfg, batch, final_len, bytes_per_element) if is_decoder else 0,
         "model_file_bytes": file_bytes(Path(path)),
-        "parameter_bytes": _parameter_bytes(path),
+        "parameter_bytes": model.parameter_bytes,
     }
     report["top_ops"] = _top_ops(path, provider, threads, ids, prefill_chunk, min(new_tokens, 4), is_decoder, trace, top_ops)
     return report
-
-
-def _parameter_bytes(path) -> int:
-    from mhe_edge.exporters.metadata import describe_onnx
-
-    return describe_onnx(path)["parameter_bytes"]
 
 
 def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, limit) -> list[dict[str, Any]]:
