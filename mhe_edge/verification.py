@@ -71,7 +71,7 @@ def raise_on_failures(records: list[ParityRecord], what: str) -> None:
 Runner = Callable[[dict], dict]  # feeds by input name -> outputs by output name
 
 
-def torch_runner(model):
+def torch_runner(model) -> Runner:
     """The PyTorch reference model behind the ONNX I/O contract (names from the export's metadata)."""
     import torch
 
@@ -97,7 +97,7 @@ def torch_runner(model):
     return run
 
 
-def ort_runner(session):
+def ort_runner(session) -> Runner:
     """A session as a runner; float feeds are cast to the dtype each input declares (fp16 models take fp16)."""
     names = [o.name for o in session.get_outputs()]
     wanted = {i.name: np.float16 if i.type == "tensor(float16)" else None for i in session.get_inputs()}
@@ -125,7 +125,7 @@ def parity_cases(config) -> list[tuple[str, int, list[int]]]:
 
 
 def compare_runners(
-    config, candidate, reference, atol: float, seed: int = 0, float_dtype=np.float32, min_argmax_agreement: float | None = None
+    config, candidate: Runner, reference: Runner, atol: float, seed: int = 0, float_dtype=np.float32, min_argmax_agreement: float | None = None
 ) -> list[ParityRecord]:
     """Run both on the same seeded inputs; one record per output per step. Never raises on a mismatch."""
     rng = np.random.default_rng(seed)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__all__ = ["STEPS", "ExportReport", "export"]
+__all__ = ["ExportReport", "export"]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,8 +17,6 @@ from mhe_edge.verification import ParityRecord, max_abs_diff, compare_runners, o
 
 MIN_OPSET = 23  # the first with the standard Attention operator
 
-STEPS = ("load", "trace", "attach functions", "check", "validate", "save")
-
 
 @dataclass
 class ExportReport:

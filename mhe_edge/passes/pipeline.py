@@ -16,7 +16,6 @@ from mhe_edge.verification import ParityRecord, max_abs_diff, argmax_agreement, 
 
 TARGETS = ("std", "ort")
 FP32_ATOL, FP16_ATOL, FP16_MIN_ARGMAX = 1e-4, 1e-2, 0.99
-STEPS = ("load", "passes", "check", "validate", "save")
 
 
 @dataclass
