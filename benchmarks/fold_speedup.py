@@ -18,7 +18,7 @@ import numpy as np
 
 import mhe_edge
 from mhe_edge.exporters import export
-from mhe_edge.exporters.metadata import input_names
+from mhe_edge.contract import input_names
 from mhe_edge.passes import optimize
 from mhe_edge.runtime import create_session
 

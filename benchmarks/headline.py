@@ -35,8 +35,8 @@ def main() -> None:
     from rich.console import Console
 
     from mhe_edge import count_parameters, preset_config
-    from mhe_edge.cli_output import comparison_table
-    from mhe_edge.runtime.compare import compare
+    from mhe_edge.cli.output import comparison_table
+    from mhe_edge.workflows.compare import compare
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seq-lens", default="512,1024,2048")

@@ -1,6 +1,8 @@
 """One exception family for everything mhe-edge refuses; the CLI maps each class to an exit code."""
 from __future__ import annotations
 
+import re
+
 
 class MheEdgeError(Exception):
     """Base of every error mhe-edge raises on purpose. Its message is one line, shown to the user."""
@@ -58,3 +60,17 @@ class OutputError(MheEdgeError):
     """An output could not be written (disk full, file too large, no permission); nothing was left behind."""
 
     exit_code = 8
+
+
+def first_line(source: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (or of a tool's output), cut to `limit`
+    characters; the exception's class name when there is no text at all. Terminal colour codes are dropped."""
+    text = source if isinstance(source, str) else str(source)
+    for line in text.splitlines():
+        line = _ANSI.sub("", line).strip()
+        if line:
+            return line[:limit]
+    return type(source).__name__ if isinstance(source, BaseException) else "no output"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")

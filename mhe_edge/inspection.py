@@ -1,36 +1,90 @@
-"""`inspect`: describe a checkpoint (config, parameters, bytes, KV cache) as a dict a script can read."""
+"""`inspect`: describe a checkpoint (config, parameters, bytes, KV cache) or an ONNX export (metadata, I/O,
+opsets, op counts) as a typed result a script can read."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mhe_edge.accounting import count_parameters, kv_cache_bytes_per_token
-from mhe_edge.checkpoint import read_checkpoint
+from mhe_edge.contract import KEY_ATTENTION, KEY_VERSION
 from mhe_edge.errors import RequestError
+from mhe_edge.results import Result
 
 
-def describe(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint (.pt / .safetensors) or an ONNX export (.onnx), described."""
+@dataclass
+class Description(Result):
+    path: str
+    kind: str  # "checkpoint" or "onnx"
+    config: dict[str, Any]
+    parameters: dict[str, int]  # by component, from the config
+    parameter_bytes: int
+    file_bytes: int  # with external data, for ONNX
+    kv_cache_bytes_per_token: int | None = None  # decoders, fp32
+    stored_parameters: int | None = None  # checkpoints: elements actually stored
+    mhe_edge_version: str | None = None  # ONNX from here on
+    graph: str | None = None
+    attention: str | None = None
+    target: str | None = None
+    precision: str | None = None
+    io: dict[str, Any] | None = None
+    opset: dict[str, int] | None = None
+    functions: list[str] | None = None
+    op_counts: dict[str, int] | None = None
+    external_data: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in super().to_dict().items() if v is not None}
+
+
+def describe(path: str | os.PathLike) -> Description:
+    """A checkpoint (.pt / .safetensors) or an ONNX export (.onnx), described.
+
+    Example: `mhe_edge.describe("model.onnx").op_counts`
+    """
     path = Path(path)
     if path.suffix == ".onnx":
-        from mhe_edge.exporters.metadata import describe_onnx
-
-        return describe_onnx(path)
+        return _describe_onnx(path)
     if path.suffix not in (".pt", ".safetensors"):
         raise RequestError(f"inspect takes a .pt, .safetensors or .onnx file, not {path.name!r}")
+    from mhe_edge.models import read_checkpoint
+
     config, state = read_checkpoint(path)
     parameters = count_parameters(config)
-    stored = sum(t.numel() for t in state.values())
-    report: dict[str, Any] = {
-        "path": str(path),
-        "kind": "checkpoint",
-        "config": config.to_dict(),
-        "parameters": parameters,
-        "parameter_bytes": parameters["total"] * 4,  # fp32
-        "stored_parameters": stored,
-        "file_bytes": path.stat().st_size,
-    }
-    if config.arch == "decoder":
-        report["kv_cache_bytes_per_token"] = kv_cache_bytes_per_token(config)
-    return report
+    return Description(
+        path=str(path),
+        kind="checkpoint",
+        config=config.to_dict(),
+        parameters=parameters,
+        parameter_bytes=sum(t.numel() * t.element_size() for t in state.values()),
+        file_bytes=path.stat().st_size,
+        kv_cache_bytes_per_token=kv_cache_bytes_per_token(config) if config.arch == "decoder" else None,
+        stored_parameters=sum(t.numel() for t in state.values()),
+    )
+
+
+def _describe_onnx(path: Path) -> Description:
+    from mhe_edge.files import read_header
+
+    header = read_header(path)
+    config, proto = header.config, header.proto
+    return Description(
+        path=str(path),
+        kind="onnx",
+        config=config.to_dict(),
+        parameters=count_parameters(config),
+        parameter_bytes=header.parameter_bytes,
+        file_bytes=header.file_bytes,
+        kv_cache_bytes_per_token=kv_cache_bytes_per_token(config) if config.arch == "decoder" else None,
+        mhe_edge_version=header.metadata.get(KEY_VERSION),
+        graph=header.graph,
+        attention=header.metadata.get(KEY_ATTENTION),
+        target=header.target,
+        precision=header.precision,
+        io=header.io,
+        opset={imp.domain or "ai.onnx": imp.version for imp in proto.opset_import},
+        functions=[f"{f.domain}.{f.name}" for f in proto.functions],
+        op_counts=header.op_counts,
+        external_data=header.external_files,
+    )

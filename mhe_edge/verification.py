@@ -6,6 +6,7 @@ from typing import Callable
 
 import numpy as np
 
+from mhe_edge.contract import ATTENTION_MASK, INPUT_IDS, output_names, past_names, present_for
 from mhe_edge.errors import ParityError
 
 
@@ -75,21 +76,17 @@ def torch_runner(model) -> Runner:
     """The PyTorch reference model behind the ONNX I/O contract (names from the export's metadata)."""
     import torch
 
-    from mhe_edge.exporters.metadata import output_names
-
     config = model.config
     names = output_names(config)
 
     def run(feeds):
-        ids = torch.from_numpy(feeds["input_ids"])
+        ids = torch.from_numpy(feeds[INPUT_IDS])
         with torch.no_grad():
             if config.arch == "encoder":
-                outputs = [model(ids, torch.from_numpy(feeds["attention_mask"]))]
+                outputs = [model(ids, torch.from_numpy(feeds[ATTENTION_MASK]))]
             else:
-                past = [
-                    (torch.from_numpy(feeds[f"past_key_values.{i}.key"]), torch.from_numpy(feeds[f"past_key_values.{i}.value"]))
-                    for i in range(config.n_layers)
-                ]
+                flat = [torch.from_numpy(feeds[name]) for name in past_names(config.n_layers)]
+                past = list(zip(flat[0::2], flat[1::2]))  # (key, value) per layer
                 logits, present = model(ids, past)
                 outputs = [logits, *[t for kv in present for t in kv]]
         return {name: t.numpy() for name, t in zip(names, outputs)}
@@ -136,19 +133,19 @@ def compare_runners(
             mask = np.ones((batch, T), dtype=np.int64)
             if batch > 1 and T > 2:
                 mask[1, T - 2 :] = 0  # padding; every row keeps real tokens
-            feeds = {"input_ids": rng.integers(0, config.vocab_size, (batch, T)), "attention_mask": mask}
+            feeds = {INPUT_IDS: rng.integers(0, config.vocab_size, (batch, T)), ATTENTION_MASK: mask}
             got, want = candidate(feeds), reference(feeds)
             records += [compare(case, name, got[name], want[name], atol, min_argmax_agreement) for name in want]
             continue
         empty = np.zeros((batch, config.kv_heads, 0, config.head_dim), dtype=float_dtype)
-        past_names = [n for i in range(config.n_layers) for n in (f"past_key_values.{i}.key", f"past_key_values.{i}.value")]
-        caches = {"candidate": dict.fromkeys(past_names, empty), "reference": dict.fromkeys(past_names, empty)}
+        pasts = past_names(config.n_layers)
+        caches = {"candidate": dict.fromkeys(pasts, empty), "reference": dict.fromkeys(pasts, empty)}
         for step, T in enumerate(chunks):
             ids = rng.integers(0, config.vocab_size, (batch, T))
             outputs = {}
             for who, run in (("candidate", candidate), ("reference", reference)):
-                outputs[who] = run({"input_ids": ids, **caches[who]})
-                caches[who] = {p: outputs[who][p.replace("past_key_values", "present")] for p in past_names}
+                outputs[who] = run({INPUT_IDS: ids, **caches[who]})
+                caches[who] = {p: outputs[who][present_for(p)] for p in pasts}
             label = f"{case} (step {step})" if len(chunks) > 1 else case
             records += [
                 compare(label, name, outputs["candidate"][name], outputs["reference"][name], atol, min_argmax_agreement)

@@ -1,7 +1,14 @@
-"""Shared by the pass tests: tiny exports with head embeddings moved well away from their init."""
+"""Shared by the tests: tiny exports with head embeddings moved well away from their init.
+
+Each distinct export is made once per test session and copied into the asking test's folder, so a test
+may write beside its model freely while the suite pays for every export only once."""
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import onnx_ir as ir
 import torch
@@ -12,15 +19,28 @@ from mhe_edge.runtime import create_session
 from mhe_edge.verification import compare_runners, ort_runner
 
 
+_CACHE_DIR = Path(tempfile.mkdtemp(prefix="mhe-edge-test-exports-"))
+atexit.register(shutil.rmtree, _CACHE_DIR, True)
+_EXPORTS: dict[tuple, tuple] = {}
+
+
 def exported(tmp_path, arch="decoder", attention="mhe-mul", seed=21, **overrides):
-    model = tiny_model(arch=arch, attention=attention, seed=seed, **overrides)
-    if model.config.is_mhe:
-        with torch.no_grad():  # embeddings far from 0 / 1, so a fold that ignored them would fail parity
-            for block in model.blocks:
-                for e in block.attn.head_embeddings():
-                    e.add_(0.5 * torch.randn_like(e))
-    path = tmp_path / f"{arch}-{attention}.onnx"
-    export(model, path)
+    """(model, tmp_path/ARCH-ATTENTION.onnx): the model must be treated as read-only (it is shared)."""
+    key = (arch, attention, seed, tuple(sorted(overrides.items())))
+    if key not in _EXPORTS:
+        model = tiny_model(arch=arch, attention=attention, seed=seed, **overrides)
+        if model.config.is_mhe:
+            with torch.no_grad():  # embeddings far from 0 / 1, so a fold that ignored them would fail parity
+                for block in model.blocks:
+                    for e in block.attn.head_embeddings():
+                        e.add_(0.5 * torch.randn_like(e))
+        cached = _CACHE_DIR / f"{len(_EXPORTS)}" / f"{arch}-{attention}.onnx"
+        cached.parent.mkdir()
+        export(model, cached)
+        _EXPORTS[key] = (model, cached)
+    model, cached = _EXPORTS[key]
+    path = tmp_path / cached.name
+    shutil.copyfile(cached, path)
     return model, path
 
 

@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from conftest import CodeCarrier, tiny_model
 from mhe_edge import load_model, save_checkpoint
-from mhe_edge.checkpoint import FORMAT
+from mhe_edge.models.checkpoint import FORMAT
 from mhe_edge.errors import CheckpointError
 
 

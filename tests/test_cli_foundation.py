@@ -41,7 +41,7 @@ def test_init_is_deterministic_per_seed(cli, tmp_path):
         (["--attention", "gqa", "--kv-heads", "3"], "not divisible by n_kv_heads"),
         (["--attention", "mla"], "attention must be one of"),
         (["--preset", "huge"], "unknown preset"),
-        (["--layers", "0"], "positive integer"),
+        (["--layers", "0"], "greater than or equal to 1"),
     ],
 )
 def test_init_refuses_bad_configs(cli, tmp_path, args, fragment):

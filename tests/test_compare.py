@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from mhe_edge.runtime.compare import compare
+from mhe_edge.workflows.compare import compare
 
 
 def test_compare_builds_profiles_and_plots(tmp_path):
     plot = tmp_path / "compare.png"
-    result = compare(preset="tiny", attentions=["mha", "mhe-mul"], seq_lens=[16, 32], runs=1, new_tokens=2, plot=plot)
+    result = compare(preset="tiny", attentions=["mha", "mhe-mul"], seq_lens=[16, 32], runs=1, new_tokens=2, plot=plot).to_dict()
     rows = result["rows"]
     assert [(r["attention"], r["seq_len"]) for r in rows] == [("mha", 16), ("mha", 32), ("mhe-mul", 16), ("mhe-mul", 32)]
     mhe = [r for r in rows if r["attention"] == "mhe-mul"]

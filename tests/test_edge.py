@@ -19,7 +19,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cpp"
 def test_ort_round_trip_needs_only_standard_ops(tmp_path, attention):
     _, path = exported(tmp_path, attention=attention)
     optimized = optimize(path, tmp_path / "opt.onnx", target="std").output
-    report = to_ort(optimized, tmp_path / "model.ort")
+    report = to_ort(optimized, tmp_path / "model.ort").to_dict()
     assert Path(report["ort"]).is_file() and Path(report["required_operators_config"]).is_file()
     assert report["max_abs_diff"] <= 1e-5 and all(r["passed"] for r in report["parity"])
     operators = read_required_operators(report["required_operators_config"])
@@ -29,7 +29,7 @@ def test_ort_round_trip_needs_only_standard_ops(tmp_path, attention):
 
 def test_ort_of_an_unoptimized_export_inlines_the_function(tmp_path):
     _, path = exported(tmp_path, attention="mhe-mul")
-    report = to_ort(path, tmp_path / "raw.ort")
+    report = to_ort(path, tmp_path / "raw.ort").to_dict()
     ops = report["required_operators"]
     assert list(ops) == ["ai.onnx"] and "Softmax" in ops["ai.onnx"] and "Attention" not in ops["ai.onnx"]
 

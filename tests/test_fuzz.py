@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from conftest import tiny_model
 from mhe_edge import load_model, save_checkpoint
 from mhe_edge.errors import CheckpointError, MheEdgeError
-from mhe_edge.exporters.metadata import read_metadata
+from mhe_edge.files import read_header
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
@@ -65,7 +65,7 @@ def test_onnx_reader_on_mutated_exports(valid_files, cut, edits):
         path = Path(tmp) / "x.onnx"
         path.write_bytes(_mutate(valid_files[".onnx"], edits, cut))
         try:
-            read_metadata(path)
+            read_header(path)
         except MheEdgeError:
             pass
 

@@ -4,7 +4,8 @@ import json
 import pytest
 
 from passes_helpers import exported
-from mhe_edge.edge import genai_greedy, package_genai
+from mhe_edge.edge import genai_greedy
+from mhe_edge.workflows.package import package as package_genai
 from mhe_edge.errors import RequestError
 
 pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install 'mhe-edge[genai]')")
@@ -17,7 +18,7 @@ pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not instal
 def test_genai_tokens_equal_mhe_edge_generate(tmp_path, cli, attention, target, share):
     _, path = exported(tmp_path, attention=attention, d_model=64)
     folder = tmp_path / "pkg"
-    report = package_genai(path, folder, target=target, share_buffer=share)
+    report = package_genai(path, folder, target=target, share_buffer=share).to_dict()
     assert report["check"]["status"] == "passed"
     config = json.loads((folder / "genai_config.json").read_text())
     decoder = config["model"]["decoder"]
@@ -42,7 +43,7 @@ def test_package_cli_and_refusals(tmp_path, cli):
     for args, fragment in [
         ([path, "-o", tmp_path / "pkg"], "exists; pass --force"),
         ([encoder, "-o", tmp_path / "enc"], "is an encoder"),
-        ([path, "-o", tmp_path / "x", "--format", "tflite"], "format must be genai"),
+        ([path, "-o", tmp_path / "x", "--format", "tflite"], "format must be one of genai"),
         ([path, "-o", tmp_path / "y", "--share-buffer", "--target", "std"], "needs --target ort"),
         ([path, "-o", tmp_path / "z", "--eos-token-id", "5000"], "outside the vocabulary"),
         ([path, "-o", tmp_path / "missing" / "pkg"], "does not exist"),

@@ -1,4 +1,4 @@
-"""The reference modules against the definitions in shared/mhe-algebra.md."""
+"""The reference modules against the definitions in docs/mhe-algebra.md."""
 import math
 
 import pytest

@@ -96,7 +96,7 @@ def _plain_onnx(path):
         (lambda d, p: None, lambda d, p: [p, "--fp16", "--int8"], 2, "not both"),
         (lambda d, p: None, lambda d, p: [p, "--target", "tensorrt"], 2, "target must be one of"),
         (lambda d, p: None, lambda d, p: [p, "--target", "ort"], 2, "multiple of 8"),
-        (lambda d, p: None, lambda d, p: [p, "-o", p], 2, "exists"),
+        (lambda d, p: None, lambda d, p: [p, "-o", p], 2, "would overwrite an input"),
         (lambda d, p: None, lambda d, p: [d / "nothing.onnx"], 4, "is not a file"),
     ],
 )

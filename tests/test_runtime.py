@@ -53,9 +53,9 @@ def test_generate_cli_prints_tokens(tmp_path, cli):
         (["--prompt", "3,one"], 2, "comma-separated token ids"),
         (["--prompt", ""], 2, "comma-separated token ids"),
         (["--prompt", "3", "--max-new-tokens", "64"], 2, "exceed the model's max_seq_len"),
-        (["--prompt", "3", "--max-new-tokens", "-2"], 2, "must not be negative"),
+        (["--prompt", "3", "--max-new-tokens", "-2"], 2, "Invalid value for '--max-new-tokens'"),
         (["--prompt", "3", "--provider", "tpu"], 2, "unknown provider"),
-        (["--prompt", "3", "--prefill-chunk", "0"], 2, "prefill chunk must be at least 1"),
+        (["--prompt", "3", "--prefill-chunk", "0"], 2, "Invalid value for '--prefill-chunk'"),
     ],
 )
 def test_generate_refuses_bad_requests(tmp_path, cli, args, code, fragment):
@@ -101,7 +101,7 @@ def test_profile_json_has_every_field_with_sane_values(tmp_path, cli):
 
 def test_profile_encoder_and_bad_values(tmp_path):
     _, path = exported(tmp_path, arch="encoder", attention="mhe-mul")
-    report = profile(path, seq_len=12, runs=1)
+    report = profile(path, seq_len=12, runs=1).to_dict()
     assert report["latency_ms"]["forward"]["p50"] > 0 and report["kv_cache_bytes"] == 0
     for kwargs, fragment in [(dict(batch=0), "batch must be at least 1"), (dict(seq_len=-3), "seq_len"), (dict(seq_len=4096), "max_seq_len")]:
         with pytest.raises(RequestError, match=fragment):
@@ -130,5 +130,5 @@ def test_cuda_generation_matches_cpu(tmp_path):
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDAExecutionProvider in this ONNX Runtime")
 def test_cuda_profile_reports_device_memory(tmp_path):
     _, path = exported(tmp_path, attention="mhe-add", d_model=64)
-    report = profile(path, "cuda", seq_len=32, new_tokens=4, runs=1)
+    report = profile(path, provider="cuda", seq_len=32, new_tokens=4, runs=1).to_dict()
     assert report["providers"][0] == "CUDAExecutionProvider"

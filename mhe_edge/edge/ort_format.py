@@ -12,16 +12,31 @@ import io
 import logging
 import os
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mhe_edge.atomic import check_output_path
-from mhe_edge.errors import ExportError, RequestError
-from mhe_edge.exporters.metadata import read_metadata
-from mhe_edge.verification import compare_runners, max_abs_diff, ort_runner, raise_on_failures
+from mhe_edge.errors import ExportError, RequestError, first_line
+from mhe_edge.files import check_output, read_header, staged_output
+from mhe_edge.results import Result
+from mhe_edge.sessions import create_session
+from mhe_edge.verification import ParityRecord, compare_runners, max_abs_diff, ort_runner, raise_on_failures
 
 OPTIMIZATION_LEVELS = ("basic", "extended", "all")
 ORT_ATOL = {"float32": 1e-5, "float16": 1e-2}
+
+
+@dataclass
+class ToOrtReport(Result):
+    source: str
+    ort: str
+    required_operators_config: str
+    optimization_level: str
+    required_operators: dict[str, list[str]]  # by domain (ai.onnx is the standard one)
+    ort_bytes: int
+    onnx_bytes: int
+    max_abs_diff: float
+    parity: list[ParityRecord] = field(default_factory=list)
 
 
 def read_required_operators(config_path: str | os.PathLike) -> dict[str, list[str]]:
@@ -42,19 +57,21 @@ def to_ort(
     *,
     optimization_level: str = "basic",
     force: bool = False,
-) -> dict[str, Any]:
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+) -> ToOrtReport:
+    """Convert an export to the ONNX Runtime mobile format and write OUTPUT.required_operators.config beside it.
 
-    from mhe_edge.runtime import create_session
+    Example: `mhe_edge.to_ort("model.opt.onnx", "model.ort").required_operators`
+    """
+    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
 
     source = Path(model)
     if optimization_level not in OPTIMIZATION_LEVELS:
         raise RequestError(f"optimization level must be one of {', '.join(OPTIMIZATION_LEVELS)}, not {optimization_level!r}")
-    config, props, _ = read_metadata(source)  # refuses files that are not mhe-edge exports
-    target = check_output_path(output if output is not None else source.with_suffix(".ort"), force=force)
-    if target.suffix != ".ort":
-        raise RequestError(f"output must end in .ort, not {target.name!r}")
-    operators_path = check_output_path(target.with_suffix(".required_operators.config"), force=force)
+    header = read_header(source)  # refuses files that are not mhe-edge exports
+    if header.external_files:
+        raise RequestError(f"{source.name} keeps its weights in external data, which the .ort format cannot hold")
+    target = check_output(output if output is not None else source.with_suffix(".ort"), force=force, suffixes=(".ort",), inputs=[source])
+    operators_path = check_output(target.with_suffix(".required_operators.config"), force=force, inputs=[source])
 
     with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
         staged_onnx = Path(tmp) / f"{target.stem}.onnx"
@@ -63,23 +80,23 @@ def to_ort(
             try:
                 convert_onnx_models_to_ort(staged_onnx, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed])
             except Exception as exc:
-                raise ExportError(f"ONNX Runtime could not convert {source.name}: {str(exc).strip().splitlines()[0][:300]}") from None
+                raise ExportError(f"ONNX Runtime could not convert {source.name}: {first_line(exc)}") from exc
         produced = list((Path(tmp) / "out").glob("*.ort"))
         configs = list((Path(tmp) / "out").glob("*.config"))
         if len(produced) != 1 or len(configs) != 1:
             raise ExportError(f"the converter wrote {len(produced)} .ort and {len(configs)} config files, expected one each")
-        dtype = "float16" if '"float_dtype": "float16"' in props.get("mhe_edge.io", "") else "float32"
-        records = compare_runners(config, ort_runner(create_session(produced[0])), ort_runner(create_session(source)), ORT_ATOL[dtype])
+        records = compare_runners(header.config, ort_runner(create_session(produced[0])), ort_runner(create_session(source)),
+                                  ORT_ATOL[header.float_dtype])
         raise_on_failures(records, "the .ort model disagrees with the .onnx")
         operators = read_required_operators(configs[0])
-        os.replace(configs[0], operators_path)
-        os.replace(produced[0], target)
-    return {
-        "source": str(source), "ort": str(target), "required_operators_config": str(operators_path),
-        "optimization_level": optimization_level, "required_operators": operators,
-        "ort_bytes": target.stat().st_size, "onnx_bytes": source.stat().st_size,
-        "max_abs_diff": max_abs_diff(records), "parity": [r.to_dict() for r in records],
-    }
+        with staged_output(operators_path, force=force) as staged_config, staged_output(target, force=force) as staged_ort:
+            os.replace(configs[0], staged_config)
+            os.replace(produced[0], staged_ort)
+    return ToOrtReport(
+        source=str(source), ort=str(target), required_operators_config=str(operators_path), optimization_level=optimization_level,
+        required_operators=operators, ort_bytes=target.stat().st_size, onnx_bytes=header.file_bytes,
+        max_abs_diff=max_abs_diff(records), parity=records,
+    )
 
 
 @contextlib.contextmanager

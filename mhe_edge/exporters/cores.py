@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from mhe_edge.exporters.mhe_function import DOMAIN, DOMAIN_VERSION, OP_TYPE
+from mhe_edge.contract import DOMAIN, DOMAIN_VERSION, OP_TYPE
 from mhe_edge.models.attention import KVCache, SelfAttention, split_heads
 
 

@@ -19,9 +19,8 @@ from onnxscript import opset23 as op
 from onnxscript import script
 from onnxscript.values import Opset
 
-DOMAIN = "mhe_edge"
-OP_TYPE = "MHEAttention"
-DOMAIN_VERSION = 1
+from mhe_edge.contract import DOMAIN, DOMAIN_VERSION
+
 mhe_edge_opset = Opset(DOMAIN, DOMAIN_VERSION)
 
 

@@ -9,8 +9,8 @@ from torch import nn
 
 from mhe_edge.config import ModelConfig
 from mhe_edge.exporters.cores import export_core
-from mhe_edge.exporters.metadata import input_names, output_names
-from mhe_edge.exporters.mhe_function import DOMAIN, DOMAIN_VERSION, mhe_attention_function
+from mhe_edge.contract import DOMAIN, DOMAIN_VERSION, input_names, output_names
+from mhe_edge.exporters.mhe_function import mhe_attention_function
 from mhe_edge.models import Transformer, use_attention_core
 
 

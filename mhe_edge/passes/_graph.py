@@ -1,17 +1,37 @@
-"""Small onnx_ir helpers shared by the passes."""
+"""Small onnx_ir helpers shared by the passes, and the errors a pass's precondition raises."""
 from __future__ import annotations
 
 import numpy as np
 import onnx_ir as ir
 
-from mhe_edge.errors import ModelFileError
+from mhe_edge.errors import ModelFileError, RequestError
+
+
+class GraphRefused(ModelFileError, ir.passes.PreconditionError):
+    """A graph the pass cannot handle; raised by `requires`, before the graph is touched. Being a
+    PreconditionError, onnx_ir's pass machinery lets it through unwrapped."""
+
+
+class TargetRefused(RequestError, ir.passes.PreconditionError):
+    """A model the requested target cannot take (e.g. a head size a fused kernel refuses)."""
+
+
+def signature(model: ir.Model) -> tuple:
+    """What a clean-up can change, cheaply: nodes (type, inputs, outputs), initializers, functions, opsets,
+    per-node metadata. Equal before and after means the pass changed nothing."""
+    nodes = tuple(
+        (n.domain, n.op_type, tuple(v.name if v is not None else "" for v in n.inputs), tuple(v.name for v in n.outputs),
+         bool(n.metadata_props), n.doc_string is not None)
+        for n in ir.traversal.RecursiveGraphIterator(model.graph)
+    )
+    return (nodes, tuple(model.graph.initializers), tuple(model.functions), tuple(sorted(model.opset_imports.items())))
 
 
 def constant_array(value: ir.Value | None, what: str) -> np.ndarray:
     """The numpy value of an initializer or Constant output, or a clear refusal."""
     tensor = None if value is None else ir.convenience.get_const_tensor(value)
     if tensor is None:
-        raise ModelFileError(f"{what} ({value.name if value is not None else 'missing'}) is not a constant; cannot fold")
+        raise GraphRefused(f"{what} ({value.name if value is not None else 'missing'}) is not a constant; cannot fold")
     return tensor.numpy()
 
 

@@ -1,11 +1,13 @@
 """Fold MHE's head embeddings into constants and replace each `mhe_edge.MHEAttention` node by one
-standard `Attention` node with a single KV head (see shared/mhe-algebra.md for the identities).
+standard `Attention` node with a single KV head (docs/mhe-algebra.md derives the identities).
 
 MUL: head i's query is q * C[i] with C = E_Q * E_K / sqrt(d); every head shares the cached k and v;
      E_V folds into the rows of the output projection W_O (same size).
 ADD: head i's query is q + E_Q[i] (scaled by the kernel); E_K drops out (softmax cancels it);
      E_V folds into the output bias, b_O + concat_i(E_V[i]) W_O.
 No per-head K or V is ever materialised, and the head-embedding initializers leave the graph.
+Preconditions (checked for every node before any is touched): the head embeddings and the output
+projection are constants, the output feeds one MatMul (and, for ADD, its bias Add), the mode is add or mul.
 """
 from __future__ import annotations
 
@@ -14,15 +16,22 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from mhe_edge.errors import ModelFileError
-from mhe_edge.exporters.mhe_function import DOMAIN, OP_TYPE
-from mhe_edge.passes._graph import add_initializer, constant_array, ints, sole_consumer
+from mhe_edge.contract import DOMAIN, OP_TYPE
+from mhe_edge.passes._graph import GraphRefused, add_initializer, constant_array, ints, sole_consumer
+
+
+def _mhe_nodes(graph: ir.Graph) -> list[ir.Node]:
+    return [n for n in graph if n.domain == DOMAIN and n.op_type == OP_TYPE]
 
 
 class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
+    def requires(self, model: ir.Model) -> None:
+        for node in _mhe_nodes(model.graph):
+            _foldable(node)
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        nodes = [n for n in graph if n.domain == DOMAIN and n.op_type == OP_TYPE]
+        nodes = _mhe_nodes(graph)
         for node in nodes:
             replaced = self._fold(graph, node)
             for value in replaced:  # the head embeddings and the unfolded projection: now dead weight
@@ -37,18 +46,11 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
     def _fold(self, graph: ir.Graph, node: ir.Node) -> list[ir.Value]:
         """Rewrite one node; returns the constants it stopped using."""
         query, key, value, e_q_in, e_k_in, e_v_in, past_key, past_value, attn_bias = node.inputs
-        mode = node.attributes["mode"].as_string()
-        n = node.attributes["num_heads"].as_int()
+        mode, n, (e_q, e_k, e_v), out_matmul, bias_add = _foldable(node)
         is_causal = node.attributes["is_causal"].as_int()
         where = node.name or "an MHEAttention node"
-        e_q, e_k, e_v = (constant_array(v, f"{where}: head embedding").astype(np.float64) for v in (e_q_in, e_k_in, e_v_in))
-        if e_q.shape[0] != n or not e_q.shape == e_k.shape == e_v.shape:
-            raise ModelFileError(f"{where}: head embeddings of shape {e_q.shape} do not fit num_heads {n}")
         d = e_q.shape[1]
         dtype = ir.convenience.get_const_tensor(e_q_in).numpy().dtype
-        out_matmul = sole_consumer(node.outputs[0], "MatMul")
-        if out_matmul is None or out_matmul.inputs[0] is not node.outputs[0]:
-            raise ModelFileError(f"{where}: its output does not feed one output-projection MatMul; cannot fold E_V")
         replaced = [e_q_in, e_k_in, e_v_in, attn_bias]
         w_o = constant_array(out_matmul.inputs[1], f"{where}: output projection").astype(np.float64)  # (n*d, D)
         prefix = (node.name or "mhe").replace("/", "_")
@@ -59,19 +61,14 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
             w_folded = w_o * e_v.reshape(n * d, 1)  # diag(E_V[i]) W_O[i*d:(i+1)*d, :]
             replaced.append(out_matmul.inputs[1])
             out_matmul.replace_input_with(1, add_initializer(graph, f"{prefix}_out_proj_folded", w_folded.astype(dtype)))
-        elif mode == "add":
+        else:  # add
             query_constant = e_q
             scale = 1.0 / math.sqrt(d)
-            bias_add = sole_consumer(out_matmul.outputs[0], "Add")
-            if bias_add is None:
-                raise ModelFileError(f"{where}: the output projection has no bias Add to fold E_V into")
             bias_index = 1 if bias_add.inputs[0] is out_matmul.outputs[0] else 0
             b_o = constant_array(bias_add.inputs[bias_index], f"{where}: output bias").astype(np.float64)
             b_folded = b_o + e_v.reshape(n * d) @ w_o  # rows of P sum to 1, so E_V passes through as a constant
             replaced.append(bias_add.inputs[bias_index])
             bias_add.replace_input_with(bias_index, add_initializer(graph, f"{prefix}_out_bias_folded", b_folded.astype(dtype)))
-        else:
-            raise ModelFileError(f"{where}: unknown MHE mode {mode!r}")
 
         new_nodes = []
 
@@ -99,6 +96,37 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
             graph, node, [node], new_nodes, list(node.outputs[: len(new_values)]), new_values
         )
         return [v for v in replaced if v is not None]
+
+
+def _foldable(node: ir.Node):
+    """(mode, n, (E_Q, E_K, E_V) as float64, output MatMul, bias Add or None), or GraphRefused saying why not."""
+    where = node.name or "an MHEAttention node"
+    if len(node.inputs) != 9:
+        raise GraphRefused(f"{where} has {len(node.inputs)} inputs; an mhe_edge.MHEAttention node has 9")
+    attributes = node.attributes
+    if any(attributes.get(k) is None for k in ("mode", "num_heads", "is_causal")):
+        raise GraphRefused(f"{where} lacks one of its attributes mode, num_heads, is_causal")
+    mode, n = attributes["mode"].as_string(), attributes["num_heads"].as_int()
+    if mode not in ("add", "mul"):
+        raise GraphRefused(f"{where}: unknown MHE mode {mode!r}")
+    embeddings = tuple(constant_array(v, f"{where}: head embedding").astype(np.float64) for v in node.inputs[3:6])
+    e_q, e_k, e_v = embeddings
+    if e_q.ndim != 2 or e_q.shape[0] != n or not e_q.shape == e_k.shape == e_v.shape:
+        raise GraphRefused(f"{where}: head embeddings of shape {e_q.shape} do not fit num_heads {n}")
+    out_matmul = sole_consumer(node.outputs[0], "MatMul")
+    if out_matmul is None or out_matmul.inputs[0] is not node.outputs[0]:
+        raise GraphRefused(f"{where}: its output does not feed one output-projection MatMul; cannot fold E_V")
+    w_o = constant_array(out_matmul.inputs[1], f"{where}: output projection")
+    if w_o.shape[0] != n * e_q.shape[1]:
+        raise GraphRefused(f"{where}: the output projection has {w_o.shape[0]} rows, not num_heads * head_dim")
+    bias_add = None
+    if mode == "add":
+        bias_add = sole_consumer(out_matmul.outputs[0], "Add")
+        if bias_add is None:
+            raise GraphRefused(f"{where}: the output projection has no bias Add to fold E_V into")
+        bias = bias_add.inputs[1] if bias_add.inputs[0] is out_matmul.outputs[0] else bias_add.inputs[0]
+        constant_array(bias, f"{where}: output bias")
+    return mode, n, embeddings, out_matmul, bias_add
 
 
 def _is_zero_constant(value: ir.Value | None) -> bool:

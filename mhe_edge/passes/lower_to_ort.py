@@ -5,29 +5,41 @@ BNSH layout; after folding, an MHE layer is GQA with kv_num_heads = 1. GQA wants
 total length - 1) and `total_sequence_length` (int32 scalar); both are computed from shapes here, so the
 I/O contract does not change. Only causal self-attention with a cache is lowered: encoders (bidirectional,
 with a padding mask) keep the standard op, which ONNX Runtime also runs natively.
+Preconditions: no unfolded mhe_edge node is left (fold first), and every node to lower has a head size
+that is a multiple of 8 (the kernel's requirement).
 """
 from __future__ import annotations
 
 import onnx_ir as ir
 
-from mhe_edge.errors import RequestError
-from mhe_edge.passes._graph import ints
-
-MS_DOMAIN = "com.microsoft"
+from mhe_edge.contract import DOMAIN, MS_DOMAIN
+from mhe_edge.passes._graph import GraphRefused, TargetRefused, ints
 
 
 class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
+    def requires(self, model: ir.Model) -> None:
+        if any(n.domain == DOMAIN for n in model.graph):
+            raise GraphRefused("the graph still has mhe_edge.MHEAttention nodes; fold the head embeddings first")
+        for node in self._to_lower(model.graph):
+            past_key = node.inputs[4]
+            head_size = past_key.shape[-1] if past_key.shape is not None else None
+            if not isinstance(head_size, int) or head_size % 8:
+                raise TargetRefused(
+                    f"GroupQueryAttention needs a head size that is a multiple of 8 (this model's is {head_size}); use --target std"
+                )
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        lowered = 0
+        nodes = self._to_lower(graph)
         lengths = None  # every layer of a decoder step shares batch, past and new length: compute them once
-        for node in [n for n in graph if n.domain == "" and n.op_type == "Attention"]:
-            if self._lowerable(node):
-                lengths = self._lower(graph, node, lengths)
-                lowered += 1
-        if lowered:
+        for node in nodes:
+            lengths = self._lower(graph, node, lengths)
+        if nodes:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
-        return ir.passes.PassResult(model, modified=bool(lowered))
+        return ir.passes.PassResult(model, modified=bool(nodes))
+
+    def _to_lower(self, graph: ir.Graph) -> list[ir.Node]:
+        return [n for n in graph if n.domain == "" and n.op_type == "Attention" and self._lowerable(n)]
 
     @staticmethod
     def _lowerable(node: ir.Node) -> bool:
@@ -47,11 +59,6 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
         query, key, value, _, past_key, past_value = list(node.inputs)[:6]
         n = node.attributes["q_num_heads"].as_int()
         g = node.attributes["kv_num_heads"].as_int()
-        head_size = past_key.shape[-1] if past_key.shape is not None else None
-        if not isinstance(head_size, int) or head_size % 8:
-            raise RequestError(
-                f"GroupQueryAttention needs a head size that is a multiple of 8 (this model's is {head_size}); use --target std"
-            )
         attributes = {"num_heads": n, "kv_num_heads": g}
         if node.attributes.get("scale") is not None:
             attributes["scale"] = node.attributes["scale"].as_float()

@@ -2,17 +2,19 @@
 against the input with ONNX Runtime before it is written."""
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mhe_edge.atomic import check_output_path
+from mhe_edge.contract import KEY_GRAPH, KEY_IO, KEY_PRECISION, KEY_TARGET
+from mhe_edge.errors import ExportError, MheEdgeError, ModelFileError, RequestError
+from mhe_edge.files import check_full, check_output, file_bytes, op_counts, read_header, save_ir_model, staged_output
 from mhe_edge.progress import timed_steps
-from mhe_edge.errors import MheEdgeError, ModelFileError, RequestError
-from mhe_edge.exporters.metadata import KEY_GRAPH, KEY_IO, read_metadata
-from mhe_edge.onnx_files import check_full, file_bytes, op_counts, publish, save_ir_model, staged
-from mhe_edge.verification import ParityRecord, max_abs_diff, argmax_agreement, compare_runners, ort_runner, raise_on_failures
+from mhe_edge.results import json_safe
+from mhe_edge.sessions import create_session
+from mhe_edge.verification import ParityRecord, argmax_agreement, compare_runners, max_abs_diff, ort_runner, raise_on_failures
 
 TARGETS = ("std", "ort")
 FP32_ATOL, FP16_ATOL, FP16_MIN_ARGMAX = 1e-4, 1e-2, 0.99
@@ -37,7 +39,7 @@ class OptimizeReport:
         return max_abs_diff(self.parity)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        return json_safe({
             "input": self.input, "output": self.output, "target": self.target, "precision": self.precision,
             "passes": self.passes,
             "nodes": {"before": sum(self.op_counts_before.values()), "after": sum(self.op_counts_after.values())},
@@ -45,7 +47,7 @@ class OptimizeReport:
             "bytes": {"before": self.bytes_before, "after": self.bytes_after},
             "max_abs_diff": self.max_abs_diff, "argmax_agreement": argmax_agreement(self.parity),
             "parity": [r.to_dict() for r in self.parity], "seconds": self.seconds,
-        }
+        })
 
 
 def build_passes(target: str = "std", fp16: bool = False, int8: bool = False) -> list:
@@ -89,38 +91,41 @@ def optimize(
 
     source = Path(source)
     passes = build_passes(target, fp16, int8)
-    target_path = check_output_path(output if output is not None else source.with_name(source.stem + ".opt.onnx"), force=force)
-    if target_path.resolve() == source.resolve():
-        raise RequestError("output would overwrite the input; choose another path")
+    default = source.with_name(source.stem + ".opt.onnx")
+    target_path = check_output(output if output is not None else default, force=force, suffixes=(".onnx",), inputs=[source])
     seconds: dict[str, float] = {}
     step = timed_steps(seconds, on_step)
     with step("load"):
-        config, props, _ = read_metadata(source)
+        header = read_header(source)
+        if header.target not in (None, target):
+            raise RequestError(f"{source.name} is already optimized for target {header.target}; optimize its export instead")
+        io = header.io
         try:
             check_full(source)
-        except Exception as exc:
-            raise ModelFileError(f"{source.name} is malformed: {exc}") from None
+        except ExportError as exc:
+            raise ModelFileError(f"{source.name} is malformed: {exc}") from exc
         model = ir.load(source)
-        before = op_counts(model)
+        before = op_counts(model.graph)
     with step("passes"):
         try:
             model = ir.passes.PassManager(passes)(model).model  # functional passes (int8) return a new model
         except ir.passes.PassError as exc:
             raise _own_error(exc) from exc
-        precision = "fp16" if fp16 else "int8" if int8 else "fp32"
+        precision = "fp16" if fp16 else "int8" if int8 else header.precision
         applied = [type(p).__name__ for p in passes]
-        model.metadata_props[KEY_GRAPH] = f"{props.get(KEY_GRAPH, 'export')}+optimize(target={target},precision={precision})"
+        model.metadata_props[KEY_GRAPH] = f"{header.graph}+optimize(target={target},precision={precision})"
+        model.metadata_props[KEY_TARGET] = target
+        model.metadata_props[KEY_PRECISION] = precision
         if fp16:
-            model.metadata_props[KEY_IO] = _fp16_io(props[KEY_IO])
-    with staged(target_path) as tmp:
+            model.metadata_props[KEY_IO] = json.dumps({**io, "float_dtype": "float16"})
+    with staged_output(target_path, force=force) as staged:
         with step("check"):
-            save_ir_model(model, tmp)
-            check_full(tmp)
+            save_ir_model(model, staged)
+            check_full(staged)
         with step("validate"):
-            from mhe_edge.runtime import create_session
-
-            candidate = ort_runner(create_session(tmp, "cpu"))
+            candidate = ort_runner(create_session(staged, "cpu"))
             reference = ort_runner(create_session(source, "cpu"))
+            config = header.config
             if fp16:
                 records = compare_runners(config, candidate, reference, FP16_ATOL, min_argmax_agreement=FP16_MIN_ARGMAX)
                 raise_on_failures(records, "the fp16 model disagrees with its input")
@@ -129,10 +134,9 @@ def optimize(
             else:
                 records = compare_runners(config, candidate, reference, FP32_ATOL)
                 raise_on_failures(records, "the optimized model disagrees with its input")
-        with step("save"):
-            written = publish(tmp, target_path)
-    return OptimizeReport(str(source), str(target_path), target, precision, applied, before, op_counts(model),
-                          file_bytes(source), written, records, seconds)
+        written = file_bytes(staged)
+    return OptimizeReport(str(source), str(target_path), target, precision, applied, before, op_counts(model.graph),
+                          header.file_bytes, written, records, seconds)
 
 
 def _own_error(exc: BaseException) -> BaseException:
@@ -141,11 +145,3 @@ def _own_error(exc: BaseException) -> BaseException:
     while cause is not None and not isinstance(cause, MheEdgeError):
         cause = cause.__cause__ or cause.__context__
     return cause if cause is not None else ModelFileError(f"a graph pass failed: {exc}")
-
-
-def _fp16_io(io_json: str) -> str:
-    import json
-
-    layout = json.loads(io_json)
-    layout["float_dtype"] = "float16"
-    return json.dumps(layout)

@@ -13,21 +13,27 @@ from __future__ import annotations
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
-from mhe_edge.errors import ModelFileError
-from mhe_edge.passes._graph import ints
+from mhe_edge.contract import ATTENTION_MASK, MS_DOMAIN, PAST_PREFIX
+from mhe_edge.passes._graph import GraphRefused, ints
 
 SEQLENS_K, TOTAL_SEQUENCE_LENGTH = 5, 6  # GroupQueryAttention's input positions
 
 
+def _gqa_nodes(graph: ir.Graph) -> list[ir.Node]:
+    return [n for n in graph if n.domain == MS_DOMAIN and n.op_type == "GroupQueryAttention"]
+
+
 class SeqlensFromAttentionMaskPass(ir.passes.InPlacePass):
+    def requires(self, model: ir.Model) -> None:
+        if not _gqa_nodes(model.graph):
+            raise GraphRefused("a shared cache buffer needs GroupQueryAttention: optimize with --target ort first")
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
-        gqa = [n for n in graph if n.domain == "com.microsoft" and n.op_type == "GroupQueryAttention"]
-        if not gqa:
-            raise ModelFileError("a shared cache buffer needs GroupQueryAttention: optimize with --target ort first")
-        if any(v.name == "attention_mask" for v in graph.inputs):
+        gqa = _gqa_nodes(graph)
+        if any(v.name == ATTENTION_MASK for v in graph.inputs):
             return ir.passes.PassResult(model, modified=False)
-        mask = ir.Value(name="attention_mask", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["batch", "total_sequence"]))
+        mask = ir.Value(name=ATTENTION_MASK, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["batch", "total_sequence"]))
         graph.inputs.insert(1, mask)
         valid = ir.node("ReduceSum", [mask, ints(graph, "mask_axis1", [1])], {"keepdims": 0})  # (B,)
         last = ir.node("Sub", [valid.outputs[0], ints(graph, "mask_one", [1])])
@@ -38,7 +44,7 @@ class SeqlensFromAttentionMaskPass(ir.passes.InPlacePass):
         past_len = ir.node("Sub", [length.outputs[0], new_len.outputs[0]])  # [total - T]
         new_nodes = [valid, last, seqlens_k, length, total.inputs[0].producer(), total, new_len, past_len]
         graph.insert_before(next(iter(graph)), new_nodes)
-        past_inputs = {v for v in graph.inputs if v.name.startswith("past_key_values.")}
+        past_inputs = {v for v in graph.inputs if v.name.startswith(PAST_PREFIX)}
         for node in [n for n in graph if n.op_type == "Shape" and n.inputs[0] in past_inputs]:
             start, end = (node.attributes.get(k) for k in ("start", "end"))
             if start is not None and start.as_int() == 2 and end is not None and end.as_int() == 3:

@@ -1,7 +1,6 @@
-"""ONNX Runtime sessions and drivers for mhe-edge exports."""
-from mhe_edge.runtime.session import PROVIDERS, create_session
-
-__all__ = ["PROVIDERS", "create_session"]
+"""Run mhe-edge ONNX files on ONNX Runtime, as an app would: from the file and its metadata alone
+(no models, exporters or passes are imported here)."""
 from mhe_edge.runtime.driver import ExportedModel, parse_prompt
+from mhe_edge.sessions import PROVIDERS, create_session
 
-__all__ += ["ExportedModel", "parse_prompt"]
+__all__ = ["PROVIDERS", "ExportedModel", "create_session", "parse_prompt"]

@@ -7,30 +7,41 @@ only `logits` come back to the host, for the argmax.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mhe_edge.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_PREFIX, present_for
 from mhe_edge.errors import RequestError
-from mhe_edge.exporters.metadata import parameter_bytes, read_metadata
-from mhe_edge.runtime.session import create_session
+from mhe_edge.files import read_header
+from mhe_edge.results import Result
+from mhe_edge.sessions import create_session
+
 
 class ExportedModel:
     """An mhe-edge export loaded on one provider, with its config and I/O layout read from the file."""
 
     def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
-                 profile_prefix: str | None = None, **session_config: str):
+                 profile_prefix: str | None = None):
         self.path = Path(path)
-        self.config, self.metadata, header = read_metadata(self.path)
-        self.parameter_bytes = parameter_bytes(header)  # from the header already parsed; not kept in memory
+        header = read_header(self.path)
+        self.config, self.metadata = header.config, header.metadata
+        self.parameter_bytes = header.parameter_bytes  # from the header already parsed; not kept in memory
+        self.file_bytes = header.file_bytes
         self.provider = provider
-        self.session = create_session(self.path, provider, threads, profile_prefix, **session_config)
+        self.session = create_session(self.path, provider, threads, profile_prefix)
         self.device = provider  # ORT names devices as we name providers: "cpu", "cuda"
         inputs = {i.name: i for i in self.session.get_inputs()}
         self.float_dtype = np.float16 if any(i.type == "tensor(float16)" for i in inputs.values()) else np.float32
         self.input_names = list(inputs)
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.past_names = [n for n in self.input_names if n.startswith("past_key_values.")]
+        self.past_names = [n for n in self.input_names if n.startswith(PAST_PREFIX)]
+
+    def _require(self, arch: str, what: str) -> None:
+        if self.config.arch != arch:
+            raise RequestError(f"{what} needs a {arch} export; {self.path.name} holds a model with arch {self.config.arch}")
 
     # --- shared
 
@@ -59,10 +70,12 @@ class ExportedModel:
     # --- encoders
 
     def encode(self, ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
-        assert self.config.arch == "encoder", "encode() is for encoders; use generate() for decoders"
+        self._require("encoder", "encoding")
         ids = self.check_ids(ids)
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
-        return self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        if mask.shape != ids.shape:
+            raise RequestError(f"attention mask shape {mask.shape} does not match the ids' {ids.shape}")
+        return self.session.run(None, {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
 
     # --- decoders
 
@@ -74,16 +87,16 @@ class ExportedModel:
     def step(self, ids: np.ndarray, cache: dict) -> tuple[np.ndarray, dict]:
         """One decoder call: ids (B, T) int64 and the cache (OrtValues by past name) -> logits (B, T, V), new cache."""
         binding = self.session.io_binding()
-        binding.bind_ortvalue_input("input_ids", self._ortvalue(ids.astype(np.int64)))
+        binding.bind_ortvalue_input(INPUT_IDS, self._ortvalue(ids.astype(np.int64)))
         for name in self.past_names:
             binding.bind_ortvalue_input(name, cache[name])
-        binding.bind_output("logits", "cpu")  # the host needs them for the argmax
+        binding.bind_output(LOGITS, "cpu")  # the host needs them for the argmax
         for name in self.output_names[1:]:
             binding.bind_output(name, self.device)  # the cache stays where the model runs
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
-        new_cache = {p: outputs[p.replace("past_key_values", "present")] for p in self.past_names}
-        return outputs["logits"].numpy(), new_cache
+        new_cache = {p: outputs[present_for(p)] for p in self.past_names}
+        return outputs[LOGITS].numpy(), new_cache
 
     def prefill(self, ids: np.ndarray, chunk: int | None = None) -> tuple[np.ndarray, dict]:
         """Run the prompt (in chunks of `chunk` tokens, if given); returns the last position's logits and the cache."""
@@ -97,7 +110,7 @@ class ExportedModel:
 
     def generate(self, prompt: np.ndarray, max_new_tokens: int, prefill_chunk: int | None = None) -> np.ndarray:
         """Greedy decoding: prefill, then one token per step. Returns the new ids, (B, max_new_tokens)."""
-        assert self.config.arch == "decoder", "generate() is for decoders"
+        self._require("decoder", "generation")
         prompt = self.check_ids(prompt, max_new_tokens)
         if max_new_tokens == 0:
             return np.zeros((prompt.shape[0], 0), np.int64)
@@ -112,6 +125,43 @@ class ExportedModel:
 def parse_prompt(text: str) -> np.ndarray:
     """'3,1,4' -> [[3, 1, 4]]; one clear error for anything that is not comma-separated integers."""
     parts = [p.strip() for p in text.split(",")]
-    if not text.strip() or any(not p.lstrip("-").isdigit() for p in parts):
+    if not text.strip() or any(not _INTEGER.fullmatch(p) for p in parts):
         raise RequestError(f"prompt must be comma-separated token ids such as 3,1,4, not {text!r}")
-    return np.array([[int(p) for p in parts]], dtype=np.int64)
+    values = [int(p) for p in parts]
+    too_big = [v for v in values if not -(2**63) <= v < 2**63]
+    if too_big:
+        raise RequestError(f"token id {too_big[0]} is outside any vocabulary")
+    return np.array([values], dtype=np.int64)
+
+
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
+@dataclass
+class GenerateResult(Result):
+    model: str
+    provider: str
+    prompt: list[list[int]]  # (batch, prompt length)
+    tokens: list[list[int]]  # the new ids, (batch, max_new_tokens)
+
+
+def generate(
+    model: str | os.PathLike,
+    prompt: str | list[int] | list[list[int]] | np.ndarray,
+    *,
+    max_new_tokens: int = 16,
+    provider: str = "cpu",
+    threads: int | None = None,
+    prefill_chunk: int | None = None,
+) -> GenerateResult:
+    """Greedy generation with the KV cache from a decoder export.
+
+    Example: `mhe_edge.generate("model.onnx", [3, 1, 4], max_new_tokens=8).tokens[0]`
+    (a prompt may also be the CLI's text form, "3,1,4", or a batch of equal-length rows)."""
+    ids = parse_prompt(prompt) if isinstance(prompt, str) else np.asarray(prompt)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    runner = ExportedModel(model, provider, threads)
+    runner._require("decoder", "generation")
+    tokens = runner.generate(ids, max_new_tokens, prefill_chunk)
+    return GenerateResult(str(model), provider, ids.tolist(), tokens.tolist())

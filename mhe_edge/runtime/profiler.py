@@ -9,16 +9,42 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from mhe_edge.accounting import kv_cache_bytes
+from mhe_edge.contract import KEY_GRAPH
 from mhe_edge.errors import RequestError
-from mhe_edge.onnx_files import file_bytes
+from mhe_edge.files import check_output, staged_output
+from mhe_edge.results import Result
 from mhe_edge.runtime.driver import ExportedModel
 from mhe_edge.runtime.memory import DevicePeakMemory, peak_rss_bytes, reset_peak_rss
+
+
+@dataclass
+class ProfileReport(Result):
+    path: str
+    provider: str
+    providers: list[str]  # what ONNX Runtime actually used, in order
+    arch: str
+    attention: str
+    graph: str | None  # how the file was made: "export", "+optimize(...)"
+    batch: int
+    seq_len: int
+    prefill_chunk: int | None
+    new_tokens: int
+    runs: int
+    latency_ms: dict[str, Any]  # load; prefill (decoders) or forward (encoders); decode_per_token: p50/p90/mean/n
+    tokens_per_second: float
+    peak_memory_bytes: int | None
+    peak_memory_source: str
+    kv_cache_bytes: int  # the cache at its final length
+    model_file_bytes: int
+    parameter_bytes: int
+    top_ops: list[dict[str, Any]] = field(default_factory=list)  # by ONNX Runtime's profiler
 
 
 def _percentiles(samples_s: list[float]) -> dict[str, float]:
@@ -28,8 +54,8 @@ def _percentiles(samples_s: list[float]) -> dict[str, float]:
 
 def profile(
     path: str | os.PathLike,
-    provider: str = "cpu",
     *,
+    provider: str = "cpu",
     batch: int = 1,
     seq_len: int = 128,
     prefill_chunk: int | None = None,
@@ -38,9 +64,10 @@ def profile(
     warmup: int = 1,
     threads: int | None = None,
     trace: str | os.PathLike | None = None,
+    force: bool = False,
     top_ops: int = 8,
     on_progress: Callable[[str, int, int], None] | None = None,
-) -> dict[str, Any]:
+) -> ProfileReport:
     """Profile an export: decoders prefill `seq_len` tokens (in chunks of `prefill_chunk`) then decode
     `new_tokens` one at a time; encoders run one forward pass of `seq_len` tokens. Latencies are p50/p90
     over `runs` runs after `warmup` runs; memory is the peak over the measured runs."""
@@ -48,6 +75,8 @@ def profile(
         if value < least:
             raise RequestError(f"{name} must be at least {least}, not {value}")
     start = time.perf_counter()
+    if trace is not None:
+        check_output(trace, force=force, suffixes=(".json",), inputs=[path])
     model = ExportedModel(path, provider, threads)
     load_s = time.perf_counter() - start
     cfg = model.config
@@ -90,36 +119,40 @@ def profile(
             one_run(record=True)
             if on_progress:
                 on_progress("measure", warmup + i + 1, total)
-    peak = device_memory.peak if provider == "cuda" else peak_rss_bytes()
+    if provider == "cuda":
+        peak = device_memory.peak
+        source = "NVML device memory" if peak is not None else "unavailable: install nvidia-ml-py for GPU memory"
+    else:
+        peak = peak_rss_bytes()
+        source = "process VmHWM (run phase)" if peak is not None else "unavailable: /proc/self/status not readable"
 
     final_len = seq_len + (new_tokens if is_decoder else 0)
     bytes_per_element = 2 if model.float_dtype == np.float16 else 4
     decode = _percentiles(decode_s) if decode_s else None
-    report: dict[str, Any] = {
-        "path": str(path),
-        "provider": provider,
-        "providers": model.session.get_providers(),
-        "arch": cfg.arch,
-        "attention": cfg.attention,
-        "graph": model.metadata.get("mhe_edge.graph"),
-        "batch": batch,
-        "seq_len": seq_len,
-        "prefill_chunk": prefill_chunk,
-        "new_tokens": new_tokens if is_decoder else 0,
-        "runs": runs,
-        "latency_ms": {"load": load_s * 1000.0, "prefill" if is_decoder else "forward": _percentiles(prefill_s), "decode_per_token": decode},
-        "tokens_per_second": (batch / (decode["p50"] / 1000.0)) if decode else batch * seq_len / statistics.median(prefill_s),
-        "peak_memory_bytes": peak,
-        "peak_memory_source": "NVML device memory" if provider == "cuda" else "process VmHWM (run phase)",
-        "kv_cache_bytes": kv_cache_bytes(cfg, batch, final_len, bytes_per_element) if is_decoder else 0,
-        "model_file_bytes": file_bytes(Path(path)),
-        "parameter_bytes": model.parameter_bytes,
-    }
-    report["top_ops"] = _top_ops(path, provider, threads, ids, prefill_chunk, min(new_tokens, 4), is_decoder, trace, top_ops)
-    return report
+    return ProfileReport(
+        path=str(path),
+        provider=provider,
+        providers=model.session.get_providers(),
+        arch=cfg.arch,
+        attention=cfg.attention,
+        graph=model.metadata.get(KEY_GRAPH),
+        batch=batch,
+        seq_len=seq_len,
+        prefill_chunk=prefill_chunk,
+        new_tokens=new_tokens if is_decoder else 0,
+        runs=runs,
+        latency_ms={"load": load_s * 1000.0, "prefill" if is_decoder else "forward": _percentiles(prefill_s), "decode_per_token": decode},
+        tokens_per_second=(batch / (decode["p50"] / 1000.0)) if decode else batch * seq_len / statistics.median(prefill_s),
+        peak_memory_bytes=peak,
+        peak_memory_source=source,
+        kv_cache_bytes=kv_cache_bytes(cfg, batch, final_len, bytes_per_element) if is_decoder else 0,
+        model_file_bytes=model.file_bytes,
+        parameter_bytes=model.parameter_bytes,
+        top_ops=_top_ops(path, provider, threads, ids, prefill_chunk, min(new_tokens, 4), is_decoder, trace, force, top_ops),
+    )
 
 
-def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, limit) -> list[dict[str, Any]]:
+def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit) -> list[dict[str, Any]]:
     """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps."""
     with tempfile.TemporaryDirectory() as tmp:
         model = ExportedModel(path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile"))
@@ -134,7 +167,8 @@ def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, tra
         trace_file = Path(model.session.end_profiling())
         events = json.loads(trace_file.read_text())
         if trace:
-            shutil.copyfile(trace_file, trace)
+            with staged_output(Path(trace), force=force) as staged:
+                shutil.copyfile(trace_file, staged)
     per_op: dict[str, float] = defaultdict(float)
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):

@@ -1,9 +1,11 @@
-"""ONNX Runtime sessions that never fall back silently to another provider."""
+"""ONNX Runtime sessions that never fall back silently to another provider.
+
+Below the exporters, the passes and the runtime alike: each checks its results on a real session."""
 from __future__ import annotations
 
 import os
 
-from mhe_edge.errors import ModelFileError, ProviderError, RequestError
+from mhe_edge.errors import ModelFileError, ProviderError, RequestError, first_line
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -13,7 +15,6 @@ def create_session(
     provider: str = "cpu",
     threads: int | None = None,
     profile_prefix: str | None = None,
-    **session_config: str,
 ):
     """An InferenceSession on exactly `provider`; raises ProviderError if ONNX Runtime lands elsewhere.
 
@@ -37,14 +38,11 @@ def create_session(
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix
-    for key, value in session_config.items():
-        options.add_session_config_entry(key, value)
     providers = [wanted] if provider == "cpu" else [wanted, "CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own pybind classes; report them as one line
-        text = str(exc).strip().splitlines()
-        raise ModelFileError(f"ONNX Runtime cannot load {os.fspath(path)!r}: {text[0][:300] if text else exc}") from None
+        raise ModelFileError(f"ONNX Runtime cannot load {os.fspath(path)!r}: {first_line(exc)}") from exc
     if session.get_providers()[0] != wanted:
         raise ProviderError(f"asked for {wanted} but ONNX Runtime gave {session.get_providers()[0]} (silent fallback refused)")
     return session

@@ -12,33 +12,35 @@ from typing import Any
 
 import torch
 
-from mhe_edge.atomic import atomic_output
 from mhe_edge.config import ModelConfig
-from mhe_edge.errors import CheckpointError, ConfigError, OutputError
-from mhe_edge.models import Transformer, build_model
+from mhe_edge.errors import CheckpointError, ConfigError, OutputError, first_line
+from mhe_edge.files import check_output, staged_output
+from mhe_edge.models.transformer import Transformer, build_model
 
 FORMAT = "mhe-edge/1"
 SUFFIXES = (".pt", ".safetensors")
 
 
-def save_checkpoint(model: Transformer, path: str | os.PathLike) -> Path:
-    """Write `model` (with its `.config`) to `.pt` or `.safetensors`, atomically."""
-    path = Path(path)
-    if path.suffix not in SUFFIXES:
-        raise CheckpointError(f"checkpoint path must end in .pt or .safetensors, not {path.name!r}")
+def save_checkpoint(model: Transformer, path: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write `model` (with its `.config`) to `.pt` or `.safetensors`: whole or not at all, never over an
+    existing file unless `force`."""
+    path = check_output(path, force=force, suffixes=SUFFIXES)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     from safetensors import SafetensorError
     from safetensors.torch import save_file
 
-    with atomic_output(path) as tmp:
+    with staged_output(path, force=force) as tmp:
         try:
             if path.suffix == ".pt":
                 torch.save({"format": FORMAT, "config": model.config.to_dict(), "state_dict": state}, tmp)
             else:
                 save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(model.config.to_dict())})
         except (OSError, RuntimeError, SafetensorError) as exc:  # the writers report a full disk their own way
-            raise OutputError(f"cannot write {path.name}: {_one_line(exc)}; nothing was written") from None
+            raise OutputError(f"cannot write {path.name}: {first_line(exc, 200)}; nothing was written") from exc
     return path
+
+
+save_model = save_checkpoint  # the public API's name
 
 
 def load_model(path: str | os.PathLike) -> Transformer:
@@ -67,7 +69,7 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     try:
         config = ModelConfig.from_dict(raw_config)
     except (ConfigError, TypeError) as exc:
-        raise CheckpointError(f"{path.name} has an invalid model config: {exc}") from None
+        raise CheckpointError(f"{path.name} has an invalid model config: {exc}") from exc
     _check_state_fits(config, state, path.name)
     return config, state
 
@@ -76,10 +78,9 @@ def _read_torch(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
-        raise CheckpointError(f"{path.name} holds objects a safe load refuses (not run): {first}") from None
+        raise CheckpointError(f"{path.name} holds objects a safe load refuses (not run): {first_line(exc)}") from exc
     except Exception as exc:  # torch.load raises many classes on corrupt input (found by the fuzz test)
-        raise CheckpointError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {_one_line(exc)}") from None
+        raise CheckpointError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {first_line(exc, 200)}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path.name} is a torch file but not an mhe-edge checkpoint (no 'format': '{FORMAT}')")
     state = payload.get("state_dict")
@@ -96,13 +97,13 @@ def _read_safetensors(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
             metadata = f.metadata() or {}
             state = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
-        raise CheckpointError(f"{path.name} is not a readable safetensors file: {_one_line(exc)}") from None
+        raise CheckpointError(f"{path.name} is not a readable safetensors file: {first_line(exc, 200)}") from exc
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise CheckpointError(f"{path.name} is a safetensors file but not an mhe-edge checkpoint (no config metadata)")
     try:
         return json.loads(metadata["config"]), state
-    except json.JSONDecodeError:
-        raise CheckpointError(f"{path.name} has config metadata that is not JSON") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path.name} has config metadata that is not JSON") from exc
 
 
 def _check_state_fits(config: ModelConfig, state: dict[str, torch.Tensor], name: str) -> None:
@@ -121,8 +122,3 @@ def _check_state_fits(config: ModelConfig, state: dict[str, torch.Tensor], name:
             )
         if not state[key].is_floating_point():
             raise CheckpointError(f"{name}: {key} is {state[key].dtype}, not a floating-point tensor")
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__

@@ -1,17 +1,37 @@
-"""What the CLI prints: tables, and a spinner with a line per finished step (stderr)."""
+"""What the CLI prints, in one place: `emit` sends a result to stdout as JSON (`--json`: exactly the API's
+`to_dict()`) or as a table; progress and errors go to stderr. Names that come from the user or a file are
+printed literally (`literal`): no rich markup is interpreted and control characters are escaped."""
 from __future__ import annotations
 
+import json
 import time
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console()
 err = Console(stderr=True)
 
 
+def literal(value: Any) -> str:
+    """`value` as text safe to print: markup escaped, control characters (ANSI, OSC-8, newlines) made visible."""
+    text = str(value)
+    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    return escape(text)
+
+
+def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    """The one output sink: `--json` prints `result.to_dict()` as one strict JSON line, else `render(result)`."""
+    if as_json:
+        print(json.dumps(result.to_dict(), allow_nan=False))
+    else:
+        render(result)
+
+
 def comparison_table(result: dict[str, Any]) -> Table:
+    """The compare table; `result` is CompareReport.to_dict()."""
     settings = result["settings"]
     table = Table(title=f"compare on {settings['provider']}: batch {settings['batch']}, {settings['new_tokens']} decode steps"
                         f" (ratios: x MHA at the same length)")
@@ -26,7 +46,7 @@ def comparison_table(result: dict[str, Any]) -> Table:
         return text + (f" ({ratio:.2f}x)" if ratio is not None and row["attention"] != "mha" else "")
 
     for row in result["rows"]:
-        table.add_row(row["attention"], str(row["seq_len"]), cell(row, "parameters", 1e6, 2, "M"),
+        table.add_row(literal(row["attention"]), str(row["seq_len"]), cell(row, "parameters", 1e6, 2, "M"),
                       cell(row, "model_file_bytes", 2**20), cell(row, "kv_cache_bytes", 2**20, 2),
                       cell(row, "peak_memory_bytes", 2**20), cell(row, "prefill_ms", 1, 2), cell(row, "decode_ms_per_token", 1, 2))
     return table
@@ -34,7 +54,7 @@ def comparison_table(result: dict[str, Any]) -> Table:
 
 def print_optimize(report) -> None:
     data = report.to_dict()
-    table = Table(title=f"optimized {report.output} (target {report.target}, {report.precision})")
+    table = Table(title=f"optimized {literal(report.output)} (target {report.target}, {report.precision})")
     for column in ("", "before", "after"):
         table.add_column(column)
     table.add_row("bytes", f"{report.bytes_before:,}", f"{report.bytes_after:,}")
@@ -79,7 +99,7 @@ class steps:
     def _finish(self) -> None:
         if self.current and self.status:
             name, start = self.current
-            err.print(f"  [green]done[/] {name} ({time.perf_counter() - start:.1f} s)", highlight=False)
+            err.print(f"  [green]done[/] {literal(name)} ({time.perf_counter() - start:.1f} s)", highlight=False)
 
     def __exit__(self, exc_type, *rest):
         if exc_type is None:
@@ -89,15 +109,16 @@ class steps:
         return False
 
 
-def print_report(report: dict[str, Any]) -> None:
-    table = Table(title=f"{report['path']} ({report['kind']})", show_header=False)
+def print_description(description) -> None:
+    report = description.to_dict()
+    table = Table(title=f"{literal(report['path'])} ({report['kind']})", show_header=False)
     for key, value in report["config"].items():
-        table.add_row(key, str(value))
+        table.add_row(key, literal(value))
     for key, value in report["parameters"].items():
         table.add_row(f"parameters.{key}", f"{value:,}")
     for key, value in report.items():
         if key not in ("config", "parameters", "path", "kind") and not isinstance(value, (dict, list)):
-            table.add_row(key, f"{value:,}" if isinstance(value, int) else str(value))
+            table.add_row(key, f"{value:,}" if isinstance(value, int) else literal(value))
     for key, value in report.get("op_counts", {}).items():
-        table.add_row(f"ops.{key}", str(value))
+        table.add_row(f"ops.{literal(key)}", str(value))
     out.print(table)

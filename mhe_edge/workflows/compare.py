@@ -5,34 +5,57 @@ model's memory never pollutes another's peak). Ratios are to MHA at the same seq
 """
 from __future__ import annotations
 
-import json
+import multiprocessing
 import os
-import subprocess
-import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mhe_edge.accounting import count_parameters
-from mhe_edge.errors import MheEdgeError, RequestError
-from mhe_edge.exporters.metadata import read_metadata
+from mhe_edge.errors import MheEdgeError, RequestError, first_line
+from mhe_edge.files import check_output, read_header, staged_output
+from mhe_edge.results import Result
 
 DEFAULT_KINDS = ("mha", "mqa", "gqa", "mhe-add", "mhe-mul")
+PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
 
-def profile_in_subprocess(path: Path, provider: str, batch: int, seq_len: int, new_tokens: int, runs: int,
-                          prefill_chunk: int | None, threads: int | None) -> dict[str, Any]:
-    command = [sys.executable, "-m", "mhe_edge", "profile", str(path), "--json", "--provider", provider,
-               "--batch", str(batch), "--seq-len", str(seq_len), "--new-tokens", str(new_tokens), "--runs", str(runs)]
-    if prefill_chunk:
-        command += ["--prefill-chunk", str(prefill_chunk)]
-    if threads:
-        command += ["--threads", str(threads)]
-    done = subprocess.run(command, capture_output=True, text=True)
-    if done.returncode != 0:
-        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
-        raise MheEdgeError(f"profiling {path.name} at {seq_len} tokens failed: {lines[-1] if lines else done.returncode}")
-    return json.loads(done.stdout)
+@dataclass
+class CompareReport(Result):
+    settings: dict[str, Any]
+    rows: list[dict[str, Any]]  # one per model and length, with `*_vs_mha` ratios
+    plot: str | None = None
+
+
+def _profile_child(queue, path: str, options: dict[str, Any]) -> None:
+    """Runs in a fresh (spawned) interpreter: its peak memory is this model's alone."""
+    from mhe_edge.runtime.profiler import profile
+
+    try:
+        queue.put(("ok", profile(path, **options).to_dict()))
+    except MheEdgeError as exc:
+        queue.put(("error", str(exc)))
+    except Exception as exc:  # a crash in one model's run becomes one line in the parent
+        queue.put(("error", f"{type(exc).__name__}: {first_line(exc)}"))
+
+
+def profile_in_fresh_process(path: Path, **options: Any) -> dict[str, Any]:
+    """`runtime.profile(path, **options)` in a spawned process; its report as a dict."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    child = context.Process(target=_profile_child, args=(queue, str(path), options), daemon=True)
+    child.start()
+    try:
+        status, payload = queue.get()
+    except KeyboardInterrupt:
+        child.terminate()
+        raise
+    finally:
+        child.join()
+    if status != "ok":
+        raise MheEdgeError(f"profiling {path.name} at {options.get('seq_len')} tokens failed: {payload}")
+    return payload
 
 
 def compare(
@@ -50,20 +73,29 @@ def compare(
     target: str = "std",
     threads: int | None = None,
     plot: str | os.PathLike | None = None,
+    force: bool = False,
     on_progress: Callable[[str], None] | None = None,
-) -> dict[str, Any]:
-    """Profile each model at each sequence length; returns {"rows": [...], "settings": {...}}."""
-    if not seq_lens or any(t < 1 for t in seq_lens):
+) -> CompareReport:
+    """Profile each model at each sequence length, each in a fresh process; ratios are to MHA.
+
+    With no `files`, same-size random-weight models of each kind in `attentions` are built from `preset`,
+    exported and optimized for `target` first.
+
+    Example: `mhe_edge.compare(preset="tiny", seq_lens=[32, 64], plot="compare.png").rows`
+    """
+    if not seq_lens or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in seq_lens):
         raise RequestError(f"seq-lens must be positive integers, not {list(seq_lens)}")
+    plot_path = check_output(plot, force=force, suffixes=PLOT_SUFFIXES) if plot is not None else None
     say = on_progress or (lambda message: None)
+    options = dict(provider=provider, batch=batch, new_tokens=new_tokens, runs=runs, prefill_chunk=prefill_chunk, threads=threads)
     with tempfile.TemporaryDirectory(prefix="mhe-edge-compare-") as tmp:
         models = [Path(f) for f in files] or _build_models(Path(tmp), preset, arch, attentions, target, say)
         rows = []
         for path in models:
-            config, _, _ = read_metadata(path)
+            config = read_header(path).config
             for seq_len in seq_lens:
                 say(f"profile {config.attention} at {seq_len} tokens")
-                report = profile_in_subprocess(path, provider, batch, seq_len, new_tokens, runs, prefill_chunk, threads)
+                report = profile_in_fresh_process(path, seq_len=seq_len, **options)
                 latency = report["latency_ms"]
                 rows.append({
                     "model": path.name,
@@ -77,26 +109,29 @@ def compare(
                     "decode_ms_per_token": latency["decode_per_token"]["p50"] if latency.get("decode_per_token") else None,
                 })
     _add_ratios(rows)
-    result = {"settings": {"provider": provider, "batch": batch, "seq_lens": list(seq_lens), "new_tokens": new_tokens,
-                           "runs": runs, "prefill_chunk": prefill_chunk, "target": target,
-                           "preset": None if files else preset, "arch": arch}, "rows": rows}
-    if plot:
-        plot_comparison(rows, Path(plot), f"{'files' if files else preset + ' ' + arch}, batch {batch}, {provider}")
-        result["plot"] = str(plot)
+    settings = {"provider": provider, "batch": batch, "seq_lens": list(seq_lens), "new_tokens": new_tokens, "runs": runs,
+                "prefill_chunk": prefill_chunk, "target": target, "preset": None if files else preset, "arch": arch}
+    result = CompareReport(settings, rows)
+    if plot_path is not None:
+        with staged_output(plot_path, force=force) as staged:
+            plot_comparison(rows, staged, f"{'files' if files else preset + ' ' + arch}, batch {batch}, {provider}",
+                            plot_path.suffix[1:])
+        result.plot = str(plot_path)
     return result
 
 
 def _build_models(folder: Path, preset, arch, attentions, target, say) -> list[Path]:
-    import mhe_edge
+    from mhe_edge.config import preset_config
     from mhe_edge.exporters import export
+    from mhe_edge.models import build_model
     from mhe_edge.passes import optimize
 
     paths = []
     for attention in attentions:
-        config = mhe_edge.preset_config(preset, arch=arch, attention=attention)
+        config = preset_config(preset, arch=arch, attention=attention)
         say(f"export {attention}")
         exported = folder / f"{attention}.onnx"
-        export(mhe_edge.build_model(config, seed=0), exported)
+        export(build_model(config, seed=0), exported)
         say(f"optimize {attention}")
         paths.append(Path(optimize(exported, folder / f"{attention}.opt.onnx", target=target).output))
         exported.unlink()
@@ -112,7 +147,7 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
             row[f"{key}_vs_mha"] = value / reference if value is not None and reference else None
 
 
-def plot_comparison(rows: list[dict[str, Any]], path: Path, subtitle: str) -> None:
+def plot_comparison(rows: list[dict[str, Any]], path: Path, subtitle: str, image_format: str = "png") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,5 +172,5 @@ def plot_comparison(rows: list[dict[str, Any]], path: Path, subtitle: str) -> No
         ax.legend()
     fig.suptitle(f"mhe-edge compare ({subtitle})")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format=image_format)
     plt.close(fig)

@@ -1,0 +1,205 @@
+"""ONNX files in one place: the header (graph and metadata without the weights), external-data vetting,
+a file's size with its external data, and saving and checking graphs.
+
+`read_header` is the door every command that reads an ONNX file goes through first: it refuses files that
+are not mhe-edge exports, external data that resolves outside the model's folder, and tensors whose declared
+size the bytes behind them do not hold, before ONNX Runtime or any loader touches the weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mhe_edge.config import ModelConfig
+from mhe_edge.contract import KEY_CONFIG, KEY_GRAPH, KEY_IO, KEY_PRECISION, KEY_TARGET
+from mhe_edge.errors import ConfigError, ExportError, ModelFileError, first_line
+
+# protobuf cannot hold 2 GB; weights past this go to external data, leaving room for the graph itself
+EXTERNAL_DATA_THRESHOLD = 1_800_000_000
+EXTERNAL_DATA_THRESHOLD_TEXT = "1.8 GB"
+
+
+@dataclass
+class OnnxHeader:
+    """An mhe-edge export as read from its header: config, metadata and the ModelProto without weights."""
+
+    path: Path
+    config: ModelConfig
+    metadata: dict[str, str]
+    proto: Any = field(repr=False)
+
+    @property
+    def io(self) -> dict[str, Any]:
+        """The I/O layout the exporter recorded (names, shapes, float dtype), or a clear refusal."""
+        if KEY_IO not in self.metadata:
+            raise ModelFileError(f"{self.path.name} has no {KEY_IO} metadata; re-export it with mhe-edge")
+        try:
+            layout = json.loads(self.metadata[KEY_IO])
+        except json.JSONDecodeError as exc:
+            raise ModelFileError(f"{self.path.name} has {KEY_IO} metadata that is not JSON") from exc
+        if not isinstance(layout, dict):
+            raise ModelFileError(f"{self.path.name} has {KEY_IO} metadata that is not a JSON object")
+        return layout
+
+    @property
+    def float_dtype(self) -> str:
+        """"float32" or "float16": the dtype of the float inputs and outputs."""
+        dtype = self.io.get("float_dtype", "float32")
+        if dtype not in ("float32", "float16"):
+            raise ModelFileError(f"{self.path.name} declares float dtype {dtype!r}; expected float32 or float16")
+        return dtype
+
+    @property
+    def graph(self) -> str:
+        return self.metadata.get(KEY_GRAPH, "export")
+
+    @property
+    def target(self) -> str | None:
+        """The optimize target the file was made for; None for a plain (unoptimized) export."""
+        return self.metadata.get(KEY_TARGET)
+
+    @property
+    def precision(self) -> str:
+        return self.metadata.get(KEY_PRECISION, "fp16" if self.float_dtype == "float16" else "fp32")
+
+    @property
+    def external_files(self) -> list[str]:
+        return sorted(external_locations(self.proto))
+
+    @property
+    def file_bytes(self) -> int:
+        """The .onnx file plus every external-data file it names (each counted once)."""
+        return file_bytes(self.path, self.proto)
+
+    @property
+    def parameter_bytes(self) -> int:
+        """Bytes of every initializer, inline or external, as declared (the header check holds them to it)."""
+        return sum(_tensor_bytes(t) for t in self.proto.graph.initializer)
+
+    @property
+    def op_counts(self) -> dict[str, int]:
+        return op_counts(self.proto.graph.node)
+
+
+def load_onnx_header(path: str | os.PathLike):
+    """The ModelProto without external tensor data (cheap), or one clear error."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{str(path)!r} is not a file")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf DecodeError and friends
+        raise ModelFileError(f"{path.name} is not a readable ONNX file: {first_line(exc, 200)}") from exc
+
+
+def read_header(path: str | os.PathLike) -> OnnxHeader:
+    """Config, metadata and header of an mhe-edge export, its tensors vetted."""
+    path = Path(path)
+    proto = load_onnx_header(path)
+    props = {p.key: p.value for p in proto.metadata_props}
+    config = config_from_metadata(props, path.name)
+    check_tensor_sizes(proto, path)
+    return OnnxHeader(path, config, props, proto)
+
+
+def config_from_metadata(props: dict[str, str], name: str) -> ModelConfig:
+    if KEY_CONFIG not in props:
+        raise ModelFileError(f"{name} is not an mhe-edge export (no {KEY_CONFIG} metadata)")
+    try:
+        return ModelConfig.from_dict(json.loads(props[KEY_CONFIG]))
+    except (json.JSONDecodeError, ConfigError, TypeError) as exc:
+        raise ModelFileError(f"{name} has unreadable mhe-edge metadata: {exc}") from exc
+
+
+def check_tensor_sizes(proto, path: Path) -> None:
+    """Refuse tensors whose declared size does not match the bytes behind them (a small file declaring a
+    huge tensor would otherwise make a loader allocate it), and external data outside the model's folder."""
+    external_data_files(proto, path)
+    folder = path.resolve().parent
+    for tensor in proto.graph.initializer:
+        declared = _tensor_bytes(tensor)
+        location = {e.key: e.value for e in tensor.external_data}
+        if location:
+            data = folder / location["location"]
+            offset, length = int(location.get("offset", 0)), int(location.get("length", declared))
+            if not data.is_file() or offset + length > data.stat().st_size or length != declared:
+                raise ModelFileError(f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes its external data does not hold")
+        elif tensor.raw_data and len(tensor.raw_data) != declared:
+            raise ModelFileError(
+                f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes but holds {len(tensor.raw_data):,}"
+            )
+
+
+def external_locations(proto) -> set[str]:
+    """The external-data file names a model's initializers point to (unchecked)."""
+    return {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+
+
+def external_data_files(proto, path: Path) -> set[str]:
+    """The external-data files a model names; refuses any that would resolve outside the model's folder."""
+    folder = path.resolve().parent
+    files = external_locations(proto)
+    for name in files:
+        if Path(name).is_absolute() or folder not in (folder / name).resolve().parents:
+            raise ModelFileError(f"{path.name} points its external data outside its folder ({name!r}); refused")
+    return files
+
+
+def file_bytes(path: str | os.PathLike, proto=None) -> int:
+    """Bytes on disk of an ONNX file and the external-data files its header names (`proto`, or read here)."""
+    path = Path(path)
+    proto = proto if proto is not None else load_onnx_header(path)
+    companions = [path.parent / name for name in external_locations(proto)]
+    return path.stat().st_size + sum(p.stat().st_size for p in companions if p.is_file())
+
+
+def _tensor_bytes(tensor) -> int:
+    import onnx
+    from onnx import helper
+
+    if tensor.data_type == onnx.TensorProto.STRING:
+        return 0
+    numel = 1
+    for dim in tensor.dims:
+        numel *= dim
+    return numel * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+# --- onnx_ir models: counting, saving, checking
+
+
+def op_counts(nodes) -> dict[str, int]:
+    """Nodes by `domain.op_type` (the default domain unprefixed), sorted: an onnx_ir graph or proto nodes."""
+    counts = Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in nodes)
+    return dict(sorted(counts.items()))
+
+
+def initializer_bytes(ir_model) -> int:
+    return sum(v.const_value.nbytes for v in ir_model.graph.initializers.values() if v.const_value is not None)
+
+
+def save_ir_model(ir_model, path: Path, external: bool | None = None) -> bool:
+    """Save to `path` (a staging path); external data in `PATH.data` when asked, or automatically when the
+    weights pass the protobuf limit. Returns whether the weights went to external data."""
+    import onnx_ir as ir
+
+    if external is None:
+        external = initializer_bytes(ir_model) > EXTERNAL_DATA_THRESHOLD
+    ir.save(ir_model, path, external_data=f"{path.name}.data" if external else None)
+    return external
+
+
+def check_full(path: Path) -> None:
+    """The ONNX checker with full shape inference, as one clear error."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the ONNX checker rejects the graph: {first_line(exc)}") from exc

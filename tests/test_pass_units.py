@@ -1,0 +1,225 @@
+"""Each graph pass on a small graph built by hand (no exporter): its structure after the pass, its numbers
+against NumPy or against the graph before, its preconditions refusing what it cannot handle before touching
+anything, and a truthful `modified`."""
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from mhe_edge.exporters.mhe_function import mhe_attention_function
+from mhe_edge.passes._graph import GraphRefused, TargetRefused
+from mhe_edge.passes.cleanup import CleanupPass
+from mhe_edge.passes.float16 import ConvertToFloat16Pass
+from mhe_edge.passes.fold_head_embeddings import FoldHeadEmbeddingsPass
+from mhe_edge.passes.lower_to_ort import LowerToGroupQueryAttentionPass
+from mhe_edge.passes.quantize_int8 import DynamicQuantizeInt8Pass
+from mhe_edge.passes.seqlens_from_mask import SeqlensFromAttentionMaskPass
+from mhe_edge.sessions import create_session
+
+F32 = ir.DataType.FLOAT
+N, D_HEAD, WIDTH = 4, 8, 16  # heads, head size, output width
+RNG = np.random.default_rng(7)
+
+
+def _value(name, shape, dtype=F32):
+    return ir.Value(name=name, shape=ir.Shape(shape), type=ir.TensorType(dtype))
+
+
+def _const(graph, name, array):
+    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+                     const_value=ir.tensor(array, name=name))
+    graph.register_initializer(value)
+    return value
+
+
+def _model(graph, extra_opsets=None):
+    graph.opset_imports.update({"": 23, **(extra_opsets or {})})
+    return ir.Model(graph, ir_version=10)
+
+
+def _run(model, feeds, tmp_path, name):
+    path = tmp_path / f"{name}.onnx"
+    ir.save(model, path)
+    session = create_session(path)
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+
+
+# --- FoldHeadEmbeddingsPass
+
+
+def _mhe_graph(mode, e_q, e_k, e_v, w_o, b_o):
+    """query/key/value -> mhe_edge.MHEAttention -> MatMul W_O -> Add b_O -> y (+ the present cache)."""
+    q, k, v = (_value(n, ["B", "T", D_HEAD]) for n in ("q", "k", "v"))
+    pk, pv = _value("past_key", ["B", 1, "P", D_HEAD]), _value("past_value", ["B", 1, "P", D_HEAD])
+    graph = ir.Graph([q, k, v, pk, pv], [], nodes=[], name="mhe")
+    consts = [_const(graph, n, a) for n, a in (("e_q", e_q), ("e_k", e_k), ("e_v", e_v))]
+    bias = _const(graph, "zero_bias", np.zeros((), np.float32))
+    attention = ir.node("MHEAttention", [q, k, v, *consts, pk, pv, bias], {"mode": mode, "num_heads": N, "is_causal": 1},
+                        domain="mhe_edge", num_outputs=3, name="layer0")
+    matmul = ir.node("MatMul", [attention.outputs[0], _const(graph, "w_o", w_o)])
+    add = ir.node("Add", [matmul.outputs[0], _const(graph, "b_o", b_o)])
+    graph.extend([attention, matmul, add])
+    add.outputs[0].name, attention.outputs[1].name, attention.outputs[2].name = "y", "present_key", "present_value"
+    graph.outputs.extend([add.outputs[0], attention.outputs[1], attention.outputs[2]])
+    model = _model(graph, {"mhe_edge": 1})
+    function = ir.serde.deserialize_function(mhe_attention_function(23))
+    model.functions[function.identifier()] = function
+    return model
+
+
+def _per_head_numpy(mode, feeds, e_q, e_k, e_v, w_o, b_o):
+    """MHE exactly as defined: every head built explicitly, in float64."""
+    f = {k: v.astype(np.float64) for k, v in feeds.items()}
+    keys = np.concatenate([f["past_key"][:, 0], f["k"]], axis=1)  # (B, S, d)
+    values = np.concatenate([f["past_value"][:, 0], f["v"]], axis=1)
+    T, S = f["q"].shape[1], keys.shape[1]
+    combine = (lambda x, e: x + e) if mode == "add" else (lambda x, e: x * e)
+    heads = []
+    for i in range(N):
+        scores = combine(f["q"], e_q[i]) @ combine(keys, e_k[i]).transpose(0, 2, 1) / np.sqrt(D_HEAD)
+        scores = np.where(np.arange(S)[None, :] > np.arange(S - T, S)[:, None], -np.inf, scores)
+        p = np.exp(scores - scores.max(-1, keepdims=True))
+        heads.append((p / p.sum(-1, keepdims=True)) @ combine(values, e_v[i]))
+    return np.concatenate(heads, axis=-1) @ w_o + b_o
+
+
+@pytest.mark.parametrize("mode", ["add", "mul"])
+def test_fold_on_a_hand_built_graph(tmp_path, mode):
+    centre = 1.0 if mode == "mul" else 0.0
+    e_q, e_k, e_v = (centre + 0.5 * RNG.standard_normal((N, D_HEAD)).astype(np.float32) for _ in range(3))
+    w_o = RNG.standard_normal((N * D_HEAD, WIDTH)).astype(np.float32)
+    b_o = RNG.standard_normal(WIDTH).astype(np.float32)
+    feeds = {n: RNG.standard_normal((2, 3, D_HEAD)).astype(np.float32) for n in ("q", "k", "v")}
+    feeds |= {n: RNG.standard_normal((2, 1, 5, D_HEAD)).astype(np.float32) for n in ("past_key", "past_value")}
+    model = _mhe_graph(mode, e_q, e_k, e_v, w_o, b_o)
+    before = _run(model, feeds, tmp_path, "before")
+    want = _per_head_numpy(mode, feeds, e_q, e_k, e_v, w_o, b_o)
+    assert np.abs(before["y"] - want).max() < 1e-4  # the function body is the definition
+
+    assert FoldHeadEmbeddingsPass()(model).modified
+    attention = [n for n in model.graph if n.op_type == "Attention"]
+    assert len(attention) == 1 and attention[0].attributes["kv_num_heads"].as_int() == 1
+    assert not {"e_q", "e_k", "e_v"} & set(model.graph.initializers) and not model.functions
+    after = _run(model, feeds, tmp_path, "after")
+    assert np.abs(after["y"] - want).max() < 1e-4
+    assert np.array_equal(after["present_key"], before["present_key"])
+    assert not FoldHeadEmbeddingsPass()(model).modified  # nothing left to fold
+
+
+def test_fold_refuses_before_touching_anything():
+    ones = np.ones((N, D_HEAD), np.float32)
+    model = _mhe_graph("add", ones, ones, ones, np.ones((N * D_HEAD, WIDTH), np.float32), np.zeros(WIDTH, np.float32))
+    add = next(n for n in model.graph if n.op_type == "Add")
+    outside = _value("bias_from_outside", [WIDTH])
+    model.graph.inputs.append(outside)
+    add.replace_input_with(1, outside)  # E_V cannot fold into a bias that is not a constant
+    with pytest.raises(GraphRefused, match="output bias"):
+        FoldHeadEmbeddingsPass()(model)
+    assert [n.op_type for n in model.graph] == ["MHEAttention", "MatMul", "Add"] and "e_v" in model.graph.initializers
+
+
+# --- LowerToGroupQueryAttentionPass and SeqlensFromAttentionMaskPass
+
+
+def _attention_graph(head_size=D_HEAD, kv_heads=1):
+    q = _value("q", ["B", "T", N * head_size])
+    k, v = (_value(n, ["B", "T", kv_heads * head_size]) for n in ("k", "v"))
+    pk, pv = (_value(n, ["B", kv_heads, "P", head_size]) for n in ("past_key", "past_value"))
+    graph = ir.Graph([q, k, v, pk, pv], [], nodes=[], name="attention")
+    node = ir.node("Attention", [q, k, v, None, pk, pv], {"q_num_heads": N, "kv_num_heads": kv_heads, "is_causal": 1},
+                   num_outputs=3)
+    graph.append(node)
+    for out, name in zip(node.outputs, ("y", "present_key", "present_value")):
+        out.name = name
+        graph.outputs.append(out)
+    return _model(graph)
+
+
+def test_lower_on_a_hand_built_graph(tmp_path):
+    model = _attention_graph()
+    feeds = {"q": RNG.standard_normal((2, 3, N * D_HEAD)), "k": RNG.standard_normal((2, 3, D_HEAD)),
+             "v": RNG.standard_normal((2, 3, D_HEAD)), "past_key": RNG.standard_normal((2, 1, 4, D_HEAD)),
+             "past_value": RNG.standard_normal((2, 1, 4, D_HEAD))}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    before = _run(model, feeds, tmp_path, "before")
+    assert LowerToGroupQueryAttentionPass()(model).modified
+    assert [n.op_type for n in model.graph if n.domain == "com.microsoft"] == ["GroupQueryAttention"]
+    assert not [n for n in model.graph if n.op_type == "Attention"]
+    after = _run(model, feeds, tmp_path, "after")
+    for name in ("y", "present_key", "present_value"):
+        assert np.abs(after[name] - before[name]).max() < 1e-5
+    assert not LowerToGroupQueryAttentionPass()(model).modified
+
+    assert SeqlensFromAttentionMaskPass()(model).modified
+    assert [v.name for v in model.graph.inputs][1] == "attention_mask"
+    assert not SeqlensFromAttentionMaskPass()(model).modified  # already there
+
+
+def test_lower_refuses_a_head_size_the_kernel_cannot_take():
+    model = _attention_graph(head_size=12)
+    with pytest.raises(TargetRefused, match="multiple of 8"):
+        LowerToGroupQueryAttentionPass()(model)
+    assert [n.op_type for n in model.graph] == ["Attention"]
+
+
+def test_lower_and_seqlens_refuse_graphs_they_cannot_handle():
+    ones = np.ones((N, D_HEAD), np.float32)
+    unfolded = _mhe_graph("mul", ones, ones, ones, np.ones((N * D_HEAD, WIDTH), np.float32), np.zeros(WIDTH, np.float32))
+    with pytest.raises(GraphRefused, match="fold the head embeddings first"):
+        LowerToGroupQueryAttentionPass()(unfolded)
+    with pytest.raises(GraphRefused, match="needs GroupQueryAttention"):
+        SeqlensFromAttentionMaskPass()(_attention_graph())
+
+
+# --- CleanupPass, ConvertToFloat16Pass, DynamicQuantizeInt8Pass
+
+
+def _matmul_graph():
+    """x -> Identity -> MatMul W -> y, plus an initializer nobody reads."""
+    x = _value("x", ["B", WIDTH])
+    graph = ir.Graph([x], [], nodes=[], name="matmul")
+    identity = ir.node("Identity", [x])
+    matmul = ir.node("MatMul", [identity.outputs[0], _const(graph, "w", RNG.standard_normal((WIDTH, WIDTH)).astype(np.float32))])
+    graph.extend([identity, matmul])
+    matmul.outputs[0].name = "y"
+    graph.outputs.append(matmul.outputs[0])
+    _const(graph, "dead", np.ones((64, 64), np.float32))
+    return _model(graph)
+
+
+def test_cleanup_on_a_hand_built_graph(tmp_path):
+    model = _matmul_graph()
+    feeds = {"x": RNG.standard_normal((3, WIDTH)).astype(np.float32)}
+    before = _run(model, feeds, tmp_path, "before")
+    assert CleanupPass()(model).modified
+    assert [n.op_type for n in model.graph] == ["MatMul"] and "dead" not in model.graph.initializers
+    assert np.array_equal(_run(model, feeds, tmp_path, "after")["y"], before["y"])
+    assert not CleanupPass()(model).modified  # a clean graph stays as it is
+
+
+def test_float16_on_a_hand_built_graph(tmp_path):
+    model = _matmul_graph()
+    CleanupPass()(model)
+    feeds = {"x": RNG.standard_normal((3, WIDTH)).astype(np.float32)}
+    before = _run(model, feeds, tmp_path, "before")
+    assert ConvertToFloat16Pass()(model).modified
+    assert model.graph.inputs[0].dtype == ir.DataType.FLOAT16 and model.graph.initializers["w"].const_value.dtype == ir.DataType.FLOAT16
+    after = _run(model, {"x": feeds["x"].astype(np.float16)}, tmp_path, "after")
+    assert after["y"].dtype == np.float16 and np.abs(after["y"] - before["y"]).max() < 0.05
+    assert not ConvertToFloat16Pass()(model).modified  # no float32 left
+    with pytest.raises(GraphRefused, match="float32 weight"):
+        DynamicQuantizeInt8Pass()(model)
+
+
+def test_int8_on_a_hand_built_graph(tmp_path):
+    model = _matmul_graph()
+    CleanupPass()(model)
+    feeds = {"x": RNG.standard_normal((3, WIDTH)).astype(np.float32)}
+    before = _run(model, feeds, tmp_path, "before")
+    result = DynamicQuantizeInt8Pass()(model)
+    assert result.modified and "MatMulInteger" in {n.op_type for n in result.model.graph}
+    after = _run(result.model, feeds, tmp_path, "after")
+    assert np.abs(after["y"] - before["y"]).max() < 0.1 * np.abs(before["y"]).max()
+    with pytest.raises(GraphRefused, match="quantized"):
+        ConvertToFloat16Pass()(result.model)
