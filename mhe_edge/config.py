@@ -88,7 +88,7 @@ def _require_positive_int(name: str, value: Any) -> None:
 PRESETS: dict[str, dict[str, Any]] = {
     # Test-sized: exports and validates in seconds.
     "tiny": dict(n_layers=2, d_model=64, n_heads=4, d_ff=256, vocab_size=1000, max_seq_len=128),
-    # The benchmark decoder of the profiling issue: a 2048-token context plus decode steps fits.
+    # The benchmark decoder: a 2048-token context plus decode steps fits.
     "small": dict(n_layers=6, d_model=512, n_heads=8, d_ff=2048, vocab_size=8192, max_seq_len=4096),
     # BERT-base / GPT-2-small widths.
     "base": dict(n_layers=12, d_model=768, n_heads=12, d_ff=3072, vocab_size=50257, max_seq_len=4096),

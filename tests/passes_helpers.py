@@ -50,3 +50,29 @@ def op_counts(model: ir.Model) -> Counter:
 
 def parity(config, candidate_path, reference_path, atol=1e-4):
     return compare_runners(config, ort_runner(create_session(candidate_path)), ort_runner(create_session(reference_path)), atol)
+
+
+def independent_logits_diff(config, session, reference) -> float:
+    """Max |first output| difference on the test's own inputs (not the library's parity cases): a prefill
+    of 6 tokens with an empty cache. `reference` is another session or a PyTorch model."""
+    import numpy as np
+
+    rng = np.random.default_rng(1234)
+    ids = rng.integers(0, config.vocab_size, (2, 6))
+    feeds = {"input_ids": ids}
+    if config.arch == "encoder":
+        feeds["attention_mask"] = np.ones_like(ids)
+    else:
+        wanted = {i.name: i.type for i in session.get_inputs()}
+        for name in wanted:
+            if name.startswith("past_key_values."):
+                dtype = np.float16 if wanted[name] == "tensor(float16)" else np.float32
+                feeds[name] = np.zeros((2, config.kv_heads, 0, config.head_dim), dtype)
+    got = session.run(None, feeds)[0].astype(np.float64)
+    if hasattr(reference, "get_inputs"):
+        want = reference.run(None, feeds)[0]
+    else:
+        with torch.no_grad():
+            want = (reference(torch.from_numpy(ids), torch.from_numpy(feeds["attention_mask"])) if config.arch == "encoder"
+                    else reference(torch.from_numpy(ids))[0]).numpy()
+    return float(np.abs(got - want.astype(np.float64)).max())

@@ -76,14 +76,3 @@ def test_cpp_example_refuses_bad_prompts(tmp_path, cpp_generate):
                            (["--prompt", "1", "--max-new-tokens", "999"], "max_seq_len")]:
         done = subprocess.run([str(cpp_generate), str(path), *args], capture_output=True, text=True)
         assert done.returncode == 2 and fragment in done.stderr, (args, done.stderr)
-
-
-def test_cpp_reads_the_same_metadata_python_writes(tmp_path):
-    _, path = exported(tmp_path, attention="mhe-mul")
-    import onnx
-
-    io = json.loads({p.key: p.value for p in onnx.load(path).metadata_props}["mhe_edge.io"])
-    source = (EXAMPLE / "main.cpp").read_text()
-    for key in ("arch", "num_layers", "kv_heads", "head_dim", "vocab_size", "max_seq_len"):
-        assert f'"{key}"' in source
-        assert key in io or key in io["kv_cache"]

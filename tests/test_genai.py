@@ -61,7 +61,7 @@ def test_share_buffer_needs_gqa_model(tmp_path):
 
     _, path = exported(tmp_path, attention="mhe-mul", d_model=64)
     std = optimize(path, tmp_path / "std.onnx", target="std").output
-    with pytest.raises(Exception, match="GroupQueryAttention"):
+    with pytest.raises(RequestError, match="GroupQueryAttention"):
         package_genai(std, tmp_path / "pkg", share_buffer=True)
     with pytest.raises(RequestError):
         package_genai(std, tmp_path / "pkg2", share_buffer=True, target="std")

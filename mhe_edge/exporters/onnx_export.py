@@ -64,6 +64,8 @@ def export(
     Nothing appears at `output` unless the full ONNX check and the parity check (ONNX Runtime vs PyTorch
     within `atol`) pass; raises an `MheEdgeError` subclass otherwise. Weights go to `OUTPUT.data` with
     `external_data`, and by themselves past the protobuf limit.
+
+    Example: `mhe_edge.export("model.pt", "model.onnx").max_abs_diff`
     """
     if opset not in supported_opsets():
         raise RequestError(

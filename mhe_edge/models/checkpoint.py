@@ -23,7 +23,10 @@ SUFFIXES = (".pt", ".safetensors")
 
 def save_checkpoint(model: Transformer, path: str | os.PathLike, *, force: bool = False) -> Path:
     """Write `model` (with its `.config`) to `.pt` or `.safetensors`: whole or not at all, never over an
-    existing file unless `force`."""
+    existing file unless `force`.
+
+    Example: `mhe_edge.save_model(mhe_edge.build_model(mhe_edge.preset_config("tiny"), seed=0), "model.safetensors")`
+    """
     path = check_output(path, force=force, suffixes=SUFFIXES)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     from safetensors import SafetensorError
@@ -44,7 +47,10 @@ save_model = save_checkpoint  # the public API's name
 
 
 def load_model(path: str | os.PathLike) -> Transformer:
-    """Load a checkpoint written by `save_checkpoint` into a model in eval mode (`model.config` set)."""
+    """Load a checkpoint written by `save_checkpoint` into a model in eval mode (`model.config` set).
+
+    Example: `model = mhe_edge.load_model("model.pt"); model.config.attention`
+    """
     config, state = read_checkpoint(path)
     model = build_model(config)
     model.load_state_dict(state, strict=True)

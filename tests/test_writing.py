@@ -1,0 +1,90 @@
+"""The one writing path (files/writing.py): checks before work, exclusive publish, folders replaced only
+when mhe-edge wrote them, companions travel with their model, permissions follow the umask."""
+import multiprocessing
+import os
+import stat
+
+import pytest
+
+from mhe_edge.errors import RequestError
+from mhe_edge.files import FOLDER_MARKER, check_output, staged_output
+
+
+def test_refusals_before_any_work(tmp_path):
+    (tmp_path / "there.onnx").write_text("old")
+    (tmp_path / "real.onnx").write_text("target of a link")
+    os.symlink(tmp_path / "real.onnx", tmp_path / "link.onnx")
+    for kwargs, fragment in [
+        (dict(path=tmp_path / "missing" / "a.onnx"), "does not exist"),
+        (dict(path=tmp_path / "a.txt", suffixes=(".onnx",)), "must end in .onnx"),
+        (dict(path=tmp_path / "there.onnx"), "pass --force"),
+        (dict(path=tmp_path / "link.onnx", force=True), "symbolic link"),
+        (dict(path=tmp_path / "there.onnx", force=True, inputs=[tmp_path / "there.onnx"]), "overwrite an input"),
+        (dict(path=tmp_path, folder=True, force=True), "not written by mhe-edge"),
+    ]:
+        with pytest.raises(RequestError, match=fragment):
+            check_output(**kwargs)
+    assert (tmp_path / "real.onnx").read_text() == "target of a link"
+
+
+def test_failure_leaves_nothing_and_force_replaces_companions(tmp_path):
+    target = tmp_path / "m.onnx"
+    with pytest.raises(ZeroDivisionError):
+        with staged_output(target) as staged:
+            staged.write_text("half")
+            1 / 0
+    assert list(tmp_path.iterdir()) == []
+    with staged_output(target) as staged:
+        staged.write_text("model")
+        staged.with_name("m.onnx.data").write_text("weights")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    with staged_output(target, force=True) as staged:
+        staged.write_text("model without external data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no stale data beside the new model
+
+
+def test_permissions_follow_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with staged_output(tmp_path / "a.json") as staged:
+            staged.write_text("{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o640
+
+
+def test_folders_are_replaced_only_when_mhe_edge_wrote_them(tmp_path):
+    folder = tmp_path / "pkg"
+    with staged_output(folder, folder=True) as staged:
+        (staged / "model.onnx").write_text("v1")
+    assert (folder / FOLDER_MARKER).is_file()
+    (tmp_path / "unrelated.txt").write_text("keep")
+    check_output(folder, folder=True, force=True)
+    with staged_output(folder, force=True, folder=True) as staged:
+        (staged / "model.onnx").write_text("v2")
+    assert (folder / "model.onnx").read_text() == "v2" and (tmp_path / "unrelated.txt").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg", "unrelated.txt"]
+
+
+def _writer(path, barrier, results):
+    barrier.wait()
+    try:
+        with staged_output(path) as staged:
+            staged.write_text(f"written by {os.getpid()}\n" * 1000)
+        results.put("won")
+    except RequestError:
+        results.put("refused")
+
+
+def test_two_writers_one_wins_the_other_refuses(tmp_path):
+    context = multiprocessing.get_context("fork")
+    barrier, results = context.Barrier(2), context.Queue()
+    writers = [context.Process(target=_writer, args=(tmp_path / "out.onnx", barrier, results)) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(30)
+    assert sorted(results.get(timeout=5) for _ in writers) == ["refused", "won"]
+    text = (tmp_path / "out.onnx").read_text()
+    assert len(set(text.splitlines())) == 1 and len(text.splitlines()) == 1000  # whole, from one writer
+    assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
