@@ -51,6 +51,21 @@ def max_abs_diff(records: list[ParityRecord]) -> float:
     return max((r.max_abs_diff for r in records), default=0.0)
 
 
+class ParityChecked:
+    """For reports that carry `parity` records: the worst difference, and the step timings' total."""
+
+    parity: list[ParityRecord]
+    seconds: dict[str, float]
+
+    @property
+    def max_abs_diff(self) -> float:
+        return max_abs_diff(self.parity)
+
+    @property
+    def total_seconds(self) -> float:
+        return round(sum(self.seconds.values()), 3)
+
+
 def argmax_agreement(records: list[ParityRecord]) -> float | None:
     shares = [r.argmax_agreement for r in records if r.argmax_agreement is not None]
     return min(shares) if shares else None

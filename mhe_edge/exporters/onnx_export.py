@@ -13,13 +13,13 @@ from mhe_edge.models import Transformer
 from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
-from mhe_edge.verification import ParityRecord, compare_runners, max_abs_diff, ort_runner, raise_on_failures, torch_runner
+from mhe_edge.verification import ParityChecked, ParityRecord, compare_runners, ort_runner, raise_on_failures, torch_runner
 
 MIN_OPSET = 23  # the first with the standard Attention operator
 
 
 @dataclass
-class ExportReport:
+class ExportReport(ParityChecked):
     path: str
     source: str
     config: dict[str, Any]
@@ -30,16 +30,12 @@ class ExportReport:
     parity: list[ParityRecord] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
 
-    @property
-    def max_abs_diff(self) -> float:
-        return max_abs_diff(self.parity)
-
     def to_dict(self) -> dict[str, Any]:
         return json_safe({
             "path": self.path, "source": self.source, "config": self.config, "opset": self.opset,
             "external_data": self.external_data, "file_bytes": self.file_bytes, "op_counts": self.op_counts,
             "max_abs_diff": self.max_abs_diff, "parity": [r.to_dict() for r in self.parity],
-            "seconds": self.seconds, "total_seconds": round(sum(self.seconds.values()), 3),
+            "seconds": self.seconds, "total_seconds": self.total_seconds,
         })
 
 

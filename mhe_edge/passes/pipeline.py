@@ -14,14 +14,14 @@ from mhe_edge.files import check_full, check_output, file_bytes, op_counts, read
 from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
-from mhe_edge.verification import ParityRecord, argmax_agreement, compare_runners, max_abs_diff, ort_runner, raise_on_failures
+from mhe_edge.verification import ParityChecked, ParityRecord, argmax_agreement, compare_runners, ort_runner, raise_on_failures
 
 TARGETS = ("std", "ort")
 FP32_ATOL, FP16_ATOL, FP16_MIN_ARGMAX = 1e-4, 1e-2, 0.99
 
 
 @dataclass
-class OptimizeReport:
+class OptimizeReport(ParityChecked):
     input: str
     output: str
     target: str
@@ -33,10 +33,6 @@ class OptimizeReport:
     bytes_after: int
     parity: list[ParityRecord] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def max_abs_diff(self) -> float:
-        return max_abs_diff(self.parity)
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({
