@@ -73,6 +73,32 @@ def test_cpp_example_matches_python_token_for_token(tmp_path, cli, cpp_generate,
 def test_cpp_example_refuses_bad_prompts(tmp_path, cpp_generate):
     _, path = exported(tmp_path, attention="mhe-add")
     for args, fragment in [(["--prompt", "3,x"], "comma-separated"), (["--prompt", "5000"], "outside the vocabulary"),
-                           (["--prompt", "1", "--max-new-tokens", "999"], "max_seq_len")]:
+                           (["--prompt", "1", "--max-new-tokens", "999"], "max_seq_len"),
+                           (["--prompt", " 3,+1"], "comma-separated"), (["--prompt", "99999999999999999999999"], "comma-separated"),
+                           (["--prompt", "1", "--max-new-tokens", "99999999999"], "--max-new-tokens must be"),
+                           (["--prompt", "1", "--max-new-tokens", "4x"], "--max-new-tokens must be an integer")]:
         done = subprocess.run([str(cpp_generate), str(path), *args], capture_output=True, text=True)
         assert done.returncode == 2 and fragment in done.stderr, (args, done.stderr)
+
+
+@pytest.mark.parametrize("lie,fragment", [
+    ({"num_layers": 7}, "do not match the metadata"),
+    ({"kv_heads": 3}, "does not match the metadata's layout"),
+    ({"vocab_size": 1000}, "logits are not"),
+    ({"head_dim": -5}, "must be in"),
+    ({"max_seq_len": "9" * 30}, "must be an integer"),
+])
+def test_cpp_example_refuses_metadata_that_lies(tmp_path, cpp_generate, lie, fragment):
+    import onnx
+
+    _, path = exported(tmp_path, attention="mhe-add")
+    proto = onnx.load(path)
+    entry = next(p for p in proto.metadata_props if p.key == "mhe_edge.io")
+    io = json.loads(entry.value)
+    for key, value in lie.items():
+        (io["kv_cache"] if key in io["kv_cache"] else io)[key] = value
+    entry.value = json.dumps(io).replace('"' + "9" * 30 + '"', "9" * 30)  # a bare huge number, as a crafted file would
+    onnx.save(proto, tmp_path / "lying.onnx")
+    done = subprocess.run([str(cpp_generate), str(tmp_path / "lying.onnx"), "--prompt", "3,1", "--max-new-tokens", "2"],
+                          capture_output=True, text=True)
+    assert done.returncode == 4 and fragment in done.stderr, done.stderr
