@@ -8,6 +8,12 @@ from typing import Any
 from mhe_edge.errors import ConfigError
 
 ARCHS = ("encoder", "decoder")
+# Sanity bounds, checked before any model is built: far above any model mhe-edge targets, far below what
+# would hang or exhaust memory while a crafted config is turned into modules.
+LIMITS = {
+    "n_layers": 1024, "d_model": 65_536, "n_heads": 1024, "head_dim": 4096, "n_kv_heads": 1024,
+    "d_ff": 262_144, "vocab_size": 4_194_304, "max_seq_len": 1_048_576,
+}
 ATTENTION_KINDS = ("mha", "mqa", "gqa", "mhe-add", "mhe-mul")
 MHE_KINDS = ("mhe-add", "mhe-mul")
 
@@ -83,6 +89,8 @@ class ModelConfig:
 def _require_positive_int(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name} must be a positive integer, not {value!r}")
+    if name in LIMITS and value > LIMITS[name]:
+        raise ConfigError(f"{name} {value} is beyond mhe-edge's limit of {LIMITS[name]:,}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -25,6 +25,8 @@ DOMAIN = "mhe_edge"
 OP_TYPE = "MHEAttention"
 DOMAIN_VERSION = 1
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators (GroupQueryAttention)
+MIN_OPSET = 23  # the first default-domain opset with the standard Attention operator
+MAX_OPSET = 25  # the newest the PyTorch exporter's graphs pass the full ONNX checker at (26+: no Gelu-18 there)
 
 # --- I/O names
 INPUT_IDS, ATTENTION_MASK = "input_ids", "attention_mask"

@@ -10,6 +10,21 @@ from mhe_edge.errors import ModelFileError, ProviderError, RequestError, first_l
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+def check_provider(provider: str) -> str:
+    """ONNX Runtime's name for `provider`, or a refusal: unknown (RequestError) or not in this build (ProviderError)."""
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise RequestError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[provider]
+    if wanted not in ort.get_available_providers():
+        raise ProviderError(
+            f"ONNX Runtime {ort.__version__} here has no {wanted} (available: {', '.join(ort.get_available_providers())});"
+            " install onnxruntime-gpu with matching CUDA and cuDNN libraries"
+        )
+    return wanted
+
+
 def create_session(
     path: str | os.PathLike,
     provider: str = "cpu",
@@ -21,14 +36,7 @@ def create_session(
     `profile_prefix` turns on ONNX Runtime's profiler (its trace goes to PREFIX_<time>.json)."""
     import onnxruntime as ort
 
-    if provider not in PROVIDERS:
-        raise RequestError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
-    wanted = PROVIDERS[provider]
-    if wanted not in ort.get_available_providers():
-        raise ProviderError(
-            f"ONNX Runtime {ort.__version__} here has no {wanted} (available: {', '.join(ort.get_available_providers())});"
-            " install onnxruntime-gpu with matching CUDA and cuDNN libraries"
-        )
+    wanted = check_provider(provider)
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: warnings about unused initializers are noise to users
     if threads is not None:

@@ -113,10 +113,130 @@ CASES = [
     ("output-in-missing-folder", lambda a, d: ["export", a[0] / "good.pt", "-o", d / "nope" / "m.onnx"], 2, "does not exist"),
     ("output-over-existing-file", lambda a, d: ["init", _write(d / "keep.pt", b"precious")], 2, "pass --force"),
     ("export-over-existing-file", lambda a, d: ["export", a[0] / "good.pt", "-o", _write(d / "keep.onnx", b"precious")], 2, "pass --force"),
-    ("opset-too-low", lambda a, d: ["export", a[0] / "good.pt", "-o", d / "m.onnx", "--opset", "12"], 2, "opset 12 is not supported"),
+    ("opset-too-low", lambda a, d: ["export", a[0] / "good.pt", "-o", d / "m.onnx", "--opset", "12"], 2, "Invalid value for '--opset'"),
     ("fp16-and-int8", lambda a, d: ["optimize", a[0] / "good.onnx", "-o", d / "o.onnx", "--fp16", "--int8"], 2, "not both"),
     ("inspect-unknown-suffix", lambda a, d: ["inspect", _write(d / "model.bin", b"x")], 2, "inspect takes"),
 ]
+
+
+# Outputs: nothing lost, nothing written through a link or onto an input.
+CASES += [
+    ("trace-onto-the-input", lambda a, d: ["profile", _copy(a, "good.onnx", d / "m.onnx"), "--trace", d / "m.onnx", "--force"], 2, "must end in .json"),
+    ("trace-over-a-file", lambda a, d: ["profile", a[0] / "good.onnx", "--trace", _write(d / "t.json", b"keep")], 2, "pass --force"),
+    ("trace-through-a-symlink", lambda a, d: ["profile", a[0] / "good.onnx", "--trace", _link(d / "t.json", _write(d / "target.json", b"keep")), "--force"], 2, "symbolic link"),
+    ("plot-bad-extension", lambda a, d: ["compare", a[0] / "good.onnx", "--seq-lens", "4", "--plot", d / "p.txt"], 2, "must end in .png"),
+    ("plot-missing-folder", lambda a, d: ["compare", a[0] / "good.onnx", "--seq-lens", "4", "--plot", d / "no" / "p.png"], 2, "does not exist"),
+    ("package-force-over-a-users-folder", lambda a, d: ["package", a[0] / "good.onnx", "-o", _folder_with_files(d / "mine"), "--force"], 2, "not written by mhe-edge"),
+    ("package-force-over-the-current-folder", lambda a, d: ["package", a[0] / "good.onnx", "-o", _write(d / "x.txt", b"keep").parent, "--force"], 2, "not written by mhe-edge"),
+    ("export-over-a-data-file", lambda a, d: ["export", a[0] / "good.pt", "-o", d / "m.onnx", "--external-data", "--json"] if _write(d / "m.onnx.data", b"keep") else [], 2, "exists beside the output"),
+    ("optimize-onto-its-input", lambda a, d: ["optimize", _copy(a, "good.onnx", d / "m.onnx"), "-o", d / "m.onnx", "--force"], 2, "overwrite an input"),
+    ("init-through-a-symlink", lambda a, d: ["init", _link(d / "link.pt", _write(d / "real.pt", b"keep")), "--force"], 2, "symbolic link"),
+    ("to-ort-external-data", lambda a, d: ["to-ort", _copy_external(a, d), "-o", d / "m.ort"], 2, "external data"),
+]
+# Inputs: bounded before anything is allocated, checked against the file and the graph.
+CASES += [
+    ("onnx-sparse-initializer", lambda a, d: ["inspect", _sparse(a, d)], 4, "sparse"),
+    ("onnx-metadata-not-json", lambda a, d: ["generate", _metadata(a, d, "mhe_edge.io", "{not json"), "--prompt", "1"], 4, "not JSON"),
+    ("onnx-metadata-deeply-nested", lambda a, d: ["profile", _metadata(a, d, "mhe_edge.config", "[" * 5000 + "]" * 5000)], 4, "nests"),
+    ("onnx-metadata-lies-about-layers", lambda a, d: ["generate", _config_lie(a, d, n_layers=3), "--prompt", "1"], 4, "do not match its metadata"),
+    ("onnx-metadata-lies-about-head-size", lambda a, d: ["optimize", _config_lie(a, d, head_dim=16, d_model=64), "-o", d / "o.onnx"], 4, "by its metadata"),
+    ("onnx-metadata-lies-about-vocab", lambda a, d: ["to-ort", _config_lie(a, d, vocab_size=98), "-o", d / "o.ort"], 4, "by its metadata"),
+    ("onnx-metadata-lies-about-arch", lambda a, d: ["package", _config_lie(a, d, arch="encoder"), "-o", d / "pkg"], 4, "do not match its metadata"),
+    ("onnx-non-finite-weights", lambda a, d: ["generate", _nan_onnx(a, d), "--prompt", "1,2"], 4, "holds NaN"),
+    ("pt-compressed-records", lambda a, d: ["inspect", _deflated(a, d)], 3, "compressed"),
+    ("pt-stride-zero-tensor", lambda a, d: ["export", _torch_file(d, "expand.pt", _payload(a, state_dict={**a[1].state_dict(), "lm_head.weight": torch.zeros(1).expand(97, 48)}))], 3, "view or expansion"),
+    ("pt-view-into-larger-storage", lambda a, d: ["inspect", _torch_file(d, "view.pt", _payload(a, state_dict={**a[1].state_dict(), "lm_head.weight": torch.zeros(200, 48)[:97]}))], 3, "view or expansion"),
+    ("pt-config-beyond-limits", lambda a, d: ["inspect", _torch_file(d, "deep.pt", _payload(a, config={**a[1].config.to_dict(), "n_layers": 10**8}))], 3, "beyond mhe-edge's limit"),
+    ("pt-config-bigger-than-file", lambda a, d: ["export", _torch_file(d, "big.pt", _payload(a, config={**a[1].config.to_dict(), "n_layers": 1000, "d_model": 4096, "head_dim": None, "d_ff": 16384}))], 3, "more than its"),
+    ("pt-non-finite-weights", lambda a, d: ["export", _torch_file(d, "nan.pt", _payload(a, state_dict={**a[1].state_dict(), "ln_f.weight": torch.full((48,), float("nan"))}))], 3, "ln_f.weight holds NaN"),
+    ("safetensors-non-finite-weights", lambda a, d: ["inspect", _nan_safetensors(a, d)], 3, "holds NaN"),
+]
+# Arguments: numbers bounded at the boundary, prompts parsed strictly, names printed literally.
+CASES += [
+    ("huge-d-model", lambda a, d: ["init", d / "m.pt", "--d-model", str(10**9)], 2, "Invalid value for '--d-model'"),
+    ("huge-vocab", lambda a, d: ["init", d / "m.pt", "--vocab-size", str(10**12)], 2, "Invalid value for '--vocab-size'"),
+    ("huge-seed", lambda a, d: ["init", d / "m.pt", "--seed", str(2**70)], 2, "Invalid value for '--seed'"),
+    ("huge-threads", lambda a, d: ["generate", a[0] / "good.onnx", "--prompt", "1", "--threads", str(10**7)], 2, "Invalid value for '--threads'"),
+    ("huge-token-id", lambda a, d: ["generate", a[0] / "good.onnx", "--prompt", "9" * 40], 2, "outside any vocabulary"),
+    ("prompt-double-minus", lambda a, d: ["generate", a[0] / "good.onnx", "--prompt=--3"], 2, "comma-separated token ids"),
+    ("markup-in-a-file-name", lambda a, d: ["inspect", _write(d / "[bold]x[red].pt", b"hello")], 3, "[bold]x[red].pt"),
+    ("control-characters-in-a-file-name", lambda a, d: ["inspect", _write(d / "a\x1b[31mred.pt", b"hello")], 3, "a\\x1b[31mred.pt"),
+    ("init-bad-suffix", lambda a, d: ["init", d / "m.ckpt"], 2, "must end in .pt or .safetensors"),
+    ("compare-unknown-kind", lambda a, d: ["compare", "--preset", "tiny", "--attention", "mha,mla"], 2, "attention must be one of"),
+    ("compare-unknown-provider", lambda a, d: ["compare", a[0] / "good.onnx", "--seq-lens", "4", "--provider", "tpu"], 2, "unknown provider"),
+]
+
+
+def _link(link: Path, target: Path) -> Path:
+    os.symlink(target, link)
+    return link
+
+
+def _folder_with_files(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "notes.txt").write_text("mine")
+    return folder
+
+
+def _copy_external(assets, d):
+    _copy(assets, "external.onnx.data", d / "external.onnx.data")
+    return _copy(assets, "external.onnx", d / "external.onnx")
+
+
+def _sparse(assets, d, side=20_000):
+    """A tiny file whose sparse initializer would densify to 1.6 GB."""
+    from onnx import helper
+
+    proto = onnx.load(assets[0] / "good.onnx")
+    values = helper.make_tensor("big", onnx.TensorProto.FLOAT, [1], [1.0])
+    indices = helper.make_tensor("big_idx", onnx.TensorProto.INT64, [1], [0])
+    proto.graph.sparse_initializer.append(helper.make_sparse_tensor(values, indices, [side, side]))
+    onnx.save(proto, d / "sparse.onnx")
+    return d / "sparse.onnx"
+
+
+def _metadata(assets, d, key, value):
+    proto = onnx.load(assets[0] / "good.onnx")
+    next(p for p in proto.metadata_props if p.key == key).value = value
+    onnx.save(proto, d / "meta.onnx")
+    return d / "meta.onnx"
+
+
+def _config_lie(assets, d, **lies):
+    import json
+
+    config = {**assets[1].config.to_dict(), **lies}
+    return _metadata(assets, d, "mhe_edge.config", json.dumps(config))
+
+
+def _nan_onnx(assets, d):
+    from onnx import numpy_helper
+
+    proto = onnx.load(assets[0] / "good.onnx")
+    tensor = next(t for t in proto.graph.initializer if len(t.dims) == 2)
+    array = numpy_helper.to_array(tensor).copy()
+    array[3, 5] = float("nan")
+    tensor.CopyFrom(numpy_helper.from_array(array, tensor.name))
+    onnx.save(proto, d / "nan.onnx")
+    return d / "nan.onnx"
+
+
+def _nan_safetensors(assets, d):
+    model = tiny_model(attention="mhe-mul")
+    with torch.no_grad():
+        model.lm_head.weight[0, 0] = float("inf")
+    save_checkpoint(model, d / "nan.safetensors")
+    return d / "nan.safetensors"
+
+
+def _deflated(assets, d):
+    """The good checkpoint, its records recompressed: small on disk, any size once inflated."""
+    import zipfile
+
+    with zipfile.ZipFile(assets[0] / "good.pt") as source, zipfile.ZipFile(d / "deflated.pt", "w", zipfile.ZIP_DEFLATED) as out:
+        for entry in source.infolist():
+            out.writestr(entry.filename, source.read(entry))
+    return d / "deflated.pt"
 
 
 def _write(path: Path, data: bytes) -> Path:
@@ -149,3 +269,61 @@ def test_debug_shows_the_traceback_with_its_root_cause(tmp_path):
     debug = subprocess.run([sys.executable, "-m", "mhe_edge", "--debug", "inspect", str(path)], capture_output=True, text=True)
     assert debug.returncode != 0 and "Traceback" in debug.stderr
     assert "CheckpointError" in debug.stderr and "direct cause" in debug.stderr  # the root cause is not hidden
+
+
+def _mhe_edge_process(*args):
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", "mhe_edge", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_crafted_files_cost_no_memory(tmp_path, assets):
+    """Files built to make a loader allocate gigabytes are refused first: the children's peak RSS stays low."""
+    import resource
+
+    crafted = [
+        (["generate", _sparse(assets, _fresh(tmp_path, "a"), side=30_000), "--prompt", "1"], 4),  # 3.6 GB if densified
+        (["generate", _huge_tensor(assets, _fresh(tmp_path, "b")), "--prompt", "1"], 4),  # 40 GB declared
+        (["export", _expanded_checkpoint(_fresh(tmp_path, "c"))], 3),  # 4 GB of weights from 1-element storages
+    ]
+    for argv, code in crafted:
+        process = _mhe_edge_process(*argv)
+        _, stderr = process.communicate(timeout=120)
+        assert process.returncode == code and stderr.startswith("error:") and "Traceback" not in stderr, (argv, stderr)
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak_kib < 1_200_000, f"a child peaked at {peak_kib / 2**20:.2f} GiB"
+
+
+def test_two_concurrent_writers_one_wins_and_the_file_is_whole(tmp_path):
+    target = tmp_path / "same.pt"
+    processes = [_mhe_edge_process("init", target, "--seed", str(seed), "--json") for seed in (1, 2)]
+    results = [(p.wait(timeout=120), p.stdout.read(), p.stderr.read()) for p in processes]
+    codes = sorted(code for code, _, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, _, err in results if code == 2)
+    assert loser.startswith("error:") and ("exists" in loser or "appeared while" in loser)
+    from mhe_edge import describe
+
+    assert describe(target).stored_parameters > 0  # whole and loadable
+    assert [p.name for p in tmp_path.iterdir()] == ["same.pt"]
+
+
+def _expanded_checkpoint(folder):
+    """A consistent config (vocab 2M x width 256) whose every tensor is a stride-0 view of one element:
+    every shape check passes, and building the model would allocate about 4 GB."""
+    from mhe_edge.config import ModelConfig
+    from mhe_edge.models import build_model
+
+    config = ModelConfig(n_layers=1, d_model=256, n_heads=4, vocab_size=2_000_000, max_seq_len=64)
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in build_model(config).state_dict().items()}
+    state = {k: torch.zeros(1).expand(shape) for k, shape in shapes.items()}
+    return _torch_file(folder, "expanded.pt", {"format": FORMAT, "config": config.to_dict(), "state_dict": state})
+
+
+def _fresh(tmp_path, name):
+    folder = tmp_path / name
+    folder.mkdir()
+    return folder

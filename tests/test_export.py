@@ -126,12 +126,23 @@ def test_metadata_lets_an_app_drive_the_file(exports, cli):
     assert described["parameter_bytes"] > 0.9 * 4 * described["parameters"]["total"]
 
 
-def test_external_data_and_opset_24(tmp_path):
-    model = tiny_model(attention="mhe-add")
-    report = export(model, tmp_path / "m.onnx", external_data=True, opset=24)
+def test_external_data_end_to_end_at_the_newest_opset(tmp_path, cli):
+    """Export with external data at MAX_OPSET; then optimize and package it through the CLI."""
+    from mhe_edge.contract import MAX_OPSET
+
+    model = tiny_model(attention="mhe-add", d_model=64)
+    report = export(model, tmp_path / "m.onnx", external_data=True, opset=MAX_OPSET)
     assert report.external_data and (tmp_path / "m.onnx.data").is_file()
-    assert report.max_abs_diff <= 1e-4
+    assert report.max_abs_diff <= 1e-4 and report.file_bytes > (tmp_path / "m.onnx.data").stat().st_size
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
+    again = cli("export", tmp_path / "m.onnx", "-o", tmp_path / "m.onnx", "--opset", str(MAX_OPSET + 1))
+    assert again.code == 2 and "--opset" in again.stderr
+    optimized = cli("optimize", tmp_path / "m.onnx", "--target", "ort", "--json")
+    assert optimized.code == 0, optimized.stderr
+    assert json.loads(optimized.stdout)["max_abs_diff"] <= 1e-4
+    packaged = cli("package", tmp_path / "m.onnx", "-o", tmp_path / "pkg", "--json")
+    assert packaged.code == 0, packaged.stderr
+    assert json.loads(packaged.stdout)["check"]["status"] in ("passed", "skipped: onnxruntime-genai is not installed (pip install 'mhe-edge[genai]')")
 
 
 def test_cli_export_json(tmp_path, cli):
@@ -149,7 +160,7 @@ def test_cli_export_json(tmp_path, cli):
     "make_args,code,fragment",
     [
         (lambda d: [d / "notes.pt"], 3, "not an mhe-edge checkpoint"),
-        (lambda d: [d / "m.pt", "--opset", "18"], 2, "opset 18 is not supported"),
+        (lambda d: [d / "m.pt", "--opset", "18"], 2, "Invalid value for '--opset'"),
         (lambda d: [d / "m.pt", "-o", d / "missing" / "m.onnx"], 2, "does not exist"),
         (lambda d: [d / "m.pt", "-o", d / "m.txt"], 2, "must end in .onnx"),
         (lambda d: [d / "m.pt", "--atol", "1e-12"], 6, "ONNX Runtime disagrees with PyTorch"),

@@ -44,11 +44,11 @@ def _file_size_limit(limit_bytes):
     return apply
 
 
-@pytest.mark.parametrize("command", ["init-pt", "init-safetensors", "export", "optimize"])
+@pytest.mark.parametrize("command", ["init-pt", "init-safetensors", "export", "optimize", "to-ort"])
 def test_a_full_disk_leaves_nothing(tmp_path, command):
     model = tiny_model(attention="mhe-add")
     save_checkpoint(model, tmp_path / "m.pt")
-    if command == "optimize":
+    if command in ("optimize", "to-ort"):
         from mhe_edge.exporters import export
 
         export(model, tmp_path / "m.onnx")
@@ -57,6 +57,7 @@ def test_a_full_disk_leaves_nothing(tmp_path, command):
         "init-safetensors": ["init", tmp_path / "new.safetensors"],
         "export": ["export", tmp_path / "m.pt", "-o", tmp_path / "new.onnx"],
         "optimize": ["optimize", tmp_path / "m.onnx", "-o", tmp_path / "new.onnx"],
+        "to-ort": ["to-ort", tmp_path / "m.onnx", "-o", tmp_path / "new.ort"],
     }[command]
     before = sorted(p.name for p in tmp_path.iterdir())
     process = _mhe_edge(*args, preexec_fn=_file_size_limit(100_000))  # the model files are ~0.3-0.9 MB
@@ -64,3 +65,22 @@ def test_a_full_disk_leaves_nothing(tmp_path, command):
     assert process.returncode == 8, stderr
     assert "nothing was written" in stderr and "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("signal_name", ["SIGTERM", "SIGHUP"])
+def test_termination_signals_leave_nothing(tmp_path, signal_name):
+    """SIGTERM and SIGHUP clean up the staging folder like Ctrl-C does (exit 130)."""
+    save_checkpoint(tiny_model(attention="mhe-mul", n_layers=4, d_model=256, n_heads=8, d_ff=1024, vocab_size=4000, max_seq_len=64),
+                    tmp_path / "m.pt")
+    process = _mhe_edge("export", tmp_path / "m.pt")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(p.name.startswith(".m.onnx.") for p in tmp_path.iterdir()):
+            process.send_signal(getattr(signal, signal_name))
+            break
+        time.sleep(0.005)
+    else:
+        pytest.fail("the export finished or hung before a staged file appeared")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

@@ -88,3 +88,29 @@ def test_two_writers_one_wins_the_other_refuses(tmp_path):
     text = (tmp_path / "out.onnx").read_text()
     assert len(set(text.splitlines())) == 1 and len(text.splitlines()) == 1000  # whole, from one writer
     assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
+
+
+def test_names_up_to_the_file_system_limit(tmp_path):
+    long_name = "m" * 250 + ".onnx"  # 255 bytes: NAME_MAX on Linux
+    with staged_output(check_output(tmp_path / long_name, suffixes=(".onnx",))) as staged:
+        staged.write_text("model")
+    assert (tmp_path / long_name).read_text() == "model" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_metadata_is_printed_literally(tmp_path, cli):
+    """ANSI and OSC-8 sequences or rich markup in a file's metadata reach the terminal escaped, not obeyed."""
+    import json
+
+    import onnx
+
+    from passes_helpers import exported
+
+    _, path = exported(tmp_path, attention="mhe-add")
+    proto = onnx.load(path)
+    entry = next(p for p in proto.metadata_props if p.key == "mhe_edge.graph")
+    entry.value = "export\x1b[31m[bold]\x1b]8;;http://example.invalid\x07link"
+    onnx.save(proto, tmp_path / "odd.onnx")
+    shown = cli("inspect", tmp_path / "odd.onnx")
+    assert shown.code == 0 and "\x1b" not in shown.stdout and "\\x1b[31m[bold]" in shown.stdout
+    as_json = json.loads(cli("inspect", tmp_path / "odd.onnx", "--json").stdout)
+    assert as_json["graph"] == entry.value  # JSON carries the value exactly (escaped by the encoder)

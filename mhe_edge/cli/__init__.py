@@ -116,5 +116,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _fail(message: str, exit_code: int) -> None:
-    err.print(f"[bold red]error:[/] {literal(first_line(message, 2000))}", highlight=False, soft_wrap=True)
+    """One line on stderr: control characters in names (newlines included) are shown escaped, never obeyed."""
+    err.print(f"[bold red]error:[/] {literal(message.strip())}", highlight=False, soft_wrap=True)
     sys.exit(exit_code)

@@ -10,6 +10,7 @@ from rich.table import Table
 from mhe_edge.cli import command
 from mhe_edge.cli.options import Force, Json, OnnxModel, OutputFile, Target, flag
 from mhe_edge.cli.output import emit, literal, out, print_optimize, steps, worst_per_case
+from mhe_edge.contract import MAX_OPSET, MIN_OPSET
 from mhe_edge.files import EXTERNAL_DATA_THRESHOLD_TEXT
 
 
@@ -17,7 +18,7 @@ from mhe_edge.files import EXTERNAL_DATA_THRESHOLD_TEXT
 def export(
     model: Annotated[Path, typer.Argument(help="Checkpoint to export: .pt or .safetensors.", show_default=False)],
     output: OutputFile = None,
-    opset: Annotated[int, typer.Option(help="ONNX opset; 23 is the first with the standard Attention op.")] = 23,
+    opset: Annotated[int, typer.Option(min=MIN_OPSET, max=MAX_OPSET, help="ONNX opset; 23 is the first with the standard Attention op.")] = 23,
     atol: Annotated[float, typer.Option(min=1e-12, max=1.0, help="Largest allowed |ONNX Runtime - PyTorch| on any output.")] = 1e-4,
     external_data: Annotated[bool, flag("--external-data", f"Store weights in OUTPUT.data (automatic past {EXTERNAL_DATA_THRESHOLD_TEXT}).")] = False,
     optimize: Annotated[bool, flag("--optimize", "Then run `mhe-edge optimize` on it (writes OUTPUT.opt.onnx).")] = False,

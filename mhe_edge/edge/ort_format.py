@@ -8,6 +8,7 @@ ai.onnx domain runs it; "extended"/"all" bake in ONNX Runtime's CPU fusions (com
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import logging
 import os
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mhe_edge.errors import ExportError, RequestError, first_line
+from mhe_edge.errors import ExportError, OutputError, RequestError, first_line
 from mhe_edge.files import check_output, read_header, staged_output
 from mhe_edge.results import Result
 from mhe_edge.sessions import create_session
@@ -73,13 +74,15 @@ def to_ort(
     target = check_output(output if output is not None else source.with_suffix(".ort"), force=force, suffixes=(".ort",), inputs=[source])
     operators_path = check_output(target.with_suffix(".required_operators.config"), force=force, inputs=[source])
 
-    with tempfile.TemporaryDirectory(prefix=f".{target.name}.", dir=target.parent) as tmp:
-        staged_onnx = Path(tmp) / f"{target.stem}.onnx"
+    with tempfile.TemporaryDirectory(prefix=f".{target.name[:80]}.", dir=target.parent) as tmp:
+        staged_onnx = Path(tmp) / "model.onnx"  # a short name: the converter's outputs add suffixes to it
         os.symlink(source.resolve(), staged_onnx)
         with _converter_quiet(), _env("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL", optimization_level):
             try:
                 convert_onnx_models_to_ort(staged_onnx, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed])
             except Exception as exc:
+                if _disk_full(exc):
+                    raise OutputError(f"cannot write {target.name}: the disk is full or the file too large; nothing was written") from exc
                 raise ExportError(f"ONNX Runtime could not convert {source.name}: {first_line(exc)}") from exc
         produced = list((Path(tmp) / "out").glob("*.ort"))
         configs = list((Path(tmp) / "out").glob("*.config"))
@@ -97,6 +100,17 @@ def to_ort(
         required_operators=operators, ort_bytes=target.stat().st_size, onnx_bytes=header.file_bytes,
         max_abs_diff=max_abs_diff(records), parity=records,
     )
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    """Whether writing failed (ENOSPC/EFBIG, or ONNX Runtime's words for a failed save) anywhere in the chain."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
+            return True
+        if any(words in str(exc) for words in ("No space left", "File too large", "Failed to save ORT format model")):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
 from mhe_edge.verification import ParityChecked, ParityRecord, compare_runners, ort_runner, raise_on_failures, torch_runner
 
-MIN_OPSET = 23  # the first with the standard Attention operator
+MIN_OPSET = contract.MIN_OPSET
 
 
 @dataclass
@@ -42,7 +42,7 @@ class ExportReport(ParityChecked):
 def supported_opsets() -> range:
     import onnx
 
-    return range(MIN_OPSET, onnx.defs.onnx_opset_version() + 1)
+    return range(MIN_OPSET, min(contract.MAX_OPSET, onnx.defs.onnx_opset_version()) + 1)
 
 
 def export(

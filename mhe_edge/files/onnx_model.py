@@ -14,8 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mhe_edge.config import ModelConfig
-from mhe_edge.contract import KEY_CONFIG, KEY_GRAPH, KEY_IO, KEY_PRECISION, KEY_TARGET
+from mhe_edge.contract import (
+    ATTENTION_MASK, KEY_CONFIG, KEY_GRAPH, KEY_IO, KEY_PRECISION, KEY_TARGET, LAST_HIDDEN_STATE, LOGITS, input_names,
+    output_names, past_names, present_names,
+)
 from mhe_edge.errors import ConfigError, ExportError, ModelFileError, first_line
 
 # protobuf cannot hold 2 GB; weights past this go to external data, leaving room for the graph itself
@@ -37,13 +42,7 @@ class OnnxHeader:
         """The I/O layout the exporter recorded (names, shapes, float dtype), or a clear refusal."""
         if KEY_IO not in self.metadata:
             raise ModelFileError(f"{self.path.name} has no {KEY_IO} metadata; re-export it with mhe-edge")
-        try:
-            layout = json.loads(self.metadata[KEY_IO])
-        except json.JSONDecodeError as exc:
-            raise ModelFileError(f"{self.path.name} has {KEY_IO} metadata that is not JSON") from exc
-        if not isinstance(layout, dict):
-            raise ModelFileError(f"{self.path.name} has {KEY_IO} metadata that is not a JSON object")
-        return layout
+        return parse_metadata_json(self.metadata[KEY_IO], KEY_IO, self.path.name)
 
     @property
     def float_dtype(self) -> str:
@@ -105,22 +104,81 @@ def read_header(path: str | os.PathLike) -> OnnxHeader:
     props = {p.key: p.value for p in proto.metadata_props}
     config = config_from_metadata(props, path.name)
     check_tensor_sizes(proto, path)
-    return OnnxHeader(path, config, props, proto)
+    check_io_matches_config(proto, config, path.name)
+    header = OnnxHeader(path, config, props, proto)
+    header.float_dtype  # parses and checks the I/O layout now, not in the middle of a command
+    return header
+
+
+MAX_METADATA_CHARS = 1_000_000  # an honest entry is a few KB
+MAX_METADATA_DEPTH = 8  # the deepest entry mhe-edge writes nests 3 levels
+
+
+def parse_metadata_json(text: str, key: str, name: str) -> dict[str, Any]:
+    """A metadata entry as a JSON object, refused when too long, too deeply nested or not JSON."""
+    if len(text) > MAX_METADATA_CHARS:
+        raise ModelFileError(f"{name}: metadata {key} is {len(text):,} characters long; refused")
+    depth = deepest = 0
+    for ch in text:  # cheap bound on nesting before the parser recurses
+        depth += ch in "[{"
+        depth -= ch in "]}"
+        deepest = max(deepest, depth)
+    if deepest > MAX_METADATA_DEPTH:
+        raise ModelFileError(f"{name}: metadata {key} nests {deepest} levels deep; refused")
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise ModelFileError(f"{name}: metadata {key} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise ModelFileError(f"{name}: metadata {key} is not a JSON object")
+    return value
 
 
 def config_from_metadata(props: dict[str, str], name: str) -> ModelConfig:
     if KEY_CONFIG not in props:
         raise ModelFileError(f"{name} is not an mhe-edge export (no {KEY_CONFIG} metadata)")
     try:
-        return ModelConfig.from_dict(json.loads(props[KEY_CONFIG]))
-    except (json.JSONDecodeError, ConfigError, TypeError) as exc:
+        return ModelConfig.from_dict(parse_metadata_json(props[KEY_CONFIG], KEY_CONFIG, name))
+    except (ConfigError, TypeError) as exc:
         raise ModelFileError(f"{name} has unreadable mhe-edge metadata: {exc}") from exc
+
+
+def check_io_matches_config(proto, config: ModelConfig, name: str) -> None:
+    """The graph's own inputs and outputs must be what the metadata's config says: names in order (a shared
+    cache buffer package may add attention_mask second), and every fixed size (KV heads, head size,
+    vocabulary, width) equal. A file whose metadata lies is refused here, not deep inside a run."""
+    inputs = [v.name for v in proto.graph.input]
+    outputs = [v.name for v in proto.graph.output]
+    expected_inputs = input_names(config)
+    shared_buffer = expected_inputs[:1] + [ATTENTION_MASK] + expected_inputs[1:]
+    if inputs not in (expected_inputs, shared_buffer) or outputs != output_names(config):
+        raise ModelFileError(
+            f"{name}: the graph's inputs/outputs do not match its metadata ({len(inputs)} inputs, "
+            f"{len(outputs)} outputs; the config describes a {config.n_layers}-layer {config.arch})"
+        )
+    fixed = {}
+    for value in [*proto.graph.input, *proto.graph.output]:
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        fixed[value.name] = dims
+    wanted = {n: [None, config.kv_heads, None, config.head_dim] for n in (*past_names(config.n_layers), *present_names(config.n_layers))}
+    wanted[LOGITS] = [None, None, config.vocab_size]
+    wanted[LAST_HIDDEN_STATE] = [None, None, config.d_model]
+    for value_name, want in wanted.items():
+        got = fixed.get(value_name)
+        if got is None:
+            continue
+        if len(got) != len(want) or any(g is not None and w is not None and g != w for g, w in zip(got, want)):
+            raise ModelFileError(f"{name}: {value_name} has shape {got} in the graph but {want} by its metadata")
 
 
 def check_tensor_sizes(proto, path: Path) -> None:
     """Refuse tensors whose declared size does not match the bytes behind them (a small file declaring a
     huge tensor would otherwise make a loader allocate it), and external data outside the model's folder."""
     external_data_files(proto, path)
+    sparse = [t.values.name or "unnamed" for t in proto.graph.sparse_initializer]
+    sparse += [n.name or n.op_type for n in proto.graph.node for a in n.attribute if a.type == a.SPARSE_TENSOR]
+    if sparse:  # densifying one can take any amount of memory; mhe-edge never writes them
+        raise ModelFileError(f"{path.name} holds sparse tensors ({sparse[0]}); mhe-edge files have none, refused")
     folder = path.resolve().parent
     for tensor in proto.graph.initializer:
         declared = _tensor_bytes(tensor)
@@ -134,6 +192,13 @@ def check_tensor_sizes(proto, path: Path) -> None:
             raise ModelFileError(
                 f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes but holds {len(tensor.raw_data):,}"
             )
+        elif tensor.raw_data and tensor.data_type in _FLOAT_TYPES:
+            values = np.frombuffer(tensor.raw_data, dtype=_FLOAT_TYPES[tensor.data_type])
+            if not np.isfinite(values).all():
+                raise ModelFileError(f"{path.name}: tensor {tensor.name!r} holds NaN or infinite values")
+
+
+_FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # TensorProto FLOAT, FLOAT16, DOUBLE
 
 
 def external_locations(proto) -> set[str]:
@@ -191,6 +256,8 @@ def save_ir_model(ir_model, path: Path, external: bool | None = None) -> bool:
 
     if external is None:
         external = initializer_bytes(ir_model) > EXTERNAL_DATA_THRESHOLD
+    if not external:  # tensors still pointing at the source's data file are written inline, not left pointing
+        ir.external_data.load_to_model(ir_model)
     ir.save(ir_model, path, external_data=f"{path.name}.data" if external else None)
     return external
 

@@ -65,6 +65,14 @@ def check_output(
             raise RequestError(f"output path {str(path)!r} is a folder")
         if path.exists() and not force:
             raise RequestError(f"{str(path)!r} exists; pass --force to overwrite it")
+        for suffix in COMPANIONS:
+            companion = path.with_name(path.name + suffix)
+            try:
+                taken = companion.is_symlink() or (companion.exists() and not force)
+            except OSError:  # e.g. the name plus its suffix is longer than the file system allows: no such file
+                taken = False
+            if taken:
+                raise RequestError(f"{str(companion)!r} exists beside the output; pass --force to replace both")
     return path
 
 
@@ -73,7 +81,7 @@ def staged_output(target: str | os.PathLike, *, force: bool = False, folder: boo
     """Yield a staging path for `target` (a file path, or an existing empty folder when `folder`); publish
     it on success, delete everything staged otherwise. `target` should have passed `check_output`."""
     target = Path(target)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".staging", dir=target.parent))
+    stage = Path(tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".staging", dir=target.parent))
     try:
         staged = stage / target.name
         if folder:
@@ -95,6 +103,8 @@ def staged_output(target: str | os.PathLike, *, force: bool = False, folder: boo
 
 def _publish_file(staged: Path, target: Path, force: bool) -> None:
     for suffix in COMPANIONS:  # companions first: a reader that sees the new model finds its data
+        if len(os.fsencode(target.name + suffix)) > _name_max(target.parent):
+            continue  # no such companion can exist
         companion, old = staged.with_name(staged.name + suffix), target.with_name(target.name + suffix)
         if companion.exists():
             _apply_umask(companion)
@@ -123,10 +133,17 @@ def _publish_folder(staged: Path, target: Path, force: bool) -> None:
         return
     if not force or not (target / FOLDER_MARKER).is_file():
         raise FileExistsError(errno.EEXIST, "exists", str(target))
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".old", dir=target.parent))
     os.rename(target, retired / target.name)
     os.rename(staged, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _name_max(folder: Path) -> int:
+    try:
+        return os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        return 255
 
 
 def _apply_umask(path: Path) -> None:

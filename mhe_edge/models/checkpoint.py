@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from mhe_edge.accounting import count_parameters
 from mhe_edge.config import ModelConfig
 from mhe_edge.errors import CheckpointError, ConfigError, OutputError, first_line
 from mhe_edge.files import check_output, staged_output
@@ -76,11 +77,49 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
         config = ModelConfig.from_dict(raw_config)
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path.name} has an invalid model config: {exc}") from exc
+    _check_sizes(config, state, path)
     _check_state_fits(config, state, path.name)
     return config, state
 
 
+MIN_BYTES_PER_PARAMETER = 2  # float16 / bfloat16: a file holding a model's weights has at least this many
+
+
+def _check_sizes(config: ModelConfig, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Before any module is built: the config's parameters must fit in the file, and every tensor must be
+    a plain, finite block of its own (no view into a larger storage, no stride-0 expansion)."""
+    file_size = path.stat().st_size
+    claimed = count_parameters(config)["total"]
+    if claimed * MIN_BYTES_PER_PARAMETER > file_size:
+        raise CheckpointError(
+            f"{path.name}: its config describes {claimed:,} parameters, more than its {file_size:,} bytes can hold"
+        )
+    for key, tensor in state.items():
+        own_bytes = tensor.numel() * tensor.element_size()
+        if not tensor.is_contiguous() or tensor.untyped_storage().nbytes() != own_bytes or tensor.storage_offset():
+            raise CheckpointError(f"{path.name}: tensor {key} is a view or expansion of other memory, not stored weights")
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise CheckpointError(f"{path.name}: tensor {key} holds NaN or infinite values")
+
+
+def _check_zip_entries(path: Path) -> None:
+    """A torch checkpoint is a zip of stored (uncompressed) records: refuse compressed entries and records
+    larger than the file, which could inflate to any size on load."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {first_line(exc, 200)}") from exc
+    size = path.stat().st_size
+    for entry in entries:
+        if entry.compress_type != zipfile.ZIP_STORED or entry.file_size > size:
+            raise CheckpointError(f"{path.name}: record {entry.filename!r} is compressed or larger than the file; refused")
+
+
 def _read_torch(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
+    _check_zip_entries(path)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:

@@ -6,6 +6,7 @@ only `logits` come back to the host, for the argmax.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from mhe_edge.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_PREFIX, present_for
-from mhe_edge.errors import RequestError
+from mhe_edge.errors import ModelFileError, RequestError, first_line
 from mhe_edge.files import read_header
 from mhe_edge.results import Result
 from mhe_edge.sessions import create_session
@@ -38,6 +39,22 @@ class ExportedModel:
         self.input_names = list(inputs)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.past_names = [n for n in self.input_names if n.startswith(PAST_PREFIX)]
+
+    @contextlib.contextmanager
+    def _running(self):
+        """ONNX Runtime's run errors (a file whose weights do not fit its graph, say) as one clear line."""
+        try:
+            yield
+        except Exception as exc:
+            if type(exc).__module__.startswith("onnxruntime"):
+                raise ModelFileError(f"ONNX Runtime failed running {self.path.name}: {first_line(exc)}") from exc
+            raise
+
+    def _greedy(self, logits: np.ndarray) -> np.ndarray:
+        """The top token of each row; NaN or infinite logits mean broken weights, never a silent token."""
+        if not np.isfinite(logits).all():
+            raise ModelFileError(f"{self.path.name} produced NaN or infinite logits; its weights are broken")
+        return logits.argmax(-1)
 
     def _require(self, arch: str, what: str) -> None:
         if self.config.arch != arch:
@@ -75,7 +92,8 @@ class ExportedModel:
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
         if mask.shape != ids.shape:
             raise RequestError(f"attention mask shape {mask.shape} does not match the ids' {ids.shape}")
-        return self.session.run(None, {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
+        with self._running():
+            return self.session.run(None, {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
 
     # --- decoders
 
@@ -93,7 +111,8 @@ class ExportedModel:
         binding.bind_output(LOGITS, "cpu")  # the host needs them for the argmax
         for name in self.output_names[1:]:
             binding.bind_output(name, self.device)  # the cache stays where the model runs
-        self.session.run_with_iobinding(binding)
+        with self._running():
+            self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         new_cache = {p: outputs[present_for(p)] for p in self.past_names}
         return outputs[LOGITS].numpy(), new_cache
@@ -115,10 +134,10 @@ class ExportedModel:
         if max_new_tokens == 0:
             return np.zeros((prompt.shape[0], 0), np.int64)
         last, cache = self.prefill(prompt, prefill_chunk)
-        tokens = [last.argmax(-1)]
+        tokens = [self._greedy(last)]
         for _ in range(max_new_tokens - 1):
             logits, cache = self.step(tokens[-1][:, None], cache)
-            tokens.append(logits[:, -1].argmax(-1))
+            tokens.append(self._greedy(logits[:, -1]))
         return np.stack(tokens, axis=1).astype(np.int64)
 
 

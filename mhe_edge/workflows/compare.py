@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from mhe_edge.accounting import count_parameters
+from mhe_edge import errors
 from mhe_edge.errors import MheEdgeError, RequestError, first_line
 from mhe_edge.files import check_output, read_header, staged_output
 from mhe_edge.results import Result
+from mhe_edge.sessions import check_provider
 
 DEFAULT_KINDS = ("mha", "mqa", "gqa", "mhe-add", "mhe-mul")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -35,9 +37,9 @@ def _profile_child(queue, path: str, options: dict[str, Any]) -> None:
     try:
         queue.put(("ok", profile(path, **options).to_dict()))
     except MheEdgeError as exc:
-        queue.put(("error", str(exc)))
+        queue.put((type(exc).__name__, str(exc)))
     except Exception as exc:  # a crash in one model's run becomes one line in the parent
-        queue.put(("error", f"{type(exc).__name__}: {first_line(exc)}"))
+        queue.put(("MheEdgeError", f"{type(exc).__name__}: {first_line(exc)}"))
 
 
 def profile_in_fresh_process(path: Path, **options: Any) -> dict[str, Any]:
@@ -53,8 +55,9 @@ def profile_in_fresh_process(path: Path, **options: Any) -> dict[str, Any]:
         raise
     finally:
         child.join()
-    if status != "ok":
-        raise MheEdgeError(f"profiling {path.name} at {options.get('seq_len')} tokens failed: {payload}")
+    if status != "ok":  # the child's error class, so the exit code is the one it would have had
+        error_class = getattr(errors, status, MheEdgeError)
+        raise error_class(f"profiling {path.name} at {options.get('seq_len')} tokens failed: {payload}")
     return payload
 
 
@@ -86,6 +89,14 @@ def compare(
     if not seq_lens or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in seq_lens):
         raise RequestError(f"seq-lens must be positive integers, not {list(seq_lens)}")
     plot_path = check_output(plot, force=force, suffixes=PLOT_SUFFIXES) if plot is not None else None
+    check_provider(provider)  # every refusal before the first model is built
+    if not files:
+        from mhe_edge.config import preset_config
+        from mhe_edge.passes import build_passes
+
+        build_passes(target)
+        for attention in attentions:
+            preset_config(preset, arch=arch, attention=attention)
     say = on_progress or (lambda message: None)
     options = dict(provider=provider, batch=batch, new_tokens=new_tokens, runs=runs, prefill_chunk=prefill_chunk, threads=threads)
     with tempfile.TemporaryDirectory(prefix="mhe-edge-compare-") as tmp:
