@@ -7,21 +7,31 @@ from mhe_edge.config import ModelConfig
 def attention_parameters(config: ModelConfig) -> int:
     """Parameters of one attention layer, biases included."""
     D, n, d, g = config.d_model, config.n_heads, config.head_dim, config.kv_heads
-    out = n * d * D + D
-    if config.is_mhe:
-        return 3 * (D * d + d) + 3 * n * d + out  # shared Q/K/V plus three [n, d] head-embedding tables
-    return (D * n * d + n * d) + 2 * (D * g * d + g * d) + out  # MHA is g = n; MQA g = 1
+    q_width = d if config.is_mhe else n * d  # MHE shares one projection among all heads
+    qkv = D * q_width + 2 * D * g * d + (q_width + 2 * g * d if config.qkv_bias else 0)
+    embeddings = 3 * n * d if config.is_mhe else 0  # three [n, d] head-embedding tables
+    out = n * d * D + (D if config.out_bias else 0)
+    return qkv + embeddings + out
+
+
+def mlp_parameters(config: ModelConfig) -> int:
+    D, F = config.d_model, config.d_ff
+    if config.mlp == "swiglu":  # gate, up, down
+        return 3 * D * F + (2 * F + D if config.mlp_bias else 0)
+    return 2 * D * F + (F + D if config.mlp_bias else 0)
 
 
 def count_parameters(config: ModelConfig) -> dict[str, int]:
     """Parameters by component: embeddings, attention, mlp, norms, lm_head (decoders), and total."""
     D, L = config.d_model, config.n_layers
+    per_norm = D if config.norm == "rmsnorm" else 2 * D
+    norms = 2 * L + (config.norm_placement == "pre") + config.embedding_norm
     parts = {
-        "embeddings": config.vocab_size * D + config.max_seq_len * D,
+        "embeddings": config.vocab_size * D + (config.max_seq_len * D if config.position == "learned" else 0),
         "attention": L * attention_parameters(config),
-        "mlp": L * (D * config.d_ff + config.d_ff + config.d_ff * D + D),
-        "norms": (2 * L + 1) * 2 * D,
-        "lm_head": config.vocab_size * D if config.arch == "decoder" else 0,
+        "mlp": L * mlp_parameters(config),
+        "norms": norms * per_norm,
+        "lm_head": config.vocab_size * D if config.arch == "decoder" and not config.tie_embeddings else 0,
     }
     parts["total"] = sum(parts.values())
     return parts

@@ -16,6 +16,10 @@ LIMITS = {
 }
 ATTENTION_KINDS = ("mha", "mqa", "gqa", "mhe-add", "mhe-mul")
 MHE_KINDS = ("mhe-add", "mhe-mul")
+POSITIONS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+NORM_PLACEMENTS = ("pre", "post")
+MLPS = ("gelu", "gelu_tanh", "swiglu")
 
 
 @dataclass
@@ -29,8 +33,20 @@ class ModelConfig:
     n_kv_heads: int | None = None  # K/V heads for "gqa"; derived for every other kind
     d_ff: int | None = None  # MLP hidden width; None means 4 * d_model
     vocab_size: int = 1000  # token ids are in [0, vocab_size)
-    max_seq_len: int = 128  # learned positions; a decoder's context (past + new) may not exceed it
-    layer_norm_eps: float = 1e-5  # LayerNorm epsilon
+    max_seq_len: int = 128  # positions; a decoder's context (past + new) may not exceed it
+    layer_norm_eps: float = 1e-5  # epsilon of every norm (LayerNorm or RMSNorm)
+    position: str = "learned"  # "learned": a table of max_seq_len rows; "rope": rotary, on the shared projections
+    rope_theta: float = 10_000.0  # RoPE's base (position="rope")
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm"
+    norm_placement: str = "pre"  # "pre": norm before each sublayer, plus a final norm; "post": after each residual add (BERT)
+    embedding_norm: bool = False  # a norm right after the embeddings (BERT)
+    mlp: str = "gelu"  # "gelu" (erf), "gelu_tanh" (GPT-2's approximation), "swiglu" (silu(gate) * up, Llama)
+    qkv_bias: bool = True  # biases on the Q, K and V projections
+    out_bias: bool = True  # bias on the attention's output projection
+    mlp_bias: bool = True  # biases in the MLP
+    tie_embeddings: bool = False  # decoders: the output projection reuses the token embedding table
+    bos_token_id: int | None = None  # the tokenizer's begin-of-sequence id, if any
+    eos_token_id: int | None = None  # the tokenizer's end-of-sequence id, if any
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -62,6 +78,23 @@ class ModelConfig:
         _require_positive_int("d_ff", self.d_ff)
         if not isinstance(self.layer_norm_eps, (int, float)) or not 0 < self.layer_norm_eps < 1:
             raise ConfigError(f"layer_norm_eps must be in (0, 1), not {self.layer_norm_eps!r}")
+        for name, choices in (("position", POSITIONS), ("norm", NORMS), ("norm_placement", NORM_PLACEMENTS), ("mlp", MLPS)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
+        for name in ("embedding_norm", "qkv_bias", "out_bias", "mlp_bias", "tie_embeddings"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
+        if self.position == "rope":
+            if self.head_dim % 2:
+                raise ConfigError(f"rope needs an even head_dim, not {self.head_dim}")
+            if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or not 1 < self.rope_theta < 1e12:
+                raise ConfigError(f"rope_theta must be a number in (1, 1e12), not {self.rope_theta!r}")
+        if self.tie_embeddings and self.arch != "decoder":
+            raise ConfigError("tie_embeddings is for decoders (an encoder has no output projection)")
+        for name in ("bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size):
+                raise ConfigError(f"{name} must be a token id in [0, {self.vocab_size}), not {value!r}")
 
     @property
     def is_mhe(self) -> bool:
@@ -100,6 +133,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(n_layers=6, d_model=512, n_heads=8, d_ff=2048, vocab_size=8192, max_seq_len=4096),
     # BERT-base / GPT-2-small widths.
     "base": dict(n_layers=12, d_model=768, n_heads=12, d_ff=3072, vocab_size=50257, max_seq_len=4096),
+    # Test-sized in the shape small LMs have now: RoPE, RMSNorm, SwiGLU, no biases, tied embeddings.
+    "tiny-llama": dict(n_layers=2, d_model=64, n_heads=4, d_ff=176, vocab_size=1000, max_seq_len=256, position="rope",
+                       norm="rmsnorm", mlp="swiglu", qkv_bias=False, out_bias=False, mlp_bias=False, tie_embeddings=True,
+                       layer_norm_eps=1e-6),
 }
 
 

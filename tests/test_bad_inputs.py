@@ -85,7 +85,7 @@ CASES = [
     ("pickle-code-nested", lambda a, d: ["export", _torch_file(d, "evil2.pt", _payload(a, extra={"x": [CodeCarrier(d / MARKER)]}))], 3, "refuses"),
     ("raw-pickle-with-code", lambda a, d: ["inspect", _write(d / "raw.pt", pickle.dumps(CodeCarrier(d / MARKER)))], 3, "not an mhe-edge checkpoint"),
     ("truncated-pt", lambda a, d: ["export", _write(d / "cut.pt", (a[0] / "good.pt").read_bytes()[:4000])], 3, "truncated"),
-    ("truncated-safetensors", lambda a, d: ["inspect", _write(d / "cut.safetensors", (a[0] / "good.safetensors").read_bytes()[:4000])], 3, "not a readable safetensors"),
+    ("truncated-safetensors", lambda a, d: ["inspect", _write(d / "cut.safetensors", _half(a[0] / "good.safetensors"))], 3, "not a readable safetensors"),
     ("other-programs-checkpoint", lambda a, d: ["inspect", _torch_file(d, "other.pt", {"model": a[1].state_dict()})], 3, "not an mhe-edge checkpoint"),
     ("state-dict-missing-key", lambda a, d: ["export", _torch_file(d, "miss.pt", _payload(a, state_dict={k: v for k, v in a[1].state_dict().items() if "out_proj" not in k}))], 3, "lacks"),
     ("state-dict-wrong-shape", lambda a, d: ["inspect", _torch_file(d, "shape.pt", _payload(a, state_dict={**a[1].state_dict(), "lm_head.weight": torch.zeros(3, 3)}))], 3, "has shape (3, 3)"),
@@ -161,7 +161,7 @@ CASES += [
     ("prompt-double-minus", lambda a, d: ["generate", a[0] / "good.onnx", "--prompt=--3"], 2, "comma-separated token ids"),
     ("markup-in-a-file-name", lambda a, d: ["inspect", _write(d / "[bold]x[red].pt", b"hello")], 3, "[bold]x[red].pt"),
     ("control-characters-in-a-file-name", lambda a, d: ["inspect", _write(d / "a\x1b[31mred.pt", b"hello")], 3, "a\\x1b[31mred.pt"),
-    ("init-bad-suffix", lambda a, d: ["init", d / "m.ckpt"], 2, "must end in .pt or .safetensors"),
+    ("init-bad-suffix", lambda a, d: ["init", d / "m.ckpt"], 2, "must be saved as .pt, .safetensors or a folder"),
     ("compare-unknown-kind", lambda a, d: ["compare", "--preset", "tiny", "--attention", "mha,mla"], 2, "attention must be one of"),
     ("compare-unknown-provider", lambda a, d: ["compare", a[0] / "good.onnx", "--seq-lens", "4", "--provider", "tpu"], 2, "unknown provider"),
 ]
@@ -327,3 +327,8 @@ def _fresh(tmp_path, name):
     folder = tmp_path / name
     folder.mkdir()
     return folder
+
+
+def _half(path: Path) -> bytes:
+    data = path.read_bytes()
+    return data[: len(data) // 2]

@@ -58,10 +58,13 @@ def _mhe_graph(mode, e_q, e_k, e_v, w_o, b_o):
     attention = ir.node("MHEAttention", [q, k, v, *consts, pk, pv, bias], {"mode": mode, "num_heads": N, "is_causal": 1},
                         domain="mhe_edge", num_outputs=3, name="layer0")
     matmul = ir.node("MatMul", [attention.outputs[0], _const(graph, "w_o", w_o)])
-    add = ir.node("Add", [matmul.outputs[0], _const(graph, "b_o", b_o)])
-    graph.extend([attention, matmul, add])
-    add.outputs[0].name, attention.outputs[1].name, attention.outputs[2].name = "y", "present_key", "present_value"
-    graph.outputs.extend([add.outputs[0], attention.outputs[1], attention.outputs[2]])
+    graph.extend([attention, matmul])
+    last = matmul
+    if b_o is not None:  # without one, ADD's fold must add the bias E_V becomes
+        last = ir.node("Add", [matmul.outputs[0], _const(graph, "b_o", b_o)])
+        graph.append(last)
+    last.outputs[0].name, attention.outputs[1].name, attention.outputs[2].name = "y", "present_key", "present_value"
+    graph.outputs.extend([last.outputs[0], attention.outputs[1], attention.outputs[2]])
     model = _model(graph, {"mhe_edge": 1})
     function = ir.serde.deserialize_function(mhe_attention_function(23))
     model.functions[function.identifier()] = function
@@ -81,15 +84,15 @@ def _per_head_numpy(mode, feeds, e_q, e_k, e_v, w_o, b_o):
         scores = np.where(np.arange(S)[None, :] > np.arange(S - T, S)[:, None], -np.inf, scores)
         p = np.exp(scores - scores.max(-1, keepdims=True))
         heads.append((p / p.sum(-1, keepdims=True)) @ combine(values, e_v[i]))
-    return np.concatenate(heads, axis=-1) @ w_o + b_o
+    return np.concatenate(heads, axis=-1) @ w_o + (0 if b_o is None else b_o)
 
 
-@pytest.mark.parametrize("mode", ["add", "mul"])
-def test_fold_on_a_hand_built_graph(tmp_path, mode):
+@pytest.mark.parametrize("mode,out_bias", [("add", True), ("mul", True), ("add", False)])
+def test_fold_on_a_hand_built_graph(tmp_path, mode, out_bias):
     centre = 1.0 if mode == "mul" else 0.0
     e_q, e_k, e_v = (centre + 0.5 * RNG.standard_normal((N, D_HEAD)).astype(np.float32) for _ in range(3))
     w_o = RNG.standard_normal((N * D_HEAD, WIDTH)).astype(np.float32)
-    b_o = RNG.standard_normal(WIDTH).astype(np.float32)
+    b_o = RNG.standard_normal(WIDTH).astype(np.float32) if out_bias else None
     feeds = {n: RNG.standard_normal((2, 3, D_HEAD)).astype(np.float32) for n in ("q", "k", "v")}
     feeds |= {n: RNG.standard_normal((2, 1, 5, D_HEAD)).astype(np.float32) for n in ("past_key", "past_value")}
     model = _mhe_graph(mode, e_q, e_k, e_v, w_o, b_o)
@@ -110,11 +113,11 @@ def test_fold_on_a_hand_built_graph(tmp_path, mode):
 def test_fold_refuses_before_touching_anything():
     ones = np.ones((N, D_HEAD), np.float32)
     model = _mhe_graph("add", ones, ones, ones, np.ones((N * D_HEAD, WIDTH), np.float32), np.zeros(WIDTH, np.float32))
-    add = next(n for n in model.graph if n.op_type == "Add")
-    outside = _value("bias_from_outside", [WIDTH])
+    matmul = next(n for n in model.graph if n.op_type == "MatMul")
+    outside = _value("w_o_from_outside", [N * D_HEAD, WIDTH])
     model.graph.inputs.append(outside)
-    add.replace_input_with(1, outside)  # E_V cannot fold into a bias that is not a constant
-    with pytest.raises(GraphRefused, match="output bias"):
+    matmul.replace_input_with(1, outside)  # E_V cannot fold into an output projection that is not a constant
+    with pytest.raises(GraphRefused, match="output projection"):
         FoldHeadEmbeddingsPass()(model)
     assert [n.op_type for n in model.graph] == ["MHEAttention", "MatMul", "Add"] and "e_v" in model.graph.initializers
 

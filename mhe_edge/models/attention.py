@@ -1,7 +1,8 @@
 """Self-attention for every kind mhe-edge knows: MHA, MQA, GQA, MHE-ADD and MHE-MUL.
 
-The module projects and then hands the projections to an *attention core*, which concatenates the
-cache, forms the heads and applies softmax attention. The reference core below computes MHE per head,
+The module projects (and, with RoPE, rotates the projections: for MHE the *shared* query and key, before
+any head embedding, which keeps MHE exactly foldable) and then hands the projections to an *attention
+core*, which concatenates the cache, forms the heads and applies softmax attention. The reference core below computes MHE per head,
 exactly as the paper defines it (no folding). The exporter swaps in a core that emits ONNX ops instead
 (see `use_attention_core`), so the projections, shapes and cache handling exist once.
 """
@@ -31,10 +32,11 @@ class SelfAttention(nn.Module):
         self.is_mhe = config.is_mhe
         n, g, d = self.n_heads, self.kv_heads, self.head_dim
         q_width = d if self.is_mhe else n * d  # MHE shares one projection among all heads
-        self.q_proj = nn.Linear(config.d_model, q_width)
-        self.k_proj = nn.Linear(config.d_model, g * d)
-        self.v_proj = nn.Linear(config.d_model, g * d)
-        self.out_proj = nn.Linear(n * d, config.d_model)
+        self.q_heads = 1 if self.is_mhe else n  # heads in q_proj's output (what RoPE rotates)
+        self.q_proj = nn.Linear(config.d_model, q_width, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(config.d_model, g * d, bias=config.qkv_bias)
+        self.v_proj = nn.Linear(config.d_model, g * d, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(n * d, config.d_model, bias=config.out_bias)
         if self.is_mhe:
             # MUL starts near 1 and ADD near 0, so a fresh model behaves like shared-projection attention.
             centre = 1.0 if self.attention == "mhe-mul" else 0.0
@@ -51,10 +53,14 @@ class SelfAttention(nn.Module):
         past: KVCache | None = None,
         attn_bias: torch.Tensor | None = None,  # additive, broadcastable to (B, n_heads, T, S)
         causal: bool = False,
+        rope: "tuple[torch.Tensor, torch.Tensor] | None" = None,  # cos, sin: (T, d) each, for these positions
     ) -> tuple[torch.Tensor, KVCache]:
         q = self.q_proj(x)  # (B, T, n*d), or (B, T, d) for MHE
         k = self.k_proj(x)  # (B, T, g*d)
         v = self.v_proj(x)  # (B, T, g*d)
+        if rope is not None:  # before the cache and before any head embedding
+            q = rotate(q, self.q_heads, *rope)
+            k = rotate(k, self.kv_heads, *rope)
         y, present = _CORE.get()(self, q, k, v, past, attn_bias, causal)  # (B, T, n*d)
         return self.out_proj(y), present
 
@@ -63,6 +69,23 @@ AttentionCore = Callable[
     [SelfAttention, torch.Tensor, torch.Tensor, torch.Tensor, "KVCache | None", "torch.Tensor | None", bool],
     tuple[torch.Tensor, KVCache],
 ]
+
+
+def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, (T, head_dim) each, for integer `positions` (T,): the rotate-half layout Llama uses."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (d/2,)
+    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, d/2)
+    angles = torch.cat([freqs, freqs], dim=-1)  # (T, d)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """RoPE on (B, T, heads*d): each head's vector turned by its position's angles."""
+    B, T, _ = x.shape
+    xh = x.view(B, T, heads, -1)  # (B, T, heads, d)
+    half = xh.shape[-1] // 2
+    rotated = torch.cat([-xh[..., half:], xh[..., :half]], dim=-1)
+    return (xh * cos[None, :, None, :] + rotated * sin[None, :, None, :]).reshape(B, T, -1)
 
 
 def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:

@@ -12,23 +12,37 @@ from typing import Any
 
 import torch
 
-from mhe_edge.accounting import count_parameters
 from mhe_edge.config import ModelConfig
-from mhe_edge.errors import CheckpointError, ConfigError, OutputError, first_line
+from mhe_edge.errors import CheckpointError, ConfigError, OutputError, RequestError, first_line
 from mhe_edge.files import check_output, staged_output
+from mhe_edge.models.checks import check_sizes, check_state_fits, check_tensors
 from mhe_edge.models.transformer import Transformer, build_model
 
 FORMAT = "mhe-edge/1"
 SUFFIXES = (".pt", ".safetensors")
 
 
+def check_checkpoint_output(path: str | os.PathLike, force: bool = False) -> Path:
+    """A .pt or .safetensors file, or (no suffix) a model folder; checked before any work."""
+    path = Path(path)
+    if path.suffix == "":
+        return check_output(path, force=force, folder=True)
+    if path.suffix not in SUFFIXES:
+        raise RequestError(f"a model must be saved as .pt, .safetensors or a folder (no suffix), not {path.name!r}")
+    return check_output(path, force=force, suffixes=SUFFIXES)
+
+
 def save_checkpoint(model: Transformer, path: str | os.PathLike, *, force: bool = False) -> Path:
-    """Write `model` (with its `.config`) to `.pt` or `.safetensors`: whole or not at all, never over an
-    existing file unless `force`.
+    """Write `model` (with its `.config`) to `.pt`, `.safetensors` or, for a path with no suffix, a model
+    folder (config.json + model.safetensors): whole or not at all, never over an existing output unless `force`.
 
     Example: `mhe_edge.save_model(mhe_edge.build_model(mhe_edge.preset_config("tiny"), seed=0), "model.safetensors")`
     """
-    path = check_output(path, force=force, suffixes=SUFFIXES)
+    path = check_checkpoint_output(path, force=force)
+    if path.suffix == "":
+        from mhe_edge.models.folder import save_folder
+
+        return save_folder(model, path, force=force)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     from safetensors import SafetensorError
     from safetensors.torch import save_file
@@ -59,8 +73,13 @@ def load_model(path: str | os.PathLike) -> Transformer:
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """The config and state dict of a checkpoint, checked to fit each other (every key, every shape)."""
+    """The config and state dict of a checkpoint (.pt, .safetensors or a model folder), checked to fit each
+    other (every key, every shape) before any module is built."""
     path = Path(path)
+    if path.is_dir():
+        from mhe_edge.models.folder import read_folder
+
+        return read_folder(path)
     if not path.is_file():
         raise CheckpointError(f"{str(path)!r} is not a file")
     if path.stat().st_size == 0:
@@ -77,29 +96,10 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
         config = ModelConfig.from_dict(raw_config)
     except (ConfigError, TypeError) as exc:
         raise CheckpointError(f"{path.name} has an invalid model config: {exc}") from exc
-    _check_sizes(config, state, path)
-    _check_state_fits(config, state, path.name)
+    check_sizes(config, path.stat().st_size, path.name)
+    check_tensors(state, path.name)
+    check_state_fits(config, state, path.name)
     return config, state
-
-
-MIN_BYTES_PER_PARAMETER = 2  # float16 / bfloat16: a file holding a model's weights has at least this many
-
-
-def _check_sizes(config: ModelConfig, state: dict[str, torch.Tensor], path: Path) -> None:
-    """Before any module is built: the config's parameters must fit in the file, and every tensor must be
-    a plain, finite block of its own (no view into a larger storage, no stride-0 expansion)."""
-    file_size = path.stat().st_size
-    claimed = count_parameters(config)["total"]
-    if claimed * MIN_BYTES_PER_PARAMETER > file_size:
-        raise CheckpointError(
-            f"{path.name}: its config describes {claimed:,} parameters, more than its {file_size:,} bytes can hold"
-        )
-    for key, tensor in state.items():
-        own_bytes = tensor.numel() * tensor.element_size()
-        if not tensor.is_contiguous() or tensor.untyped_storage().nbytes() != own_bytes or tensor.storage_offset():
-            raise CheckpointError(f"{path.name}: tensor {key} is a view or expansion of other memory, not stored weights")
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise CheckpointError(f"{path.name}: tensor {key} holds NaN or infinite values")
 
 
 def _check_zip_entries(path: Path) -> None:
@@ -149,21 +149,3 @@ def _read_safetensors(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
         return json.loads(metadata["config"]), state
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path.name} has config metadata that is not JSON") from exc
-
-
-def _check_state_fits(config: ModelConfig, state: dict[str, torch.Tensor], name: str) -> None:
-    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-        expected = build_model(config).state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing:
-        raise CheckpointError(f"{name} lacks {len(missing)} weight(s) its config needs, e.g. {missing[0]}")
-    if unexpected:
-        raise CheckpointError(f"{name} has {len(unexpected)} weight(s) its config does not, e.g. {unexpected[0]}")
-    for key, tensor in expected.items():
-        if state[key].shape != tensor.shape:
-            raise CheckpointError(
-                f"{name}: {key} has shape {tuple(state[key].shape)}, its config needs {tuple(tensor.shape)}"
-            )
-        if not state[key].is_floating_point():
-            raise CheckpointError(f"{name}: {key} is {state[key].dtype}, not a floating-point tensor")

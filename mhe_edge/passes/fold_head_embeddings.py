@@ -7,7 +7,8 @@ ADD: head i's query is q + E_Q[i] (scaled by the kernel); E_K drops out (softmax
      E_V folds into the output bias, b_O + concat_i(E_V[i]) W_O.
 No per-head K or V is ever materialised, and the head-embedding initializers leave the graph.
 Preconditions (checked for every node before any is touched): the head embeddings and the output
-projection are constants, the output feeds one MatMul (and, for ADD, its bias Add), the mode is add or mul.
+projection are constants, the output feeds one MatMul, the mode is add or mul. ADD folds E_V into the
+output bias, adding one where the projection has none.
 """
 from __future__ import annotations
 
@@ -64,11 +65,20 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
         else:  # add
             query_constant = e_q
             scale = 1.0 / math.sqrt(d)
-            bias_index = 1 if bias_add.inputs[0] is out_matmul.outputs[0] else 0
-            b_o = constant_array(bias_add.inputs[bias_index], f"{where}: output bias").astype(np.float64)
-            b_folded = b_o + e_v.reshape(n * d) @ w_o  # rows of P sum to 1, so E_V passes through as a constant
-            replaced.append(bias_add.inputs[bias_index])
-            bias_add.replace_input_with(bias_index, add_initializer(graph, f"{prefix}_out_bias_folded", b_folded.astype(dtype)))
+            shift = e_v.reshape(n * d) @ w_o  # rows of P sum to 1, so E_V passes through as a constant
+            if bias_add is None:  # no output bias yet: add one holding the shift
+                projected = out_matmul.outputs[0]
+                shifted = ir.Value(name=f"{prefix}_out_shifted")
+                bias = add_initializer(graph, f"{prefix}_out_bias_folded", shift.astype(dtype))
+                projected.replace_all_uses_with(shifted, replace_graph_outputs=True)
+                if shifted.is_graph_output():  # keep the output's name where the graph exposes it
+                    projected.name, shifted.name = shifted.name, projected.name
+                graph.insert_after(out_matmul, ir.node("Add", [projected, bias], outputs=[shifted]))
+            else:
+                bias_index = 1 if bias_add.inputs[0] is out_matmul.outputs[0] else 0
+                b_o = constant_array(bias_add.inputs[bias_index], f"{where}: output bias").astype(np.float64)
+                replaced.append(bias_add.inputs[bias_index])
+                bias_add.replace_input_with(bias_index, add_initializer(graph, f"{prefix}_out_bias_folded", (b_o + shift).astype(dtype)))
 
         new_nodes = []
 
@@ -120,12 +130,12 @@ def _foldable(node: ir.Node):
     if w_o.shape[0] != n * e_q.shape[1]:
         raise GraphRefused(f"{where}: the output projection has {w_o.shape[0]} rows, not num_heads * head_dim")
     bias_add = None
-    if mode == "add":
+    if mode == "add":  # E_V folds into the output bias: an existing constant one, or one the fold adds
         bias_add = sole_consumer(out_matmul.outputs[0], "Add")
-        if bias_add is None:
-            raise GraphRefused(f"{where}: the output projection has no bias Add to fold E_V into")
-        bias = bias_add.inputs[1] if bias_add.inputs[0] is out_matmul.outputs[0] else bias_add.inputs[0]
-        constant_array(bias, f"{where}: output bias")
+        if bias_add is not None:
+            bias = bias_add.inputs[1] if bias_add.inputs[0] is out_matmul.outputs[0] else bias_add.inputs[0]
+            if ir.convenience.get_const_tensor(bias) is None:  # the residual add: this projection has no bias
+                bias_add = None
     return mode, n, embeddings, out_matmul, bias_add
 
 

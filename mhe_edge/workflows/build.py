@@ -22,15 +22,14 @@ def init_model(
     force: bool = False, **overrides: Any,
 ) -> InitReport:
     """Build a seeded random-weight model from a preset (fields in `overrides` replace the preset's) and save
-    it as `.pt` or `.safetensors`.
+    it as `.pt`, `.safetensors` or (a path with no suffix) a model folder.
 
     Example: `mhe_edge.init_model("model.pt", attention="mhe-add", preset="tiny", n_layers=3)`
     """
-    from mhe_edge.files import check_output
     from mhe_edge.models import build_model, save_checkpoint
-    from mhe_edge.models.checkpoint import SUFFIXES
+    from mhe_edge.models.checkpoint import check_checkpoint_output
 
-    check_output(path, force=force, suffixes=SUFFIXES)  # before building: a bad path costs nothing
+    check_checkpoint_output(path, force=force)  # before building: a bad path costs nothing
     config = preset_config(preset, arch=arch, attention=attention, **overrides)
     saved = save_checkpoint(build_model(config, seed=seed), path, force=force)
     return InitReport(str(saved), config.to_dict(), count_parameters(config))

@@ -1,0 +1,199 @@
+"""Model folders, the exchange format of the Hugging Face ecosystem: `config.json`, `model.safetensors` (or
+shards named by `model.safetensors.index.json`) and `generation_config.json`.
+
+Our own folders use Hugging Face's names for the standard config fields and the Llama tensor layout, with
+`mhe_edge_*` keys and `*_head_embeddings` tensors for what is ours (docs/model-format.md). Folders written
+by transformers for llama, mistral, qwen2, gpt2 and bert load too (models/hf_import.py). Everything is
+checked before a module is built: config limits, tensor names (first missing or unexpected one named),
+dtypes, shapes against the config, sizes bounded by the files, finite values.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mhe_edge.config import ModelConfig
+from mhe_edge.errors import CheckpointError, ConfigError, OutputError, first_line
+from mhe_edge.files import check_output, staged_output
+from mhe_edge.models import hf_import
+from mhe_edge.models.checks import check_sizes, check_state_fits, check_tensors
+
+CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, GENERATION_FILE = "config.json", "model.safetensors", "model.safetensors.index.json", "generation_config.json"
+MAX_JSON_BYTES = 10_000_000
+LOADABLE_DTYPES = ("F32", "F16", "BF16")
+
+# ModelConfig fields that Hugging Face names one way in every model family.
+HF_FIELDS = {
+    "n_layers": "num_hidden_layers", "d_model": "hidden_size", "n_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "d_ff": "intermediate_size", "vocab_size": "vocab_size",
+    "max_seq_len": "max_position_embeddings", "tie_embeddings": "tie_word_embeddings",
+    "bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
+}
+OURS = ("arch", "attention", "position", "norm", "norm_placement", "embedding_norm", "mlp", "qkv_bias", "out_bias", "mlp_bias")
+
+
+def is_model_folder(path: str | os.PathLike) -> bool:
+    return Path(path).is_dir()
+
+
+def hf_config(config: ModelConfig) -> dict[str, Any]:
+    """config.json for one of our models."""
+    from mhe_edge import __version__
+
+    hf: dict[str, Any] = {
+        "model_type": hf_import.MODEL_TYPE,
+        "architectures": ["MheEdgeDecoder" if config.arch == "decoder" else "MheEdgeEncoder"],
+        **{hf_name: getattr(config, ours) for ours, hf_name in HF_FIELDS.items()},
+        "rms_norm_eps" if config.norm == "rmsnorm" else "layer_norm_epsilon": config.layer_norm_eps,
+        "torch_dtype": "float32",
+        **{f"mhe_edge_{name}": getattr(config, name) for name in OURS},
+        "mhe_edge_mhe_mode": config.attention.removeprefix("mhe-") if config.is_mhe else None,
+        "mhe_edge_version": __version__,
+    }
+    if config.position == "rope":
+        hf["rope_theta"] = config.rope_theta
+    return hf
+
+
+def config_from_ours(hf: dict[str, Any]) -> ModelConfig:
+    fields = {ours: hf[hf_name] for ours, hf_name in HF_FIELDS.items() if hf_name in hf}
+    fields.update({name: hf[f"mhe_edge_{name}"] for name in OURS if f"mhe_edge_{name}" in hf})
+    fields["layer_norm_eps"] = hf.get("rms_norm_eps", hf.get("layer_norm_epsilon", 1e-5))
+    if "rope_theta" in hf:
+        fields["rope_theta"] = hf["rope_theta"]
+    if fields.get("attention") not in ("gqa", None):
+        fields.pop("n_kv_heads", None)  # derived for every kind but gqa
+    return ModelConfig(**fields)
+
+
+def save_folder(model, folder: str | os.PathLike, *, force: bool = False) -> Path:
+    """Write `model` as a model folder; whole or not at all, replacing only a folder mhe-edge wrote."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    folder = check_output(folder, force=force, folder=True)
+    config = model.config
+    state = {hf_import.folder_name(k): v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id, "do_sample": False}
+    with staged_output(folder, force=force, folder=True) as stage:
+        try:
+            save_file(state, str(stage / WEIGHTS_FILE), metadata={"format": "pt"})
+            (stage / CONFIG_FILE).write_text(json.dumps(hf_config(config), indent=2) + "\n")
+            (stage / GENERATION_FILE).write_text(json.dumps(generation, indent=2) + "\n")
+        except (OSError, SafetensorError) as exc:
+            raise OutputError(f"cannot write {folder.name}: {first_line(exc, 200)}; nothing was written") from exc
+    return folder
+
+
+def read_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """The config and state dict (our names, float32) of a model folder, checked as the module says."""
+    folder = Path(folder)
+    hf = _read_json(folder / CONFIG_FILE, folder.name)
+    model_type = hf.get("model_type")
+    try:
+        config = config_from_ours(hf) if model_type == hf_import.MODEL_TYPE else hf_import.config_from_hf(hf)
+    except (ConfigError, TypeError, KeyError) as exc:
+        raise CheckpointError(f"{folder.name}/{CONFIG_FILE} does not describe a model mhe-edge can build: {first_line(exc)}") from exc
+    files = _weight_files(folder)
+    headers = _headers(files, folder.name)
+    _check_names(folder.name, model_type, config, set(headers))
+    check_sizes(config, sum(f.stat().st_size for f in files), folder.name)
+    source = _load(files, headers, model_type, config)
+    state = hf_import.to_our_state(model_type, source, config)
+    check_tensors(state, folder.name)
+    check_state_fits(config, state, folder.name)
+    return config, state
+
+
+def _read_json(path: Path, folder: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{folder} has no {path.name}; a model folder needs config.json and safetensors weights")
+    if path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{folder}/{path.name} is larger than {MAX_JSON_BYTES:,} bytes; refused")
+    try:
+        value = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{folder}/{path.name} is not JSON") from exc
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{folder}/{path.name} is not a JSON object")
+    return value
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    """model.safetensors, or the shards an index names (each a plain file inside the folder)."""
+    if (folder / INDEX_FILE).is_file():
+        weight_map = _read_json(folder / INDEX_FILE, folder.name).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{folder.name}/{INDEX_FILE} has no weight_map")
+        names = sorted(set(weight_map.values()))
+    elif (folder / WEIGHTS_FILE).is_file():
+        names = [WEIGHTS_FILE]
+    else:
+        raise CheckpointError(f"{folder.name} has neither {WEIGHTS_FILE} nor {INDEX_FILE}")
+    files = []
+    for name in names:
+        path = folder / str(name)
+        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..") or path.is_symlink():
+            raise CheckpointError(f"{folder.name}: weight file {name!r} is not a plain file inside the folder; refused")
+        if not path.is_file():
+            raise CheckpointError(f"{folder.name}: weight file {name} is missing")
+        files.append(path)
+    return files
+
+
+def _headers(files: list[Path], folder: str) -> dict[str, tuple[Path, str, list[int]]]:
+    """name -> (file, dtype, shape), from the safetensors headers alone (no tensor data read)."""
+    from safetensors import SafetensorError, safe_open
+
+    headers: dict[str, tuple[Path, str, list[int]]] = {}
+    for path in files:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in f.keys():
+                    view = f.get_slice(name)
+                    headers[name] = (path, view.get_dtype(), list(view.get_shape()))
+        except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+            raise CheckpointError(f"{folder}/{path.name} is not a readable safetensors file: {first_line(exc, 200)}") from exc
+    for name, (path, dtype, _) in headers.items():
+        if dtype not in LOADABLE_DTYPES:
+            raise CheckpointError(f"{folder}/{path.name}: tensor {name} is {dtype}; mhe-edge loads F32, F16 and BF16 weights")
+    return headers
+
+
+def _check_names(folder: str, model_type: str, config: ModelConfig, present: set[str]) -> None:
+    from mhe_edge.models.transformer import build_model
+
+    with torch.device("meta"):
+        ours = {k: v.shape for k, v in build_model(config).state_dict().items()}
+    expected = hf_import.expected_source_names(model_type, ours)
+    if model_type in ("llama", "mistral", "qwen2") and config.tie_embeddings:
+        present = present - {"lm_head.weight"}  # some tied checkpoints store the shared table twice
+    missing = sorted(expected - present)
+    unexpected = sorted(n for n in present - expected if not hf_import.is_ignored(model_type, n))
+    if missing:
+        raise CheckpointError(f"{folder} lacks {len(missing)} tensor(s) its config needs, e.g. {missing[0]}")
+    if unexpected:
+        raise CheckpointError(f"{folder} has {len(unexpected)} tensor(s) its config does not, e.g. {unexpected[0]}")
+
+
+def _load(files: list[Path], headers: dict, model_type: str, config: ModelConfig) -> dict[str, torch.Tensor]:
+    """The tensors that matter, as float32 (bfloat16 and float16 weights are widened exactly)."""
+    from safetensors import safe_open
+
+    def wanted(name: str) -> bool:
+        if hf_import.is_ignored(model_type, name):
+            return False
+        return not (name == "lm_head.weight" and config.tie_embeddings)  # a tied head is the embedding table
+
+    wanted_names = {n for n in headers if wanted(n)}
+    state = {}
+    for path in files:
+        with safe_open(str(path), framework="pt") as f:
+            for name in f.keys():
+                if name in wanted_names:
+                    state[name] = f.get_tensor(name).to(torch.float32)
+    return state
