@@ -22,7 +22,7 @@ class Description(Result):
     parameter_bytes: int
     file_bytes: int  # with external data, for ONNX
     kv_cache_bytes_per_token: int | None = None  # decoders, fp32
-    stored_parameters: int | None = None  # checkpoints: elements actually stored
+    stored_parameters: int | None = None  # checkpoints and folders: elements actually loaded
     mhe_edge_version: str | None = None  # ONNX from here on
     graph: str | None = None
     attention: str | None = None
@@ -46,19 +46,20 @@ def describe(path: str | os.PathLike) -> Description:
     path = Path(path)
     if path.suffix == ".onnx":
         return _describe_onnx(path)
-    if path.suffix not in (".pt", ".safetensors"):
-        raise RequestError(f"inspect takes a .pt, .safetensors or .onnx file, not {path.name!r}")
+    folder = path.is_dir()
+    if not folder and path.suffix not in (".pt", ".safetensors"):
+        raise RequestError(f"inspect takes a .pt, .safetensors or .onnx file or a model folder, not {path.name!r}")
     from mhe_edge.models import read_checkpoint
 
     config, state = read_checkpoint(path)
     parameters = count_parameters(config)
     return Description(
         path=str(path),
-        kind="checkpoint",
+        kind="folder" if folder else "checkpoint",
         config=config.to_dict(),
         parameters=parameters,
         parameter_bytes=sum(t.numel() * t.element_size() for t in state.values()),
-        file_bytes=path.stat().st_size,
+        file_bytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if folder else path.stat().st_size,
         kv_cache_bytes_per_token=kv_cache_bytes_per_token(config) if config.arch == "decoder" else None,
         stored_parameters=sum(t.numel() for t in state.values()),
     )

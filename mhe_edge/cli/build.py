@@ -15,7 +15,7 @@ Size = Annotated[Optional[int], typer.Option(min=1, max=1_000_000)]
 
 @command()
 def init(
-    output: Annotated[Path, typer.Argument(help="Checkpoint to write: .pt or .safetensors.", show_default=False)],
+    output: Annotated[Path, typer.Argument(help="What to write: a .pt or .safetensors file, or a model folder (a path with no suffix).", show_default=False)],
     arch: Arch = "decoder",
     attention: Attention = "mhe-mul",
     preset: Preset = "tiny",
@@ -27,20 +27,28 @@ def init(
     d_ff: Annotated[Optional[int], typer.Option(min=1, max=262_144, help="MLP width (default 4 * d_model).")] = None,
     vocab_size: Annotated[Optional[int], typer.Option(min=1, max=1_000_000, help="Vocabulary size.")] = None,
     max_seq_len: Annotated[Optional[int], typer.Option(min=1, max=1_048_576, help="Longest sequence (positions).")] = None,
+    position: Annotated[Optional[str], typer.Option(help="learned (a table of positions) or rope (rotary).")] = None,
+    rope_theta: Annotated[Optional[float], typer.Option(min=1.0, max=1e12, help="RoPE's base, with --position rope.")] = None,
+    norm: Annotated[Optional[str], typer.Option(help="layernorm or rmsnorm.")] = None,
+    mlp: Annotated[Optional[str], typer.Option(help="gelu, gelu_tanh or swiglu.")] = None,
+    tie_embeddings: Annotated[Optional[bool], typer.Option("--tie-embeddings/--no-tie-embeddings", help="The output projection reuses the token embeddings (decoders).", metavar="", show_default=False)] = None,
+    bias: Annotated[Optional[bool], typer.Option("--bias/--no-bias", help="Biases on the attention and MLP projections.", metavar="", show_default=False)] = None,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for the random weights.")] = 0,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
-    """Write a seeded random-weight checkpoint.
+    """Write a seeded random-weight model: a checkpoint file, or a model folder (config.json +
+    model.safetensors, the Hugging Face layout) when OUTPUT has no suffix. Unset options keep the preset's.
 
-    Example: `mhe-edge init model.pt --arch decoder --attention mhe-add --preset tiny`
+    Example: `mhe-edge init my-model --attention mhe-mul --position rope --norm rmsnorm --mlp swiglu --tie-embeddings --no-bias`
     """
     from mhe_edge.workflows.build import init_model
 
     report = init_model(
         output, arch=arch, attention=attention, preset=preset, seed=seed, force=force,
         n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=kv_heads, head_dim=head_dim,
-        d_ff=d_ff, vocab_size=vocab_size, max_seq_len=max_seq_len,
+        d_ff=d_ff, vocab_size=vocab_size, max_seq_len=max_seq_len, position=position, rope_theta=rope_theta, norm=norm,
+        mlp=mlp, tie_embeddings=tie_embeddings, qkv_bias=bias, out_bias=bias, mlp_bias=bias,
     )
 
     def render(report) -> None:
@@ -56,7 +64,7 @@ def init(
 
 @command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A checkpoint (.pt, .safetensors) or an ONNX export (.onnx).", show_default=False)],
+    path: Annotated[Path, typer.Argument(help="A checkpoint (.pt, .safetensors), a model folder or an ONNX export (.onnx).", show_default=False)],
     as_json: Json = False,
 ) -> None:
     """Describe a checkpoint or export: config, parameters by component, bytes, KV cache per token; for an

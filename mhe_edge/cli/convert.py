@@ -16,7 +16,7 @@ from mhe_edge.files import EXTERNAL_DATA_THRESHOLD_TEXT
 
 @command()
 def export(
-    model: Annotated[Path, typer.Argument(help="Checkpoint to export: .pt or .safetensors.", show_default=False)],
+    model: Annotated[Path, typer.Argument(help="What to export: a .pt or .safetensors checkpoint, or a model folder (ours, or llama, mistral, qwen2, gpt2, bert from transformers).", show_default=False)],
     output: OutputFile = None,
     opset: Annotated[int, typer.Option(min=MIN_OPSET, max=MAX_OPSET, help="ONNX opset; 23 is the first with the standard Attention op.")] = 23,
     atol: Annotated[float, typer.Option(min=1e-12, max=1.0, help="Largest allowed |ONNX Runtime - PyTorch| on any output.")] = 1e-4,
@@ -30,7 +30,7 @@ def export(
     function any runtime can run), MHA/MQA/GQA the standard `Attention` op; decoders get KV-cache inputs and
     outputs. The file is checked (full ONNX check, ONNX Runtime vs PyTorch) before it appears.
 
-    Example: `mhe-edge export model.pt -o model.onnx --optimize --target ort`
+    Example: `mhe-edge export my-llama-folder -o model.onnx --optimize --target ort`
     """
     from mhe_edge.workflows.build import export_and_optimize
 

@@ -92,7 +92,7 @@ def _print_profile(report) -> None:
 
 @command()
 def compare(
-    files: Annotated[Optional[list[Path]], typer.Argument(help="Exports to compare; none: build them from --preset.", show_default=False)] = None,
+    files: Annotated[Optional[list[Path]], typer.Argument(help="Exports (.onnx), checkpoints or model folders (ours or imported) to compare; none: build them from --preset.", show_default=False)] = None,
     preset: Annotated[str, typer.Option(help=f"Model size when building: {', '.join(PRESETS)}.")] = "small",
     arch: Annotated[str, typer.Option(help="decoder or encoder, when building.")] = "decoder",
     attention: Annotated[str, typer.Option(help="Kinds to build, comma-separated.")] = "mha,mqa,gqa,mhe-add,mhe-mul",

@@ -33,7 +33,7 @@ def genai_config(config, share_buffer: bool, eos_token_id: int, filename: str = 
             "type": "decoder",
             "context_length": config.max_seq_len,
             "vocab_size": config.vocab_size,
-            "bos_token_id": 0,
+            "bos_token_id": config.bos_token_id if config.bos_token_id is not None else 0,
             "pad_token_id": 0,
             "eos_token_id": eos_token_id,
             "decoder": {

@@ -100,16 +100,16 @@ def compare(
     say = on_progress or (lambda message: None)
     options = dict(provider=provider, batch=batch, new_tokens=new_tokens, runs=runs, prefill_chunk=prefill_chunk, threads=threads)
     with tempfile.TemporaryDirectory(prefix="mhe-edge-compare-") as tmp:
-        models = [Path(f) for f in files] or _build_models(Path(tmp), preset, arch, attentions, target, say)
+        models = _prepare_files(Path(tmp), files, target, say) if files else _build_models(Path(tmp), preset, arch, attentions, target, say)
         rows = []
-        for path in models:
+        for source, path in models:
             config = read_header(path).config
             for seq_len in seq_lens:
                 say(f"profile {config.attention} at {seq_len} tokens")
                 report = profile_in_fresh_process(path, seq_len=seq_len, **options)
                 latency = report["latency_ms"]
                 rows.append({
-                    "model": path.name,
+                    "model": source,
                     "attention": config.attention,
                     "seq_len": seq_len,
                     "parameters": count_parameters(config)["total"],
@@ -131,7 +131,7 @@ def compare(
     return result
 
 
-def _build_models(folder: Path, preset, arch, attentions, target, say) -> list[Path]:
+def _build_models(folder: Path, preset, arch, attentions, target, say) -> list[tuple[str, Path]]:
     from mhe_edge.config import preset_config
     from mhe_edge.exporters import export
     from mhe_edge.models import build_model
@@ -144,9 +144,27 @@ def _build_models(folder: Path, preset, arch, attentions, target, say) -> list[P
         exported = folder / f"{attention}.onnx"
         export(build_model(config, seed=0), exported)
         say(f"optimize {attention}")
-        paths.append(Path(optimize(exported, folder / f"{attention}.opt.onnx", target=target).output))
+        paths.append((f"{attention}.opt.onnx", Path(optimize(exported, folder / f"{attention}.opt.onnx", target=target).output)))
         exported.unlink()
     return paths
+
+
+def _prepare_files(folder: Path, files, target, say) -> list[tuple[str, Path]]:
+    """ONNX files as they are; checkpoints and model folders (ours or imported) exported and optimized first."""
+    from mhe_edge.exporters import export
+    from mhe_edge.passes import optimize
+
+    prepared = []
+    for index, file in enumerate(Path(f) for f in files):
+        if file.suffix == ".onnx":
+            prepared.append((file.name, file))
+            continue
+        say(f"export {file.name}")
+        exported = folder / f"{index}.onnx"
+        export(file, exported)
+        say(f"optimize {file.name}")
+        prepared.append((file.name, Path(optimize(exported, folder / f"{index}.opt.onnx", target=target).output)))
+    return prepared
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:

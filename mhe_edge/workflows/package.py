@@ -66,7 +66,10 @@ def package(
     if share_buffer and packaged_target != "ort":
         raise RequestError("a shared cache buffer needs --target ort (GroupQueryAttention updates the cache in place)")
     folder = check_output(output, force=force, folder=True, inputs=[source])
-    eos = config.vocab_size - 1 if eos_token_id is None else eos_token_id
+    if eos_token_id is not None:
+        eos = eos_token_id
+    else:  # the model's own, else the last id (a random-weight model has no tokenizer to say)
+        eos = config.eos_token_id if config.eos_token_id is not None else config.vocab_size - 1
     if not 0 <= eos < config.vocab_size:
         raise RequestError(f"eos token id {eos} is outside the vocabulary [0, {config.vocab_size})")
 
