@@ -165,3 +165,14 @@ def test_compare_takes_folders_ours_and_imported(folders, tmp_path):
     rows = compare([imported, ours.path], seq_lens=[8], runs=1, new_tokens=2).rows
     assert [(r["model"], r["attention"]) for r in rows] == [("llama-gqa", "gqa"), ("mhe", "mhe-mul")]
     assert all(r["decode_ms_per_token"] > 0 and r["peak_memory_bytes"] > 0 for r in rows)
+
+
+def test_imported_llama_profiles_converts_and_packages(folders, tmp_path):
+    from mhe_edge import package, profile, to_ort
+
+    _, _, onnx_path = folders["llama-mqa-tied"]
+    std = optimize(onnx_path, tmp_path / "std.onnx", target="std").output
+    assert to_ort(std, tmp_path / "llama.ort").max_abs_diff <= 1e-5
+    assert profile(std, seq_len=8, new_tokens=2, runs=1, warmup=0).latency_ms["decode_per_token"]["n"] == 2
+    packaged = package(onnx_path, tmp_path / "genai", share_buffer=True)
+    assert packaged.target == "ort" and packaged.check["status"] == "passed"
