@@ -22,7 +22,8 @@ KEY_PRECISION = "mhe_edge.precision"  # "fp32", "fp16" or "int8"
 
 # --- the fused MHE operator (an ONNX function stored in the file)
 DOMAIN = "mhe_edge"
-OP_TYPE = "MHEAttention"
+OP_TYPES = {"add": "MHEAttentionAdd", "mul": "MHEAttentionMul"}  # one function per MHE mode, chosen at export
+MODES = {op_type: mode for mode, op_type in OP_TYPES.items()}
 DOMAIN_VERSION = 1
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators (GroupQueryAttention)
 MIN_OPSET = 23  # the first default-domain opset with the standard Attention operator

@@ -53,15 +53,14 @@ def test_export_structure_and_parity(exports, arch, attention, size):
     onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == input_names(cfg)
     assert [o.name for o in proto.graph.output] == output_names(cfg)
-    fused = [n for n in proto.graph.node if n.op_type in ("MHEAttention", "Attention")]
+    fused = [n for n in proto.graph.node if n.op_type in ("MHEAttentionAdd", "MHEAttentionMul", "Attention")]
     assert len(fused) == cfg.n_layers
     if cfg.is_mhe:
         assert all(n.domain == "mhe_edge" for n in fused)
-        assert [(f.domain, f.name) for f in proto.functions] == [("mhe_edge", "MHEAttention")]
-        assert {"mode": attention.removeprefix("mhe-"), "num_heads": cfg.n_heads} == {
-            a.name: (a.s.decode() if a.type == onnx.AttributeProto.STRING else a.i)
-            for a in fused[0].attribute if a.name in ("mode", "num_heads")
-        }
+        op_type = "MHEAttentionAdd" if attention == "mhe-add" else "MHEAttentionMul"
+        assert [(f.domain, f.name) for f in proto.functions] == [("mhe_edge", op_type)] and fused[0].op_type == op_type
+        assert not [n for f in proto.functions for n in f.node if n.op_type == "If"]  # no branching on the mode
+        assert {a.name: a.i for a in fused[0].attribute} == {"num_heads": cfg.n_heads, "is_causal": int(arch == "decoder")}
         assert {imp.domain: imp.version for imp in proto.functions[0].opset_import}[""] == report.opset
     else:
         assert all(n.domain == "" for n in fused) and not proto.functions
@@ -120,8 +119,8 @@ def test_metadata_lets_an_app_drive_the_file(exports, cli):
     assert io["kv_cache"]["kv_heads"] == 1 and io["kv_cache"]["past_key"] == "past_key_values.{i}.key"
     result = cli("inspect", report.path, "--json")
     described = json.loads(result.stdout)
-    assert described["op_counts"]["mhe_edge.MHEAttention"] == model.config.n_layers
-    assert described["functions"] == ["mhe_edge.MHEAttention"]
+    assert described["op_counts"]["mhe_edge.MHEAttentionMul"] == model.config.n_layers
+    assert described["functions"] == ["mhe_edge.MHEAttentionMul"]
     assert described["file_bytes"] == report.file_bytes
     assert described["parameter_bytes"] > 0.9 * 4 * described["parameters"]["total"]
 

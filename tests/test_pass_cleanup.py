@@ -32,4 +32,4 @@ def test_cleanup_keeps_a_fused_mhe_node_fused(tmp_path):
     _, path = exported(tmp_path, attention="mhe-mul")
     graph_model = ir.load(path)
     CleanupPass()(graph_model)
-    assert op_counts(graph_model)["mhe_edge.MHEAttention"] == 2 and graph_model.functions
+    assert op_counts(graph_model)["mhe_edge.MHEAttentionMul"] == 2 and graph_model.functions

@@ -7,6 +7,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
+from mhe_edge.contract import OP_TYPES
 from mhe_edge.exporters.mhe_function import mhe_attention_function
 from mhe_edge.passes._graph import GraphRefused, TargetRefused
 from mhe_edge.passes.cleanup import CleanupPass
@@ -49,13 +50,13 @@ def _run(model, feeds, tmp_path, name):
 
 
 def _mhe_graph(mode, e_q, e_k, e_v, w_o, b_o):
-    """query/key/value -> mhe_edge.MHEAttention -> MatMul W_O -> Add b_O -> y (+ the present cache)."""
+    """query/key/value -> mhe_edge.MHEAttentionAdd/Mul -> MatMul W_O -> Add b_O -> y (+ the present cache)."""
     q, k, v = (_value(n, ["B", "T", D_HEAD]) for n in ("q", "k", "v"))
     pk, pv = _value("past_key", ["B", 1, "P", D_HEAD]), _value("past_value", ["B", 1, "P", D_HEAD])
     graph = ir.Graph([q, k, v, pk, pv], [], nodes=[], name="mhe")
     consts = [_const(graph, n, a) for n, a in (("e_q", e_q), ("e_k", e_k), ("e_v", e_v))]
     bias = _const(graph, "zero_bias", np.zeros((), np.float32))
-    attention = ir.node("MHEAttention", [q, k, v, *consts, pk, pv, bias], {"mode": mode, "num_heads": N, "is_causal": 1},
+    attention = ir.node(OP_TYPES[mode], [q, k, v, *consts, pk, pv, bias], {"num_heads": N, "is_causal": 1},
                         domain="mhe_edge", num_outputs=3, name="layer0")
     matmul = ir.node("MatMul", [attention.outputs[0], _const(graph, "w_o", w_o)])
     graph.extend([attention, matmul])
@@ -66,7 +67,7 @@ def _mhe_graph(mode, e_q, e_k, e_v, w_o, b_o):
     last.outputs[0].name, attention.outputs[1].name, attention.outputs[2].name = "y", "present_key", "present_value"
     graph.outputs.extend([last.outputs[0], attention.outputs[1], attention.outputs[2]])
     model = _model(graph, {"mhe_edge": 1})
-    function = ir.serde.deserialize_function(mhe_attention_function(23))
+    function = ir.serde.deserialize_function(mhe_attention_function(mode, 23))
     model.functions[function.identifier()] = function
     return model
 
@@ -119,7 +120,7 @@ def test_fold_refuses_before_touching_anything():
     matmul.replace_input_with(1, outside)  # E_V cannot fold into an output projection that is not a constant
     with pytest.raises(GraphRefused, match="output projection"):
         FoldHeadEmbeddingsPass()(model)
-    assert [n.op_type for n in model.graph] == ["MHEAttention", "MatMul", "Add"] and "e_v" in model.graph.initializers
+    assert [n.op_type for n in model.graph] == ["MHEAttentionAdd", "MatMul", "Add"] and "e_v" in model.graph.initializers
 
 
 # --- LowerToGroupQueryAttentionPass and SeqlensFromAttentionMaskPass

@@ -26,7 +26,7 @@ def export(
     force: Force = False,
     as_json: Json = False,
 ) -> None:
-    """Export a checkpoint to ONNX: MHE layers become one fused `mhe_edge.MHEAttention` node each (an ONNX
+    """Export a checkpoint to ONNX: MHE layers become one fused `mhe_edge.MHEAttentionAdd` or `MHEAttentionMul` node each (an ONNX
     function any runtime can run), MHA/MQA/GQA the standard `Attention` op; decoders get KV-cache inputs and
     outputs. The file is checked (full ONNX check, ONNX Runtime vs PyTorch) before it appears.
 

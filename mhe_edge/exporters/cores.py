@@ -1,6 +1,6 @@
 """Attention cores used while tracing: they emit fused ONNX ops instead of computing in PyTorch.
 
-`mhe_core` emits one `mhe_edge.MHEAttention` node per layer; `standard_core` emits the standard ONNX
+`mhe_core` emits one `mhe_edge.MHEAttentionAdd` or `MHEAttentionMul` node per layer; `standard_core` emits the standard ONNX
 `Attention` (opset 23) for MHA, MQA and GQA, in its 3-D form so no head transposes surround it.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from mhe_edge.contract import DOMAIN, DOMAIN_VERSION, OP_TYPE
+from mhe_edge.contract import DOMAIN, DOMAIN_VERSION, OP_TYPES
 from mhe_edge.models.attention import KVCache, SelfAttention, split_heads
 
 
@@ -24,9 +24,9 @@ def mhe_core(attn: SelfAttention, q, k, v, past: KVCache | None, attn_bias, caus
     S = past_key.shape[2] + T
     e_q, e_k, e_v = attn.head_embeddings()
     output, present_key, present_value = torch.onnx.ops.symbolic_multi_out(
-        f"{DOMAIN}::{OP_TYPE}",
+        f"{DOMAIN}::{OP_TYPES[attn.attention.removeprefix('mhe-')]}",
         [q, k, v, e_q, e_k, e_v, past_key, past_value, attn_bias],
-        {"mode": attn.attention.removeprefix("mhe-"), "num_heads": n, "is_causal": int(causal)},
+        {"num_heads": n, "is_causal": int(causal)},
         dtypes=[q.dtype] * 3,
         shapes=[(B, T, n * d), (B, 1, S, d), (B, 1, S, d)],
         version=DOMAIN_VERSION,

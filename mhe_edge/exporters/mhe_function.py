@@ -1,4 +1,4 @@
-"""The `mhe_edge.MHEAttention` operator, defined as an ONNX function over standard ops.
+"""The `mhe_edge.MHEAttentionAdd` and `mhe_edge.MHEAttentionMul` operators, ONNX functions over standard ops.
 
 Stored in every MHE export's `functions`, so stock ONNX Runtime (Python, C++, mobile) runs the model with
 no custom-op library: it inlines the body. The body follows the per-head definition literally (it
@@ -9,7 +9,9 @@ Inputs:
   q_emb, k_emb, v_emb    (n, d)         the head embeddings
   past_key, past_value   (B, 1, P, d)   the single-head cache (P may be 0)
   attn_bias              additive, broadcastable to (B, n, T, P+T); decoders pass a scalar 0
-Attributes: mode ("add" | "mul"), num_heads (n), is_causal (0 | 1; bottom-right aligned with a past).
+Attributes: num_heads (n), is_causal (0 | 1; bottom-right aligned with a past).
+The mode is the operator itself (one function each, chosen at export), so no runtime has to branch on a
+string inside the function: OpenVINO and tract cannot.
 Outputs: output (B, T, n*d) with head i in columns [i*d, (i+1)*d); present_key, present_value (B, 1, P+T, d).
 """
 from __future__ import annotations
@@ -19,15 +21,15 @@ from onnxscript import opset23 as op
 from onnxscript import script
 from onnxscript.values import Opset
 
-from mhe_edge.contract import DOMAIN, DOMAIN_VERSION
+from mhe_edge.contract import DOMAIN, DOMAIN_VERSION, OP_TYPES
 
 mhe_edge_opset = Opset(DOMAIN, DOMAIN_VERSION)
 
 
 @script(mhe_edge_opset, default_opset=op)
-def MHEAttention(
+def MHEAttentionMul(
     query, key, value, q_emb, k_emb, v_emb, past_key, past_value, attn_bias,
-    mode: str, num_heads: int, is_causal: int,
+    num_heads: int, is_causal: int,
 ):
     present_key = op.Concat(past_key, op.Unsqueeze(key, [1]), axis=2)  # (B, 1, S, d)
     present_value = op.Concat(past_value, op.Unsqueeze(value, [1]), axis=2)  # (B, 1, S, d)
@@ -35,14 +37,9 @@ def MHEAttention(
     e_q = op.Unsqueeze(q_emb, [0, 2])  # (1, n, 1, d)
     e_k = op.Unsqueeze(k_emb, [0, 2])
     e_v = op.Unsqueeze(v_emb, [0, 2])
-    if op.Equal(op.Constant(value_string=mode), op.Constant(value_string="add")):
-        q_heads = op.Add(q_shared, e_q)  # (B, n, T, d)
-        k_heads = op.Add(present_key, e_k)  # (B, n, S, d)
-        v_heads = op.Add(present_value, e_v)
-    else:
-        q_heads = op.Mul(q_shared, e_q)
-        k_heads = op.Mul(present_key, e_k)
-        v_heads = op.Mul(present_value, e_v)
+    q_heads = op.Mul(q_shared, e_q)  # (B, n, T, d); the Add function has Add here (see mhe_attention_function)
+    k_heads = op.Mul(present_key, e_k)  # (B, n, S, d)
+    v_heads = op.Mul(present_value, e_v)
     head_dim = op.Cast(op.Shape(query, start=2), to=1)  # float
     scale = op.CastLike(op.Reciprocal(op.Sqrt(head_dim)), query)
     scores = op.Mul(op.MatMul(q_heads, op.Transpose(k_heads, perm=[0, 1, 3, 2])), scale)  # (B, n, T, S)
@@ -60,9 +57,19 @@ def MHEAttention(
     return output, present_key, present_value
 
 
-def mhe_attention_function(opset: int) -> onnx.FunctionProto:
-    """The FunctionProto, importing the same default-domain opset as the model (the full checker insists)."""
-    proto = MHEAttention.to_function_proto()
+HEAD_STEPS = ("q_heads", "k_heads", "v_heads")  # the three nodes where ADD and MUL differ
+
+
+def mhe_attention_function(mode: str, opset: int) -> onnx.FunctionProto:
+    """The FunctionProto for `mode` ("add" or "mul"), importing the model's default-domain opset (the full
+    checker insists). One body: the ADD function is the MUL one with its three head steps made Adds."""
+    proto = MHEAttentionMul.to_function_proto()
+    proto.name = OP_TYPES[mode]
+    if mode == "add":
+        steps = [node for node in proto.node if node.output and node.output[0] in HEAD_STEPS]
+        assert len(steps) == 3, "the MHE function body changed: its head steps are named q_heads, k_heads, v_heads"
+        for node in steps:
+            node.op_type = "Add"
     for entry in proto.opset_import:
         if entry.domain == "":
             entry.version = opset

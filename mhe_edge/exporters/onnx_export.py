@@ -114,7 +114,7 @@ def export(
 
 def _check_fused_nodes(ir_model, config) -> None:
     """One fused attention node per layer, or the export is not what it claims to be."""
-    fused = [n for n in ir_model.graph if (n.domain, n.op_type) in ((contract.DOMAIN, contract.OP_TYPE), ("", "Attention"))]
+    fused = [n for n in ir_model.graph if (n.domain == contract.DOMAIN and n.op_type in contract.MODES) or (n.domain, n.op_type) == ("", "Attention")]
     if len(fused) != config.n_layers:
         raise ExportError(f"expected {config.n_layers} fused attention nodes, traced {len(fused)}")
 

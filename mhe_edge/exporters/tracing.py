@@ -1,4 +1,4 @@
-"""Trace a model to ONNX with torch.export, keeping MHE attention as one `mhe_edge.MHEAttention` node per layer."""
+"""Trace a model to ONNX with torch.export, keeping MHE attention as one `mhe_edge.MHEAttentionAdd`/`MHEAttentionMul` node per layer."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ from torch import nn
 
 from mhe_edge.config import ModelConfig
 from mhe_edge.exporters.cores import export_core
-from mhe_edge.contract import DOMAIN, DOMAIN_VERSION, input_names, output_names
+from mhe_edge.contract import DOMAIN, DOMAIN_VERSION, MODES, input_names, output_names
 from mhe_edge.exporters.mhe_function import mhe_attention_function
 from mhe_edge.models import Transformer, use_attention_core
 
@@ -47,7 +47,7 @@ def example_inputs(config: ModelConfig, batch: int = 2, seq: int = 3, past: int 
 
 
 def trace(model: Transformer, opset: int):
-    """The traced graph as an onnx_ir Model; MHE layers are `mhe_edge.MHEAttention` nodes (see attach_mhe_function)."""
+    """The traced graph as an onnx_ir Model; MHE layers are `mhe_edge.MHEAttention{Add,Mul}` nodes (see attach_mhe_function)."""
     config = model.config
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
     if config.arch == "encoder":
@@ -73,18 +73,18 @@ def trace(model: Transformer, opset: int):
 
 
 def attach_mhe_function(ir_model, opset: int) -> None:
-    """Store the MHEAttention definition in the model, so any ONNX runtime can run the custom-domain nodes.
-
-    The public exporter inlines functions it is given; emitting a symbolic node and attaching the
+    """Store the definition of each MHE operator the graph uses, so any ONNX runtime runs the custom-domain
+    nodes. The public exporter inlines functions it is given; emitting a symbolic node and attaching the
     FunctionProto afterwards keeps the fused node visible in the graph.
     """
     import onnx_ir as ir
 
-    if not any(n.domain == DOMAIN for n in ir_model.graph):
-        return
-    function = ir.serde.deserialize_function(mhe_attention_function(opset))
-    ir_model.functions[function.identifier()] = function
-    ir_model.opset_imports[DOMAIN] = DOMAIN_VERSION
+    modes = sorted({MODES[n.op_type] for n in ir_model.graph if n.domain == DOMAIN})
+    for mode in modes:
+        function = ir.serde.deserialize_function(mhe_attention_function(mode, opset))
+        ir_model.functions[function.identifier()] = function
+    if modes:
+        ir_model.opset_imports[DOMAIN] = DOMAIN_VERSION
 
 
 class _quiet_exporter:

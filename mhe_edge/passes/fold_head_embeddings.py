@@ -1,4 +1,4 @@
-"""Fold MHE's head embeddings into constants and replace each `mhe_edge.MHEAttention` node by one
+"""Fold MHE's head embeddings into constants and replace each `mhe_edge.MHEAttentionAdd`/`MHEAttentionMul` node by one
 standard `Attention` node with a single KV head (docs/mhe-algebra.md derives the identities).
 
 MUL: head i's query is q * C[i] with C = E_Q * E_K / sqrt(d); every head shares the cached k and v;
@@ -17,12 +17,12 @@ import math
 import numpy as np
 import onnx_ir as ir
 
-from mhe_edge.contract import DOMAIN, OP_TYPE
+from mhe_edge.contract import DOMAIN, MODES
 from mhe_edge.passes._graph import GraphRefused, add_initializer, constant_array, ints, sole_consumer
 
 
 def _mhe_nodes(graph: ir.Graph) -> list[ir.Node]:
-    return [n for n in graph if n.domain == DOMAIN and n.op_type == OP_TYPE]
+    return [n for n in graph if n.domain == DOMAIN and n.op_type in MODES]
 
 
 class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
@@ -49,7 +49,7 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
         query, key, value, e_q_in, e_k_in, e_v_in, past_key, past_value, attn_bias = node.inputs
         mode, n, (e_q, e_k, e_v), out_matmul, bias_add = _foldable(node)
         is_causal = node.attributes["is_causal"].as_int()
-        where = node.name or "an MHEAttention node"
+        where = node.name or f"an {node.op_type} node"
         d = e_q.shape[1]
         dtype = ir.convenience.get_const_tensor(e_q_in).numpy().dtype
         replaced = [e_q_in, e_k_in, e_v_in, attn_bias]
@@ -110,15 +110,13 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
 
 def _foldable(node: ir.Node):
     """(mode, n, (E_Q, E_K, E_V) as float64, output MatMul, bias Add or None), or GraphRefused saying why not."""
-    where = node.name or "an MHEAttention node"
+    where = node.name or f"an {node.op_type} node"
     if len(node.inputs) != 9:
-        raise GraphRefused(f"{where} has {len(node.inputs)} inputs; an mhe_edge.MHEAttention node has 9")
+        raise GraphRefused(f"{where} has {len(node.inputs)} inputs; an mhe_edge MHE attention node has 9")
     attributes = node.attributes
-    if any(attributes.get(k) is None for k in ("mode", "num_heads", "is_causal")):
-        raise GraphRefused(f"{where} lacks one of its attributes mode, num_heads, is_causal")
-    mode, n = attributes["mode"].as_string(), attributes["num_heads"].as_int()
-    if mode not in ("add", "mul"):
-        raise GraphRefused(f"{where}: unknown MHE mode {mode!r}")
+    if any(attributes.get(k) is None for k in ("num_heads", "is_causal")):
+        raise GraphRefused(f"{where} lacks one of its attributes num_heads, is_causal")
+    mode, n = MODES[node.op_type], attributes["num_heads"].as_int()
     embeddings = tuple(constant_array(v, f"{where}: head embedding").astype(np.float64) for v in node.inputs[3:6])
     e_q, e_k, e_v = embeddings
     if e_q.ndim != 2 or e_q.shape[0] != n or not e_q.shape == e_k.shape == e_v.shape:

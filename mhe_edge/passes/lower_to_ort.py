@@ -19,7 +19,7 @@ from mhe_edge.passes._graph import GraphRefused, TargetRefused, ints
 class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
     def requires(self, model: ir.Model) -> None:
         if any(n.domain == DOMAIN for n in model.graph):
-            raise GraphRefused("the graph still has mhe_edge.MHEAttention nodes; fold the head embeddings first")
+            raise GraphRefused("the graph still has mhe_edge MHE attention nodes; fold the head embeddings first")
         for node in self._to_lower(model.graph):
             past_key = node.inputs[4]
             head_size = past_key.shape[-1] if past_key.shape is not None else None
