@@ -19,6 +19,9 @@ KEY_IO = "mhe_edge.io"  # the I/O layout below, as JSON
 KEY_GRAPH = "mhe_edge.graph"  # what produced the graph: "export", then "+optimize(...)" per pass run
 KEY_TARGET = "mhe_edge.target"  # the optimize target ("std", "ort"); absent on a plain export
 KEY_PRECISION = "mhe_edge.precision"  # "fp32", "fp16" or "int8"
+KEY_OPSET = "mhe_edge.opset"  # the default-domain opset of the graph
+KEY_MIN_ORT = "mhe_edge.min_onnxruntime"  # the oldest ONNX Runtime that loads the file, e.g. "1.20"
+KEY_QUERY_SEQLENS = "mhe_edge.ort_query_seqlens"  # "1": GroupQueryAttention takes batched chunks with a past
 
 # --- the fused MHE operator (an ONNX function stored in the file)
 DOMAIN = "mhe_edge"
@@ -96,9 +99,11 @@ def io_layout(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
     return layout
 
 
-def metadata(config: ModelConfig, version: str, graph: str, dtype: str = "float32") -> dict[str, str]:
+def metadata(config: ModelConfig, version: str, graph: str, opset: int, min_onnxruntime: str, dtype: str = "float32") -> dict[str, str]:
     """The metadata_props an export carries."""
     return {
+        KEY_OPSET: str(opset),
+        KEY_MIN_ORT: min_onnxruntime,
         KEY_VERSION: version,
         KEY_CONFIG: json.dumps(config.to_dict()),
         KEY_ATTENTION: config.attention,

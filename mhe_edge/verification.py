@@ -121,8 +121,9 @@ def ort_runner(session) -> Runner:
     return run
 
 
-def parity_cases(config) -> list[tuple[str, int, list[int]]]:
-    """(name, batch, chunk lengths): decoders run the chunks in turn, each feeding its own cache back."""
+def parity_cases(config, batched_chunks: bool = True) -> list[tuple[str, int, list[int]]]:
+    """(name, batch, chunk lengths): decoders run the chunks in turn, each feeding its own cache back.
+    `batched_chunks=False` runs the chunked prefill at batch 1 (GroupQueryAttention without query_seqlens)."""
     L = config.max_seq_len
     if config.arch == "encoder":
         return [("padded batch B=2 T=7", 2, [min(7, L)]), ("single B=1 T=13", 1, [min(13, L)])]
@@ -132,17 +133,19 @@ def parity_cases(config) -> list[tuple[str, int, list[int]]]:
         ("prefill B=3 T=5 then 3 cached steps", 3, [prefill] + [1] * min(3, L - prefill)),
     ]
     if L >= 8:
-        cases.append(("chunked prefill B=2 T=3+3 then 1 step", 2, [3, 3, 1]))
+        batch = 2 if batched_chunks else 1
+        cases.append((f"chunked prefill B={batch} T=3+3 then 1 step", batch, [3, 3, 1]))
     return cases
 
 
 def compare_runners(
-    config, candidate: Runner, reference: Runner, atol: float, seed: int = 0, float_dtype=np.float32, min_argmax_agreement: float | None = None
+    config, candidate: Runner, reference: Runner, atol: float, seed: int = 0, float_dtype=np.float32,
+    min_argmax_agreement: float | None = None, batched_chunks: bool = True,
 ) -> list[ParityRecord]:
     """Run both on the same seeded inputs; one record per output per step. Never raises on a mismatch."""
     rng = np.random.default_rng(seed)
     records: list[ParityRecord] = []
-    for case, batch, chunks in parity_cases(config):
+    for case, batch, chunks in parity_cases(config, batched_chunks):
         if config.arch == "encoder":
             T = chunks[0]
             mask = np.ones((batch, T), dtype=np.int64)

@@ -48,8 +48,9 @@ def op_counts(model: ir.Model) -> Counter:
     return Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph)
 
 
-def parity(config, candidate_path, reference_path, atol=1e-4):
-    return compare_runners(config, ort_runner(create_session(candidate_path)), ort_runner(create_session(reference_path)), atol)
+def parity(config, candidate_path, reference_path, atol=1e-4, batched_chunks=True):
+    return compare_runners(config, ort_runner(create_session(candidate_path)), ort_runner(create_session(reference_path)), atol,
+                           batched_chunks=batched_chunks)
 
 
 def independent_logits_diff(config, session, reference) -> float:

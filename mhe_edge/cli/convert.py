@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
@@ -63,7 +63,9 @@ def export(
 def optimize(
     model: OnnxModel,
     output: OutputFile = None,
-    target: Target = "std",
+    target: Annotated[str, typer.Option(help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-web, OpenVINO, tract).")] = "std",
+    opset: Annotated[Optional[int], typer.Option(min=17, max=23, help="Target opset: ort 17-21 (default 21), portable 17-22 (default 17).")] = None,
+    ort_query_seqlens: Annotated[bool, flag("--ort-query-seqlens", "With --target ort: batched chunked prefill with a past (needs ONNX Runtime 1.32+).")] = False,
     fp16: Annotated[bool, flag("--fp16", "Weights, compute, cache and logits in float16 (input_ids stay int64).")] = False,
     int8: Annotated[bool, flag("--int8", "Dynamic int8 quantization of MatMul weights (ONNX Runtime's).")] = False,
     force: Force = False,
@@ -73,10 +75,11 @@ def optimize(
     clean up; optionally fp16 or int8. The result is compared with the input on ONNX Runtime before it is
     written (fp32 within 1e-4; fp16 within 1e-2 and the same argmax on 99% of positions).
 
-    Example: `mhe-edge optimize model.onnx -o model.opt.onnx --target ort`
+    Example: `mhe-edge optimize model.onnx -o model.portable.onnx --target portable`
     """
     from mhe_edge.passes import optimize as optimize_model
 
     with steps("optimize", quiet=as_json) as on_step:
-        report = optimize_model(model, output, target=target, fp16=fp16, int8=int8, force=force, on_step=on_step)
+        report = optimize_model(model, output, target=target, fp16=fp16, int8=int8, opset=opset,
+                                ort_query_seqlens=ort_query_seqlens, force=force, on_step=on_step)
     emit(report, as_json, print_optimize)

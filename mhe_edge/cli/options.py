@@ -28,7 +28,7 @@ PrefillChunk = Annotated[Optional[int], typer.Option(min=1, max=1_000_000, help=
 Batch = Annotated[int, typer.Option(min=1, max=4096, help="Sequences per call.")]
 Runs = Annotated[int, typer.Option(min=1, max=10_000, help="Measured runs per point.")]
 NewTokens = Annotated[int, typer.Option(min=0, max=1_000_000, help="Decode steps after the prefill (decoders).")]
-Target = Annotated[str, typer.Option(help="std: one standard Attention per layer; ort: com.microsoft.GroupQueryAttention.")]
+Target = Annotated[str, typer.Option(help="std: one standard Attention per layer; ort: com.microsoft.GroupQueryAttention; portable: basic ops only.")]
 Arch = Annotated[str, typer.Option(help=f"One of: {', '.join(ARCHS)}.")]
 Preset = Annotated[str, typer.Option(help=f"Starting sizes: {', '.join(PRESETS)}.")]
 Attention = Annotated[str, typer.Option(help=f"One of: {', '.join(ATTENTION_KINDS)}.")]

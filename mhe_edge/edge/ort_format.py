@@ -89,7 +89,7 @@ def to_ort(
         if len(produced) != 1 or len(configs) != 1:
             raise ExportError(f"the converter wrote {len(produced)} .ort and {len(configs)} config files, expected one each")
         records = compare_runners(header.config, ort_runner(create_session(produced[0])), ort_runner(create_session(source)),
-                                  ORT_ATOL[header.float_dtype])
+                                  ORT_ATOL[header.float_dtype], batched_chunks=header.batched_chunks)
         raise_on_failures(records, "the .ort model disagrees with the .onnx")
         operators = read_required_operators(configs[0])
         with staged_output(operators_path, force=force) as staged_config, staged_output(target, force=force) as staged_ort:

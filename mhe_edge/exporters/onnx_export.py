@@ -99,7 +99,7 @@ def export(
         from mhe_edge import __version__
 
         attach_mhe_function(ir_model, opset)
-        ir_model.metadata_props.update(contract.metadata(config, __version__, graph="export"))
+        ir_model.metadata_props.update(contract.metadata(config, __version__, graph="export", opset=opset, min_onnxruntime="1.23"))
         _check_fused_nodes(ir_model, config)
     with staged_output(target, force=force) as staged:
         with step("check"):

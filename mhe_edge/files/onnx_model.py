@@ -18,7 +18,8 @@ import numpy as np
 
 from mhe_edge.config import ModelConfig
 from mhe_edge.contract import (
-    ATTENTION_MASK, KEY_CONFIG, KEY_GRAPH, KEY_IO, KEY_PRECISION, KEY_TARGET, LAST_HIDDEN_STATE, LOGITS, input_names,
+    ATTENTION_MASK, KEY_CONFIG, KEY_GRAPH, KEY_IO, KEY_PRECISION, KEY_QUERY_SEQLENS, KEY_TARGET, LAST_HIDDEN_STATE, LOGITS,
+    input_names,
     output_names, past_names, present_names,
 )
 from mhe_edge.errors import ConfigError, ExportError, ModelFileError, first_line
@@ -64,6 +65,11 @@ class OnnxHeader:
     @property
     def precision(self) -> str:
         return self.metadata.get(KEY_PRECISION, "fp16" if self.float_dtype == "float16" else "fp32")
+
+    @property
+    def batched_chunks(self) -> bool:
+        """Whether a batch may prefill in chunks with a past (not: GroupQueryAttention without query_seqlens)."""
+        return self.target != "ort" or self.metadata.get(KEY_QUERY_SEQLENS) == "1"
 
     @property
     def external_files(self) -> list[str]:

@@ -50,9 +50,10 @@ class ConvertToFloat16Pass(ir.passes.InPlacePass):
         if not changed:
             return ir.passes.PassResult(model, modified=False)
         for node in ir.traversal.RecursiveGraphIterator(graph):
-            for output in node.outputs:  # let shape inference recompute every intermediate type
+            for output in node.outputs:  # let shape inference recompute every intermediate type and shape
                 if not output.is_graph_output():
                     output.type = None
+                    output.shape = None  # a shape without a type is what onnx_ir warns about on saving
         common.ShapeInferencePass()(model)
         return ir.passes.PassResult(model, modified=True)
 

@@ -21,8 +21,20 @@ from mhe_edge.contract import DOMAIN, MODES
 from mhe_edge.passes._graph import GraphRefused, add_initializer, constant_array, ints, sole_consumer
 
 
+LEGACY_OP_TYPE = "MHEAttention"  # earlier exports: one function for both modes, chosen by a "mode" attribute
+
+
 def _mhe_nodes(graph: ir.Graph) -> list[ir.Node]:
-    return [n for n in graph if n.domain == DOMAIN and n.op_type in MODES]
+    return [n for n in graph if n.domain == DOMAIN and (n.op_type in MODES or n.op_type == LEGACY_OP_TYPE)]
+
+
+def _mode(node: ir.Node) -> str:
+    if node.op_type in MODES:
+        return MODES[node.op_type]
+    mode = node.attributes["mode"].as_string() if node.attributes.get("mode") is not None else None
+    if mode not in ("add", "mul"):
+        raise GraphRefused(f"{node.name or node.op_type}: unknown MHE mode {mode!r}")
+    return mode
 
 
 class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
@@ -116,7 +128,7 @@ def _foldable(node: ir.Node):
     attributes = node.attributes
     if any(attributes.get(k) is None for k in ("num_heads", "is_causal")):
         raise GraphRefused(f"{where} lacks one of its attributes num_heads, is_causal")
-    mode, n = MODES[node.op_type], attributes["num_heads"].as_int()
+    mode, n = _mode(node), attributes["num_heads"].as_int()
     embeddings = tuple(constant_array(v, f"{where}: head embedding").astype(np.float64) for v in node.inputs[3:6])
     e_q, e_k, e_v = embeddings
     if e_q.ndim != 2 or e_q.shape[0] != n or not e_q.shape == e_k.shape == e_v.shape:

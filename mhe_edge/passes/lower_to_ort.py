@@ -17,6 +17,10 @@ from mhe_edge.passes._graph import GraphRefused, TargetRefused, ints
 
 
 class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
+    def __init__(self, query_seqlens: bool = False):
+        super().__init__()
+        self.query_seqlens = query_seqlens
+
     def requires(self, model: ir.Model) -> None:
         if any(n.domain == DOMAIN for n in model.graph):
             raise GraphRefused("the graph still has mhe_edge MHE attention nodes; fold the head embeddings first")
@@ -79,13 +83,15 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
             last = emit("Sub", [total, ints(graph, f"{prefix}_one", [1])])  # [P + T - 1]
             seqlens_k = emit("Cast", [emit("Expand", [last, batch])], {"to": ir.DataType.INT32})  # (B,)
             # query_seqlens (every row holds T valid tokens) lets the kernel take batched multi-token chunks
-            # with a past, which it otherwise refuses on CPU for batch > 1.
-            query_seqlens = emit("Cast", [emit("Expand", [new_len, batch])], {"to": ir.DataType.INT32})  # (B,)
+            # with a past, which it otherwise refuses on CPU for batch > 1; only ONNX Runtime 1.32+ has it.
+            query_seqlens = None
+            if self.query_seqlens:
+                query_seqlens = emit("Cast", [emit("Expand", [new_len, batch])], {"to": ir.DataType.INT32})  # (B,)
             lengths = (seqlens_k, total_i32, query_seqlens)
         seqlens_k, total_i32, query_seqlens = lengths
         outputs = emit(
             "GroupQueryAttention",
-            [query, key, value, past_key, past_value, seqlens_k, total_i32] + [None] * 9 + [query_seqlens],
+            [query, key, value, past_key, past_value, seqlens_k, total_i32] + ([None] * 9 + [query_seqlens] if query_seqlens else []),
             attributes,
             domain=MS_DOMAIN,
         )

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mhe_edge.contract import KEY_GRAPH, KEY_IO, KEY_PRECISION, KEY_TARGET
+from mhe_edge.contract import KEY_GRAPH, KEY_IO, KEY_MIN_ORT, KEY_OPSET, KEY_PRECISION, KEY_QUERY_SEQLENS, KEY_TARGET
 from mhe_edge.errors import ExportError, MheEdgeError, ModelFileError, RequestError
 from mhe_edge.files import check_full, check_output, file_bytes, op_counts, read_header, save_ir_model, staged_output
+from mhe_edge.passes.targets import TARGETS, build_passes, check_target, min_onnxruntime
 from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
 from mhe_edge.verification import ParityChecked, ParityRecord, argmax_agreement, compare_runners, ort_runner, raise_on_failures
 
-TARGETS = ("std", "ort")
 FP32_ATOL, FP16_ATOL, FP16_MIN_ARGMAX = 1e-4, 1e-2, 0.99
 
 
@@ -46,31 +46,6 @@ class OptimizeReport(ParityChecked):
         })
 
 
-def build_passes(target: str = "std", fp16: bool = False, int8: bool = False) -> list:
-    """The pass list for a target and precision, in order (each pass one file in mhe_edge/passes/)."""
-    from mhe_edge.passes.cleanup import CleanupPass
-    from mhe_edge.passes.fold_head_embeddings import FoldHeadEmbeddingsPass
-    from mhe_edge.passes.lower_to_ort import LowerToGroupQueryAttentionPass
-
-    if target not in TARGETS:
-        raise RequestError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
-    if fp16 and int8:
-        raise RequestError("choose --fp16 or --int8, not both")
-    passes = [FoldHeadEmbeddingsPass()]
-    if target == "ort":
-        passes.append(LowerToGroupQueryAttentionPass())
-    passes.append(CleanupPass())
-    if fp16:
-        from mhe_edge.passes.float16 import ConvertToFloat16Pass
-
-        passes.append(ConvertToFloat16Pass())
-    if int8:
-        from mhe_edge.passes.quantize_int8 import DynamicQuantizeInt8Pass
-
-        passes.append(DynamicQuantizeInt8Pass())
-    return passes
-
-
 def optimize(
     source: str | os.PathLike,
     output: str | os.PathLike | None = None,
@@ -78,19 +53,24 @@ def optimize(
     target: str = "std",
     fp16: bool = False,
     int8: bool = False,
+    opset: int | None = None,
+    ort_query_seqlens: bool = False,
     force: bool = False,
     on_step: Callable[[str], None] | None = None,
 ) -> OptimizeReport:
     """Run the passes on an mhe-edge export and write the result if ONNX Runtime agrees with the input:
     fp32 within 1e-4; fp16 within 1e-2 with the same argmax on 99% of positions; int8 reports agreement.
-    The output defaults to MODEL.opt.onnx; an input already optimized for another target is refused.
+    The output defaults to MODEL.opt.onnx; an input already optimized for another target is refused. `opset`
+    (ort: 17-21, portable: 17-22) and `ort_query_seqlens` (batched chunked prefill with a past; ONNX Runtime
+    1.32+) shape what runtimes can load it: see passes/targets.py.
 
     Example: `mhe_edge.optimize("model.onnx", target="ort").op_counts_after`
     """
     import onnx_ir as ir
 
     source = Path(source)
-    passes = build_passes(target, fp16, int8)
+    passes = build_passes(target, fp16, int8, opset, ort_query_seqlens)
+    opset = check_target(target, opset, ort_query_seqlens)
     default = source.with_name(source.stem + ".opt.onnx")
     target_path = check_output(output if output is not None else default, force=force, suffixes=(".onnx",), inputs=[source])
     seconds: dict[str, float] = {}
@@ -116,6 +96,10 @@ def optimize(
         model.metadata_props[KEY_GRAPH] = f"{header.graph}+optimize(target={target},precision={precision})"
         model.metadata_props[KEY_TARGET] = target
         model.metadata_props[KEY_PRECISION] = precision
+        model.metadata_props[KEY_OPSET] = str(opset)
+        model.metadata_props[KEY_MIN_ORT] = min_onnxruntime(target, opset, ort_query_seqlens)
+        if ort_query_seqlens:
+            model.metadata_props[KEY_QUERY_SEQLENS] = "1"
         if fp16:
             model.metadata_props[KEY_IO] = json.dumps({**io, "float_dtype": "float16"})
     with staged_output(target_path, force=force) as staged:
@@ -126,13 +110,18 @@ def optimize(
             candidate = ort_runner(create_session(staged, "cpu"))
             reference = ort_runner(create_session(source, "cpu"))
             config = header.config
+            batched = target != "ort" or ort_query_seqlens
+
+            def check(atol, **options):
+                return compare_runners(config, candidate, reference, atol, batched_chunks=batched, **options)
+
             if fp16:
-                records = compare_runners(config, candidate, reference, FP16_ATOL, min_argmax_agreement=FP16_MIN_ARGMAX)
+                records = check(FP16_ATOL, min_argmax_agreement=FP16_MIN_ARGMAX)
                 raise_on_failures(records, "the fp16 model disagrees with its input")
             elif int8:  # quantization error is expected; the report carries the agreement
-                records = compare_runners(config, candidate, reference, float("inf"))
+                records = check(float("inf"))
             else:
-                records = compare_runners(config, candidate, reference, FP32_ATOL)
+                records = check(FP32_ATOL)
                 raise_on_failures(records, "the optimized model disagrees with its input")
         written = file_bytes(staged)
     return OptimizeReport(str(source), str(target_path), target, precision, applied, before, op_counts(model.graph),

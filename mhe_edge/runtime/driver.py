@@ -14,7 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mhe_edge.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_PREFIX, present_for
+from mhe_edge.contract import (
+    ATTENTION_MASK, INPUT_IDS, KEY_MIN_ORT, KEY_QUERY_SEQLENS, KEY_TARGET, LOGITS, PAST_PREFIX, present_for,
+)
 from mhe_edge.errors import ModelFileError, RequestError, first_line
 from mhe_edge.files import read_header
 from mhe_edge.results import Result
@@ -29,6 +31,7 @@ class ExportedModel:
         self.path = Path(path)
         header = read_header(self.path)
         self.config, self.metadata = header.config, header.metadata
+        check_runtime_version(self.metadata, self.path.name)
         self.parameter_bytes = header.parameter_bytes  # from the header already parsed; not kept in memory
         self.file_bytes = header.file_bytes
         self.provider = provider
@@ -123,6 +126,12 @@ class ExportedModel:
             raise RequestError(f"prefill chunk must be at least 1, not {chunk}")
         cache = self.empty_cache(ids.shape[0])
         chunk = chunk or ids.shape[1]
+        if ids.shape[0] > 1 and chunk < ids.shape[1] and self.metadata.get(KEY_TARGET) == "ort" \
+                and self.metadata.get(KEY_QUERY_SEQLENS) != "1":
+            raise RequestError(
+                f"{self.path.name} cannot prefill a batch in chunks (GroupQueryAttention needs query_seqlens for that):"
+                " prefill whole, use batch 1, or optimize with --ort-query-seqlens (ONNX Runtime 1.32+)"
+            )
         for start in range(0, ids.shape[1], chunk):
             logits, cache = self.step(ids[:, start : start + chunk], cache)
         return logits[:, -1], cache
@@ -154,6 +163,25 @@ def parse_prompt(text: str) -> np.ndarray:
 
 
 _INTEGER = re.compile(r"-?[0-9]+")
+
+
+def check_runtime_version(metadata: dict[str, str], name: str) -> None:
+    """Refuse, saying what to upgrade, a file that needs a newer ONNX Runtime than the one installed."""
+    import onnxruntime as ort
+    from packaging.version import InvalidVersion, Version
+
+    needed = metadata.get(KEY_MIN_ORT)
+    if needed is None:
+        return
+    try:
+        too_old = Version(ort.__version__) < Version(needed)
+    except InvalidVersion as exc:
+        raise ModelFileError(f"{name} declares an unreadable minimum ONNX Runtime version {needed!r}") from exc
+    if too_old:
+        raise ModelFileError(
+            f"{name} needs ONNX Runtime >= {needed}, this is {ort.__version__}: upgrade onnxruntime"
+            " (or optimize the export with --target portable for older runtimes)"
+        )
 
 
 @dataclass

@@ -82,7 +82,7 @@ def compare(
     """Profile each model at each sequence length, each in a fresh process; ratios are to MHA.
 
     With no `files`, same-size random-weight models of each kind in `attentions` are built from `preset`,
-    exported and optimized for `target` first.
+    exported and optimized for `target` first (ort: with query_seqlens, so batches prefill in chunks here).
 
     Example: `mhe_edge.compare(preset="tiny", seq_lens=[32, 64], plot="compare.png").rows`
     """
@@ -144,7 +144,7 @@ def _build_models(folder: Path, preset, arch, attentions, target, say) -> list[t
         exported = folder / f"{attention}.onnx"
         export(build_model(config, seed=0), exported)
         say(f"optimize {attention}")
-        paths.append((f"{attention}.opt.onnx", Path(optimize(exported, folder / f"{attention}.opt.onnx", target=target).output)))
+        paths.append((f"{attention}.opt.onnx", Path(optimize(exported, folder / f"{attention}.opt.onnx", target=target, ort_query_seqlens=target == "ort").output)))
         exported.unlink()
     return paths
 
@@ -163,7 +163,7 @@ def _prepare_files(folder: Path, files, target, say) -> list[tuple[str, Path]]:
         exported = folder / f"{index}.onnx"
         export(file, exported)
         say(f"optimize {file.name}")
-        prepared.append((file.name, Path(optimize(exported, folder / f"{index}.opt.onnx", target=target).output)))
+        prepared.append((file.name, Path(optimize(exported, folder / f"{index}.opt.onnx", target=target, ort_query_seqlens=target == "ort").output)))
     return prepared
 
 

@@ -1,0 +1,74 @@
+"""The optimize targets: which passes each runs, at which opset, and the oldest ONNX Runtime that loads it.
+
+| target   | attention                                   | opset (allowed) | ONNX Runtime | for |
+| std      | one standard Attention per layer            | 23 (as exported)| >= 1.23      | current runtimes, OpenVINO >= 2026.3 |
+| ort      | com.microsoft.GroupQueryAttention (decoders)| 21 (17-21)      | >= 1.20      | the ORT builds apps ship; 1.32 with query_seqlens |
+| portable | written out in basic ops, no functions      | 17 (17-22)      | >= 1.16      | old ORT, onnxruntime-web, OpenVINO, tract |
+"""
+from __future__ import annotations
+
+from mhe_edge.errors import RequestError
+
+TARGETS = ("std", "ort", "portable")
+DEFAULT_OPSET = {"std": 23, "ort": 21, "portable": 17}
+OPSET_RANGE = {"std": (23, 23), "ort": (17, 21), "portable": (17, 22)}
+IR_VERSION = {"ort": 10, "portable": 8}
+# The oldest ONNX Runtime that loads the file (measured: benchmarks/compat.py).
+MIN_ORT_FOR_OPSET = {17: "1.16", 18: "1.16", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.23"}
+MIN_ORT_QUERY_SEQLENS = "1.32"  # GroupQueryAttention's query_seqlens input
+MIN_ORT_GQA = "1.20"  # GroupQueryAttention as lowered here (CPU, single-KV-head, seqlens from shapes)
+
+
+def check_target(target: str, opset: int | None, query_seqlens: bool) -> int:
+    """The opset the target will have, or a RequestError for a combination that cannot be built."""
+    if target not in TARGETS:
+        raise RequestError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    low, high = OPSET_RANGE[target]
+    opset = DEFAULT_OPSET[target] if opset is None else opset
+    if not low <= opset <= high:
+        raise RequestError(f"--target {target} takes --opset {low}" + (f" to {high}" if high != low else "") + f", not {opset}")
+    if query_seqlens and target != "ort":
+        raise RequestError("--ort-query-seqlens is for --target ort")
+    return opset
+
+
+def min_onnxruntime(target: str | None, opset: int, query_seqlens: bool = False) -> str:
+    from packaging.version import Version
+
+    if target == "ort":
+        return MIN_ORT_QUERY_SEQLENS if query_seqlens else max(MIN_ORT_GQA, MIN_ORT_FOR_OPSET[opset], key=Version)
+    return MIN_ORT_FOR_OPSET[opset]
+
+
+def build_passes(target: str = "std", fp16: bool = False, int8: bool = False, opset: int | None = None,
+                 query_seqlens: bool = False) -> list:
+    """The pass list for a target and precision, in order (each pass one file in mhe_edge/passes/)."""
+    from mhe_edge.passes.cleanup import CleanupPass
+    from mhe_edge.passes.fold_head_embeddings import FoldHeadEmbeddingsPass
+
+    opset = check_target(target, opset, query_seqlens)
+    if fp16 and int8:
+        raise RequestError("choose --fp16 or --int8, not both")
+    passes = [FoldHeadEmbeddingsPass()]
+    if target == "ort":
+        from mhe_edge.passes.lower_to_ort import LowerToGroupQueryAttentionPass
+
+        passes.append(LowerToGroupQueryAttentionPass(query_seqlens=query_seqlens))
+    if target in ("ort", "portable"):  # what GroupQueryAttention does not take (encoders) is written out
+        from mhe_edge.passes.decompose_attention import DecomposeAttentionPass
+
+        passes.append(DecomposeAttentionPass())
+    passes.append(CleanupPass())
+    if fp16:
+        from mhe_edge.passes.float16 import ConvertToFloat16Pass
+
+        passes.append(ConvertToFloat16Pass())
+    if int8:
+        from mhe_edge.passes.quantize_int8 import DynamicQuantizeInt8Pass
+
+        passes.append(DynamicQuantizeInt8Pass())
+    if target in IR_VERSION:
+        from mhe_edge.passes.to_opset import ConvertToOpsetPass
+
+        passes.append(ConvertToOpsetPass(opset, IR_VERSION[target], other_domains=("com.microsoft",) if target == "ort" else ()))
+    return passes

@@ -1,0 +1,118 @@
+"""ConvertToOpsetPass: make a graph valid at an older default-domain opset (17-22) and IR version, so older
+runtimes (ONNX Runtime 1.16+, onnxruntime-web, OpenVINO, tract) load it. onnx's version converter cannot
+lower the standard Attention op and drops model functions, so this is our own, narrow conversion:
+
+- Gelu (opset 20) -> its Erf form, or its Tanh form for approximate="tanh";
+- RMSNormalization (opset 23) -> x / sqrt(mean(x^2) + eps) * scale;
+- Reduce* ops: axes as an input (opset 18+) -> the attribute, below 18;
+- then every remaining op must exist at the target opset (Attention must be decomposed first).
+Preconditions: no functions, no mhe_edge nodes; the target between 17 and the graph's own opset.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from mhe_edge.passes._graph import GraphRefused, TargetRefused, add_initializer, constant_array, ints
+
+MIN_OPSET, IR_VERSION = 17, 8  # IR 8: what ONNX Runtime 1.16 and onnxruntime-web 1.16+ read
+REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL1", "ReduceL2",
+              "ReduceLogSum", "ReduceLogSumExp"}
+
+
+class ConvertToOpsetPass(ir.passes.InPlacePass):
+    def __init__(self, opset: int, ir_version: int = IR_VERSION, other_domains: tuple[str, ...] = ()):
+        super().__init__()
+        self.opset, self.ir_version, self.other_domains = opset, ir_version, other_domains
+
+    def requires(self, model: ir.Model) -> None:
+        current = model.opset_imports.get("", 0)
+        if not MIN_OPSET <= self.opset <= current:
+            raise TargetRefused(f"opset {self.opset} is not one this model can be converted to ({MIN_OPSET} to {current})")
+        if model.functions:
+            raise GraphRefused("the graph holds functions (an unfolded MHE export?); fold or inline them first")
+        others = sorted({n.domain for n in model.graph if n.domain not in ("", "ai.onnx", *self.other_domains)})
+        if others:
+            raise GraphRefused(f"the graph uses the {others[0]} domain, which this target cannot")
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        for node in list(graph):
+            if node.op_type == "Gelu" and self.opset < 20:
+                self._replace(graph, node, self._gelu)
+            elif node.op_type == "RMSNormalization" and self.opset < 23:
+                self._replace(graph, node, self._rms_norm)
+            elif node.op_type in REDUCE_OPS and self.opset < 18 and len(node.inputs) > 1 and node.inputs[1] is not None:
+                axes = constant_array(node.inputs[1], f"{node.op_type} axes")
+                node.attributes["axes"] = ir.AttrInt64s("axes", [int(a) for a in np.atleast_1d(axes)])
+                node.replace_input_with(1, None)
+                node.resize_inputs(1)
+        missing = sorted({n.op_type for n in graph if n.domain in ("", "ai.onnx") and not _exists(n.op_type, self.opset)})
+        if missing:
+            raise GraphRefused(f"{', '.join(missing)} has no form at opset {self.opset}")
+        model.opset_imports[""] = self.opset
+        model.ir_version = self.ir_version
+        return ir.passes.PassResult(model, modified=True)
+
+    @staticmethod
+    def _replace(graph: ir.Graph, node: ir.Node, build) -> None:
+        new_nodes: list[ir.Node] = []
+
+        def emit(op_type, inputs, attributes=None):
+            new = ir.node(op_type, inputs, attributes)
+            new_nodes.append(new)
+            return new.outputs[0]
+
+        output = build(graph, node, emit)
+        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, [node.outputs[0]], [output])
+
+    def _gelu(self, graph, node, emit):
+        x = node.inputs[0]
+        approximate = node.attributes.get("approximate")
+        prefix = (node.name or "gelu").replace("/", "_")
+
+        dtype = np.float16 if x.dtype == ir.DataType.FLOAT16 else np.float32
+
+        def const(name, value):
+            return add_initializer(graph, f"{prefix}_{name}", np.array(value, dtype))
+
+        half, one = const("half", 0.5), const("one", 1.0)
+        if approximate is not None and approximate.as_string() == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            cube = emit("Mul", [emit("Mul", [x, x]), x])
+            inner = emit("Mul", [const("sqrt_2_over_pi", math.sqrt(2 / math.pi)), emit("Add", [x, emit("Mul", [const("c", 0.044715), cube])])])
+            return emit("Mul", [emit("Mul", [half, x]), emit("Add", [one, emit("Tanh", [inner])])])
+        erf = emit("Erf", [emit("Mul", [x, const("inv_sqrt2", 1 / math.sqrt(2))])])  # 0.5 x (1 + erf(x / sqrt 2))
+        return emit("Mul", [emit("Mul", [half, x]), emit("Add", [one, erf])])
+
+    def _rms_norm(self, graph, node, emit):
+        x, scale = node.inputs[0], node.inputs[1]
+        axis = node.attributes["axis"].as_int() if node.attributes.get("axis") is not None else -1
+        if axis != -1:
+            raise GraphRefused("RMSNormalization over axes other than the last is not converted")
+        eps = node.attributes["epsilon"].as_float() if node.attributes.get("epsilon") is not None else 1e-5
+        prefix = (node.name or "rms").replace("/", "_")
+        original = x
+        if x.dtype != ir.DataType.FLOAT:  # statistics in float32, as RMSNormalization's stash_type does
+            x = emit("Cast", [x], {"to": ir.DataType.FLOAT})
+        squared = emit("Mul", [x, x])
+        if self.opset < 18:
+            mean = emit("ReduceMean", [squared], {"axes": [-1], "keepdims": 1})
+        else:
+            mean = emit("ReduceMean", [squared, ints(graph, f"{prefix}_last_axis", [-1])], {"keepdims": 1})
+        eps_value = add_initializer(graph, f"{prefix}_eps", np.array(eps, np.float32))  # x is float32 here
+        inverse = emit("Reciprocal", [emit("Sqrt", [emit("Add", [mean, eps_value])])])
+        normalized = emit("Mul", [x, inverse])
+        if x is not original:
+            normalized = emit("CastLike", [normalized, original])
+        return emit("Mul", [normalized, scale])
+
+
+def _exists(op_type: str, opset: int) -> bool:
+    try:
+        onnx.defs.get_schema(op_type, opset, "")
+        return True
+    except onnx.defs.SchemaError:
+        return False
