@@ -36,8 +36,8 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
             if len(node.outputs) > 3 and node.outputs[3].uses():
                 raise GraphRefused(f"{where}'s qk_matmul_output is used")
             mask = node.inputs[3] if len(node.inputs) > 3 else None
-            if mask is not None and (mask.shape is None or len(mask.shape) != 4 or mask.shape[1] != 1):
-                raise GraphRefused(f"{where} has a mask that is not (B, 1, T, S)")
+            if mask is not None and mask.shape is not None and (len(mask.shape) != 4 or mask.shape[1] != 1):
+                raise GraphRefused(f"{where} has a mask that is not (B, 1, T, S)")  # (unknown shapes: checked by parity)
             past = node.inputs[4] if len(node.inputs) > 4 else None
             if past is not None and (past.shape is None or not isinstance(past.shape[-1], int)):
                 raise GraphRefused(f"{where} has a cache of unknown head size")
