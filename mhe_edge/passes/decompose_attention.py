@@ -38,9 +38,7 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
             mask = node.inputs[3] if len(node.inputs) > 3 else None
             if mask is not None and mask.shape is not None and (len(mask.shape) != 4 or mask.shape[1] != 1):
                 raise GraphRefused(f"{where} has a mask that is not (B, 1, T, S)")  # (unknown shapes: checked by parity)
-            past = node.inputs[4] if len(node.inputs) > 4 else None
-            if past is not None and (past.shape is None or not isinstance(past.shape[-1], int)):
-                raise GraphRefused(f"{where} has a cache of unknown head size")
+            _head_size(node)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -57,7 +55,7 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
         g = node.attributes["kv_num_heads"].as_int()
         causal = node.attributes.get("is_causal") is not None and node.attributes["is_causal"].as_int() == 1
         prefix = (node.name or "attention").replace("/", "_")
-        head_size = past_key.shape[-1] if past_key is not None else _head_size(query, n)
+        head_size = _head_size(node)
         scale = node.attributes["scale"].as_float() if node.attributes.get("scale") is not None else 1.0 / math.sqrt(head_size)
         new_nodes: list[ir.Node] = []
 
@@ -121,8 +119,14 @@ def _numpy_dtype(value: ir.Value):
     return np.float16 if value.dtype == ir.DataType.FLOAT16 else np.float32
 
 
-def _head_size(query: ir.Value, n: int) -> int:
-    width = query.shape[-1] if query.shape is not None else None
-    if not isinstance(width, int):
-        raise GraphRefused("an Attention node without a cache has a query of unknown width")
-    return width // n
+def _head_size(node: ir.Node) -> int:
+    """From the cache's last axis, or the key's width over the KV heads, or the query's over the query heads."""
+    inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
+    past_key = inputs[4]
+    if past_key is not None and past_key.shape is not None and isinstance(past_key.shape[-1], int):
+        return past_key.shape[-1]
+    for value, heads in ((inputs[1], "kv_num_heads"), (inputs[0], "q_num_heads")):
+        width = value.shape[-1] if value is not None and value.shape is not None else None
+        if isinstance(width, int):
+            return width // node.attributes[heads].as_int()
+    raise GraphRefused(f"{node.name or 'an Attention node'} has a head size that cannot be read from its inputs")
