@@ -33,19 +33,28 @@ class Description(Result):
     functions: list[str] | None = None
     op_counts: dict[str, int] | None = None
     external_data: list[str] = field(default_factory=list)
+    mobile_coverage: dict[str, Any] | None = None  # with mobile=True: NNAPI/CoreML share of nodes
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in super().to_dict().items() if v is not None}
 
 
-def describe(path: str | os.PathLike) -> Description:
-    """A checkpoint (.pt / .safetensors) or an ONNX export (.onnx), described.
+def describe(path: str | os.PathLike, *, mobile: bool = False) -> Description:
+    """A checkpoint (.pt / .safetensors), a model folder or an ONNX export (.onnx), described; `mobile` adds
+    the share of an export's nodes ONNX Runtime's NNAPI and CoreML providers would take.
 
     Example: `mhe_edge.describe("model.onnx").op_counts`
     """
     path = Path(path)
     if path.suffix == ".onnx":
-        return _describe_onnx(path)
+        description = _describe_onnx(path)
+        if mobile:
+            from mhe_edge.edge.mobile import mobile_coverage
+
+            description.mobile_coverage = mobile_coverage(path)
+        return description
+    if mobile:
+        raise RequestError("--mobile describes ONNX files; export the model first")
     folder = path.is_dir()
     if not folder and path.suffix not in (".pt", ".safetensors"):
         raise RequestError(f"inspect takes a .pt, .safetensors or .onnx file or a model folder, not {path.name!r}")

@@ -21,7 +21,7 @@ ALLOWED = {
     "passes": BASE | {"files", "sessions", "verification"},
     "runtime": BASE | {"files", "sessions"},
     "edge": BASE | {"files", "sessions", "verification", "passes", "runtime"},
-    "inspection": BASE | {"files", "models"},
+    "inspection": BASE | {"files", "models", "edge"},
     "workflows": BASE | {"files", "sessions", "verification", "models", "exporters", "passes", "runtime", "edge", "inspection"},
     "cli": BASE | {"files", "workflows", "edge", "runtime", "passes", "exporters", "inspection", "models"},
 }

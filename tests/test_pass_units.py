@@ -140,14 +140,16 @@ def _attention_graph(head_size=D_HEAD, kv_heads=1):
     return _model(graph)
 
 
-def test_lower_on_a_hand_built_graph(tmp_path):
+@pytest.mark.parametrize("query_seqlens", [False, True])
+def test_lower_on_a_hand_built_graph(tmp_path, query_seqlens):
     model = _attention_graph()
-    feeds = {"q": RNG.standard_normal((2, 3, N * D_HEAD)), "k": RNG.standard_normal((2, 3, D_HEAD)),
-             "v": RNG.standard_normal((2, 3, D_HEAD)), "past_key": RNG.standard_normal((2, 1, 4, D_HEAD)),
-             "past_value": RNG.standard_normal((2, 1, 4, D_HEAD))}
+    B = 2 if query_seqlens else 1  # without query_seqlens the kernel takes several new tokens with a past at batch 1 only
+    feeds = {"q": RNG.standard_normal((B, 3, N * D_HEAD)), "k": RNG.standard_normal((B, 3, D_HEAD)),
+             "v": RNG.standard_normal((B, 3, D_HEAD)), "past_key": RNG.standard_normal((B, 1, 4, D_HEAD)),
+             "past_value": RNG.standard_normal((B, 1, 4, D_HEAD))}
     feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
     before = _run(model, feeds, tmp_path, "before")
-    assert LowerToGroupQueryAttentionPass()(model).modified
+    assert LowerToGroupQueryAttentionPass(query_seqlens=query_seqlens)(model).modified
     assert [n.op_type for n in model.graph if n.domain == "com.microsoft"] == ["GroupQueryAttention"]
     assert not [n for n in model.graph if n.op_type == "Attention"]
     after = _run(model, feeds, tmp_path, "after")
@@ -174,6 +176,50 @@ def test_lower_and_seqlens_refuse_graphs_they_cannot_handle():
         LowerToGroupQueryAttentionPass()(unfolded)
     with pytest.raises(GraphRefused, match="needs GroupQueryAttention"):
         SeqlensFromAttentionMaskPass()(_attention_graph())
+
+
+@pytest.mark.parametrize("kv_heads", [1, 2])
+def test_decompose_attention_on_a_hand_built_graph(tmp_path, kv_heads):
+    """Attention written out in basic ops equals ONNX Runtime's Attention kernel; KV heads are broadcast."""
+    from mhe_edge.passes.decompose_attention import DecomposeAttentionPass
+
+    model = _attention_graph(kv_heads=kv_heads)
+    feeds = {"q": RNG.standard_normal((2, 3, N * D_HEAD)), "k": RNG.standard_normal((2, 3, kv_heads * D_HEAD)),
+             "v": RNG.standard_normal((2, 3, kv_heads * D_HEAD)), "past_key": RNG.standard_normal((2, kv_heads, 4, D_HEAD)),
+             "past_value": RNG.standard_normal((2, kv_heads, 4, D_HEAD))}
+    feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
+    before = _run(model, feeds, tmp_path, "before")
+    assert DecomposeAttentionPass()(model).modified
+    ops = [n.op_type for n in model.graph]
+    assert "Attention" not in ops and "Softmax" in ops and not {"Tile", "Expand"} & set(ops)  # broadcast, never copied
+    after = _run(model, feeds, tmp_path, "after")
+    for name in ("y", "present_key", "present_value"):
+        assert np.abs(after[name] - before[name]).max() < 1e-5
+    assert not DecomposeAttentionPass()(model).modified
+
+
+def test_convert_to_opset_on_a_hand_built_graph(tmp_path):
+    """Gelu (20) and RMSNormalization (23) written out; the graph loads at opset 17, IR 8, with equal numbers."""
+    from mhe_edge.passes.to_opset import ConvertToOpsetPass
+
+    x = _value("x", ["B", WIDTH])
+    graph = ir.Graph([x], [], nodes=[], name="norms")
+    rms = ir.node("RMSNormalization", [x, _const(graph, "scale", RNG.standard_normal(WIDTH).astype(np.float32))], {"epsilon": 1e-6})
+    gelu = ir.node("Gelu", [rms.outputs[0]], {"approximate": "tanh"})
+    gelu_erf = ir.node("Gelu", [gelu.outputs[0]])
+    graph.extend([rms, gelu, gelu_erf])
+    gelu_erf.outputs[0].name = "y"
+    graph.outputs.append(gelu_erf.outputs[0])
+    model = _model(graph)
+    feeds = {"x": RNG.standard_normal((3, WIDTH)).astype(np.float32)}
+    before = _run(model, feeds, tmp_path, "before")
+    assert ConvertToOpsetPass(17)(model).modified
+    assert model.opset_imports[""] == 17 and model.ir_version == 8
+    assert not {"Gelu", "RMSNormalization"} & {n.op_type for n in model.graph}
+    assert np.abs(_run(model, feeds, tmp_path, "after")["y"] - before["y"]).max() < 1e-5
+    unsupported = _attention_graph()
+    with pytest.raises(GraphRefused, match="Attention has no form at opset 17"):
+        ConvertToOpsetPass(17)(unsupported)
 
 
 # --- CleanupPass, ConvertToFloat16Pass, DynamicQuantizeInt8Pass

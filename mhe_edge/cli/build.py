@@ -8,7 +8,7 @@ import typer
 
 from mhe_edge.cli import command
 from mhe_edge.cli.options import Arch, Attention, Force, Json, Preset
-from mhe_edge.cli.output import emit, literal, out, print_description
+from mhe_edge.cli.output import emit, literal, out, print_description, print_mobile_coverage
 
 Size = Annotated[Optional[int], typer.Option(min=1, max=1_000_000)]
 
@@ -65,6 +65,7 @@ def init(
 @command()
 def inspect(
     path: Annotated[Path, typer.Argument(help="A checkpoint (.pt, .safetensors), a model folder or an ONNX export (.onnx).", show_default=False)],
+    mobile: Annotated[bool, typer.Option("--mobile", help="For an ONNX file: the share of nodes ONNX Runtime's NNAPI and CoreML providers would take.", metavar="")] = False,
     as_json: Json = False,
 ) -> None:
     """Describe a checkpoint or export: config, parameters by component, bytes, KV cache per token; for an
@@ -74,4 +75,9 @@ def inspect(
     """
     from mhe_edge.inspection import describe
 
-    emit(describe(path), as_json, print_description)
+    def render(description) -> None:
+        print_description(description)
+        if description.mobile_coverage:
+            print_mobile_coverage(description.mobile_coverage)
+
+    emit(describe(path, mobile=mobile), as_json, render)

@@ -8,7 +8,7 @@ import typer
 
 from mhe_edge.cli import command
 from mhe_edge.cli.options import DecoderModel, Force, Json, OnnxModel, OutputFile, flag
-from mhe_edge.cli.output import emit, err, literal, out
+from mhe_edge.cli.output import emit, err, literal, out, print_mobile_coverage
 
 
 @command("to-ort")
@@ -34,6 +34,7 @@ def to_ort(
         for domain, ops in report.required_operators.items():
             out.print(f"  {literal(domain)}: {literal(', '.join(ops))}", highlight=False)
         out.print(f"max |.ort - .onnx| {report.max_abs_diff:.2e}", highlight=False)
+        print_mobile_coverage(report.mobile_coverage)
 
     emit(report, as_json, render)
 

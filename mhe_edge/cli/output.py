@@ -122,3 +122,10 @@ def print_description(description) -> None:
     for key, value in report.get("op_counts", {}).items():
         table.add_row(f"ops.{literal(key)}", str(value))
     out.print(table)
+
+
+def print_mobile_coverage(coverage: dict[str, Any]) -> None:
+    for provider, info in coverage.items():
+        out.print(f"  {provider}: {info['supported_nodes']} of {info['nodes']} nodes ({info['share']:.0%}) in"
+                  f" {info['partitions']} partition(s); unsupported: {literal(', '.join(info['unsupported_ops']) or 'none')}",
+                  highlight=False)

@@ -38,6 +38,7 @@ class ToOrtReport(Result):
     onnx_bytes: int
     max_abs_diff: float
     parity: list[ParityRecord] = field(default_factory=list)
+    mobile_coverage: dict[str, Any] = field(default_factory=dict)  # NNAPI/CoreML share of nodes (edge/mobile.py)
 
 
 def read_required_operators(config_path: str | os.PathLike) -> dict[str, list[str]]:
@@ -95,10 +96,12 @@ def to_ort(
         with staged_output(operators_path, force=force) as staged_config, staged_output(target, force=force) as staged_ort:
             os.replace(configs[0], staged_config)
             os.replace(produced[0], staged_ort)
+    from mhe_edge.edge.mobile import mobile_coverage
+
     return ToOrtReport(
         source=str(source), ort=str(target), required_operators_config=str(operators_path), optimization_level=optimization_level,
         required_operators=operators, ort_bytes=target.stat().st_size, onnx_bytes=header.file_bytes,
-        max_abs_diff=max_abs_diff(records), parity=records,
+        max_abs_diff=max_abs_diff(records), parity=records, mobile_coverage=mobile_coverage(source),
     )
 
 

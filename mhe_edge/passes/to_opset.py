@@ -37,6 +37,11 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
         others = sorted({n.domain for n in model.graph if n.domain not in ("", "ai.onnx", *self.other_domains)})
         if others:
             raise GraphRefused(f"the graph uses the {others[0]} domain, which this target cannot")
+        converted = {"Gelu", "RMSNormalization"}
+        missing = sorted({n.op_type for n in model.graph if n.domain in ("", "ai.onnx") and n.op_type not in converted
+                          and not _exists(n.op_type, self.opset)})
+        if missing:
+            raise GraphRefused(f"{', '.join(missing)} has no form at opset {self.opset} (decompose it first)")
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -50,9 +55,6 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
                 node.attributes["axes"] = ir.AttrInt64s("axes", [int(a) for a in np.atleast_1d(axes)])
                 node.replace_input_with(1, None)
                 node.resize_inputs(1)
-        missing = sorted({n.op_type for n in graph if n.domain in ("", "ai.onnx") and not _exists(n.op_type, self.opset)})
-        if missing:
-            raise GraphRefused(f"{', '.join(missing)} has no form at opset {self.opset}")
         model.opset_imports[""] = self.opset
         model.ir_version = self.ir_version
         return ir.passes.PassResult(model, modified=True)
