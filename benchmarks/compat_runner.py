@@ -25,7 +25,7 @@ def ort_session(path):
 def openvino_session(path):
     import openvino as ov
 
-    compiled = ov.Core().compile_model(path, "CPU")
+    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # not bf16: compare in fp32
     request = compiled.create_infer_request()
 
     def run(feeds):
