@@ -70,5 +70,6 @@ def build_passes(target: str = "std", fp16: bool = False, int8: bool = False, op
     if target in IR_VERSION:
         from mhe_edge.passes.to_opset import ConvertToOpsetPass
 
-        passes.append(ConvertToOpsetPass(opset, IR_VERSION[target], other_domains=("com.microsoft",) if target == "ort" else ()))
+        passes.append(ConvertToOpsetPass(opset, IR_VERSION[target], other_domains=("com.microsoft",) if target == "ort" else (),
+                                         basic_norms=target == "portable"))
     return passes

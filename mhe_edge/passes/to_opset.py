@@ -4,6 +4,8 @@ lower the standard Attention op and drops model functions, so this is our own, n
 
 - Gelu (opset 20) -> its Erf form, or its Tanh form for approximate="tanh";
 - RMSNormalization (opset 23) -> x / sqrt(mean(x^2) + eps) * scale;
+- with `basic_norms`, LayerNormalization too (NNAPI and CoreML have no kernel for it: written out, the
+  mobile providers take those nodes instead of handing them to the CPU);
 - Reduce* ops: axes as an input (opset 18+) -> the attribute, below 18;
 - then every remaining op must exist at the target opset (Attention must be decomposed first).
 Preconditions: no functions, no mhe_edge nodes; the target between 17 and the graph's own opset.
@@ -24,9 +26,9 @@ REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd",
 
 
 class ConvertToOpsetPass(ir.passes.InPlacePass):
-    def __init__(self, opset: int, ir_version: int = IR_VERSION, other_domains: tuple[str, ...] = ()):
+    def __init__(self, opset: int, ir_version: int = IR_VERSION, other_domains: tuple[str, ...] = (), basic_norms: bool = False):
         super().__init__()
-        self.opset, self.ir_version, self.other_domains = opset, ir_version, other_domains
+        self.opset, self.ir_version, self.other_domains, self.basic_norms = opset, ir_version, other_domains, basic_norms
 
     def requires(self, model: ir.Model) -> None:
         current = model.opset_imports.get("", 0)
@@ -48,8 +50,10 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
         for node in list(graph):
             if node.op_type == "Gelu" and self.opset < 20:
                 self._replace(graph, node, self._gelu)
-            elif node.op_type == "RMSNormalization" and self.opset < 23:
+            elif node.op_type == "RMSNormalization" and (self.opset < 23 or self.basic_norms):
                 self._replace(graph, node, self._rms_norm)
+            elif node.op_type == "LayerNormalization" and self.basic_norms:
+                self._replace(graph, node, self._layer_norm)
             elif node.op_type in REDUCE_OPS and self.opset < 18 and len(node.inputs) > 1 and node.inputs[1] is not None:
                 axes = constant_array(node.inputs[1], f"{node.op_type} axes")
                 node.attributes["axes"] = ir.AttrInt64s("axes", [int(a) for a in np.atleast_1d(axes)])
@@ -90,26 +94,38 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
         return emit("Mul", [emit("Mul", [half, x]), emit("Add", [one, erf])])
 
     def _rms_norm(self, graph, node, emit):
+        """x / sqrt(mean(x^2) + eps) * scale."""
+        return self._norm(graph, node, emit, centred=False)
+
+    def _layer_norm(self, graph, node, emit):
+        """(x - mean) / sqrt(var + eps) * scale + bias."""
+        return self._norm(graph, node, emit, centred=True)
+
+    def _norm(self, graph, node, emit, centred: bool):
         x, scale = node.inputs[0], node.inputs[1]
+        bias = node.inputs[2] if len(node.inputs) > 2 else None
         axis = node.attributes["axis"].as_int() if node.attributes.get("axis") is not None else -1
         if axis != -1:
-            raise GraphRefused("RMSNormalization over axes other than the last is not converted")
+            raise GraphRefused(f"{node.op_type} over axes other than the last is not converted")
         eps = node.attributes["epsilon"].as_float() if node.attributes.get("epsilon") is not None else 1e-5
-        prefix = (node.name or "rms").replace("/", "_")
-        original = x
-        if x.dtype != ir.DataType.FLOAT:  # statistics in float32, as RMSNormalization's stash_type does
+        prefix = (node.name or "norm").replace("/", "_")
+        original, widened = x, x.dtype != ir.DataType.FLOAT
+        if widened:  # statistics in float32, as the ops' stash_type does
             x = emit("Cast", [x], {"to": ir.DataType.FLOAT})
-        squared = emit("Mul", [x, x])
-        if self.opset < 18:
-            mean = emit("ReduceMean", [squared], {"axes": [-1], "keepdims": 1})
-        else:
-            mean = emit("ReduceMean", [squared, ints(graph, f"{prefix}_last_axis", [-1])], {"keepdims": 1})
+
+        def mean_of(value):
+            if self.opset < 18:
+                return emit("ReduceMean", [value], {"axes": [-1], "keepdims": 1})
+            return emit("ReduceMean", [value, ints(graph, f"{prefix}_last_axis", [-1])], {"keepdims": 1})
+
+        if centred:
+            x = emit("Sub", [x, mean_of(x)])
         eps_value = add_initializer(graph, f"{prefix}_eps", np.array(eps, np.float32))  # x is float32 here
-        inverse = emit("Reciprocal", [emit("Sqrt", [emit("Add", [mean, eps_value])])])
-        normalized = emit("Mul", [x, inverse])
-        if x is not original:
+        normalized = emit("Div", [x, emit("Sqrt", [emit("Add", [mean_of(emit("Mul", [x, x])), eps_value])])])
+        if widened:
             normalized = emit("CastLike", [normalized, original])
-        return emit("Mul", [normalized, scale])
+        out = emit("Mul", [normalized, scale])
+        return emit("Add", [out, bias]) if bias is not None else out
 
 
 def _exists(op_type: str, opset: int) -> bool:
