@@ -11,7 +11,7 @@ from typing import Any, Callable
 from mhe_edge.contract import KEY_GRAPH, KEY_IO, KEY_MIN_ORT, KEY_OPSET, KEY_PRECISION, KEY_QUERY_SEQLENS, KEY_TARGET
 from mhe_edge.errors import ExportError, MheEdgeError, ModelFileError, RequestError
 from mhe_edge.files import check_full, check_output, file_bytes, op_counts, read_header, save_ir_model, staged_output
-from mhe_edge.passes.targets import TARGETS, build_passes, check_target, min_onnxruntime
+from mhe_edge.passes.targets import build_passes, check_target, min_onnxruntime
 from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
