@@ -30,6 +30,9 @@ MODES = {op_type: mode for mode, op_type in OP_TYPES.items()}
 DOMAIN_VERSION = 1
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators (GroupQueryAttention)
 MIN_OPSET = 23  # the first default-domain opset with the standard Attention operator
+# The oldest ONNX Runtime that loads a file of each default-domain opset (measured: benchmarks/compat.py for
+# 17-23; ORT 1.23 refuses opset 24, 1.24 runs 24 and 25).
+MIN_ORT_FOR_OPSET = {17: "1.16", 18: "1.16", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.23", 24: "1.24", 25: "1.24"}
 MAX_OPSET = 25  # the newest the PyTorch exporter's graphs pass the full ONNX checker at (26+: no Gelu-18 there)
 
 # --- I/O names

@@ -38,7 +38,7 @@ def create_session(
 
     wanted = check_provider(provider)
     options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: warnings about unused initializers are noise to users
+    options.log_severity_level = 4  # fatal only: errors come back as exceptions, which mhe-edge reports in one line
     if threads is not None:
         if threads < 1:
             raise RequestError(f"threads must be at least 1, not {threads}")

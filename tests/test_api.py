@@ -78,3 +78,15 @@ def test_optimizing_for_another_target_is_refused(pipeline, tmp_path):
     _, _, _, optimized = pipeline
     with pytest.raises(mhe_edge.MheEdgeError, match="already optimized for target ort"):
         mhe_edge.optimize(optimized.output, tmp_path / "again.onnx", target="std")
+
+
+def test_compare_from_an_unguarded_script_fails_instead_of_hanging(tmp_path, pipeline):
+    """A script without `if __name__ == "__main__":` is run again by each spawned child; the child then dies
+    before reporting. The parent must say so, not wait forever."""
+    folder, _, _, optimized = pipeline
+    script = tmp_path / "unguarded.py"
+    script.write_text("import mhe_edge, pathlib\n"
+                      "pathlib.Path('marker').write_text('x') if not pathlib.Path('marker').exists() else 1/0\n"
+                      f"mhe_edge.compare([{str(optimized.output)!r}], seq_lens=[8], runs=1, new_tokens=1)\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "before reporting" in done.stderr and 'if __name__ == "__main__":' in done.stderr

@@ -133,6 +133,16 @@ CASES += [
     ("init-through-a-symlink", lambda a, d: ["init", _link(d / "link.pt", _write(d / "real.pt", b"keep")), "--force"], 2, "symbolic link"),
     ("to-ort-external-data", lambda a, d: ["to-ort", _copy_external(a, d), "-o", d / "m.ort"], 2, "external data"),
 ]
+# Found by trying the CLI as a new user and an attacker would.
+CASES += [
+    ("optimize-force-onto-the-inputs-data", lambda a, d: ["optimize", _renamed_external(a, d), "-o", d / "external.onnx", "--force"], 2, "overwrite an input"),
+    ("export-optimize-output-exists", lambda a, d: ["export", a[0] / "good.pt", "-o", d / "e.onnx", "--optimize"] if _write(d / "e.opt.onnx", b"keep") else [], 2, "exists"),
+    ("export-target-without-optimize", lambda a, d: ["export", a[0] / "good.pt", "-o", d / "t.onnx", "--target", "ort"], 2, "add --optimize"),
+    ("folder-config-symlinked-outside", lambda a, d: ["inspect", _folder_with_linked_config(a, d)], 3, "symbolic link"),
+    ("folder-nan-named-as-the-folder-names-it", lambda a, d: ["export", _folder_with_nan(d)], 3, "model.norm.weight holds NaN"),
+    ("compare-huge-seq-len", lambda a, d: ["compare", a[0] / "good.onnx", "--seq-lens", "99999999999999999999"], 2, "seq-lens must be integers"),
+    ("compare-seq-len-beyond-the-preset", lambda a, d: ["compare", "--preset", "tiny", "--attention", "mha", "--seq-lens", "200"], 2, "exceed the tiny preset"),
+]
 # Inputs: bounded before anything is allocated, checked against the file and the graph.
 CASES += [
     ("onnx-sparse-initializer", lambda a, d: ["inspect", _sparse(a, d)], 4, "sparse"),
@@ -165,6 +175,34 @@ CASES += [
     ("compare-unknown-kind", lambda a, d: ["compare", "--preset", "tiny", "--attention", "mha,mla"], 2, "attention must be one of"),
     ("compare-unknown-provider", lambda a, d: ["compare", a[0] / "good.onnx", "--seq-lens", "4", "--provider", "tpu"], 2, "unknown provider"),
 ]
+
+
+def _renamed_external(assets, d):
+    """An external-data model renamed after export: its data file is named after another model name."""
+    _copy(assets, "external.onnx.data", d / "external.onnx.data")
+    return _copy(assets, "external.onnx", d / "renamed.onnx")
+
+
+def _folder_with_linked_config(assets, d):
+    from mhe_edge import init_model
+
+    folder = Path(init_model(d / "m", preset="tiny").path)
+    (d / "outside.json").write_text((folder / "config.json").read_text())
+    (folder / "config.json").unlink()
+    os.symlink(d / "outside.json", folder / "config.json")
+    return folder
+
+
+def _folder_with_nan(d):
+    from safetensors.torch import load_file, save_file
+
+    from mhe_edge import init_model
+
+    folder = Path(init_model(d / "m", preset="tiny-llama").path)
+    state = load_file(folder / "model.safetensors")
+    state["model.norm.weight"][0] = float("nan")
+    save_file(state, folder / "model.safetensors")
+    return folder
 
 
 def _link(link: Path, target: Path) -> Path:

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from mhe_edge.cli import command
-from mhe_edge.cli.options import Force, Json, OnnxModel, OutputFile, Target, flag
+from mhe_edge.cli.options import Force, Json, OnnxModel, OutputFile, flag
 from mhe_edge.cli.output import emit, literal, out, print_optimize, steps, worst_per_case
 from mhe_edge.contract import MAX_OPSET, MIN_OPSET
 from mhe_edge.files import EXTERNAL_DATA_THRESHOLD_TEXT
@@ -22,7 +22,8 @@ def export(
     atol: Annotated[float, typer.Option(min=1e-12, max=1.0, help="Largest allowed |ONNX Runtime - PyTorch| on any output.")] = 1e-4,
     external_data: Annotated[bool, flag("--external-data", f"Store weights in OUTPUT.data (automatic past {EXTERNAL_DATA_THRESHOLD_TEXT}).")] = False,
     optimize: Annotated[bool, flag("--optimize", "Then run `mhe-edge optimize` on it (writes OUTPUT.opt.onnx).")] = False,
-    target: Target = "std",
+    target: Annotated[Optional[str], typer.Option(help="With --optimize: std, ort or portable (default std).")] = None,
+    ort_query_seqlens: Annotated[bool, flag("--ort-query-seqlens", "With --optimize --target ort: batched chunked prefill with a past (ONNX Runtime 1.32+).")] = False,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -36,7 +37,7 @@ def export(
 
     with steps("export", quiet=as_json) as on_step:
         result = export_and_optimize(model, output, opset=opset, atol=atol, external_data=external_data, optimize=optimize,
-                                     target=target, force=force, on_step=on_step,
+                                     target=target, ort_query_seqlens=ort_query_seqlens, force=force, on_step=on_step,
                                      on_optimize_step=lambda name: on_step(f"optimize: {name}"))
 
     def render(result) -> None:
@@ -47,7 +48,7 @@ def export(
         for record in worst_per_case(report.parity):
             table.add_row(record.case, record.output, f"{record.max_abs_diff:.2e}", f"{record.max_rel_diff:.2e}", record.dtype)
         out.print(table)
-        fused = {k: v for k, v in report.op_counts.items() if k.endswith("Attention")}
+        fused = {k: v for k, v in report.op_counts.items() if "Attention" in k}
         out.print(
             f"{report.file_bytes:,} bytes, opset {report.opset}, fused attention {fused}, "
             f"max |ORT - PyTorch| {report.max_abs_diff:.2e} (atol {atol:g}), {sum(report.seconds.values()):.1f} s",

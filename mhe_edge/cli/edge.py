@@ -44,7 +44,7 @@ def package(
     model: DecoderModel,
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write.", show_default=False)],
     format: Annotated[str, typer.Option("--format", help="genai: a folder onnxruntime-genai loads as it is.")] = "genai",
-    target: Annotated[str, typer.Option(help="optimize target when MODEL is not optimized yet: ort or std.")] = "ort",
+    target: Annotated[str, typer.Option(help="optimize target when MODEL is not optimized yet: ort, std or portable.")] = "ort",
     share_buffer: Annotated[bool, flag("--share-buffer", "past_present_share_buffer: update the cache in place (needs --target ort).")] = False,
     eos_token_id: Annotated[Optional[int], typer.Option(min=0, max=2**31 - 1, help="End-of-sequence id for the generator (default: the model's own, else vocab_size - 1).")] = None,
     force: Force = False,

@@ -12,6 +12,7 @@ import errno
 import io
 import logging
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,7 +78,10 @@ def to_ort(
 
     with tempfile.TemporaryDirectory(prefix=f".{target.name[:80]}.", dir=target.parent) as tmp:
         staged_onnx = Path(tmp) / "model.onnx"  # a short name: the converter's outputs add suffixes to it
-        os.symlink(source.resolve(), staged_onnx)
+        try:  # a hard link (the converter resolves symlinks, so their long names would come back)
+            os.link(source, staged_onnx)
+        except OSError:  # another file system
+            shutil.copyfile(source, staged_onnx)
         with _converter_quiet(), _env("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL", optimization_level):
             try:
                 convert_onnx_models_to_ort(staged_onnx, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed])

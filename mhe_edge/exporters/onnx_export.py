@@ -99,7 +99,8 @@ def export(
         from mhe_edge import __version__
 
         attach_mhe_function(ir_model, opset)
-        ir_model.metadata_props.update(contract.metadata(config, __version__, graph="export", opset=opset, min_onnxruntime="1.23"))
+        ir_model.metadata_props.update(contract.metadata(config, __version__, graph="export", opset=opset,
+                                                         min_onnxruntime=contract.MIN_ORT_FOR_OPSET[opset]))
         _check_fused_nodes(ir_model, config)
     with staged_output(target, force=force) as staged:
         with step("check"):

@@ -43,15 +43,18 @@ def check_output(
         raise RequestError(f"output must end in {' or '.join(suffixes)}, not {path.name!r}")
     if not parent.is_dir():
         raise RequestError(f"output folder {str(parent)!r} does not exist")
+    if len(os.fsencode(path.name)) > _name_max(parent):
+        raise RequestError(f"output name {path.name[:40]!r}... is longer than this file system allows")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RequestError(f"output folder {str(parent)!r} is not writable")
     if path.is_symlink():
         raise RequestError(f"{str(path)!r} is a symbolic link; mhe-edge never writes through one")
     destination = path.resolve()
+    companions = [] if folder else [path.with_name(path.name + s).resolve() for s in COMPANIONS if len(os.fsencode(path.name + s)) <= _name_max(parent)]
     for source in inputs:
         source_path = Path(source).resolve()
-        if destination == source_path or destination in source_path.parents:
-            raise RequestError(f"output {str(path)!r} would overwrite an input of this command; choose another path")
+        if destination == source_path or destination in source_path.parents or source_path in companions:
+            raise RequestError(f"output {str(path)!r} would overwrite an input of this command (or its data); choose another path")
     if folder:
         if path.exists() and not path.is_dir():
             raise RequestError(f"{str(path)!r} exists and is not a folder")

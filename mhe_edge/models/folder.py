@@ -67,6 +67,9 @@ def config_from_ours(hf: dict[str, Any]) -> ModelConfig:
         fields["rope_theta"] = hf["rope_theta"]
     if fields.get("attention") not in ("gqa", None):
         fields.pop("n_kv_heads", None)  # derived for every kind but gqa
+    mode = hf.get("mhe_edge_mhe_mode")
+    if mode is not None and f"mhe-{mode}" != fields.get("attention"):
+        raise ConfigError(f"mhe_edge_mhe_mode {mode!r} contradicts mhe_edge_attention {fields.get('attention')!r}")
     return ModelConfig(**fields)
 
 
@@ -104,12 +107,15 @@ def read_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch
     check_sizes(config, sum(f.stat().st_size for f in files), folder.name)
     source = _load(files, headers, model_type, config)
     state = hf_import.to_our_state(model_type, source, config)
-    check_tensors(state, folder.name)
-    check_state_fits(config, state, folder.name)
+    shown = hf_import.source_namer(model_type)  # name tensors as the folder does
+    check_tensors(state, folder.name, shown)
+    check_state_fits(config, state, folder.name, shown)
     return config, state
 
 
 def _read_json(path: Path, folder: str) -> dict[str, Any]:
+    if path.is_symlink():
+        raise CheckpointError(f"{folder}/{path.name} is a symbolic link; only plain files inside the folder are read")
     if not path.is_file():
         raise CheckpointError(f"{folder} has no {path.name}; a model folder needs config.json and safetensors weights")
     if path.stat().st_size > MAX_JSON_BYTES:

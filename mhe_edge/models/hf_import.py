@@ -201,6 +201,12 @@ def expected_source_names(model_type: str, ours: dict[str, torch.Size]) -> set[s
     return names | {"embeddings.token_type_embeddings.weight"}
 
 
+def source_namer(model_type: str) -> Callable[[str], str]:
+    """Our tensor name -> the name the folder's own layout gives it (for messages)."""
+    rules = {"gpt2": GPT2_NAMES, "bert": BERT_NAMES}.get(model_type, LLAMA_NAMES)
+    return lambda ours: rename(ours, rules)
+
+
 def is_ignored(model_type: str, name: str) -> bool:
     pattern = IGNORED.get(model_type)
     return bool(pattern and pattern.match(name))

@@ -72,11 +72,12 @@ def optimize(
     passes = build_passes(target, fp16, int8, opset, ort_query_seqlens)
     opset = check_target(target, opset, ort_query_seqlens)
     default = source.with_name(source.stem + ".opt.onnx")
-    target_path = check_output(output if output is not None else default, force=force, suffixes=(".onnx",), inputs=[source])
+    header = read_header(source)
+    inputs = [source, *(source.parent / name for name in header.external_files)]  # never written over, even with --force
+    target_path = check_output(output if output is not None else default, force=force, suffixes=(".onnx",), inputs=inputs)
     seconds: dict[str, float] = {}
     step = timed_steps(seconds, on_step)
     with step("load"):
-        header = read_header(source)
         if header.target not in (None, target):
             raise RequestError(f"{source.name} is already optimized for target {header.target}; optimize its export instead")
         io = header.io

@@ -7,14 +7,13 @@
 """
 from __future__ import annotations
 
+from mhe_edge.contract import MIN_ORT_FOR_OPSET
 from mhe_edge.errors import RequestError
 
 TARGETS = ("std", "ort", "portable")
 DEFAULT_OPSET = {"std": 23, "ort": 21, "portable": 17}
 OPSET_RANGE = {"std": (23, 23), "ort": (17, 21), "portable": (17, 22)}
 IR_VERSION = {"ort": 10, "portable": 8}
-# The oldest ONNX Runtime that loads the file (measured: benchmarks/compat.py).
-MIN_ORT_FOR_OPSET = {17: "1.16", 18: "1.16", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.23"}
 MIN_ORT_QUERY_SEQLENS = "1.32"  # GroupQueryAttention's query_seqlens input
 MIN_ORT_GQA = "1.20"  # GroupQueryAttention as lowered here (CPU, single-KV-head, seqlens from shapes)
 

@@ -48,8 +48,8 @@ class ExportedModel:
         """ONNX Runtime's run errors (a file whose weights do not fit its graph, say) as one clear line."""
         try:
             yield
-        except Exception as exc:
-            if type(exc).__module__.startswith("onnxruntime"):
+        except Exception as exc:  # IO binding raises plain RuntimeError("Error in execution: ...")
+            if type(exc).__module__.startswith("onnxruntime") or type(exc) is RuntimeError:
                 raise ModelFileError(f"ONNX Runtime failed running {self.path.name}: {first_line(exc)}") from exc
             raise
 

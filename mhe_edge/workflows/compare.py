@@ -21,6 +21,7 @@ from mhe_edge.sessions import check_provider
 
 DEFAULT_KINDS = ("mha", "mqa", "gqa", "mhe-add", "mhe-mul")
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
+MAX_SEQ_LEN = 1_048_576  # as `profile --seq-len`
 
 
 @dataclass
@@ -49,7 +50,7 @@ def profile_in_fresh_process(path: Path, **options: Any) -> dict[str, Any]:
     child = context.Process(target=_profile_child, args=(queue, str(path), options), daemon=True)
     child.start()
     try:
-        status, payload = queue.get()
+        status, payload = _result_of(child, queue)
     except KeyboardInterrupt:
         child.terminate()
         raise
@@ -59,6 +60,23 @@ def profile_in_fresh_process(path: Path, **options: Any) -> dict[str, Any]:
         error_class = getattr(errors, status, MheEdgeError)
         raise error_class(f"profiling {path.name} at {options.get('seq_len')} tokens failed: {payload}")
     return payload
+
+
+def _result_of(child, queue) -> tuple[str, Any]:
+    """The child's one message; a child that dies without sending one (killed, or a script re-run by spawn
+    that fails at import: guard it with `if __name__ == "__main__":`) is an error, never a hang."""
+    import queue as queues
+
+    while True:
+        try:
+            return queue.get(timeout=0.5)
+        except queues.Empty:
+            if not child.is_alive():
+                try:
+                    return queue.get(timeout=0.5)
+                except queues.Empty:
+                    return "MheEdgeError", (f"the profiling process ended with exit code {child.exitcode} before reporting"
+                                            " (run from a script? put the call under `if __name__ == \"__main__\":`)")
 
 
 def compare(
@@ -86,8 +104,8 @@ def compare(
 
     Example: `mhe_edge.compare(preset="tiny", seq_lens=[32, 64], plot="compare.png").rows`
     """
-    if not seq_lens or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in seq_lens):
-        raise RequestError(f"seq-lens must be positive integers, not {list(seq_lens)}")
+    if not seq_lens or any(isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_SEQ_LEN for t in seq_lens):
+        raise RequestError(f"seq-lens must be integers from 1 to {MAX_SEQ_LEN:,}, not {list(seq_lens)}")
     plot_path = check_output(plot, force=force, suffixes=PLOT_SUFFIXES) if plot is not None else None
     check_provider(provider)  # every refusal before the first model is built
     if not files:
@@ -96,7 +114,11 @@ def compare(
 
         build_passes(target)
         for attention in attentions:
-            preset_config(preset, arch=arch, attention=attention)
+            config = preset_config(preset, arch=arch, attention=attention)
+        needed = max(seq_lens) + (new_tokens if arch == "decoder" else 0)
+        if needed > config.max_seq_len:
+            raise RequestError(f"{max(seq_lens)} tokens + {new_tokens} decode steps exceed the {preset} preset's "
+                               f"{config.max_seq_len} positions; choose shorter --seq-lens")
     say = on_progress or (lambda message: None)
     options = dict(provider=provider, batch=batch, new_tokens=new_tokens, runs=runs, prefill_chunk=prefill_chunk, threads=threads)
     with tempfile.TemporaryDirectory(prefix="mhe-edge-compare-") as tmp:
