@@ -59,7 +59,7 @@ def profile(
 
     from mhe_edge.runtime.profiler import profile as profile_model
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True, disable=as_json) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
         task = bar.add_task("profile", total=warmup + runs)
 
         def on_progress(phase: str, done: int, total: int) -> None:
