@@ -64,7 +64,7 @@ def export(
 def optimize(
     model: OnnxModel,
     output: OutputFile = None,
-    target: Annotated[str, typer.Option(help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-web, OpenVINO, tract).")] = "std",
+    target: Annotated[str, typer.Option(help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-node, OpenVINO).")] = "std",
     opset: Annotated[Optional[int], typer.Option(min=17, max=23, help="Target opset: ort 17-21 (default 21), portable 17-22 (default 17).")] = None,
     ort_query_seqlens: Annotated[bool, flag("--ort-query-seqlens", "With --target ort: batched chunked prefill with a past (needs ONNX Runtime 1.32+).")] = False,
     fp16: Annotated[bool, flag("--fp16", "Weights, compute, cache and logits in float16 (input_ids stay int64).")] = False,

@@ -11,7 +11,7 @@ Inputs:
   attn_bias              additive, broadcastable to (B, n, T, P+T); decoders pass a scalar 0
 Attributes: num_heads (n), is_causal (0 | 1; bottom-right aligned with a past).
 The mode is the operator itself (one function each, chosen at export), so no runtime has to branch on a
-string inside the function: OpenVINO and tract cannot.
+string inside the function (some runtimes cannot).
 Outputs: output (B, T, n*d) with head i in columns [i*d, (i+1)*d); present_key, present_value (B, 1, P+T, d).
 """
 from __future__ import annotations

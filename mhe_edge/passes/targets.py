@@ -3,7 +3,7 @@
 | target   | attention                                   | opset (allowed) | ONNX Runtime | for |
 | std      | one standard Attention per layer            | 23 (as exported)| >= 1.23      | current runtimes, OpenVINO >= 2026.3 |
 | ort      | com.microsoft.GroupQueryAttention (decoders)| 21 (17-21)      | >= 1.20      | the ORT builds apps ship; 1.32 with query_seqlens |
-| portable | written out in basic ops, no functions      | 17 (17-22)      | >= 1.16      | old ORT, onnxruntime-web, OpenVINO, tract |
+| portable | written out in basic ops, no functions      | 17 (17-22)      | >= 1.16      | ORT 1.16+, onnxruntime-node, OpenVINO, onnx.reference |
 """
 from __future__ import annotations
 

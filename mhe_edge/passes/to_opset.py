@@ -1,5 +1,5 @@
 """ConvertToOpsetPass: make a graph valid at an older default-domain opset (17-22) and IR version, so older
-runtimes (ONNX Runtime 1.16+, onnxruntime-web, OpenVINO, tract) load it. onnx's version converter cannot
+runtimes (ONNX Runtime 1.16+, onnxruntime-node, OpenVINO) load it. onnx's version converter cannot
 lower the standard Attention op and drops model functions, so this is our own, narrow conversion:
 
 - Gelu (opset 20) -> its Erf form, or its Tanh form for approximate="tanh";
@@ -20,7 +20,7 @@ import onnx_ir as ir
 
 from mhe_edge.passes._graph import GraphRefused, TargetRefused, add_initializer, constant_array, ints
 
-MIN_OPSET, IR_VERSION = 17, 8  # IR 8: what ONNX Runtime 1.16 and onnxruntime-web 1.16+ read
+MIN_OPSET, IR_VERSION = 17, 8  # IR 8: what ONNX Runtime 1.16 reads (measured)
 REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL1", "ReduceL2",
               "ReduceLogSum", "ReduceLogSumExp"}
 
