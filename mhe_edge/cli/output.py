@@ -35,7 +35,9 @@ def comparison_table(result: dict[str, Any]) -> Table:
     settings = result["settings"]
     table = Table(title=f"compare on {settings['provider']}: batch {settings['batch']}, {settings['new_tokens']} decode steps"
                         f" (ratios: x MHA at the same length)")
-    for column in ("model", "attention", "tokens", "params", "file MiB", "KV cache MiB", "peak MiB", "prefill ms", "decode ms/tok"):
+    named = settings.get("preset") is None  # files given: say which is which (built models are named by kind)
+    for column in (["model"] if named else []) + ["attention", "tokens", "params", "file MiB", "KV cache MiB", "peak MiB",
+                                                   "prefill ms", "decode ms/tok"]:
         table.add_column(column, justify="right")
 
     def cell(row, key, scale=1.0, digits=1, unit=""):
@@ -46,7 +48,7 @@ def comparison_table(result: dict[str, Any]) -> Table:
         return text + (f" ({ratio:.2f}x)" if ratio is not None and row["attention"] != "mha" else "")
 
     for row in result["rows"]:
-        table.add_row(literal(row["model"]), literal(row["attention"]), str(row["seq_len"]), cell(row, "parameters", 1e6, 2, "M"),
+        table.add_row(*([literal(row["model"])] if named else []), literal(row["attention"]), str(row["seq_len"]), cell(row, "parameters", 1e6, 2, "M"),
                       cell(row, "model_file_bytes", 2**20), cell(row, "kv_cache_bytes", 2**20, 2),
                       cell(row, "peak_memory_bytes", 2**20), cell(row, "prefill_ms", 1, 2), cell(row, "decode_ms_per_token", 1, 2))
     return table
