@@ -140,6 +140,7 @@ CASES += [
     ("export-target-without-optimize", lambda a, d: ["export", a[0] / "good.pt", "-o", d / "t.onnx", "--target", "ort"], 2, "add --optimize"),
     ("folder-config-symlinked-outside", lambda a, d: ["inspect", _folder_with_linked_config(a, d)], 3, "symbolic link"),
     ("folder-nan-named-as-the-folder-names-it", lambda a, d: ["export", _folder_with_nan(d)], 3, "model.norm.weight holds NaN"),
+    ("folder-tensor-of-the-wrong-shape", lambda a, d: ["export", _folder_with_nan(d, shape_only=True)], 3, "model.embed_tokens.weight has shape (999, 64)"),
     ("compare-huge-seq-len", lambda a, d: ["compare", a[0] / "good.onnx", "--seq-lens", "99999999999999999999"], 2, "seq-lens must be integers"),
     ("compare-seq-len-beyond-the-preset", lambda a, d: ["compare", "--preset", "tiny", "--attention", "mha", "--seq-lens", "200"], 2, "exceed the tiny preset"),
 ]
@@ -193,14 +194,18 @@ def _folder_with_linked_config(assets, d):
     return folder
 
 
-def _folder_with_nan(d):
+def _folder_with_nan(d, shape_only=False):
+    """Our tiny-llama folder with a NaN in a weight, or (shape_only) one table a row short, found from the header."""
     from safetensors.torch import load_file, save_file
 
     from mhe_edge import init_model
 
     folder = Path(init_model(d / "m", preset="tiny-llama").path)
     state = load_file(folder / "model.safetensors")
-    state["model.norm.weight"][0] = float("nan")
+    if shape_only:
+        state["model.embed_tokens.weight"] = state["model.embed_tokens.weight"][:999].clone()
+    else:
+        state["model.norm.weight"][0] = float("nan")
     save_file(state, folder / "model.safetensors")
     return folder
 

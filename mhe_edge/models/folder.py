@@ -103,7 +103,7 @@ def read_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch
         raise CheckpointError(f"{folder.name}/{CONFIG_FILE} does not describe a model mhe-edge can build: {first_line(exc)}") from exc
     files = _weight_files(folder)
     headers = _headers(files, folder.name)
-    _check_names(folder.name, model_type, config, set(headers))
+    _check_names(folder.name, model_type, config, headers)
     check_sizes(config, sum(f.stat().st_size for f in files), folder.name)
     source = _load(files, headers, model_type, config)
     state = hf_import.to_our_state(model_type, source, config)
@@ -170,11 +170,14 @@ def _headers(files: list[Path], folder: str) -> dict[str, tuple[Path, str, list[
     return headers
 
 
-def _check_names(folder: str, model_type: str, config: ModelConfig, present: set[str]) -> None:
+def _check_names(folder: str, model_type: str, config: ModelConfig, headers: dict) -> None:
+    """Every tensor name the config needs and no other, and (for the layouts that store our shapes as they are)
+    every shape, all from the headers: no tensor has been read yet."""
     from mhe_edge.models.transformer import build_model
 
     with torch.device("meta"):
         ours = {k: v.shape for k, v in build_model(config).state_dict().items()}
+    present = set(headers)
     expected = hf_import.expected_source_names(model_type, ours)
     if model_type in ("llama", "mistral", "qwen2") and config.tie_embeddings:
         present = present - {"lm_head.weight"}  # some tied checkpoints store the shared table twice
@@ -184,6 +187,11 @@ def _check_names(folder: str, model_type: str, config: ModelConfig, present: set
         raise CheckpointError(f"{folder} lacks {len(missing)} tensor(s) its config needs, e.g. {missing[0]}")
     if unexpected:
         raise CheckpointError(f"{folder} has {len(unexpected)} tensor(s) its config does not, e.g. {unexpected[0]}")
+    if model_type in ("llama", "mistral", "qwen2", hf_import.MODEL_TYPE):  # stored as our modules hold them
+        for key, shape in ours.items():
+            stored = headers[hf_import.folder_name(key)][2]
+            if list(shape) != stored:
+                raise CheckpointError(f"{folder}: {hf_import.folder_name(key)} has shape {tuple(stored)}, its config needs {tuple(shape)}")
 
 
 def _load(files: list[Path], headers: dict, model_type: str, config: ModelConfig) -> dict[str, torch.Tensor]:
