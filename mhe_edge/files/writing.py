@@ -50,7 +50,7 @@ def check_output(
     if path.is_symlink():
         raise RequestError(f"{str(path)!r} is a symbolic link; mhe-edge never writes through one")
     destination = path.resolve()
-    companions = [] if folder else [path.with_name(path.name + s).resolve() for s in COMPANIONS if len(os.fsencode(path.name + s)) <= _name_max(parent)]
+    companions = [] if folder else [c.resolve() for c in _companions(path)]
     for source in inputs:
         source_path = Path(source).resolve()
         if destination == source_path or destination in source_path.parents or source_path in companions:
@@ -68,13 +68,8 @@ def check_output(
             raise RequestError(f"output path {str(path)!r} is a folder")
         if path.exists() and not force:
             raise RequestError(f"{str(path)!r} exists; pass --force to overwrite it")
-        for suffix in COMPANIONS:
-            companion = path.with_name(path.name + suffix)
-            try:
-                taken = companion.is_symlink() or (companion.exists() and not force)
-            except OSError:  # e.g. the name plus its suffix is longer than the file system allows: no such file
-                taken = False
-            if taken:
+        for companion in _companions(path):
+            if companion.is_symlink() or (companion.exists() and not force):
                 raise RequestError(f"{str(companion)!r} exists beside the output; pass --force to replace both")
     return path
 
@@ -105,10 +100,8 @@ def staged_output(target: str | os.PathLike, *, force: bool = False, folder: boo
 
 
 def _publish_file(staged: Path, target: Path, force: bool) -> None:
-    for suffix in COMPANIONS:  # companions first: a reader that sees the new model finds its data
-        if len(os.fsencode(target.name + suffix)) > _name_max(target.parent):
-            continue  # no such companion can exist
-        companion, old = staged.with_name(staged.name + suffix), target.with_name(target.name + suffix)
+    for old in _companions(target):  # companions first: a reader that sees the new model finds its data
+        companion = staged.with_name(old.name)
         if companion.exists():
             _apply_umask(companion)
             _move(companion, old, force)
@@ -140,6 +133,13 @@ def _publish_folder(staged: Path, target: Path, force: bool) -> None:
     os.rename(target, retired / target.name)
     os.rename(staged, target)
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def _companions(path: Path) -> list[Path]:
+    """The companion files an output may have (MODEL.onnx.data), leaving out names the file system could not
+    hold: no such file can exist."""
+    names = (path.name + suffix for suffix in COMPANIONS)
+    return [path.with_name(name) for name in names if len(os.fsencode(name)) <= _name_max(path.parent)]
 
 
 def _name_max(folder: Path) -> int:
