@@ -153,40 +153,34 @@ def compare(
     return result
 
 
-def _build_models(folder: Path, preset, arch, attentions, target, say) -> list[tuple[str, Path]]:
-    from mhe_edge.config import preset_config
+def _export_and_optimize(model, folder: Path, stem: str, label: str, target: str, say) -> Path:
+    """A model object or checkpoint -> an optimized ONNX file in `folder` (ort: with query_seqlens, so batches
+    prefill in chunks on this machine's ONNX Runtime); the intermediate export is removed."""
     from mhe_edge.exporters import export
-    from mhe_edge.models import build_model
     from mhe_edge.passes import optimize
 
-    paths = []
-    for attention in attentions:
-        config = preset_config(preset, arch=arch, attention=attention)
-        say(f"export {attention}")
-        exported = folder / f"{attention}.onnx"
-        export(build_model(config, seed=0), exported)
-        say(f"optimize {attention}")
-        paths.append((f"{attention}.opt.onnx", Path(optimize(exported, folder / f"{attention}.opt.onnx", target=target, ort_query_seqlens=target == "ort").output)))
-        exported.unlink()
-    return paths
+    say(f"export {label}")
+    exported = folder / f"{stem}.onnx"
+    export(model, exported)
+    say(f"optimize {label}")
+    optimized = optimize(exported, folder / f"{stem}.opt.onnx", target=target, ort_query_seqlens=target == "ort")
+    exported.unlink()
+    return Path(optimized.output)
+
+
+def _build_models(folder: Path, preset, arch, attentions, target, say) -> list[tuple[str, Path]]:
+    from mhe_edge.config import preset_config
+    from mhe_edge.models import build_model
+
+    return [(f"{attention}.opt.onnx", _export_and_optimize(build_model(preset_config(preset, arch=arch, attention=attention), seed=0),
+                                                          folder, attention, attention, target, say))
+            for attention in attentions]
 
 
 def _prepare_files(folder: Path, files, target, say) -> list[tuple[str, Path]]:
     """ONNX files as they are; checkpoints and model folders (ours or imported) exported and optimized first."""
-    from mhe_edge.exporters import export
-    from mhe_edge.passes import optimize
-
-    prepared = []
-    for index, file in enumerate(Path(f) for f in files):
-        if file.suffix == ".onnx":
-            prepared.append((file.name, file))
-            continue
-        say(f"export {file.name}")
-        exported = folder / f"{index}.onnx"
-        export(file, exported)
-        say(f"optimize {file.name}")
-        prepared.append((file.name, Path(optimize(exported, folder / f"{index}.opt.onnx", target=target, ort_query_seqlens=target == "ort").output)))
-    return prepared
+    return [(file.name, file if file.suffix == ".onnx" else _export_and_optimize(file, folder, str(index), file.name, target, say))
+            for index, file in enumerate(Path(f) for f in files)]
 
 
 def _add_ratios(rows: list[dict[str, Any]]) -> None:
