@@ -16,14 +16,16 @@ ALLOWED = {
     "files": BASE,
     "sessions": {"errors"},
     "verification": BASE,
-    "models": BASE | {"files"},
+    "text": BASE | {"files", "sessions"},
+    "models": BASE | {"files", "text"},
+    "training": BASE | {"files", "models", "text"},
     "exporters": BASE | {"files", "models", "sessions", "verification"},
-    "passes": BASE | {"files", "sessions", "verification"},
-    "runtime": BASE | {"files", "sessions"},
+    "passes": BASE | {"files", "sessions", "verification", "text"},
+    "runtime": BASE | {"files", "sessions", "text"},
     "edge": BASE | {"files", "sessions", "verification", "passes", "runtime"},
     "inspection": BASE | {"files", "models", "edge"},
-    "workflows": BASE | {"files", "sessions", "verification", "models", "exporters", "passes", "runtime", "edge", "inspection"},
-    "cli": BASE | {"files", "workflows", "edge", "runtime", "passes", "exporters", "inspection", "models"},
+    "workflows": BASE | {"files", "sessions", "verification", "models", "exporters", "passes", "runtime", "edge", "inspection", "text", "training"},
+    "cli": BASE | {"files", "workflows", "edge", "runtime", "passes", "exporters", "inspection", "models", "text", "training"},
 }
 
 

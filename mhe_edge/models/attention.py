@@ -38,10 +38,12 @@ class SelfAttention(nn.Module):
         self.v_proj = nn.Linear(config.d_model, g * d, bias=config.qkv_bias)
         self.out_proj = nn.Linear(n * d, config.d_model, bias=config.out_bias)
         if self.is_mhe:
-            # MUL starts near 1 and ADD near 0, so a fresh model behaves like shared-projection attention.
-            centre = 1.0 if self.attention == "mhe-mul" else 0.0
+            # MUL: 1 + N(0, 0.5^2), so heads weight the shared dimensions differently from the first step; near
+            # 1 +- 0.02 they stay near-identical through training (measured: docs/mhe-algebra.md, "Initialisation").
+            # ADD: N(0, 0.02^2); its query embeddings grow and part the heads by themselves.
+            centre, spread = (1.0, 0.5) if self.attention == "mhe-mul" else (0.0, 0.02)
             for name in ("q_head_embeddings", "k_head_embeddings", "v_head_embeddings"):
-                self.register_parameter(name, nn.Parameter(centre + 0.02 * torch.randn(n, d)))
+                self.register_parameter(name, nn.Parameter(centre + spread * torch.randn(n, d)))
 
     def head_embeddings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self.is_mhe
@@ -53,7 +55,7 @@ class SelfAttention(nn.Module):
         past: KVCache | None = None,
         attn_bias: torch.Tensor | None = None,  # additive, broadcastable to (B, n_heads, T, S)
         causal: bool = False,
-        rope: "tuple[torch.Tensor, torch.Tensor] | None" = None,  # cos, sin: (T, d) each, for these positions
+        rope: "tuple[torch.Tensor, torch.Tensor] | None" = None,  # cos, sin: (T, d) or (B, T, d), for these positions
     ) -> tuple[torch.Tensor, KVCache]:
         q = self.q_proj(x)  # (B, T, n*d), or (B, T, d) for MHE
         k = self.k_proj(x)  # (B, T, g*d)
@@ -72,20 +74,21 @@ AttentionCore = Callable[
 
 
 def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, (T, head_dim) each, for integer `positions` (T,): the rotate-half layout Llama uses."""
+    """cos and sin, (..., head_dim) each, for integer `positions` (T,) or (B, T): the rotate-half layout Llama uses."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (d/2,)
-    freqs = positions.float()[:, None] * inv_freq[None, :]  # (T, d/2)
-    angles = torch.cat([freqs, freqs], dim=-1)  # (T, d)
+    freqs = positions.float()[..., None] * inv_freq  # (..., T, d/2)
+    angles = torch.cat([freqs, freqs], dim=-1)  # (..., T, d)
     return angles.cos(), angles.sin()
 
 
 def rotate(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """RoPE on (B, T, heads*d): each head's vector turned by its position's angles."""
+    """RoPE on (B, T, heads*d): each head's vector turned by its position's angles (cos, sin: (T, d) or (B, T, d))."""
     B, T, _ = x.shape
     xh = x.view(B, T, heads, -1)  # (B, T, heads, d)
     half = xh.shape[-1] // 2
     rotated = torch.cat([-xh[..., half:], xh[..., :half]], dim=-1)
-    return (xh * cos[None, :, None, :] + rotated * sin[None, :, None, :]).reshape(B, T, -1)
+    cos, sin = (cos[:, :, None, :], sin[:, :, None, :]) if cos.dim() == 3 else (cos[None, :, None, :], sin[None, :, None, :])
+    return (xh * cos + rotated * sin).reshape(B, T, -1)
 
 
 def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
@@ -139,6 +142,48 @@ def reference_attention(
     if causal:
         scores = scores.masked_fill(~causal_mask(T, kh.shape[2], q.device), float("-inf"))
     y = F.softmax(scores, dim=-1) @ vh  # (B, n, T, d)
+    return y.transpose(1, 2).reshape(B, T, n * d), present
+
+
+def fast_attention(
+    attn: SelfAttention,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    past: KVCache | None,
+    attn_bias: torch.Tensor | None,
+    causal: bool,
+) -> tuple[torch.Tensor, KVCache]:
+    """The training core: PyTorch's fused `scaled_dot_product_attention`, with MHE folded (exact, docs/mhe-algebra.md).
+
+    MHE is never expanded to n key/value heads here: MUL's scores are (q * e_q_i * e_k_i) . k and ADD's are
+    (q + e_q_i) . k plus a term that is the same for every key (softmax drops it); the value embedding
+    comes out of the softmax-weighted sum unchanged (rows sum to 1). So every head reads the one shared
+    key/value head, as single-KV-head attention does, and the backward pass is as cheap.
+    """
+    n, g, d = attn.n_heads, attn.kv_heads, attn.head_dim
+    B, T, _ = q.shape
+    k = split_heads(k, g, d)  # (B, g, T, d)
+    v = split_heads(v, g, d)
+    if past is not None:
+        k = torch.cat([past[0], k], dim=2)  # (B, g, S, d)
+        v = torch.cat([past[1], v], dim=2)
+    present = (k, v)
+    S = k.shape[2]
+    if attn.is_mhe:
+        e_q, e_k, e_v = attn.head_embeddings()
+        shared = split_heads(q, 1, d)  # (B, 1, T, d)
+        qh = shared * (e_q * e_k)[None, :, None, :] if attn.attention == "mhe-mul" else shared + e_q[None, :, None, :]
+    else:
+        qh = split_heads(q, n, d)  # (B, n, T, d)
+    mask, plain_causal = attn_bias, causal and attn_bias is None and T == S
+    if causal and not plain_causal:
+        allowed = causal_mask(T, S, q.device)  # (T, S)
+        mask = torch.zeros((), dtype=q.dtype, device=q.device) if mask is None else mask
+        mask = mask.masked_fill(~allowed, float("-inf"))
+    y = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, is_causal=plain_causal, enable_gqa=g != n)  # (B, n, T, d)
+    if attn.is_mhe:
+        y = y * e_v[None, :, None, :] if attn.attention == "mhe-mul" else y + e_v[None, :, None, :]
     return y.transpose(1, 2).reshape(B, T, n * d), present
 
 

@@ -76,20 +76,28 @@ def config_from_ours(hf: dict[str, Any]) -> ModelConfig:
 def save_folder(model, folder: str | os.PathLike, *, force: bool = False) -> Path:
     """Write `model` as a model folder; whole or not at all, replacing only a folder mhe-edge wrote."""
     from safetensors import SafetensorError
-    from safetensors.torch import save_file
 
     folder = check_output(folder, force=force, folder=True)
-    config = model.config
-    state = {hf_import.folder_name(k): v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id, "do_sample": False}
     with staged_output(folder, force=force, folder=True) as stage:
         try:
-            save_file(state, str(stage / WEIGHTS_FILE), metadata={"format": "pt"})
-            (stage / CONFIG_FILE).write_text(json.dumps(hf_config(config), indent=2) + "\n")
-            (stage / GENERATION_FILE).write_text(json.dumps(generation, indent=2) + "\n")
+            write_model_files(model, stage)
         except (OSError, SafetensorError) as exc:
             raise OutputError(f"cannot write {folder.name}: {first_line(exc, 200)}; nothing was written") from exc
     return folder
+
+
+def write_model_files(model, folder: Path) -> list[str]:
+    """config.json, model.safetensors and generation_config.json of `model`, into an existing folder (the
+    caller stages it). Returns the names written."""
+    from safetensors.torch import save_file
+
+    config = model.config
+    state = {hf_import.folder_name(k): v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id, "do_sample": False}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json.dumps(hf_config(config), indent=2) + "\n")
+    (folder / GENERATION_FILE).write_text(json.dumps(generation, indent=2) + "\n")
+    return [WEIGHTS_FILE, CONFIG_FILE, GENERATION_FILE]
 
 
 def read_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:

@@ -11,7 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from mhe_edge.config import ModelConfig
+from typing import TYPE_CHECKING
+
 from mhe_edge.models.attention import KVCache, SelfAttention, rope_tables
+
+if TYPE_CHECKING:
+    from mhe_edge.text.sampling import SamplingOptions
 
 
 def make_norm(config: ModelConfig) -> nn.Module:
@@ -69,10 +74,12 @@ class Transformer(nn.Module):
         if config.norm_placement == "pre":
             self.ln_f = make_norm(config)
 
-    def embed(self, input_ids: torch.Tensor, past_len: int | torch.SymInt = 0):
-        """(B, T, d_model) embeddings, and the RoPE tables (cos, sin) for these positions (None without RoPE)."""
+    def embed(self, input_ids: torch.Tensor, past_len: int | torch.SymInt = 0, position_ids: torch.Tensor | None = None):
+        """(B, T, d_model) embeddings, and the RoPE tables (cos, sin) for these positions (None without RoPE).
+
+        Positions are past_len, past_len + 1, ... unless `position_ids` (B, T) says otherwise (left padding)."""
         T = input_ids.shape[1]
-        positions = torch.arange(past_len, past_len + T, device=input_ids.device)  # (T,)
+        positions = torch.arange(past_len, past_len + T, device=input_ids.device) if position_ids is None else position_ids  # (T,) or (B, T)
         x = self.tok_emb(input_ids)
         rope = None
         if self.config.position == "learned":
@@ -102,6 +109,27 @@ class Encoder(Transformer):
         return self.final_norm(x)
 
 
+class DecoderOutput(tuple):
+    """(logits, past_key_values), as a decoder has always returned, with `.loss` when labels were given
+    (transformers' `outputs.loss`, `outputs.logits`, `outputs.past_key_values`)."""
+
+    def __new__(cls, logits: torch.Tensor, past_key_values: list[KVCache], loss: torch.Tensor | None = None):
+        output = super().__new__(cls, (logits, past_key_values))
+        output.loss = loss
+        return output
+
+    @property
+    def logits(self) -> torch.Tensor:
+        return self[0]
+
+    @property
+    def past_key_values(self) -> list[KVCache]:
+        return self[1]
+
+
+IGNORE_INDEX = -100  # label value that takes no part in the loss (transformers' convention)
+
+
 class Decoder(Transformer):
     def __init__(self, config: ModelConfig):
         super().__init__(config)
@@ -109,29 +137,72 @@ class Decoder(Transformer):
             self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
 
     def forward(
-        self, input_ids: torch.Tensor, past_key_values: list[KVCache] | None = None
-    ) -> tuple[torch.Tensor, list[KVCache]]:
-        """input_ids (B, T); past_key_values: per layer (keys, values), each (B, kv_heads, P, head_dim).
+        self,
+        input_ids: torch.Tensor,
+        past_key_values: list[KVCache] | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> DecoderOutput:
+        """input_ids (B, T); past_key_values: per layer (keys, values), each (B, kv_heads, P, head_dim);
+        attention_mask (B, P + T), 1 = token, 0 = padding (left padding: positions count real tokens only);
+        labels (B, T): the ids to predict, as transformers takes them (shifted inside; -100 is ignored).
 
-        Returns logits (B, T, vocab) and the present cache, each (B, kv_heads, P + T, head_dim).
+        Returns (logits (B, T, vocab), the present cache, each (B, kv_heads, P + T, head_dim)), with `.loss`
+        (mean cross-entropy over the predicted positions) when labels are given.
         """
         assert input_ids.dim() == 2
         past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
         if past_key_values is not None:
             assert len(past_key_values) == len(self.blocks)
-        x, rope = self.embed(input_ids, past_len)
+        position_ids = attn_bias = None
+        if attention_mask is not None:
+            T = input_ids.shape[1]
+            position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
+            keep = attention_mask[:, None, None, :].bool()  # (B, 1, 1, P + T)
+            attn_bias = torch.zeros(keep.shape, dtype=self.tok_emb.weight.dtype, device=input_ids.device)
+            attn_bias = attn_bias.masked_fill(~keep, torch.finfo(attn_bias.dtype).min)  # finite: pad rows stay finite
+        x, rope = self.embed(input_ids, past_len, position_ids)
         present = []
         for i, block in enumerate(self.blocks):
             past = None if past_key_values is None else past_key_values[i]
-            x, layer_present = block(x, past=past, causal=True, rope=rope)
+            x, layer_present = block(x, past=past, attn_bias=attn_bias, causal=True, rope=rope)
             present.append(layer_present)
         x = self.final_norm(x)
         logits = F.linear(x, self.tok_emb.weight) if self.config.tie_embeddings else self.lm_head(x)
-        return logits, present
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+        return DecoderOutput(logits, present, loss)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, attention_mask: torch.Tensor | None = None,
+                 sampling: "SamplingOptions | None" = None) -> torch.Tensor:
+        """The PyTorch reference for `mhe-edge generate`: prefill, then one token per step with the cache.
+
+        input_ids (B, T), left-padded when `attention_mask` is given; greedy unless `sampling` says otherwise
+        (`mhe_edge.text.sampling`, the same picker the ONNX runtime uses). Returns the new ids (B, N): a row
+        stops growing at its EOS and is padded with it.
+        """
+        from mhe_edge.text.sampling import TokenPicker
+
+        picker = TokenPicker(sampling, self.config.eos_token_id, input_ids.shape[0], history=input_ids.tolist())
+        mask = attention_mask
+        logits, cache = self(input_ids, attention_mask=mask)
+        tokens = []
+        while len(tokens) < max_new_tokens and not picker.finished:
+            nxt = torch.as_tensor(picker.pick(logits[:, -1].float().numpy()), device=input_ids.device)[:, None]  # (B, 1)
+            tokens.append(nxt)
+            if len(tokens) == max_new_tokens or picker.finished:
+                break
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+            logits, cache = self(nxt, cache, attention_mask=mask)
+        return torch.cat(tokens, dim=1) if tokens else input_ids.new_zeros((input_ids.shape[0], 0))
 
 
 def build_model(config: ModelConfig, seed: int | None = None) -> Transformer:
-    """A randomly initialised model for `config` (seeded when `seed` is given), in eval mode."""
+    """A randomly initialised model for `config` (seeded when `seed` is given), in eval mode (call `.train()`
+    to train it: nothing in these models behaves differently, but optimizers and hooks expect the flag)."""
     if seed is not None:
         torch.manual_seed(seed)
     model = (Decoder if config.arch == "decoder" else Encoder)(config)

@@ -1,0 +1,111 @@
+"""The tokenizer a model folder carries: Hugging Face `tokenizers` byte-level BPE (or plain bytes) saved as
+`tokenizer.json`, the file transformers and onnxruntime-genai read, with `tokenizer_config.json` and
+`special_tokens_map.json` beside it. One special token, `<|endoftext|>` (id 0), begins and ends documents,
+as in GPT-2; byte-level means any text, in any script, encodes without unknown tokens."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Iterable
+
+from mhe_edge.errors import CheckpointError, RequestError, first_line
+
+TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE = "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"
+END_OF_TEXT = "<|endoftext|>"
+MAX_TOKENIZER_BYTES = 100_000_000  # a 256K-token BPE vocabulary is ~20 MB; anything larger is not a tokenizer
+BYTE_VOCAB = 257  # 256 bytes and <|endoftext|>
+
+
+class TextTokenizer:
+    """Text <-> ids with a `tokenizers.Tokenizer`, and the special ids a model needs."""
+
+    def __init__(self, backend):
+        self.backend = backend
+        self.eos_token_id = backend.token_to_id(END_OF_TEXT)
+        self.bos_token_id = self.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return self.backend.get_vocab_size(with_added_tokens=True)
+
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.backend.decode(list(ids), skip_special_tokens=True)
+
+    def save(self, folder: str | os.PathLike) -> None:
+        """tokenizer.json and the two small files transformers' AutoTokenizer and onnxruntime-genai look for."""
+        folder = Path(folder)
+        self.backend.save(str(folder / TOKENIZER_FILE))
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT,
+            "unk_token": None, "pad_token": END_OF_TEXT, "add_bos_token": False, "add_eos_token": False,
+            "clean_up_tokenization_spaces": False, "model_max_length": 1_000_000,
+        }
+        (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        specials = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "pad_token": END_OF_TEXT}
+        (folder / SPECIAL_TOKENS_FILE).write_text(json.dumps(specials, indent=2) + "\n")
+
+
+def _byte_level_parts():
+    from tokenizers import decoders, pre_tokenizers, processors
+
+    return pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel(), processors.ByteLevel(trim_offsets=False)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
+    """Byte-level BPE learned from `texts`, with at most `vocab_size` tokens (fewer if the text runs out of merges)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    if not BYTE_VOCAB <= vocab_size <= 1_000_000:
+        raise RequestError(f"vocab size must be in [{BYTE_VOCAB}, 1000000] (the 256 bytes and {END_OF_TEXT} come first), not {vocab_size}")
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer, backend.decoder, backend.post_processor = _byte_level_parts()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(texts, trainer=trainer)
+    return TextTokenizer(backend)
+
+
+def byte_tokenizer() -> TextTokenizer:
+    """One token per UTF-8 byte (id 1 + byte's position in the byte-level alphabet), plus <|endoftext|> as id 0."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {END_OF_TEXT: 0}
+    for symbol in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.add_special_tokens([END_OF_TEXT])
+    backend.pre_tokenizer, backend.decoder, backend.post_processor = _byte_level_parts()
+    return TextTokenizer(backend)
+
+
+def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
+    """A `tokenizer.json` (or a folder holding one), size-checked before it is read."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if path.is_dir():
+        path = path / TOKENIZER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no tokenizer at {str(path)!r}")
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"{path.name} is {size:,} bytes; a tokenizer is at most {MAX_TOKENIZER_BYTES:,}")
+    try:
+        backend = Tokenizer.from_str(path.read_text(encoding="utf-8"))
+    except Exception as exc:  # tokenizers raises plain Exception subclasses with its parser's message
+        raise CheckpointError(f"{path.name} is not a tokenizers tokenizer.json: {first_line(exc)}") from exc
+    tokenizer = TextTokenizer(backend)
+    if tokenizer.eos_token_id is None:
+        raise CheckpointError(f"{path.name} has no {END_OF_TEXT} token; mhe-edge's tokenizers end documents with it")
+    return tokenizer
+
+
+def has_tokenizer(folder: str | os.PathLike) -> bool:
+    return (Path(folder) / TOKENIZER_FILE).is_file()
