@@ -60,9 +60,10 @@ def present_for(past_name: str) -> str:
 
 
 def input_names(config: ModelConfig) -> list[str]:
+    """Encoders: ids and mask. Decoders: ids, the mask over past + new tokens, then the cache (as Optimum's)."""
     if config.arch == "encoder":
         return [INPUT_IDS, ATTENTION_MASK]
-    return [INPUT_IDS, *past_names(config.n_layers)]
+    return [INPUT_IDS, ATTENTION_MASK, *past_names(config.n_layers)]
 
 
 def output_names(config: ModelConfig) -> list[str]:
@@ -86,6 +87,11 @@ def io_layout(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         layout[ATTENTION_MASK] = {"dtype": "int64", "shape": ["batch", "sequence"], "meaning": "1 attend, 0 padding"}
         layout[LAST_HIDDEN_STATE] = {"shape": ["batch", "sequence", config.d_model]}
     else:
+        layout[ATTENTION_MASK] = {
+            "dtype": "int64", "shape": ["batch", "past_sequence + sequence"],
+            "meaning": "1 for a token (past or new), 0 for padding; a token's position is the count of 1s before it."
+                       " Each step appends a 1 per row. --target ort files need right padding (as onnxruntime-genai pads)",
+        }
         layout[LOGITS] = {"shape": ["batch", "sequence", config.vocab_size]}
         layout["kv_cache"] = {
             "num_layers": config.n_layers,

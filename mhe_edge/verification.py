@@ -102,7 +102,8 @@ def torch_runner(model) -> Runner:
             else:
                 flat = [torch.from_numpy(feeds[name]) for name in past_names(config.n_layers)]
                 past = list(zip(flat[0::2], flat[1::2]))  # (key, value) per layer
-                logits, present = model(ids, past)
+                mask = feeds.get(ATTENTION_MASK)
+                logits, present = model(ids, past, attention_mask=None if mask is None else torch.from_numpy(mask))
                 outputs = [logits, *[t for kv in present for t in kv]]
         return {name: t.numpy() for name, t in zip(names, outputs)}
 
@@ -158,11 +159,14 @@ def compare_runners(
         empty = np.zeros((batch, config.kv_heads, 0, config.head_dim), dtype=float_dtype)
         pasts = past_names(config.n_layers)
         caches = {"candidate": dict.fromkeys(pasts, empty), "reference": dict.fromkeys(pasts, empty)}
+        seen = 0
         for step, T in enumerate(chunks):
             ids = rng.integers(0, config.vocab_size, (batch, T))
+            seen += T
+            mask = np.ones((batch, seen), dtype=np.int64)  # padded batches: tests/test_text_generation.py
             outputs = {}
             for who, run in (("candidate", candidate), ("reference", reference)):
-                outputs[who] = run({INPUT_IDS: ids, **caches[who]})
+                outputs[who] = run({INPUT_IDS: ids, ATTENTION_MASK: mask, **caches[who]})
                 caches[who] = {p: outputs[who][present_for(p)] for p in pasts}
             label = f"{case} (step {step})" if len(chunks) > 1 else case
             records += [

@@ -70,7 +70,8 @@ def test_export_structure_and_parity(exports, arch, attention, size):
     if cfg.arch == "decoder":
         assert any("cached" in r.case for r in report.parity)
     if cfg.arch == "decoder":  # the cache is declared with kv_heads heads and dynamic axes
-        past = proto.graph.input[1].type.tensor_type.shape.dim
+        mask, past = (proto.graph.input[i].type.tensor_type.shape.dim for i in (1, 2))
+        assert [d.dim_param for d in mask] == ["batch", "past_sequence + sequence"]
         assert [d.dim_param or d.dim_value for d in past] == ["batch", cfg.kv_heads, "past_sequence", cfg.head_dim]
 
 
@@ -82,11 +83,12 @@ def test_exported_cache_decoding_equals_a_full_pytorch_pass(exports, attention):
     ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = model(ids)[0].numpy()
-    past = {n: np.zeros((2, cfg.kv_heads, 0, cfg.head_dim), np.float32) for n in input_names(cfg)[1:]}
+    past = {n: np.zeros((2, cfg.kv_heads, 0, cfg.head_dim), np.float32) for n in input_names(cfg)[2:]}
     chunks, start = [6, 1, 3, 1, 1], 0
     logits = []
     for T in chunks:
-        outputs = dict(zip(output_names(cfg), session.run(None, {"input_ids": ids[:, start : start + T].numpy(), **past})))
+        mask = np.ones((2, start + T), np.int64)
+        outputs = dict(zip(output_names(cfg), session.run(None, {"input_ids": ids[:, start : start + T].numpy(), "attention_mask": mask, **past})))
         past = {n: outputs[n.replace("past_key_values", "present")] for n in past}
         logits.append(outputs["logits"])
         start += T
@@ -102,8 +104,8 @@ def test_reference_evaluator_agrees_with_onnx_runtime(exports, attention):
     model, report = exports("decoder", attention)
     cfg = model.config
     rng = np.random.default_rng(0)
-    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (2, 3))}
-    for name in input_names(cfg)[1:]:
+    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (2, 3)), "attention_mask": np.array([[0] + [1] * 6, [1] * 7])}
+    for name in input_names(cfg)[2:]:
         feeds[name] = rng.standard_normal((2, cfg.kv_heads, 4, cfg.head_dim)).astype(np.float32)
     ort_out = create_session(report.path).run(None, feeds)
     ref_out = ReferenceEvaluator(report.path).run(None, feeds)

@@ -49,8 +49,8 @@ def folders(tmp_path_factory):
 
 def _logits(session, ids):
     names = [i.name for i in session.get_inputs()]
-    feeds = {"input_ids": ids}
-    for i in session.get_inputs()[1:]:
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    for i in session.get_inputs()[2:]:
         shape = [ids.shape[0]] + [d if isinstance(d, int) else 0 for d in i.shape[1:]]
         feeds[i.name] = np.zeros(shape, np.float32)
     assert names[0] == "input_ids"

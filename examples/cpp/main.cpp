@@ -152,14 +152,18 @@ int run(int argc, char** argv) {
   for (auto& n : input_names) input_ptrs.push_back(n.c_str());
   for (auto& n : output_names) output_ptrs.push_back(n.c_str());
 
-  // The graph must be what the metadata says: input_ids, then 2 * layers past inputs of (batch, kv_heads,
-  // past, head_dim) where those sizes are fixed, and logits first among the outputs.
-  if (input_names.size() != static_cast<size_t>(2 * layers + 1) || input_names[0] != "input_ids" ||
-      output_names.size() != input_names.size() || output_names[0] != "logits") {
+  // The graph must be what the metadata says: input_ids, attention_mask (files from before it have none),
+  // then 2 * layers past inputs of (batch, kv_heads, past, head_dim) where those sizes are fixed, and logits
+  // first among the outputs.
+  const bool has_mask = input_names.size() > 1 && input_names[1] == "attention_mask";
+  const size_t first_cache = has_mask ? 2 : 1;
+  if (input_names.size() != static_cast<size_t>(2 * layers) + first_cache || input_names[0] != "input_ids" ||
+      output_names.size() != input_names.size() - first_cache + 1 || output_names[0] != "logits") {
     throw BadModel("the graph's inputs and outputs do not match the metadata's " + std::to_string(layers) + " layers");
   }
-  for (size_t i = 1; i < input_names.size(); ++i) {
-    const std::string expected = "past_key_values." + std::to_string((i - 1) / 2) + ((i % 2) ? ".key" : ".value");
+  for (size_t i = first_cache; i < input_names.size(); ++i) {
+    const size_t k = i - first_cache;
+    const std::string expected = "past_key_values." + std::to_string(k / 2) + ((k % 2) ? ".value" : ".key");
     auto shape = session.GetInputTypeInfo(i).GetTensorTypeAndShapeInfo().GetShape();
     if (input_names[i] != expected || shape.size() != 4 || (shape[1] >= 0 && shape[1] != kv_heads) ||
         (shape[3] >= 0 && shape[3] != head_dim)) {
@@ -168,20 +172,23 @@ int run(int argc, char** argv) {
   }
 
   // The cache: one (1, kv_heads, past, head_dim) tensor per past input, starting empty (past = 0).
-  auto cache_type = session.GetInputTypeInfo(1).GetTensorTypeAndShapeInfo().GetElementType();
+  auto cache_type = session.GetInputTypeInfo(first_cache).GetTensorTypeAndShapeInfo().GetElementType();
   std::map<std::string, Ort::Value> cache;
   const std::vector<int64_t> empty_shape{1, kv_heads, 0, head_dim};
-  for (size_t i = 1; i < input_names.size(); ++i) {
+  for (size_t i = first_cache; i < input_names.size(); ++i) {
     cache.emplace(input_names[i], Ort::Value::CreateTensor(allocator, empty_shape.data(), empty_shape.size(), cache_type));
   }
 
   Ort::MemoryInfo cpu = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-  std::vector<int64_t> ids = prompt, generated;
+  std::vector<int64_t> ids = prompt, generated, mask;
   for (int64_t step = 0; step < max_new_tokens; ++step) {
     const std::vector<int64_t> ids_shape{1, static_cast<int64_t>(ids.size())};
     std::vector<Ort::Value> inputs;
     inputs.push_back(Ort::Value::CreateTensor<int64_t>(cpu, ids.data(), ids.size(), ids_shape.data(), ids_shape.size()));
-    for (size_t i = 1; i < input_names.size(); ++i) inputs.push_back(std::move(cache.at(input_names[i])));
+    mask.resize(mask.size() + ids.size(), 1);  // one 1 per token, past and new: no padding in a single prompt
+    const std::vector<int64_t> mask_shape{1, static_cast<int64_t>(mask.size())};
+    if (has_mask) inputs.push_back(Ort::Value::CreateTensor<int64_t>(cpu, mask.data(), mask.size(), mask_shape.data(), mask_shape.size()));
+    for (size_t i = first_cache; i < input_names.size(); ++i) inputs.push_back(std::move(cache.at(input_names[i])));
     auto outputs = session.Run(Ort::RunOptions{nullptr}, input_ptrs.data(), inputs.data(), inputs.size(),
                                output_ptrs.data(), output_ptrs.size());
     const int64_t token = next_token(outputs[0], vocab);

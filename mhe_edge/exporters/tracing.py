@@ -15,15 +15,15 @@ from mhe_edge.models import Transformer, use_attention_core
 
 
 class DecoderWithFlatCache(nn.Module):
-    """The decoder with its cache as flat tensors: (input_ids, k0, v0, k1, v1, ...) -> (logits, k0', v0', ...)."""
+    """The decoder with its cache as flat tensors: (input_ids, attention_mask, k0, v0, k1, v1, ...) -> (logits, k0', v0', ...)."""
 
     def __init__(self, model: Transformer):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, *past: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *past: torch.Tensor):
         pairs = [(past[2 * i], past[2 * i + 1]) for i in range(len(past) // 2)]
-        logits, present = self.model(input_ids, pairs)
+        logits, present = self.model(input_ids, pairs, attention_mask=attention_mask)
         return (logits, *[t for kv in present for t in kv])
 
 
@@ -43,7 +43,9 @@ def example_inputs(config: ModelConfig, batch: int = 2, seq: int = 3, past: int 
     if config.arch == "encoder":
         return (ids, torch.ones(batch, seq, dtype=torch.long))
     cache_shape = (batch, config.kv_heads, past, config.head_dim)
-    return (ids, *[torch.randn(cache_shape, generator=generator) for _ in range(2 * config.n_layers)])
+    mask = torch.ones(batch, past + seq, dtype=torch.long)
+    mask[0, 0] = 0  # a padded row: nothing may assume an all-ones mask
+    return (ids, mask, *[torch.randn(cache_shape, generator=generator) for _ in range(2 * config.n_layers)])
 
 
 def trace(model: Transformer, opset: int):
@@ -56,7 +58,8 @@ def trace(model: Transformer, opset: int):
     else:
         wrapper = DecoderWithFlatCache(model)
         past = torch.export.Dim("past_sequence")
-        dynamic_shapes = ({0: batch, 1: seq}, tuple({0: batch, 2: past} for _ in range(2 * config.n_layers)))
+        total = torch.export.Dim.AUTO  # past_sequence + sequence: the exporter derives it
+        dynamic_shapes = ({0: batch, 1: seq}, {0: batch, 1: total}, tuple({0: batch, 2: past} for _ in range(2 * config.n_layers)))
     with _quiet_exporter(), use_attention_core(export_core), torch.no_grad():
         program = torch.onnx.export(
             wrapper.eval(),
@@ -69,7 +72,24 @@ def trace(model: Transformer, opset: int):
             optimize=True,
             verbose=False,
         )
-    return program.model
+    model = program.model
+    if config.arch == "decoder":
+        _name_mask_length(model)
+    return model
+
+
+def _name_mask_length(ir_model) -> None:
+    """The exporter names the mask's length with a fresh symbol; it is the presents' "past_sequence + sequence"."""
+    import onnx_ir as ir
+
+    mask = ir_model.graph.inputs[1]
+    symbol = mask.shape[1] if mask.shape is not None else None
+    if not isinstance(symbol, ir.SymbolicDim) or symbol.value is None:
+        return
+    total = "past_sequence + sequence"
+    for value in [*ir_model.graph.inputs, *ir_model.graph.outputs, *(v for n in ir_model.graph for v in n.outputs)]:
+        if value.shape is not None and any(isinstance(d, ir.SymbolicDim) and d.value == symbol.value for d in value.shape):
+            value.shape = ir.Shape([total if isinstance(d, ir.SymbolicDim) and d.value == symbol.value else d for d in value.shape])
 
 
 def attach_mhe_function(ir_model, opset: int) -> None:

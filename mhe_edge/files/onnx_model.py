@@ -150,14 +150,14 @@ def config_from_metadata(props: dict[str, str], name: str) -> ModelConfig:
 
 
 def check_io_matches_config(proto, config: ModelConfig, name: str) -> None:
-    """The graph's own inputs and outputs must be what the metadata's config says: names in order (a shared
-    cache buffer package may add attention_mask second), and every fixed size (KV heads, head size,
+    """The graph's own inputs and outputs must be what the metadata's config says: names in order (decoders
+    from before the attention_mask input have none), and every fixed size (KV heads, head size,
     vocabulary, width) equal. A file whose metadata lies is refused here, not deep inside a run."""
     inputs = [v.name for v in proto.graph.input]
     outputs = [v.name for v in proto.graph.output]
     expected_inputs = input_names(config)
-    shared_buffer = expected_inputs[:1] + [ATTENTION_MASK] + expected_inputs[1:]
-    if inputs not in (expected_inputs, shared_buffer) or outputs != output_names(config):
+    without_mask = [n for n in expected_inputs if n != ATTENTION_MASK]  # decoders exported before the mask input
+    if inputs not in (expected_inputs, without_mask if config.arch == "decoder" else expected_inputs) or outputs != output_names(config):
         raise ModelFileError(
             f"{name}: the graph's inputs/outputs do not match its metadata ({len(inputs)} inputs, "
             f"{len(outputs)} outputs; the config describes a {config.n_layers}-layer {config.arch})"

@@ -6,7 +6,7 @@ lower the standard Attention op and drops model functions, so this is our own, n
 - RMSNormalization (opset 23) -> x / sqrt(mean(x^2) + eps) * scale;
 - with `basic_norms`, LayerNormalization too (NNAPI and CoreML have no kernel for it: written out, the
   mobile providers take those nodes instead of handing them to the CPU);
-- Reduce* ops: axes as an input (opset 18+) -> the attribute, below 18;
+- Reduce* ops: axes as an input (opset 18+; ReduceSum's since 13) -> the attribute, below that;
 - then every remaining op must exist at the target opset (Attention must be decomposed first).
 Preconditions: no functions, no mhe_edge nodes; the target between 17 and the graph's own opset.
 """
@@ -23,6 +23,7 @@ from mhe_edge.passes._graph import GraphRefused, TargetRefused, add_initializer,
 MIN_OPSET, IR_VERSION = 17, 8  # IR 8: what ONNX Runtime 1.16 reads (measured)
 REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL1", "ReduceL2",
               "ReduceLogSum", "ReduceLogSumExp"}
+AXES_INPUT_SINCE = {"ReduceSum": 13}  # the opset where axes became an input; 18 for the rest
 
 
 class ConvertToOpsetPass(ir.passes.InPlacePass):
@@ -54,7 +55,8 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
                 self._replace(graph, node, self._rms_norm)
             elif node.op_type == "LayerNormalization" and self.basic_norms:
                 self._replace(graph, node, self._layer_norm)
-            elif node.op_type in REDUCE_OPS and self.opset < 18 and len(node.inputs) > 1 and node.inputs[1] is not None:
+            elif node.op_type in REDUCE_OPS and self.opset < AXES_INPUT_SINCE.get(node.op_type, 18) and len(node.inputs) > 1 \
+                    and node.inputs[1] is not None:
                 axes = constant_array(node.inputs[1], f"{node.op_type} axes")
                 node.attributes["axes"] = ir.AttrInt64s("axes", [int(a) for a in np.atleast_1d(axes)])
                 node.replace_input_with(1, None)

@@ -11,6 +11,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from mhe_edge.errors import ModelFileError, RequestError, first_line
 from mhe_edge.files import read_header
 from mhe_edge.results import Result
 from mhe_edge.sessions import create_session
+from mhe_edge.text.sampling import SamplingOptions, TokenPicker
 
 
 class ExportedModel:
@@ -52,12 +54,6 @@ class ExportedModel:
             if type(exc).__module__.startswith("onnxruntime") or type(exc) is RuntimeError:
                 raise ModelFileError(f"ONNX Runtime failed running {self.path.name}: {first_line(exc)}") from exc
             raise
-
-    def _greedy(self, logits: np.ndarray) -> np.ndarray:
-        """The top token of each row; NaN or infinite logits mean broken weights, never a silent token."""
-        if not np.isfinite(logits).all():
-            raise ModelFileError(f"{self.path.name} produced NaN or infinite logits; its weights are broken")
-        return logits.argmax(-1)
 
     def _require(self, arch: str, what: str) -> None:
         if self.config.arch != arch:
@@ -100,15 +96,27 @@ class ExportedModel:
 
     # --- decoders
 
+    @property
+    def takes_mask(self) -> bool:
+        """Decoders exported with an attention_mask input (all of them since the mask was added) batch prompts
+        of different lengths; older files take equal lengths only."""
+        return ATTENTION_MASK in self.input_names
+
     def empty_cache(self, batch: int) -> dict:
         cfg = self.config
         empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), self.float_dtype)
         return {name: self._ortvalue(empty) for name in self.past_names}
 
-    def step(self, ids: np.ndarray, cache: dict) -> tuple[np.ndarray, dict]:
-        """One decoder call: ids (B, T) int64 and the cache (OrtValues by past name) -> logits (B, T, V), new cache."""
+    def step(self, ids: np.ndarray, cache: dict, mask: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
+        """One decoder call: ids (B, T) int64, the cache (OrtValues by past name) and the attention mask over past
+        + new tokens (default: all ones) -> logits (B, T, V), new cache."""
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_IDS, self._ortvalue(ids.astype(np.int64)))
+        if self.takes_mask:
+            if mask is None:
+                past = cache[self.past_names[0]].shape()[2]
+                mask = np.ones((ids.shape[0], past + ids.shape[1]), np.int64)
+            binding.bind_ortvalue_input(ATTENTION_MASK, self._ortvalue(mask.astype(np.int64)))
         for name in self.past_names:
             binding.bind_ortvalue_input(name, cache[name])
         binding.bind_output(LOGITS, "cpu")  # the host needs them for the argmax
@@ -137,17 +145,65 @@ class ExportedModel:
         return logits[:, -1], cache
 
     def generate(self, prompt: np.ndarray, max_new_tokens: int, prefill_chunk: int | None = None) -> np.ndarray:
-        """Greedy decoding: prefill, then one token per step. Returns the new ids, (B, max_new_tokens)."""
+        """Greedy decoding of equal-length prompts: exactly max_new_tokens per row, (B, max_new_tokens)."""
         self._require("decoder", "generation")
         prompt = self.check_ids(prompt, max_new_tokens)
+        rows = self.generate_rows(prompt.tolist(), max_new_tokens, prefill_chunk=prefill_chunk, stop_at_eos=False)
+        return np.array(rows, dtype=np.int64).reshape(prompt.shape[0], max_new_tokens)
+
+    def generate_rows(self, prompts: list[list[int]], max_new_tokens: int, *, sampling: SamplingOptions | None = None,
+                      prefill_chunk: int | None = None, stop_at_eos: bool = True,
+                      on_tokens: Callable[[np.ndarray], None] | None = None) -> list[list[int]]:
+        """Prompts of any lengths as one batch; each row's new ids (ending at its EOS, if it emits one).
+
+        Rows are padded on the right, as onnxruntime-genai pads (ONNX Runtime's GroupQueryAttention takes only
+        that), with the mask marking the padding; each step appends a 1 to every row's mask. A row's tokens
+        equal that prompt generated alone. `on_tokens` sees each step's new ids (B,), for streaming.
+        """
+        self._require("decoder", "generation")
+        lengths = [len(p) for p in prompts]
+        width = max(lengths, default=0)
+        if not prompts or min(lengths) < 1:
+            raise RequestError("every prompt needs at least one token")
+        pad = self.config.eos_token_id or 0
+        ids = self.check_ids(np.array([p + [pad] * (width - len(p)) for p in prompts], dtype=np.int64), max_new_tokens)
+        ragged = min(lengths) != width
+        if ragged and not self.takes_mask:
+            raise RequestError(f"{self.path.name} has no attention_mask input (an older export): give prompts of equal length")
+        if ragged and prefill_chunk is not None:
+            raise RequestError("--prefill-chunk needs prompts of equal length (padded rows are prefilled whole)")
         if max_new_tokens == 0:
-            return np.zeros((prompt.shape[0], 0), np.int64)
-        last, cache = self.prefill(prompt, prefill_chunk)
-        tokens = [self._greedy(last)]
-        for _ in range(max_new_tokens - 1):
-            logits, cache = self.step(tokens[-1][:, None], cache)
-            tokens.append(self._greedy(logits[:, -1]))
-        return np.stack(tokens, axis=1).astype(np.int64)
+            return [[] for _ in prompts]
+        picker = TokenPicker(sampling, self.config.eos_token_id if stop_at_eos else None, len(prompts), [list(p) for p in prompts])
+        if ragged:
+            mask = (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
+            logits, cache = self.step(ids, self.empty_cache(len(prompts)), mask)
+            last = logits[np.arange(len(prompts)), np.array(lengths) - 1]
+        else:
+            mask = np.ones_like(ids)
+            last, cache = self.prefill(ids, prefill_chunk)
+        steps = []
+        while True:
+            token = picker.pick(self._finite(last))
+            steps.append(token)
+            if on_tokens:
+                on_tokens(token)
+            if len(steps) == max_new_tokens or picker.finished:
+                break
+            mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)
+            logits, cache = self.step(token[:, None], cache, mask)
+            last = logits[:, -1]
+        rows = np.stack(steps, axis=1).tolist()
+        eos = self.config.eos_token_id
+        if stop_at_eos and eos is not None:
+            rows = [row[: row.index(eos) + 1] if eos in row else row for row in rows]
+        return rows
+
+    def _finite(self, logits: np.ndarray) -> np.ndarray:
+        """NaN or infinite logits mean broken weights, never a silent token."""
+        if not np.isfinite(logits).all():
+            raise ModelFileError(f"{self.path.name} produced NaN or infinite logits; its weights are broken")
+        return logits
 
 
 def parse_prompt(text: str) -> np.ndarray:
