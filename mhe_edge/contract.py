@@ -22,6 +22,8 @@ KEY_PRECISION = "mhe_edge.precision"  # "fp32", "fp16" or "int8"
 KEY_OPSET = "mhe_edge.opset"  # the default-domain opset of the graph
 KEY_MIN_ORT = "mhe_edge.min_onnxruntime"  # the oldest ONNX Runtime that loads the file, e.g. "1.20"
 KEY_QUERY_SEQLENS = "mhe_edge.ort_query_seqlens"  # "1": GroupQueryAttention takes batched chunks with a past
+KEY_TOKENIZER = "mhe_edge.tokenizer"  # the model's tokenizer.json, verbatim (absent for random-weight models)
+KEY_TEXT = "mhe_edge.training_text"  # JSON: the corpus a trained model learned from (eval rebuilds its held-out text)
 
 # --- the fused MHE operator (an ONNX function stored in the file)
 DOMAIN = "mhe_edge"

@@ -7,7 +7,10 @@ from typing import Annotated, Optional
 import typer
 
 from mhe_edge.cli import command
-from mhe_edge.cli.options import Arch, Attention, Force, Json, Preset
+from mhe_edge.cli.options import (
+    Arch, Attention, Bias, DFf, DModel, Force, HeadDim, Heads, Json, KvHeads, Layers, MaxSeqLen, Mlp, Norm, Position,
+    Preset, RopeTheta, TieEmbeddings, shape_overrides,
+)
 from mhe_edge.cli.output import emit, literal, out, print_description, print_mobile_coverage
 
 Size = Annotated[Optional[int], typer.Option(min=1, max=1_000_000)]
@@ -19,20 +22,20 @@ def init(
     arch: Arch = "decoder",
     attention: Attention = "mhe-mul",
     preset: Preset = "tiny",
-    layers: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Override the number of blocks.")] = None,
-    d_model: Annotated[Optional[int], typer.Option(min=1, max=65_536, help="Override the model width.")] = None,
-    heads: Annotated[Optional[int], typer.Option(min=1, max=1024, help="Override the number of (query) heads.")] = None,
-    kv_heads: Annotated[Optional[int], typer.Option(min=1, max=1024, help="KV heads, for gqa.")] = None,
-    head_dim: Annotated[Optional[int], typer.Option(min=1, max=4096, help="Head size (default d_model / heads).")] = None,
-    d_ff: Annotated[Optional[int], typer.Option(min=1, max=262_144, help="MLP width (default 4 * d_model).")] = None,
+    layers: Layers = None,
+    d_model: DModel = None,
+    heads: Heads = None,
+    kv_heads: KvHeads = None,
+    head_dim: HeadDim = None,
+    d_ff: DFf = None,
     vocab_size: Annotated[Optional[int], typer.Option(min=1, max=1_000_000, help="Vocabulary size.")] = None,
-    max_seq_len: Annotated[Optional[int], typer.Option(min=1, max=1_048_576, help="Longest sequence (positions).")] = None,
-    position: Annotated[Optional[str], typer.Option(help="learned (a table of positions) or rope (rotary).")] = None,
-    rope_theta: Annotated[Optional[float], typer.Option(min=1.0, max=1e12, help="RoPE's base, with --position rope.")] = None,
-    norm: Annotated[Optional[str], typer.Option(help="layernorm or rmsnorm.")] = None,
-    mlp: Annotated[Optional[str], typer.Option(help="gelu, gelu_tanh or swiglu.")] = None,
-    tie_embeddings: Annotated[Optional[bool], typer.Option("--tie-embeddings/--no-tie-embeddings", help="The output projection reuses the token embeddings (decoders).", metavar="", show_default=False)] = None,
-    bias: Annotated[Optional[bool], typer.Option("--bias/--no-bias", help="Biases on the attention and MLP projections.", metavar="", show_default=False)] = None,
+    max_seq_len: MaxSeqLen = None,
+    position: Position = None,
+    rope_theta: RopeTheta = None,
+    norm: Norm = None,
+    mlp: Mlp = None,
+    tie_embeddings: TieEmbeddings = None,
+    bias: Bias = None,
     seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for the random weights.")] = 0,
     force: Force = False,
     as_json: Json = False,
@@ -46,9 +49,8 @@ def init(
 
     report = init_model(
         output, arch=arch, attention=attention, preset=preset, seed=seed, force=force,
-        n_layers=layers, d_model=d_model, n_heads=heads, n_kv_heads=kv_heads, head_dim=head_dim,
-        d_ff=d_ff, vocab_size=vocab_size, max_seq_len=max_seq_len, position=position, rope_theta=rope_theta, norm=norm,
-        mlp=mlp, tie_embeddings=tie_embeddings, qkv_bias=bias, out_bias=bias, mlp_bias=bias,
+        **shape_overrides(layers, d_model, heads, kv_heads, head_dim, d_ff, max_seq_len, position, rope_theta, norm, mlp,
+                          tie_embeddings, bias, vocab_size),
     )
 
     def render(report) -> None:

@@ -65,11 +65,15 @@ def print_optimize(report) -> None:
         if "Attention" in op:
             table.add_row(op, str(report.op_counts_before.get(op, 0)), str(report.op_counts_after.get(op, 0)))
     out.print(table)
-    agreement = data["argmax_agreement"]
-    out.print(
-        f"passes: {', '.join(report.passes)}; max |optimized - input| {report.max_abs_diff:.2e}"
-        + (f", argmax agreement {agreement:.2%}" if agreement is not None else "")
-    )
+    quality = report.quality
+    lossy = quality is not None
+    out.print(f"passes: {', '.join(report.passes)}" + ("" if lossy else f"; max |optimized - input| {report.max_abs_diff:.2e}"),
+              highlight=False, markup=False)
+    if lossy and quality.judged:
+        out.print(f"quality on {literal(quality.text)}: {quality.bits_per_byte_before:.4f} -> {quality.bits_per_byte_after:.4f}"
+                  f" bits per byte ({quality.change:+.4f}; threshold {quality.threshold:g})", highlight=False)
+    elif lossy:
+        out.print(f"quality: not judged: {literal(quality.reason)}", highlight=False)
 
 
 def worst_per_case(records):

@@ -17,22 +17,60 @@ from mhe_edge.errors import RequestError
 @command()
 def generate(
     model: DecoderModel,
-    prompt: Annotated[str, typer.Option(help="Comma-separated token ids, e.g. 3,1,4.", show_default=False)],
-    max_new_tokens: Annotated[int, typer.Option(min=0, max=1_000_000, help="How many tokens to generate (greedy).")] = 16,
+    text: Annotated[Optional[list[str]], typer.Option(help="A text prompt (repeat for several: they run as one batch). Needs the tokenizer a trained model's export carries.", show_default=False)] = None,
+    prompt: Annotated[Optional[str], typer.Option(help="Token ids instead of text, comma-separated, e.g. 3,1,4.", show_default=False)] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=0, max=1_000_000, help="At most this many new tokens per prompt.")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, max=100.0, help="0: greedy; otherwise sample from softmax(logits / temperature).")] = 0.0,
+    top_k: Annotated[int, typer.Option(min=0, max=10_000_000, help="Sample among the k likeliest tokens (0: all).")] = 0,
+    top_p: Annotated[float, typer.Option(min=0.0001, max=1.0, help="Sample among the likeliest tokens whose probabilities sum to p.")] = 1.0,
+    repetition_penalty: Annotated[float, typer.Option(min=0.01, max=100.0, help="Above 1 discourages tokens already seen.")] = 1.0,
+    seed: Annotated[Optional[int], typer.Option(min=0, max=2**63 - 1, help="Seed the sampler: the same seed gives the same text.")] = None,
+    stop: Annotated[Optional[list[str]], typer.Option(help="End a prompt's text before this string (repeatable); EOS always ends it.")] = None,
     provider: Provider = "cpu",
     threads: Threads = None,
     prefill_chunk: PrefillChunk = None,
     as_json: Json = False,
 ) -> None:
-    """Greedy generation with the KV cache; prints `tokens:` and the new ids separated by spaces.
+    """Generate with the KV cache: text (`--text`, streamed as it comes) with the tokenizer the export
+    carries, or token ids (`--prompt`). `--json` prints {"text", "tokens"} per prompt (a list for several).
 
-    Example: `mhe-edge generate model.onnx --prompt 3,1,4 --max-new-tokens 8`
+    Examples: `mhe-edge generate my-model.onnx --text "The module" --max-new-tokens 40`;
+    `mhe-edge generate model.onnx --prompt 3,1,4 --max-new-tokens 8` (prints `tokens:` and the new ids).
     """
-    from mhe_edge.runtime.driver import generate as generate_tokens
+    import json
 
-    result = generate_tokens(model, prompt, max_new_tokens=max_new_tokens, provider=provider, threads=threads,
-                             prefill_chunk=prefill_chunk)
-    emit(result, as_json, lambda r: print("tokens: " + " ".join(str(t) for t in r.tokens[0])))
+    from mhe_edge.text.sampling import SamplingOptions
+
+    if (text is None) == (prompt is None):
+        raise RequestError("give either --text (one or more) or --prompt ids")
+    sampling = SamplingOptions(temperature, top_k, top_p, repetition_penalty, seed)
+    if prompt is not None:
+        from mhe_edge.runtime.driver import generate as generate_tokens
+
+        if not sampling.greedy or stop:
+            raise RequestError("--prompt ids are decoded greedily with no stop strings; sample with --text")
+        result = generate_tokens(model, prompt, max_new_tokens=max_new_tokens, provider=provider, threads=threads,
+                                 prefill_chunk=prefill_chunk)
+        emit(result, as_json, lambda r: print("tokens: " + " ".join(str(t) for t in r.tokens[0])))
+        return
+    if prefill_chunk is not None:
+        raise RequestError("--prefill-chunk is for --prompt ids (text prompts are prefilled whole)")
+    from mhe_edge.runtime.text_generation import generate_text
+
+    streaming = len(text) == 1 and not as_json
+    if streaming:
+        out.print(literal(text[0]), end="", highlight=False, soft_wrap=True)
+    report = generate_text(model, text, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, provider=provider,
+                           threads=threads, on_text=(lambda row, delta: out.print(delta, end="", markup=False, highlight=False, soft_wrap=True)) if streaming else None)
+    if as_json:
+        items = [g.to_dict() for g in report.generations]
+        print(json.dumps(items[0] if len(items) == 1 else items, allow_nan=False))
+    elif streaming:
+        out.print()
+    else:
+        for g in report.generations:
+            out.print(f"{literal(g.prompt)}{literal(g.text)}", highlight=False)
+            out.print("---", highlight=False)
 
 
 @command()

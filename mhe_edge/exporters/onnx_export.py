@@ -53,13 +53,16 @@ def export(
     atol: float = 1e-4,
     external_data: bool = False,
     force: bool = False,
+    tokenizer: str | os.PathLike | None = None,
     on_step: Callable[[str], None] | None = None,
 ) -> ExportReport:
     """Export a model (or a checkpoint path) to ONNX and check it against PyTorch.
 
     Nothing appears at `output` unless the full ONNX check and the parity check (ONNX Runtime vs PyTorch
     within `atol`) pass; raises an `MheEdgeError` subclass otherwise. Weights go to `OUTPUT.data` with
-    `external_data`, and by themselves past the protobuf limit.
+    `external_data`, and by themselves past the protobuf limit. The tokenizer (a model folder's own
+    `tokenizer.json`, or `tokenizer`) travels in the file's metadata, so `generate --text` works on the
+    file alone; so does a trained folder's record of its training text, for `eval`.
 
     Example: `mhe_edge.export("model.pt", "model.onnx").max_abs_diff`
     """
@@ -88,6 +91,7 @@ def export(
             model = load_model(model)
         model.eval()
         config = model.config
+        carried = _carried_text(source if from_path else None, tokenizer)
     with step("trace"):
         from mhe_edge.exporters.tracing import attach_mhe_function, trace
 
@@ -101,6 +105,7 @@ def export(
         attach_mhe_function(ir_model, opset)
         ir_model.metadata_props.update(contract.metadata(config, __version__, graph="export", opset=opset,
                                                          min_onnxruntime=contract.MIN_ORT_FOR_OPSET[opset]))
+        ir_model.metadata_props.update(carried)
         _check_fused_nodes(ir_model, config)
     with staged_output(target, force=force) as staged:
         with step("check"):
@@ -119,3 +124,26 @@ def _check_fused_nodes(ir_model, config) -> None:
     if len(fused) != config.n_layers:
         raise ExportError(f"expected {config.n_layers} fused attention nodes, traced {len(fused)}")
 
+
+
+def _carried_text(source: str | None, tokenizer: str | os.PathLike | None) -> dict[str, str]:
+    """Metadata for the text side: the tokenizer (checked by loading it) and the training-text record."""
+    import json
+
+    from mhe_edge.text.corpus import RECORD_FILE
+    from mhe_edge.text.tokenizer import TOKENIZER_FILE, load_tokenizer
+
+    carried: dict[str, str] = {}
+    folder = Path(source) if source is not None and Path(source).is_dir() else None
+    if tokenizer is None and folder is not None and (folder / TOKENIZER_FILE).is_file():
+        tokenizer = folder
+    if tokenizer is not None:
+        carried[contract.KEY_TOKENIZER] = load_tokenizer(tokenizer).to_json()
+    record = folder / RECORD_FILE if folder is not None else None
+    if record is not None and record.is_file() and record.stat().st_size < 10_000_000:
+        try:
+            corpus = json.loads(record.read_text())["corpus"]
+            carried[contract.KEY_TEXT] = json.dumps(corpus)
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged record only costs eval its default text; eval then asks for --text
+    return carried

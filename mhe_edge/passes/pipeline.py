@@ -33,6 +33,7 @@ class OptimizeReport(ParityChecked):
     bytes_after: int
     parity: list[ParityRecord] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)
+    quality: Any = None  # QualityCheck for lossy steps (fp16, int8): bits per byte before and after, or why not judged
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe({
@@ -43,6 +44,7 @@ class OptimizeReport(ParityChecked):
             "bytes": {"before": self.bytes_before, "after": self.bytes_after},
             "max_abs_diff": self.max_abs_diff, "argmax_agreement": argmax_agreement(self.parity),
             "parity": [r.to_dict() for r in self.parity], "seconds": self.seconds,
+            "quality": self.quality.to_dict() if self.quality is not None else None,
         })
 
 
@@ -56,10 +58,17 @@ def optimize(
     opset: int | None = None,
     ort_query_seqlens: bool = False,
     force: bool = False,
+    eval_text: list[str | os.PathLike] | None = None,
+    max_quality_loss: float | None = None,
+    allow_quality_loss: bool = False,
     on_step: Callable[[str], None] | None = None,
 ) -> OptimizeReport:
     """Run the passes on an mhe-edge export and write the result if ONNX Runtime agrees with the input:
-    fp32 within 1e-4; fp16 within 1e-2 with the same argmax on 99% of positions; int8 reports agreement.
+    fp32 within 1e-4. Lossy steps (fp16, int8) are judged on text: for a model that carries a tokenizer (a
+    trained folder's export) the held-out text's bits per byte before and after, refused beyond
+    `max_quality_loss` (default per step: text/quality.py) unless `allow_quality_loss`; `eval_text` files
+    replace the held-out text. A random-weight model's quality cannot be judged (the report says so); its
+    fp16 file must still agree within 1e-2 with the same argmax on 99% of positions.
     The output defaults to MODEL.opt.onnx; an input already optimized for another target is refused. `opset`
     (ort: 17-21, portable: 17-22) and `ort_query_seqlens` (batched chunked prefill with a past; ONNX Runtime
     1.32+) shape what runtimes can load it: see passes/targets.py.
@@ -116,17 +125,24 @@ def optimize(
             def check(atol, **options):
                 return compare_runners(config, candidate, reference, atol, batched_chunks=batched, **options)
 
-            if fp16:
+            quality = None
+            if fp16 or int8:
+                from mhe_edge.text.quality import judge_quality
+
+                sessions = create_session(source, "cpu"), create_session(staged, "cpu")
+                quality = judge_quality("fp16" if fp16 else "int8", config, header.metadata, *sessions, eval_text=eval_text,
+                                        max_loss=max_quality_loss, allow_loss=allow_quality_loss)
+            if fp16 and not quality.judged:  # no text to judge by: the numbers must stay close
                 records = check(FP16_ATOL, min_argmax_agreement=FP16_MIN_ARGMAX)
                 raise_on_failures(records, "the fp16 model disagrees with its input")
-            elif int8:  # quantization error is expected; the report carries the agreement
+            elif fp16 or int8:  # quantization error is expected; quality was judged on text (or cannot be)
                 records = check(float("inf"))
             else:
                 records = check(FP32_ATOL)
                 raise_on_failures(records, "the optimized model disagrees with its input")
         written = file_bytes(staged)
     return OptimizeReport(str(source), str(target_path), target, precision, applied, before, op_counts(model.graph),
-                          header.file_bytes, written, records, seconds)
+                          header.file_bytes, written, records, seconds, quality)
 
 
 def _own_error(exc: BaseException) -> BaseException:

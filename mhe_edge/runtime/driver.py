@@ -153,7 +153,7 @@ class ExportedModel:
 
     def generate_rows(self, prompts: list[list[int]], max_new_tokens: int, *, sampling: SamplingOptions | None = None,
                       prefill_chunk: int | None = None, stop_at_eos: bool = True,
-                      on_tokens: Callable[[np.ndarray], None] | None = None) -> list[list[int]]:
+                      on_tokens: Callable[[np.ndarray], np.ndarray | None] | None = None) -> list[list[int]]:
         """Prompts of any lengths as one batch; each row's new ids (ending at its EOS, if it emits one).
 
         Rows are padded on the right, as onnxruntime-genai pads (ONNX Runtime's GroupQueryAttention takes only
@@ -187,7 +187,9 @@ class ExportedModel:
             token = picker.pick(self._finite(last))
             steps.append(token)
             if on_tokens:
-                on_tokens(token)
+                finished = on_tokens(token)  # the caller may end rows (a stop string): they emit EOS from now on
+                if finished is not None and picker.eos is not None:
+                    picker.done |= np.asarray(finished, dtype=bool)
             if len(steps) == max_new_tokens or picker.finished:
                 break
             mask = np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], axis=1)

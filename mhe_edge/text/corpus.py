@@ -16,6 +16,7 @@ from typing import Any
 from mhe_edge.errors import RequestError
 
 BUILTIN = "python-docs"  # the name a folder records for the default corpus
+RECORD_FILE = "training.json"  # in a trained model folder: the corpus (below), tokenizer, options and results
 HELD_OUT_FRACTION = 0.05
 MAX_TEXT_BYTES = 2 << 30  # 2 GiB of text in all: far beyond what trains on one machine, far below running out of memory
 MIN_TEXT_CHARS = 2_000  # below this there is nothing to hold out

@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from mhe_edge.errors import CheckpointError, RequestError, first_line
+from mhe_edge.contract import KEY_TOKENIZER
+from mhe_edge.errors import CheckpointError, ModelFileError, RequestError, first_line
 
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE = "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"
 END_OF_TEXT = "<|endoftext|>"
@@ -37,6 +38,9 @@ class TextTokenizer:
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.backend.decode(list(ids), skip_special_tokens=True)
+
+    def to_json(self) -> str:
+        return self.backend.to_str()
 
     def save(self, folder: str | os.PathLike) -> None:
         """tokenizer.json and the two small files transformers' AutoTokenizer and onnxruntime-genai look for."""
@@ -85,6 +89,21 @@ def byte_tokenizer() -> TextTokenizer:
     return TextTokenizer(backend)
 
 
+def tokenizer_from_json(text: str, name: str) -> TextTokenizer:
+    """A tokenizer.json held in a string (an export's metadata), checked as a file would be."""
+    from tokenizers import Tokenizer
+
+    if len(text) > MAX_TOKENIZER_BYTES:
+        raise CheckpointError(f"{name}: its tokenizer is {len(text):,} characters; a tokenizer is at most {MAX_TOKENIZER_BYTES:,}")
+    try:
+        tokenizer = TextTokenizer(Tokenizer.from_str(text))
+    except Exception as exc:  # tokenizers raises plain Exception subclasses with its parser's message
+        raise CheckpointError(f"{name}: its tokenizer is not a tokenizers tokenizer.json: {first_line(exc)}") from exc
+    if tokenizer.eos_token_id is None:
+        raise CheckpointError(f"{name}: its tokenizer has no {END_OF_TEXT} token; mhe-edge's tokenizers end documents with it")
+    return tokenizer
+
+
 def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
     """A `tokenizer.json` (or a folder holding one), size-checked before it is read."""
     from tokenizers import Tokenizer
@@ -98,14 +117,22 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
     if size > MAX_TOKENIZER_BYTES:
         raise CheckpointError(f"{path.name} is {size:,} bytes; a tokenizer is at most {MAX_TOKENIZER_BYTES:,}")
     try:
-        backend = Tokenizer.from_str(path.read_text(encoding="utf-8"))
-    except Exception as exc:  # tokenizers raises plain Exception subclasses with its parser's message
-        raise CheckpointError(f"{path.name} is not a tokenizers tokenizer.json: {first_line(exc)}") from exc
-    tokenizer = TextTokenizer(backend)
-    if tokenizer.eos_token_id is None:
-        raise CheckpointError(f"{path.name} has no {END_OF_TEXT} token; mhe-edge's tokenizers end documents with it")
-    return tokenizer
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path.name} is not UTF-8 JSON") from exc
+    return tokenizer_from_json(text, path.name)
 
 
 def has_tokenizer(folder: str | os.PathLike) -> bool:
     return (Path(folder) / TOKENIZER_FILE).is_file()
+
+
+def tokenizer_of_export(metadata: dict[str, str], name: str) -> TextTokenizer | None:
+    """The tokenizer an export carries in its metadata, or None (random-weight models have none)."""
+    text = metadata.get(KEY_TOKENIZER)
+    if text is None:
+        return None
+    try:
+        return tokenizer_from_json(text, name)
+    except CheckpointError as exc:
+        raise ModelFileError(str(exc)) from exc

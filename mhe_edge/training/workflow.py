@@ -21,9 +21,10 @@ from mhe_edge.config import ModelConfig, preset_config
 from mhe_edge.errors import CheckpointError, RequestError
 from mhe_edge.files import FOLDER_MARKER, check_output
 from mhe_edge.results import Result
+from mhe_edge.text.corpus import RECORD_FILE
 from mhe_edge.training.loop import StepInfo, TrainOptions
 
-RECORD_FILE, LOG_FILE, PLOT_FILE = "training.json", "train_log.jsonl", "loss.png"
+LOG_FILE, PLOT_FILE = "train_log.jsonl", "loss.png"
 SAMPLE_PROMPT = "The "
 
 

@@ -1,0 +1,110 @@
+"""Quality on text, for ONNX files: the logits of a session over scoring windows, the held-out text an
+export's metadata names, and the gate lossy steps (fp16, int8, int4) pass through: the change in bits per
+byte on held-out text, measured on the model's own tokenizer, refused beyond a threshold."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mhe_edge.contract import ATTENTION_MASK, INPUT_IDS, KEY_TEXT, LOGITS, PAST_PREFIX
+from mhe_edge.errors import ParityError, RequestError
+from mhe_edge.text.scoring import LogitsFn, TextScore, score
+
+# Largest bits-per-byte increase each lossy step may cost before optimize refuses it. Measured on a trained
+# tiny decoder (README, "Quality"): fp16 changes held-out bits per byte by ~1e-5, int8 dynamic quantization
+# by ~7e-5; the defaults leave room for larger models, and stop a broken conversion (a tenth of a bit or more).
+DEFAULT_MAX_LOSS = {"fp16": 0.005, "int8": 0.02}
+MAX_SCORED_BYTES = 200_000  # the gate scores at most this much text (the held-out split of the default corpus is ~22 KB)
+
+
+def session_logits(session, config) -> LogitsFn:
+    """ids (B, L) -> logits (B, L, V) from a decoder session, each window started from an empty cache."""
+    inputs = {i.name: i.type for i in session.get_inputs()}
+
+    def run(ids: np.ndarray) -> np.ndarray:
+        feeds: dict[str, np.ndarray] = {INPUT_IDS: ids.astype(np.int64)}
+        if ATTENTION_MASK in inputs:
+            feeds[ATTENTION_MASK] = np.ones_like(feeds[INPUT_IDS])
+        for name, kind in inputs.items():
+            if name.startswith(PAST_PREFIX):
+                dtype = np.float16 if kind == "tensor(float16)" else np.float32
+                feeds[name] = np.zeros((ids.shape[0], config.kv_heads, 0, config.head_dim), dtype)
+        return session.run([LOGITS], feeds)[0]
+
+    return run
+
+
+def read_eval_text(files: list[str | os.PathLike]) -> str:
+    """The given text files, whole, for scoring."""
+    from mhe_edge.text.corpus import read_text_files
+
+    texts, _ = read_text_files(files)
+    return "\n".join(texts)
+
+
+def held_out_text(metadata: dict[str, str], eval_text: list[str | os.PathLike] | None) -> tuple[str, str] | None:
+    """(text, where it came from): the files given, else the held-out split of the training text the export
+    records; None when neither exists (a random-weight model: its quality cannot be judged)."""
+    from mhe_edge.text.corpus import held_out_from_record
+
+    if eval_text:
+        return read_eval_text(eval_text), ", ".join(os.path.basename(str(f)) for f in eval_text)
+    record = metadata.get(KEY_TEXT)
+    if record is None:
+        return None
+    return held_out_from_record(json.loads(record)), f"held-out split of {json.loads(record).get('name', 'the training text')}"
+
+
+def score_text(logits_fn: LogitsFn, tokenizer, text: str, window: int) -> TextScore:
+    text = text[:MAX_SCORED_BYTES]
+    return score(logits_fn, tokenizer.encode(text), len(text.encode("utf-8")), tokenizer.bos_token_id, window)
+
+
+@dataclass
+class QualityCheck:
+    judged: bool
+    reason: str = ""  # why it was not judged
+    text: str = ""  # what was scored
+    bits_per_byte_before: float | None = None
+    bits_per_byte_after: float | None = None
+    threshold: float | None = None
+    allowed: bool = False  # --allow-quality-loss
+
+    @property
+    def change(self) -> float | None:
+        if self.bits_per_byte_before is None or self.bits_per_byte_after is None:
+            return None
+        return self.bits_per_byte_after - self.bits_per_byte_before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"judged": self.judged, "reason": self.reason, "text": self.text,
+                "bits_per_byte_before": self.bits_per_byte_before, "bits_per_byte_after": self.bits_per_byte_after,
+                "bits_per_byte_change": self.change, "threshold": self.threshold, "allowed_beyond_threshold": self.allowed}
+
+
+def judge_quality(step: str, config, metadata: dict[str, str], before, after, *, eval_text=None,
+                  max_loss: float | None = None, allow_loss: bool = False) -> QualityCheck:
+    """Score `before` and `after` (sessions) on held-out text; raise ParityError when `after` costs more
+    than the threshold in bits per byte (unless `allow_loss`)."""
+    from mhe_edge.text.tokenizer import tokenizer_of_export
+
+    threshold = DEFAULT_MAX_LOSS[step] if max_loss is None else max_loss
+    if threshold < 0:
+        raise RequestError(f"the quality threshold must not be negative, not {threshold}")
+    tokenizer = tokenizer_of_export(metadata, "the model")
+    text = held_out_text(metadata, eval_text) if tokenizer is not None else None
+    if tokenizer is None or text is None:
+        why = "the model carries no tokenizer" if tokenizer is None else "no held-out text: give --eval-text"
+        return QualityCheck(False, f"{why} (a random-weight model?): quality cannot be judged", threshold=threshold)
+    window = min(config.max_seq_len, 256)
+    base = score_text(session_logits(before, config), tokenizer, text[0], window).bits_per_byte
+    lossy = score_text(session_logits(after, config), tokenizer, text[0], window).bits_per_byte
+    check = QualityCheck(True, "", text[1], base, lossy, threshold, allow_loss)
+    if check.change > threshold and not allow_loss:
+        raise ParityError(f"{step} costs {check.change:+.4f} bits per byte on {text[1]} ({base:.4f} -> {lossy:.4f}),"
+                          f" beyond the threshold {threshold}; nothing was written (--allow-quality-loss writes it anyway)")
+    return check
