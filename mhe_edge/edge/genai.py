@@ -2,7 +2,8 @@
 the cache, and onnxruntime-genai's own greedy loop (to check a package against `mhe-edge generate`).
 
 onnxruntime-genai then runs the cache loop, sampling and search, from C, C++, C#, Java, Objective-C and
-its Android/iOS packages, with no code of ours. No tokenizer is needed for token-id generation.
+its Android/iOS packages, with no code of ours. A trained model's package carries its tokenizer
+(tokenizer.json and tokenizer_config.json, what og.Tokenizer reads); token-id generation needs none.
 """
 from __future__ import annotations
 
@@ -17,15 +18,17 @@ from mhe_edge.contract import (
 )
 
 CHECK_PROMPT = [3, 1, 4, 1]
+CHECK_TEXT = "The "
 CHECK_NEW_TOKENS = 12
 
 
-def genai_config(config, share_buffer: bool, eos_token_id: int, filename: str = "model.onnx") -> dict[str, Any]:
+def genai_config(config, share_buffer: bool, eos_token_id: int, filename: str = "model.onnx", attention_mask: bool = True) -> dict[str, Any]:
+    """`attention_mask`: the model takes one (every export since decoders took it; genai pads batches on the right)."""
     def genai_pattern(template: str) -> str:
         return template.replace("{i}", "%d")
 
     inputs = {"input_ids": INPUT_IDS, "past_key_names": genai_pattern(PAST_KEY), "past_value_names": genai_pattern(PAST_VALUE)}
-    if share_buffer:
+    if share_buffer or attention_mask:
         inputs["attention_mask"] = ATTENTION_MASK
     return {
         "model": {
@@ -33,7 +36,7 @@ def genai_config(config, share_buffer: bool, eos_token_id: int, filename: str = 
             "context_length": config.max_seq_len,
             "vocab_size": config.vocab_size,
             "bos_token_id": config.bos_token_id if config.bos_token_id is not None else 0,
-            "pad_token_id": 0,
+            "pad_token_id": eos_token_id,
             "eos_token_id": eos_token_id,
             "decoder": {
                 "session_options": {"log_id": "mhe-edge", "provider_options": []},
@@ -71,6 +74,22 @@ def genai_greedy(folder: str | os.PathLike, prompt: list[int], new_tokens: int) 
     return [int(t) for t in generator.get_sequence(0)[len(prompt):]]
 
 
+def genai_text(folder: str | os.PathLike, text: str, new_tokens: int) -> tuple[list[int], str]:
+    """og.Tokenizer's ids for `text`, and og.Generator's greedy continuation decoded by og.Tokenizer."""
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+    tokenizer = og.Tokenizer(model)
+    ids = [int(i) for i in tokenizer.encode(text)]
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(ids) + new_tokens)
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array([ids], dtype=np.int32))
+    while not generator.is_done():
+        generator.generate_next_token()
+    return ids, tokenizer.decode(generator.get_sequence(0)[len(ids):])
+
+
 def share_cache_buffer(ir_model) -> None:
     """Rewrite an ort-target graph for onnxruntime-genai's `past_present_share_buffer`: an attention_mask
     input feeds GroupQueryAttention's lengths (the cache tensors then have a fixed capacity)."""
@@ -78,7 +97,8 @@ def share_cache_buffer(ir_model) -> None:
 
     SeqlensFromAttentionMaskPass()(ir_model)
     io = json.loads(ir_model.metadata_props[KEY_IO])
-    io["inputs"].insert(1, ATTENTION_MASK)
-    io[ATTENTION_MASK] = {"dtype": "int64", "shape": ["batch", "total_sequence"], "meaning": "1 for every token so far"}
+    if ATTENTION_MASK not in io["inputs"]:  # exports from before decoders took the mask
+        io["inputs"].insert(1, ATTENTION_MASK)
+        io[ATTENTION_MASK] = {"dtype": "int64", "shape": ["batch", "total_sequence"], "meaning": "1 for every token so far"}
     ir_model.metadata_props[KEY_IO] = json.dumps(io)
     ir_model.metadata_props[KEY_GRAPH] += "+genai(share_buffer)"

@@ -1,6 +1,8 @@
 """`package --format genai`: a folder onnxruntime-genai loads as it is (the optimized model, its external data
-if any, and a genai_config.json written from the export's metadata), checked token for token against
-`mhe-edge generate` when onnxruntime-genai is installed, before the folder appears."""
+if any, a genai_config.json written from the export's metadata, and the tokenizer files when the export
+carries a tokenizer), checked token for token against `mhe-edge generate` when onnxruntime-genai is
+installed, and for a model with a tokenizer text for text (og.Tokenizer and og.Generator against
+`mhe-edge generate --text`), before the folder appears."""
 from __future__ import annotations
 
 import importlib.util
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from mhe_edge.contract import ATTENTION_MASK
 from mhe_edge.errors import ParityError, RequestError
 from mhe_edge.files import check_full, check_output, read_header, save_ir_model, staged_output
 from mhe_edge.results import Result
@@ -52,6 +55,7 @@ def package(
     from mhe_edge.edge.genai import CHECK_NEW_TOKENS, CHECK_PROMPT, genai_config, genai_greedy, share_cache_buffer
     from mhe_edge.passes import TARGETS, optimize
     from mhe_edge.runtime import ExportedModel
+    from mhe_edge.text.tokenizer import tokenizer_of_export
 
     if format not in FORMATS:
         raise RequestError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
@@ -88,7 +92,11 @@ def package(
             save_ir_model(graph, rewritten)
             check_full(rewritten)
             os.replace(rewritten, onnx_path)
-        (stage / "genai_config.json").write_text(json.dumps(genai_config(config, share_buffer, eos, MODEL_FILE), indent=2))
+        has_mask = ATTENTION_MASK in header.io.get("inputs", []) or share_buffer
+        (stage / "genai_config.json").write_text(json.dumps(genai_config(config, share_buffer, eos, MODEL_FILE, has_mask), indent=2))
+        tokenizer = tokenizer_of_export(header.metadata, source.name)
+        if tokenizer is not None:
+            tokenizer.save(stage)
 
         check: dict[str, Any] = {"prompt": CHECK_PROMPT, "new_tokens": CHECK_NEW_TOKENS}
         if importlib.util.find_spec("onnxruntime_genai") is None:
@@ -101,8 +109,24 @@ def package(
             check.update(status="passed" if got == expected else "failed", genai_tokens=got, mhe_edge_tokens=expected)
             if got != expected:
                 raise ParityError(f"onnxruntime-genai generated {got}, mhe-edge generate {expected}")
+            if tokenizer is not None:
+                check["text"] = _check_text(source, stage, tokenizer)
         model_bytes = onnx_path.stat().st_size
     return PackageReport(
         folder=str(folder), model=str(folder / MODEL_FILE), config=str(folder / "genai_config.json"), target=packaged_target,
         share_buffer=share_buffer, eos_token_id=eos, model_bytes=model_bytes, check=check,
     )
+
+
+def _check_text(source: Path, stage: Path, tokenizer) -> dict[str, Any]:
+    """og.Tokenizer must encode as our tokenizer does, and og.Generator's greedy text equal `generate --text`'s."""
+    from mhe_edge.edge.genai import CHECK_NEW_TOKENS, CHECK_TEXT, genai_text
+    from mhe_edge.runtime.text_generation import generate_text
+
+    ids, text = genai_text(stage, CHECK_TEXT, CHECK_NEW_TOKENS)
+    if ids != tokenizer.encode(CHECK_TEXT):
+        raise ParityError(f"onnxruntime-genai's tokenizer encodes {CHECK_TEXT!r} as {ids}, mhe-edge's as {tokenizer.encode(CHECK_TEXT)}")
+    ours = generate_text(source, CHECK_TEXT, max_new_tokens=CHECK_NEW_TOKENS).generations[0].text
+    if text != ours:
+        raise ParityError(f"onnxruntime-genai generated {text!r}, mhe-edge generate --text {ours!r}")
+    return {"prompt": CHECK_TEXT, "genai_text": text, "mhe_edge_text": ours, "status": "passed"}
