@@ -12,6 +12,11 @@ and returns a typed result whose `to_dict()` is exactly what the command's `--js
     print(mhe_edge.profile("model.opt.onnx", seq_len=64).latency_ms)      # ProfileReport
     print(mhe_edge.compare(preset="tiny", seq_lens=[32]).rows)            # CompareReport
 
+    mhe_edge.train("my-model", attention="mhe-mul", options=mhe_edge.TrainOptions(steps=300))  # TrainReport
+    mhe_edge.export("my-model", "my-model.onnx")                         # carries the tokenizer
+    print(mhe_edge.generate_text("my-model.onnx", "The ").generations[0].text)
+    print(mhe_edge.evaluate(["my-model", "my-model.onnx"]).rows)         # EvalReport: bits per byte
+
 Errors are `mhe_edge.MheEdgeError` subclasses with one-line messages. Names are imported lazily: the runtime
 and the profiler (ONNX Runtime only) never pay for importing torch, which would also inflate the memory
 figures they report.
@@ -36,7 +41,13 @@ _LAZY = {
     "compare": "mhe_edge.workflows.compare",
     "to_ort": "mhe_edge.edge.ort_format",
     "package": "mhe_edge.workflows.package",
+    "train": "mhe_edge.training.workflow",
+    "evaluate": "mhe_edge.workflows.evaluate",
+    "generate_text": "mhe_edge.runtime.text_generation",
     # building blocks
+    "TrainOptions": "mhe_edge.training.loop",
+    "SamplingOptions": "mhe_edge.text.sampling",
+    "load_tokenizer": "mhe_edge.text.tokenizer",
     "ModelConfig": "mhe_edge.config",
     "preset_config": "mhe_edge.config",
     "build_model": "mhe_edge.models.transformer",
@@ -56,6 +67,9 @@ _LAZY = {
     "PackageReport": "mhe_edge.workflows.package",
     "Description": "mhe_edge.inspection",
     "InitReport": "mhe_edge.workflows.build",
+    "TrainReport": "mhe_edge.training.workflow",
+    "EvalReport": "mhe_edge.workflows.evaluate",
+    "TextGenerationReport": "mhe_edge.runtime.text_generation",
 }
 
 __all__ = ["__version__", *_LAZY]

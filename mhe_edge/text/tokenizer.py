@@ -119,7 +119,7 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise CheckpointError(f"{path.name} is not UTF-8 JSON") from exc
+        raise CheckpointError(f"{path.name} is not a tokenizer.json (not UTF-8 JSON)") from exc
     return tokenizer_from_json(text, path.name)
 
 
