@@ -19,7 +19,7 @@ ALLOWED = {
     "text": BASE | {"files", "sessions"},
     "models": BASE | {"files", "text"},
     "training": BASE | {"files", "models", "text"},
-    "exporters": BASE | {"files", "models", "sessions", "verification"},
+    "exporters": BASE | {"files", "models", "sessions", "verification", "text"},
     "passes": BASE | {"files", "sessions", "verification", "text"},
     "runtime": BASE | {"files", "sessions", "text"},
     "edge": BASE | {"files", "sessions", "verification", "passes", "runtime"},
