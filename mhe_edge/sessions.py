@@ -10,9 +10,18 @@ from mhe_edge.errors import ModelFileError, ProviderError, RequestError, first_l
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
+def onnxruntime():
+    """The onnxruntime module, or a refusal saying which extra installs it (mhe-edge depends on neither wheel)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ProviderError("ONNX Runtime is not installed: pip install 'mhe-edge[cpu]' (or 'mhe-edge[cuda]' for its CUDA build)") from exc
+    return ort
+
+
 def check_provider(provider: str) -> str:
     """ONNX Runtime's name for `provider`, or a refusal: unknown (RequestError) or not in this build (ProviderError)."""
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     if provider not in PROVIDERS:
         raise RequestError(f"unknown provider {provider!r}; choose one of {', '.join(PROVIDERS)}")
@@ -20,7 +29,7 @@ def check_provider(provider: str) -> str:
     if wanted not in ort.get_available_providers():
         raise ProviderError(
             f"ONNX Runtime {ort.__version__} here has no {wanted} (available: {', '.join(ort.get_available_providers())});"
-            " install onnxruntime-gpu with matching CUDA and cuDNN libraries"
+            " install the CUDA build (pip install 'mhe-edge[cuda]', or bash scripts/setup.sh --cuda) with matching CUDA and cuDNN libraries"
         )
     return wanted
 
@@ -34,7 +43,7 @@ def create_session(
     """An InferenceSession on exactly `provider`; raises ProviderError if ONNX Runtime lands elsewhere.
 
     `profile_prefix` turns on ONNX Runtime's profiler (its trace goes to PREFIX_<time>.json)."""
-    import onnxruntime as ort
+    ort = onnxruntime()
 
     wanted = check_provider(provider)
     options = ort.SessionOptions()

@@ -273,3 +273,32 @@ def test_int8_on_a_hand_built_graph(tmp_path):
     assert np.abs(after["y"] - before["y"]).max() < 0.1 * np.abs(before["y"]).max()
     with pytest.raises(GraphRefused, match="quantized"):
         ConvertToFloat16Pass()(result.model)
+
+
+def test_int4_on_a_hand_built_graph(tmp_path):
+    from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass
+
+    x = _value("x", ["B", 64])
+    graph = ir.Graph([x], [], nodes=[], name="int4")
+    weight = RNG.standard_normal((64, WIDTH)).astype(np.float32)
+    matmul = ir.node("MatMul", [x, _const(graph, "w", weight)])
+    graph.append(matmul)
+    matmul.outputs[0].name = "y"
+    graph.outputs.append(matmul.outputs[0])
+    model = _model(graph)
+    feeds = {"x": RNG.standard_normal((3, 64)).astype(np.float32)}
+    before = _run(model, feeds, tmp_path, "before")
+    result = QuantizeInt4Pass(block_size=32)(model)
+    nodes = [n for n in result.model.graph]
+    assert result.modified and [(n.domain, n.op_type) for n in nodes] == [("com.microsoft", "MatMulNBits")]
+    assert nodes[0].attributes["block_size"].as_int() == 32 and nodes[0].attributes["bits"].as_int() == 4
+    after = _run(result.model, feeds, tmp_path, "after")
+    # numbers: the kernel equals x @ dequantize(W) computed here from the stored 4-bit blocks and scales
+    packed = next(v for v in nodes[0].inputs[1:2]).const_value.numpy().reshape(WIDTH, 2, 16)  # (N, blocks, 32 nibbles)
+    scales = nodes[0].inputs[2].const_value.numpy().reshape(WIDTH, 2)
+    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(WIDTH, 2, 32).astype(np.float32)
+    dequantized = ((nibbles - 8) * scales[..., None]).reshape(WIDTH, 64).T  # (K, N)
+    assert np.abs(after["y"] - feeds["x"] @ dequantized).max() < 2e-2 * np.abs(after["y"]).max()
+    assert np.abs(after["y"] - before["y"]).max() < 0.2 * np.abs(before["y"]).max()  # 4 bits cost a little
+    with pytest.raises(GraphRefused, match="block size"):
+        QuantizeInt4Pass(block_size=48)

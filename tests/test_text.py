@@ -181,3 +181,19 @@ def test_tokenizers_round_trip_and_scoring_windows():
     assert math.isclose(unigram_bits_per_byte("abab"), 1.0)
     repetitive = [1, 2, 3] * 200
     assert bigram_score(repetitive, [1, 2, 3] * 10, 30, 3, 4).bits_per_byte < 0.2  # a bigram model learns a cycle
+
+
+def test_int4_is_small_generates_and_reports_its_quality(trained, cli):
+    _, root = trained
+    result = cli("optimize", root / "model.onnx", "-o", root / "model.int4.onnx", "--target", "ort", "--int4", "--json")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    fp32 = (root / "model.ort.onnx").stat().st_size
+    assert report["bytes"]["after"] <= 0.35 * fp32
+    assert report["op_counts"]["after"].get("com.microsoft.MatMulNBits", 0) > 0
+    quality = report["quality"]
+    assert quality["judged"] and 0 <= quality["bits_per_byte_change"] < 0.1
+    text = mhe_edge.generate_text(root / "model.int4.onnx", "The ", max_new_tokens=8).generations[0]
+    assert len(text.tokens) > 0
+    refused = cli("optimize", root / "model.onnx", "-o", root / "p.onnx", "--target", "portable", "--int4")
+    assert refused.code == 2 and "MatMulNBits" in refused.stderr

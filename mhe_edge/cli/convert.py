@@ -69,15 +69,18 @@ def optimize(
     ort_query_seqlens: Annotated[bool, flag("--ort-query-seqlens", "With --target ort: batched chunked prefill with a past (needs ONNX Runtime 1.32+).")] = False,
     fp16: Annotated[bool, flag("--fp16", "Weights, compute, cache and logits in float16 (input_ids stay int64).")] = False,
     int8: Annotated[bool, flag("--int8", "Dynamic int8 quantization of MatMul weights (ONNX Runtime's).")] = False,
-    eval_text: Annotated[Optional[list[Path]], typer.Option(help="Judge --fp16/--int8 on these text files (default: the held-out text a trained model records).")] = None,
-    max_quality_loss: Annotated[Optional[float], typer.Option(min=0.0, max=100.0, help="Refuse --fp16/--int8 beyond this many bits per byte lost (defaults: fp16 0.005, int8 0.02).")] = None,
+    int4: Annotated[bool, flag("--int4", "Weight-only 4-bit MatMul weights (ONNX Runtime's MatMulNBits; std or ort).")] = False,
+    int4_block_size: Annotated[int, typer.Option(help="With --int4: weights per scale (16, 32, 64, 128 or 256).")] = 32,
+    int4_asymmetric: Annotated[bool, flag("--int4-asymmetric", "With --int4: a zero point per block too (default symmetric).")] = False,
+    eval_text: Annotated[Optional[list[Path]], typer.Option(help="Judge --fp16/--int8/--int4 on these text files (default: the held-out text a trained model records).")] = None,
+    max_quality_loss: Annotated[Optional[float], typer.Option(min=0.0, max=100.0, help="Refuse --fp16/--int8/--int4 beyond this many bits per byte lost (defaults: fp16 0.005, int8 0.02, int4 0.1).")] = None,
     allow_quality_loss: Annotated[bool, flag("--allow-quality-loss", "Write the file even beyond the threshold (the loss is still reported).")] = False,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
     """Fold MHE head embeddings into constants and lower attention to fused single-KV-head kernels, then
-    clean up; optionally fp16 or int8. The result is compared with the input on ONNX Runtime before it is
-    written: fp32 within 1e-4; fp16 and int8 by bits per byte on held-out text for a trained model (refused
+    clean up; optionally fp16, int8 or int4. The result is compared with the input on ONNX Runtime before it is
+    written: fp32 within 1e-4; fp16, int8 and int4 by bits per byte on held-out text for a trained model (refused
     beyond a threshold), by closeness alone (fp16) for random weights, whose quality cannot be judged.
 
     Example: `mhe-edge optimize model.onnx -o model.portable.onnx --target portable`
@@ -85,7 +88,8 @@ def optimize(
     from mhe_edge.passes import optimize as optimize_model
 
     with steps("optimize", quiet=as_json) as on_step:
-        report = optimize_model(model, output, target=target, fp16=fp16, int8=int8, opset=opset,
+        report = optimize_model(model, output, target=target, fp16=fp16, int8=int8, int4=int4, int4_block_size=int4_block_size,
+                                int4_symmetric=not int4_asymmetric, opset=opset,
                                 ort_query_seqlens=ort_query_seqlens, force=force, eval_text=eval_text,
                                 max_quality_loss=max_quality_loss, allow_quality_loss=allow_quality_loss, on_step=on_step)
     emit(report, as_json, print_optimize)

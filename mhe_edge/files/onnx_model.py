@@ -239,7 +239,12 @@ def _tensor_bytes(tensor) -> int:
     numel = 1
     for dim in tensor.dims:
         numel *= dim
+    if tensor.data_type in _PACKED_4BIT:  # two elements per byte (int4 weights: MatMulNBits, GatherBlockQuantized)
+        return (numel + 1) // 2
     return numel * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+
+
+_PACKED_4BIT = {22, 21, 23}  # TensorProto.INT4, UINT4, FLOAT4E2M1
 
 
 # --- onnx_ir models: counting, saving, checking

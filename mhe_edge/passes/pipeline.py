@@ -1,4 +1,4 @@
-"""`optimize`: an mhe-edge export -> folded, lowered, cleaned (and optionally fp16/int8) export, checked
+"""`optimize`: an mhe-edge export -> folded, lowered, cleaned (and optionally fp16/int8/int4) export, checked
 against the input with ONNX Runtime before it is written."""
 from __future__ import annotations
 
@@ -55,6 +55,9 @@ def optimize(
     target: str = "std",
     fp16: bool = False,
     int8: bool = False,
+    int4: bool = False,
+    int4_block_size: int = 32,
+    int4_symmetric: bool = True,
     opset: int | None = None,
     ort_query_seqlens: bool = False,
     force: bool = False,
@@ -64,7 +67,8 @@ def optimize(
     on_step: Callable[[str], None] | None = None,
 ) -> OptimizeReport:
     """Run the passes on an mhe-edge export and write the result if ONNX Runtime agrees with the input:
-    fp32 within 1e-4. Lossy steps (fp16, int8) are judged on text: for a model that carries a tokenizer (a
+    fp32 within 1e-4. Lossy steps (fp16, int8, int4: ONNX Runtime's MatMulNBits, `int4_block_size` weights per
+    scale, symmetric unless `int4_symmetric=False`) are judged on text: for a model that carries a tokenizer (a
     trained folder's export) the held-out text's bits per byte before and after, refused beyond
     `max_quality_loss` (default per step: text/quality.py) unless `allow_quality_loss`; `eval_text` files
     replace the held-out text. A random-weight model's quality cannot be judged (the report says so); its
@@ -78,7 +82,7 @@ def optimize(
     import onnx_ir as ir
 
     source = Path(source)
-    passes = build_passes(target, fp16, int8, opset, ort_query_seqlens)
+    passes = build_passes(target, fp16, int8, opset, ort_query_seqlens, int4, int4_block_size, int4_symmetric)
     opset = check_target(target, opset, ort_query_seqlens)
     default = source.with_name(source.stem + ".opt.onnx")
     header = read_header(source)
@@ -101,13 +105,13 @@ def optimize(
             model = ir.passes.PassManager(passes)(model).model  # functional passes (int8) return a new model
         except ir.passes.PassError as exc:
             raise _own_error(exc) from exc
-        precision = "fp16" if fp16 else "int8" if int8 else header.precision
+        precision = "fp16" if fp16 else "int8" if int8 else "int4" if int4 else header.precision
         applied = [type(p).__name__ for p in passes]
         model.metadata_props[KEY_GRAPH] = f"{header.graph}+optimize(target={target},precision={precision})"
         model.metadata_props[KEY_TARGET] = target
         model.metadata_props[KEY_PRECISION] = precision
         model.metadata_props[KEY_OPSET] = str(opset)
-        model.metadata_props[KEY_MIN_ORT] = min_onnxruntime(target, opset, ort_query_seqlens)
+        model.metadata_props[KEY_MIN_ORT] = min_onnxruntime(target, opset, ort_query_seqlens, int4)
         if ort_query_seqlens:
             model.metadata_props[KEY_QUERY_SEQLENS] = "1"
         if fp16:
@@ -126,16 +130,16 @@ def optimize(
                 return compare_runners(config, candidate, reference, atol, batched_chunks=batched, **options)
 
             quality = None
-            if fp16 or int8:
+            if fp16 or int8 or int4:
                 from mhe_edge.text.quality import judge_quality
 
                 sessions = create_session(source, "cpu"), create_session(staged, "cpu")
-                quality = judge_quality("fp16" if fp16 else "int8", config, header.metadata, *sessions, eval_text=eval_text,
+                quality = judge_quality(precision, config, header.metadata, *sessions, eval_text=eval_text,
                                         max_loss=max_quality_loss, allow_loss=allow_quality_loss)
             if fp16 and not quality.judged:  # no text to judge by: the numbers must stay close
                 records = check(FP16_ATOL, min_argmax_agreement=FP16_MIN_ARGMAX)
                 raise_on_failures(records, "the fp16 model disagrees with its input")
-            elif fp16 or int8:  # quantization error is expected; quality was judged on text (or cannot be)
+            elif fp16 or int8 or int4:  # quantization error is expected; quality was judged on text (or cannot be)
                 records = check(float("inf"))
             else:
                 records = check(FP32_ATOL)

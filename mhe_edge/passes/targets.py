@@ -15,6 +15,7 @@ DEFAULT_OPSET = {"std": 23, "ort": 21, "portable": 17}
 OPSET_RANGE = {"std": (23, 23), "ort": (17, 21), "portable": (17, 22)}
 IR_VERSION = {"ort": 10, "portable": 8}
 MIN_ORT_QUERY_SEQLENS = "1.32"  # GroupQueryAttention's query_seqlens input
+MIN_ORT_INT4 = "1.20"  # com.microsoft.GatherBlockQuantized (int4 embedding tables) on the CPU
 MIN_ORT_GQA = "1.20"  # GroupQueryAttention as lowered here (CPU, single-KV-head, seqlens from shapes)
 
 
@@ -31,23 +32,27 @@ def check_target(target: str, opset: int | None, query_seqlens: bool) -> int:
     return opset
 
 
-def min_onnxruntime(target: str | None, opset: int, query_seqlens: bool = False) -> str:
+def min_onnxruntime(target: str | None, opset: int, query_seqlens: bool = False, int4: bool = False) -> str:
     from packaging.version import Version
 
     if target == "ort":
-        return MIN_ORT_QUERY_SEQLENS if query_seqlens else max(MIN_ORT_GQA, MIN_ORT_FOR_OPSET[opset], key=Version)
-    return MIN_ORT_FOR_OPSET[opset]
+        oldest = MIN_ORT_QUERY_SEQLENS if query_seqlens else max(MIN_ORT_GQA, MIN_ORT_FOR_OPSET[opset], key=Version)
+    else:
+        oldest = MIN_ORT_FOR_OPSET[opset]
+    return max(oldest, MIN_ORT_INT4, key=Version) if int4 else oldest
 
 
 def build_passes(target: str = "std", fp16: bool = False, int8: bool = False, opset: int | None = None,
-                 query_seqlens: bool = False) -> list:
+                 query_seqlens: bool = False, int4: bool = False, int4_block_size: int = 32, int4_symmetric: bool = True) -> list:
     """The pass list for a target and precision, in order (each pass one file in mhe_edge/passes/)."""
     from mhe_edge.passes.cleanup import CleanupPass
     from mhe_edge.passes.fold_head_embeddings import FoldHeadEmbeddingsPass
 
     opset = check_target(target, opset, query_seqlens)
-    if fp16 and int8:
-        raise RequestError("choose --fp16 or --int8, not both")
+    if fp16 + int8 + int4 > 1:
+        raise RequestError("choose one of --fp16, --int8 and --int4")
+    if int4 and target == "portable":
+        raise RequestError("--int4 writes com.microsoft.MatMulNBits (ONNX Runtime only): use --target ort or std, not portable")
     passes = [FoldHeadEmbeddingsPass()]
     if target == "ort":
         from mhe_edge.passes.lower_to_ort import LowerToGroupQueryAttentionPass
@@ -66,6 +71,10 @@ def build_passes(target: str = "std", fp16: bool = False, int8: bool = False, op
         from mhe_edge.passes.quantize_int8 import DynamicQuantizeInt8Pass
 
         passes.append(DynamicQuantizeInt8Pass())
+    if int4:
+        from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass
+
+        passes.append(QuantizeInt4Pass(int4_block_size, int4_symmetric))
     if target in IR_VERSION:
         from mhe_edge.passes.to_opset import ConvertToOpsetPass
 

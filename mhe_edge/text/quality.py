@@ -17,7 +17,7 @@ from mhe_edge.text.scoring import LogitsFn, TextScore, score
 # Largest bits-per-byte increase each lossy step may cost before optimize refuses it. Measured on a trained
 # tiny decoder (README, "Quality"): fp16 changes held-out bits per byte by ~1e-5, int8 dynamic quantization
 # by ~7e-5; the defaults leave room for larger models, and stop a broken conversion (a tenth of a bit or more).
-DEFAULT_MAX_LOSS = {"fp16": 0.005, "int8": 0.02}
+DEFAULT_MAX_LOSS = {"fp16": 0.005, "int8": 0.02, "int4": 0.1}
 MAX_SCORED_BYTES = 200_000  # the gate scores at most this much text (the held-out split of the default corpus is ~22 KB)
 
 
