@@ -33,8 +33,9 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 def comparison_table(result: dict[str, Any]) -> Table:
     """The compare table; `result` is CompareReport.to_dict()."""
     settings = result["settings"]
-    table = Table(title=f"compare on {settings['provider']}: batch {settings['batch']}, {settings['new_tokens']} decode steps"
-                        f" (ratios: x MHA at the same length)")
+    steps = f"{settings['new_tokens']} decode steps" if settings.get("arch", "decoder") == "decoder" else "one forward pass"
+    table = Table(title=f"compare on {settings['provider']}: batch {settings['batch']}, {steps}, target {settings['target']},"
+                        f" median of {settings['runs']} rounds (ratios: x MHA; * spread > 10%)")
     named = settings.get("preset") is None  # files given: say which is which (built models are named by kind)
     for column in (["model"] if named else []) + ["attention", "tokens", "params", "file MiB", "KV cache MiB", "peak MiB",
                                                    "prefill ms", "decode ms/tok"]:
@@ -45,6 +46,8 @@ def comparison_table(result: dict[str, Any]) -> Table:
         if value is None:
             return "n/a"
         text = f"{value / scale:,.{digits}f}{unit}"
+        if key.startswith(("prefill", "decode")) and key.split("_")[0] in row.get("unstable", []):
+            text += "*"
         return text + (f" ({ratio:.2f}x)" if ratio is not None and row["attention"] != "mha" else "")
 
     for row in result["rows"]:

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from mhe_edge.cli import command
-from mhe_edge.cli.options import Batch, DecoderModel, Force, Json, NewTokens, OnnxModel, PrefillChunk, Provider, Runs, Target, Threads
+from mhe_edge.cli.options import Batch, DecoderModel, Force, Json, NewTokens, OnnxModel, PrefillChunk, Provider, Runs, Target, Threads, flag
 from mhe_edge.cli.output import comparison_table, emit, err, literal, out
 from mhe_edge.config import PRESETS
 from mhe_edge.errors import RequestError
@@ -78,18 +78,20 @@ def profile(
     model: OnnxModel,
     provider: Provider = "cpu",
     batch: Batch = 1,
-    seq_len: Annotated[int, typer.Option(min=1, max=1_048_576, help="Prompt length (decoders) or sequence length (encoders).")] = 128,
+    seq_len: Annotated[Optional[int], typer.Option(min=1, max=1_048_576, help="Prompt length (decoders) or sequence length (encoders); default 128, or what fits the model.")] = None,
     prefill_chunk: PrefillChunk = None,
-    new_tokens: NewTokens = 16,
-    runs: Runs = 3,
+    new_tokens: NewTokens = 32,
+    runs: Runs = 5,
     warmup: Annotated[int, typer.Option(min=0, max=1000, help="Unmeasured runs first.")] = 1,
     threads: Threads = None,
+    copy_cache: Annotated[bool, flag("--copy-cache", "Feed each present back as the next past even where the cache could be updated in place (--target ort).")] = False,
     trace: Annotated[Optional[Path], typer.Option(help="Keep ONNX Runtime's Chrome trace here (.json).")] = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
-    """Latency (load, prefill, per-token decode: p50/p90), tokens/s, peak memory, KV-cache bytes, file
-    size, and the slowest ops by ONNX Runtime's own profiler.
+    """Latency (load, prefill, per-token decode: min/median/p90; spreads over 10% flagged), tokens/s, peak
+    memory, KV-cache bytes, file size, the bandwidth floor of a decode step (CPU) and the slowest ops by
+    ONNX Runtime's own profiler. `--target ort` decoders update their cache in place.
 
     Example: `mhe-edge profile model.opt.onnx --seq-len 512 --new-tokens 32 --json`
     """
@@ -105,7 +107,7 @@ def profile(
 
         report = profile_model(
             model, provider=provider, batch=batch, seq_len=seq_len, prefill_chunk=prefill_chunk, new_tokens=new_tokens,
-            runs=runs, warmup=warmup, threads=threads, trace=trace, force=force, on_progress=on_progress,
+            runs=runs, warmup=warmup, threads=threads, trace=trace, force=force, in_place=not copy_cache, on_progress=on_progress,
         )
     emit(report, as_json, _print_profile)
 
@@ -117,7 +119,16 @@ def _print_profile(report) -> None:
     table.add_row("session load", f"{latency['load']:.1f} ms")
     for key in ("prefill", "forward", "decode_per_token"):
         if latency.get(key):
-            table.add_row(key.replace("_", " "), f"p50 {latency[key]['p50']:.2f} ms, p90 {latency[key]['p90']:.2f} ms")
+            stats = latency[key]
+            flag_text = f" (spread {stats['spread']:.0%}: unstable)" if key in report.unstable else ""
+            table.add_row(key.replace("_", " "), f"min {stats['min']:.2f}, median {stats['p50']:.2f}, p90 {stats['p90']:.2f} ms"
+                                                 f" over {stats['n']}{flag_text}")
+    if report.arch == "decoder":
+        table.add_row("KV cache update", report.cache)
+    if report.bandwidth_floor:
+        floor = report.bandwidth_floor
+        table.add_row("bandwidth floor", f"{floor['floor_ms']:.2f} ms/step ({floor['bytes_per_step'] / 2**20:.1f} MiB at"
+                                         f" {floor['bandwidth_gb_s']:.1f} GB/s): the fastest step reached {floor['fraction']:.0%} of it")
     table.add_row("tokens/s", f"{report.tokens_per_second:.1f}")
     peak = report.peak_memory_bytes
     table.add_row("peak memory", f"{peak / 2**20:.1f} MiB ({report.peak_memory_source})" if peak else f"n/a ({report.peak_memory_source})")
@@ -135,26 +146,27 @@ def compare(
     arch: Annotated[str, typer.Option(help="decoder or encoder, when building.")] = "decoder",
     attention: Annotated[str, typer.Option(help="Kinds to build, comma-separated.")] = "mha,mqa,gqa,mhe-add,mhe-mul",
     provider: Provider = "cpu",
-    seq_lens: Annotated[str, typer.Option(help="Prompt lengths, comma-separated.")] = "128,512",
+    seq_lens: Annotated[Optional[str], typer.Option(help="Prompt lengths, comma-separated (default: 128 and 512, those that fit the models).", show_default=False)] = None,
     batch: Batch = 1,
-    new_tokens: NewTokens = 8,
-    runs: Runs = 2,
+    new_tokens: NewTokens = 32,
+    runs: Annotated[int, typer.Option(min=1, max=10_000, help="Interleaved rounds: every model is profiled once per round.")] = 5,
     prefill_chunk: PrefillChunk = None,
-    target: Target = "std",
+    target: Target = "ort",
     threads: Threads = None,
     plot: Annotated[Optional[Path], typer.Option(help="Write a plot of peak memory and decode time vs length (.png, .svg, .pdf).")] = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
     """Put MHE beside MHA, MQA and GQA: same-size random-weight models are built, exported and optimized
-    (or FILES are taken as they are), each profiled in a fresh process; one table with ratios to MHA.
+    (or FILES are taken as they are), each profiled in a fresh process, in interleaved rounds; one table of
+    medians with ratios to MHA (* marks a spread over 10% between rounds).
 
     Example: `mhe-edge compare --preset small --seq-lens 128,512,2048 --plot compare.png`
     """
     from mhe_edge.workflows.compare import compare as compare_models
 
     try:
-        lengths = [int(t) for t in seq_lens.split(",")]
+        lengths = [int(t) for t in seq_lens.split(",")] if seq_lens is not None else None
     except ValueError as exc:
         raise RequestError(f"seq-lens must be comma-separated integers, not {seq_lens!r}") from exc
     with err.status("compare: starting") as status:

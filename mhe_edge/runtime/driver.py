@@ -1,8 +1,13 @@
-"""Drive any mhe-edge export from its metadata: an encoder forward pass, or greedy decoding with the KV cache.
+"""Drive any mhe-edge export from its metadata: an encoder forward pass, or decoding with the KV cache.
 
 One code path for every provider: inputs and outputs go through ONNX Runtime's IO binding, so on CUDA the
-KV cache stays on the device between steps (each step's present OrtValues are bound as the next past);
-only `logits` come back to the host, for the argmax.
+KV cache stays on the device between steps; only `logits` come back to the host.
+
+The cache is updated in place where the file allows it. A `--target ort` decoder's GroupQueryAttention
+takes one preallocated buffer per layer, `[batch, kv_heads, capacity, head_dim]`, bound as both the past
+input and the present output: each step writes its new positions into it, and nothing is copied (the
+kernel reads the valid lengths from `attention_mask`). Other files return a present one step longer than
+their past, which becomes the next past (the whole cache is copied every step).
 """
 from __future__ import annotations
 
@@ -25,6 +30,19 @@ from mhe_edge.sessions import create_session
 from mhe_edge.text.sampling import SamplingOptions, TokenPicker
 
 
+class KVCache(dict):
+    """A decoder's cache: OrtValues by past input name, how many positions it holds (`length`), and whether
+    they are preallocated buffers updated in place (`capacity` positions each) or replaced every step."""
+
+    def __init__(self, values: dict, length: int = 0, capacity: int | None = None):
+        super().__init__(values)
+        self.length, self.capacity = length, capacity
+
+    @property
+    def in_place(self) -> bool:
+        return self.capacity is not None
+
+
 class ExportedModel:
     """An mhe-edge export loaded on one provider, with its config and I/O layout read from the file."""
 
@@ -44,6 +62,9 @@ class ExportedModel:
         self.input_names = list(inputs)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.past_names = [n for n in self.input_names if n.startswith(PAST_PREFIX)]
+        # GroupQueryAttention updates a shared past/present buffer in place; it needs the mask for lengths
+        self.cache_in_place = (self.config.arch == "decoder" and self.metadata.get(KEY_TARGET) == "ort"
+                               and ATTENTION_MASK in self.input_names)
 
     @contextlib.contextmanager
     def _running(self):
@@ -102,37 +123,55 @@ class ExportedModel:
         of different lengths; older files take equal lengths only."""
         return ATTENTION_MASK in self.input_names
 
-    def empty_cache(self, batch: int) -> dict:
+    def empty_cache(self, batch: int, capacity: int | None = None, in_place: bool | None = None) -> KVCache:
+        """An empty cache: preallocated buffers of `capacity` positions when the file updates its cache in place
+        (and `in_place` is not False), else tensors of length 0 that each step replaces."""
         cfg = self.config
-        empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), self.float_dtype)
-        return {name: self._ortvalue(empty) for name in self.past_names}
+        if capacity is not None and (self.cache_in_place if in_place is None else in_place and self.cache_in_place):
+            import onnxruntime as ort
 
-    def step(self, ids: np.ndarray, cache: dict, mask: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
-        """One decoder call: ids (B, T) int64, the cache (OrtValues by past name) and the attention mask over past
-        + new tokens (default: all ones) -> logits (B, T, V), new cache."""
+            if not 1 <= capacity <= cfg.max_seq_len:
+                raise RequestError(f"cache capacity {capacity} is outside [1, max_seq_len {cfg.max_seq_len}]")
+            shape = (batch, cfg.kv_heads, capacity, cfg.head_dim)  # never read beyond the valid lengths: left uninitialised
+            buffers = {n: ort.OrtValue.ortvalue_from_shape_and_type(shape, self.float_dtype, self.device, 0) for n in self.past_names}
+            return KVCache(buffers, 0, capacity)
+        empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), self.float_dtype)
+        return KVCache({name: self._ortvalue(empty) for name in self.past_names})
+
+    def step(self, ids: np.ndarray, cache: KVCache, mask: np.ndarray | None = None) -> tuple[np.ndarray, KVCache]:
+        """One decoder call: ids (B, T) int64, the cache and the attention mask over past + new tokens (default:
+        all ones) -> logits (B, T, V) and the cache holding T more positions (the same buffers, when in place)."""
+        total = cache.length + ids.shape[1]
+        if cache.in_place and total > cache.capacity:
+            raise RequestError(f"the cache holds {cache.capacity} positions; this step needs {total}")
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_IDS, self._ortvalue(ids.astype(np.int64)))
         if self.takes_mask:
             if mask is None:
-                past = cache[self.past_names[0]].shape()[2]
-                mask = np.ones((ids.shape[0], past + ids.shape[1]), np.int64)
+                mask = np.ones((ids.shape[0], total), np.int64)
             binding.bind_ortvalue_input(ATTENTION_MASK, self._ortvalue(mask.astype(np.int64)))
         for name in self.past_names:
             binding.bind_ortvalue_input(name, cache[name])
-        binding.bind_output(LOGITS, "cpu")  # the host needs them for the argmax
-        for name in self.output_names[1:]:
-            binding.bind_output(name, self.device)  # the cache stays where the model runs
+        binding.bind_output(LOGITS, "cpu")  # the host needs them for the next token
+        for name in self.past_names:
+            if cache.in_place:  # the present is the past's own buffer: the kernel writes the new positions into it
+                binding.bind_ortvalue_output(present_for(name), cache[name])
+            else:
+                binding.bind_output(present_for(name), self.device)  # the cache stays where the model runs
         with self._running():
             self.session.run_with_iobinding(binding)
-        outputs = dict(zip(self.output_names, binding.get_outputs()))
-        new_cache = {p: outputs[present_for(p)] for p in self.past_names}
-        return outputs[LOGITS].numpy(), new_cache
+        outputs = binding.get_outputs()  # in binding order: logits, then one present per past
+        if cache.in_place:
+            cache.length = total
+            return outputs[0].numpy(), cache
+        return outputs[0].numpy(), KVCache(dict(zip(self.past_names, outputs[1:])), total)
 
-    def prefill(self, ids: np.ndarray, chunk: int | None = None) -> tuple[np.ndarray, dict]:
-        """Run the prompt (in chunks of `chunk` tokens, if given); returns the last position's logits and the cache."""
+    def prefill(self, ids: np.ndarray, chunk: int | None = None, capacity: int | None = None) -> tuple[np.ndarray, KVCache]:
+        """Run the prompt (in chunks of `chunk` tokens, if given); returns the last position's logits and the
+        cache, preallocated for `capacity` positions where the file updates it in place."""
         if chunk is not None and chunk < 1:
             raise RequestError(f"prefill chunk must be at least 1, not {chunk}")
-        cache = self.empty_cache(ids.shape[0])
+        cache = self.empty_cache(ids.shape[0], capacity)
         chunk = chunk or ids.shape[1]
         if ids.shape[0] > 1 and chunk < ids.shape[1] and self.metadata.get(KEY_TARGET) == "ort" \
                 and self.metadata.get(KEY_QUERY_SEQLENS) != "1":
@@ -175,13 +214,14 @@ class ExportedModel:
         if max_new_tokens == 0:
             return [[] for _ in prompts]
         picker = TokenPicker(sampling, self.config.eos_token_id if stop_at_eos else None, len(prompts), [list(p) for p in prompts])
+        capacity = width + max_new_tokens
         if ragged:
             mask = (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
-            logits, cache = self.step(ids, self.empty_cache(len(prompts)), mask)
+            logits, cache = self.step(ids, self.empty_cache(len(prompts), capacity), mask)
             last = logits[np.arange(len(prompts)), np.array(lengths) - 1]
         else:
             mask = np.ones_like(ids)
-            last, cache = self.prefill(ids, prefill_chunk)
+            last, cache = self.prefill(ids, prefill_chunk, capacity)
         steps = []
         while True:
             token = picker.pick(self._finite(last))

@@ -5,6 +5,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs). False where unsupported."""
@@ -58,3 +60,18 @@ class DevicePeakMemory:
             self._stop.set()
             self._thread.join()
         return False
+
+
+def read_bandwidth_bytes_per_s(size_bytes: int = 256 << 20, repeats: int = 5) -> float:
+    """This machine's memory read bandwidth as a decode step sees it: a matrix-vector product over
+    `size_bytes` of float32 weights (BLAS, all its threads), best of `repeats`. Decode reads every weight
+    once per token, so weights / this bandwidth is the fastest a step can be on the CPU."""
+    rows = max(1, size_bytes // (4 * 4096))
+    matrix = np.ones((rows, 4096), np.float32)
+    vector = np.ones(4096, np.float32)
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        matrix @ vector
+        best = min(best, time.perf_counter() - started)
+    return matrix.nbytes / best

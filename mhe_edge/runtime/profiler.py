@@ -44,12 +44,22 @@ class ProfileReport(Result):
     kv_cache_bytes: int  # the cache at its final length
     model_file_bytes: int
     parameter_bytes: int
+    cache: str = "copied"  # "in place": one preallocated buffer per layer (GroupQueryAttention); "copied": present -> past
+    bandwidth_floor: dict[str, Any] | None = None  # decoders on the CPU: the bytes a step must read, at the measured bandwidth
+    unstable: list[str] = field(default_factory=list)  # latencies whose spread ((p90 - min) / median) exceeds 10%
     top_ops: list[dict[str, Any]] = field(default_factory=list)  # by ONNX Runtime's profiler
 
 
+UNSTABLE_SPREAD = 0.10
+
+
 def _percentiles(samples_s: list[float]) -> dict[str, float]:
+    """min, median (p50), p90, mean and the spread (p90 - min) / median, in ms."""
     ms = np.array(samples_s) * 1000.0
-    return {"p50": float(np.percentile(ms, 50)), "p90": float(np.percentile(ms, 90)), "mean": float(ms.mean()), "n": len(ms)}
+    median = float(np.percentile(ms, 50))
+    p90 = float(np.percentile(ms, 90))
+    return {"min": float(ms.min()), "p50": median, "p90": p90, "mean": float(ms.mean()), "n": len(ms),
+            "spread": (p90 - float(ms.min())) / median if median > 0 else 0.0}
 
 
 def profile(
@@ -57,26 +67,31 @@ def profile(
     *,
     provider: str = "cpu",
     batch: int = 1,
-    seq_len: int = 128,
+    seq_len: int | None = None,
     prefill_chunk: int | None = None,
-    new_tokens: int = 16,
-    runs: int = 3,
+    new_tokens: int = 32,
+    runs: int = 5,
     warmup: int = 1,
     threads: int | None = None,
     trace: str | os.PathLike | None = None,
     force: bool = False,
     top_ops: int = 8,
+    in_place: bool = True,
     on_progress: Callable[[str, int, int], None] | None = None,
 ) -> ProfileReport:
     """Profile an export: decoders prefill `seq_len` tokens (in chunks of `prefill_chunk`) then decode
-    `new_tokens` one at a time; encoders run one forward pass of `seq_len` tokens. Latencies are p50/p90
-    over `runs` runs after `warmup` runs; memory is the peak over the measured runs. `trace` keeps ONNX
-    Runtime's Chrome trace (a .json file, never over an existing one unless `force`).
+    `new_tokens` one at a time; encoders run one forward pass of `seq_len` tokens (default: 128, or what
+    fits the model's max_seq_len). Latencies are min/median/p90 over `runs` runs after `warmup` runs (every
+    decode step is a sample), flagged in `unstable` when (p90 - min) / median exceeds 10%; memory is the
+    peak over the measured runs. A `--target ort` decoder updates its cache in place unless `in_place` is
+    False. On the CPU, decoders also report their bandwidth floor: the bytes a decode step must read (every
+    weight, and the cache) at this machine's measured bandwidth, and which fraction of it the decode reached.
+    `trace` keeps ONNX Runtime's Chrome trace (a .json file, never over an existing one unless `force`).
 
     Example: `mhe_edge.profile("model.opt.onnx", seq_len=512, new_tokens=32).latency_ms["decode_per_token"]`
     """
     for name, value, least in (("batch", batch, 1), ("seq_len", seq_len, 1), ("runs", runs, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 0)):
-        if value < least:
+        if value is not None and value < least:
             raise RequestError(f"{name} must be at least {least}, not {value}")
     start = time.perf_counter()
     if trace is not None:
@@ -85,6 +100,9 @@ def profile(
     load_s = time.perf_counter() - start
     cfg = model.config
     is_decoder = cfg.arch == "decoder"
+    if seq_len is None:  # a default that fits the model: 128 tokens, fewer for short contexts
+        seq_len = max(1, min(128, cfg.max_seq_len - (new_tokens if is_decoder else 0)))
+    model.cache_in_place = model.cache_in_place and in_place
     if is_decoder:
         model.check_ids(np.zeros((batch, seq_len), np.int64), new_tokens)
     elif seq_len > cfg.max_seq_len:
@@ -101,7 +119,7 @@ def profile(
             if record:
                 prefill_s.append(time.perf_counter() - t0)
             return
-        last, cache = model.prefill(ids, prefill_chunk)
+        last, cache = model.prefill(ids, prefill_chunk, capacity=seq_len + new_tokens)
         if record:
             prefill_s.append(time.perf_counter() - t0)
         token = last.argmax(-1)[:, None]
@@ -133,6 +151,11 @@ def profile(
     final_len = seq_len + (new_tokens if is_decoder else 0)
     bytes_per_element = 2 if model.float_dtype == np.float16 else 4
     decode = _percentiles(decode_s) if decode_s else None
+    latency = {"load": load_s * 1000.0, "prefill" if is_decoder else "forward": _percentiles(prefill_s), "decode_per_token": decode}
+    unstable = [name for name, stats in latency.items() if isinstance(stats, dict) and stats["spread"] > UNSTABLE_SPREAD]
+    floor = None
+    if decode and provider == "cpu":
+        floor = _bandwidth_floor(model.parameter_bytes, kv_cache_bytes(cfg, batch, seq_len + new_tokens // 2, bytes_per_element), decode["min"])
     return ProfileReport(
         path=str(path),
         provider=provider,
@@ -145,15 +168,30 @@ def profile(
         prefill_chunk=prefill_chunk,
         new_tokens=new_tokens if is_decoder else 0,
         runs=runs,
-        latency_ms={"load": load_s * 1000.0, "prefill" if is_decoder else "forward": _percentiles(prefill_s), "decode_per_token": decode},
+        latency_ms=latency,
         tokens_per_second=(batch / (decode["p50"] / 1000.0)) if decode else batch * seq_len / statistics.median(prefill_s),
         peak_memory_bytes=peak,
         peak_memory_source=source,
         kv_cache_bytes=kv_cache_bytes(cfg, batch, final_len, bytes_per_element) if is_decoder else 0,
         model_file_bytes=model.file_bytes,
         parameter_bytes=model.parameter_bytes,
-        top_ops=_top_ops(path, provider, threads, ids, prefill_chunk, min(new_tokens, 4), is_decoder, trace, force, top_ops),
+        cache="in place" if is_decoder and model.cache_in_place else "copied",
+        bandwidth_floor=floor,
+        unstable=unstable,
+        top_ops=_top_ops(path, provider, threads, ids, prefill_chunk, min(new_tokens, 4), is_decoder, trace, force, top_ops)
+        if top_ops or trace else [],
     )
+
+
+def _bandwidth_floor(weight_bytes: int, cache_bytes: int, decode_min_ms: float) -> dict[str, Any]:
+    """The least time a decode step can take on this machine: every weight and the cache (at its mean length
+    over the decode) read once, at the measured read bandwidth; `fraction` is that floor over the fastest step."""
+    from mhe_edge.runtime.memory import read_bandwidth_bytes_per_s
+
+    bandwidth = read_bandwidth_bytes_per_s()
+    floor_ms = (weight_bytes + cache_bytes) / bandwidth * 1000.0
+    return {"bytes_per_step": weight_bytes + cache_bytes, "bandwidth_gb_s": bandwidth / 1e9, "floor_ms": floor_ms,
+            "fraction": floor_ms / decode_min_ms if decode_min_ms > 0 else None}
 
 
 def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit) -> list[dict[str, Any]]:
@@ -161,7 +199,7 @@ def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, tra
     with tempfile.TemporaryDirectory() as tmp:
         model = ExportedModel(path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile"))
         if is_decoder:
-            last, cache = model.prefill(ids, prefill_chunk)
+            last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
             token = last.argmax(-1)[:, None]
             for _ in range(steps):
                 logits, cache = model.step(token, cache)

@@ -1,7 +1,10 @@
 """`compare`: MHE against MHA, MQA and GQA, side by side on ONNX Runtime.
 
 Each model is built at the same size, exported, optimized, then profiled in its own subprocess (so one
-model's memory never pollutes another's peak). Ratios are to MHA at the same sequence length.
+model's memory never pollutes another's peak). Measurements are interleaved: every round profiles every
+model once (a warm-up, then one measured run), so a noisy minute on a shared machine touches all models
+alike; each row gives the median over rounds with its min and p90, and is flagged when (p90 - min) /
+median exceeds 10%. Ratios are medians over MHA's at the same sequence length.
 """
 from __future__ import annotations
 
@@ -86,26 +89,30 @@ def compare(
     arch: str = "decoder",
     attentions: Sequence[str] = DEFAULT_KINDS,
     provider: str = "cpu",
-    seq_lens: Sequence[int] = (128, 512),
+    seq_lens: Sequence[int] | None = None,
     batch: int = 1,
-    new_tokens: int = 8,
-    runs: int = 2,
+    new_tokens: int = 32,
+    runs: int = 5,
     prefill_chunk: int | None = None,
-    target: str = "std",
+    target: str = "ort",
     threads: int | None = None,
     plot: str | os.PathLike | None = None,
     force: bool = False,
     on_progress: Callable[[str], None] | None = None,
 ) -> CompareReport:
-    """Profile each model at each sequence length, each in a fresh process; ratios are to MHA.
+    """Profile each model at each sequence length, each in a fresh process, in `runs` interleaved rounds;
+    ratios are to MHA. `seq_lens` defaults to 128 and 512, those that fit the models' context.
 
     With no `files`, same-size random-weight models of each kind in `attentions` are built from `preset`,
-    exported and optimized for `target` first (ort: with query_seqlens, so batches prefill in chunks here).
+    exported and optimized for `target` first (ort, the default: with query_seqlens, so batches prefill in
+    chunks here; its cache is updated in place).
 
     Example: `mhe_edge.compare(preset="tiny", seq_lens=[32, 64], plot="compare.png").rows`
     """
-    if not seq_lens or any(isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_SEQ_LEN for t in seq_lens):
+    if seq_lens is not None and (not seq_lens or any(isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_SEQ_LEN for t in seq_lens)):
         raise RequestError(f"seq-lens must be integers from 1 to {MAX_SEQ_LEN:,}, not {list(seq_lens)}")
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
+        raise RequestError(f"runs must be a positive integer, not {runs!r}")
     plot_path = check_output(plot, force=force, suffixes=PLOT_SUFFIXES) if plot is not None else None
     check_provider(provider)  # every refusal before the first model is built
     if not files:
@@ -115,32 +122,26 @@ def compare(
         build_passes(target)
         for attention in attentions:
             config = preset_config(preset, arch=arch, attention=attention)
+        seq_lens = seq_lens or _fitting_lengths(config.max_seq_len, new_tokens if arch == "decoder" else 0)
         needed = max(seq_lens) + (new_tokens if arch == "decoder" else 0)
         if needed > config.max_seq_len:
             raise RequestError(f"{max(seq_lens)} tokens + {new_tokens} decode steps exceed the {preset} preset's "
                                f"{config.max_seq_len} positions; choose shorter --seq-lens")
     say = on_progress or (lambda message: None)
-    options = dict(provider=provider, batch=batch, new_tokens=new_tokens, runs=runs, prefill_chunk=prefill_chunk, threads=threads)
+    options = dict(provider=provider, batch=batch, new_tokens=new_tokens, runs=1, warmup=1, prefill_chunk=prefill_chunk,
+                   threads=threads, top_ops=0)
     with tempfile.TemporaryDirectory(prefix="mhe-edge-compare-") as tmp:
         models = _prepare_files(Path(tmp), files, target, say) if files else _build_models(Path(tmp), preset, arch, attentions, target, say)
-        rows = []
-        for source, path in models:
-            config = read_header(path).config
-            for seq_len in seq_lens:
-                say(f"profile {config.attention} at {seq_len} tokens")
-                report = profile_in_fresh_process(path, seq_len=seq_len, **options)
-                latency = report["latency_ms"]
-                rows.append({
-                    "model": source,
-                    "attention": config.attention,
-                    "seq_len": seq_len,
-                    "parameters": count_parameters(config)["total"],
-                    "model_file_bytes": report["model_file_bytes"],
-                    "kv_cache_bytes": report["kv_cache_bytes"],
-                    "peak_memory_bytes": report["peak_memory_bytes"],
-                    "prefill_ms": (latency.get("prefill") or latency.get("forward"))["p50"],
-                    "decode_ms_per_token": latency["decode_per_token"]["p50"] if latency.get("decode_per_token") else None,
-                })
+        configs = {path: read_header(path).config for _, path in models}
+        if files and seq_lens is None:
+            seq_lens = _fitting_lengths(min(c.max_seq_len for c in configs.values()), new_tokens)
+        samples: dict[tuple[Path, int], list[dict[str, Any]]] = {}
+        for round_index in range(runs):  # interleaved: every model once per round
+            for source, path in models:
+                for seq_len in seq_lens:
+                    say(f"round {round_index + 1}/{runs}: profile {configs[path].attention} at {seq_len} tokens")
+                    samples.setdefault((path, seq_len), []).append(profile_in_fresh_process(path, seq_len=seq_len, **options))
+        rows = [_row(source, configs[path], seq_len, samples[(path, seq_len)]) for source, path in models for seq_len in seq_lens]
     _add_ratios(rows)
     settings = {"provider": provider, "batch": batch, "seq_lens": list(seq_lens), "new_tokens": new_tokens, "runs": runs,
                 "prefill_chunk": prefill_chunk, "target": target, "preset": None if files else preset, "arch": arch}
@@ -151,6 +152,45 @@ def compare(
                             plot_path.suffix[1:])
         result.plot = str(plot_path)
     return result
+
+
+def _fitting_lengths(max_seq_len: int, new_tokens: int) -> list[int]:
+    """128 and 512 where they fit before the context ends, else the longest prompt that does."""
+    room = max_seq_len - new_tokens
+    if room < 1:
+        raise RequestError(f"{new_tokens} decode steps leave no room for a prompt in {max_seq_len} positions")
+    return [t for t in (128, 512) if t <= room] or [room]
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    import numpy as np
+
+    median = float(np.median(values))
+    p90 = float(np.percentile(values, 90))
+    return {"min": float(min(values)), "median": median, "p90": p90,
+            "spread": (p90 - float(min(values))) / median if median > 0 else 0.0}
+
+
+def _row(source: str, config, seq_len: int, reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """One model at one length, over its rounds: medians, with min, p90 and spread."""
+    from mhe_edge.runtime.profiler import UNSTABLE_SPREAD
+
+    first = reports[0]
+    prefill = _spread([(r["latency_ms"].get("prefill") or r["latency_ms"].get("forward"))["p50"] for r in reports])
+    decoding = [r["latency_ms"]["decode_per_token"]["p50"] for r in reports if r["latency_ms"].get("decode_per_token")]
+    decode = _spread(decoding) if decoding else None
+    peaks = [r["peak_memory_bytes"] for r in reports if r["peak_memory_bytes"] is not None]
+    unstable = [name for name, stats in (("prefill", prefill), ("decode", decode)) if stats and stats["spread"] > UNSTABLE_SPREAD]
+    return {
+        "model": source, "attention": config.attention, "seq_len": seq_len,
+        "parameters": count_parameters(config)["total"], "model_file_bytes": first["model_file_bytes"],
+        "kv_cache_bytes": first["kv_cache_bytes"], "peak_memory_bytes": max(peaks) if peaks else None,
+        "cache": first.get("cache"), "rounds": len(reports),
+        "prefill_ms": prefill["median"], "prefill_ms_min": prefill["min"], "prefill_ms_p90": prefill["p90"],
+        "decode_ms_per_token": decode["median"] if decode else None,
+        "decode_ms_min": decode["min"] if decode else None, "decode_ms_p90": decode["p90"] if decode else None,
+        "unstable": unstable,
+    }
 
 
 def _export_and_optimize(model, folder: Path, stem: str, label: str, target: str, say) -> Path:
