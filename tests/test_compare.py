@@ -29,3 +29,15 @@ def test_compare_cli_on_files(tmp_path, cli):
     assert [r["attention"] for r in rows] == ["mha", "mhe-add"] and rows[1]["kv_cache_bytes_vs_mha"] == pytest.approx(0.25)
     bad = cli("compare", a, "--seq-lens", "8,x")
     assert bad.code == 2 and "seq-lens" in bad.stderr
+
+
+def test_compare_defaults_fit_a_short_context_and_rounds_are_interleaved(tmp_path):
+    """tiny has 128 positions: the default lengths (128, 512) do not fit with 32 decode steps, so 96 is used."""
+    result = compare(preset="tiny", attentions=["mha", "mhe-mul"], runs=2).to_dict()
+    assert result["settings"]["target"] == "ort" and result["settings"]["new_tokens"] == 32
+    rows = result["rows"]
+    assert [(r["attention"], r["seq_len"]) for r in rows] == [("mha", 96), ("mhe-mul", 96)]
+    for row in rows:
+        assert row["rounds"] == 2 and row["cache"] == "in place"
+        assert row["decode_ms_min"] <= row["decode_ms_per_token"] <= row["decode_ms_p90"]
+        assert isinstance(row["unstable"], list)

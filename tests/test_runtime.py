@@ -136,3 +136,46 @@ def test_cuda_profile_reports_device_memory(tmp_path):
     _, path = exported(tmp_path, attention="mhe-add", d_model=64)
     report = profile(path, provider="cuda", seq_len=32, new_tokens=4, runs=1).to_dict()
     assert report["providers"][0] == "CUDAExecutionProvider"
+
+
+@pytest.mark.parametrize("attention", ["mhe-mul", "mha"])
+def test_ort_cache_is_updated_in_place_and_equals_the_copying_path(tmp_path, attention):
+    _, path = exported(tmp_path, attention=attention, d_model=64)
+    path = optimize(path, tmp_path / "ort.onnx", target="ort", ort_query_seqlens=True).output
+    runner = ExportedModel(path)
+    prompts = [[3, 1, 4, 1, 5, 9], [2, 6], [5, 3, 5]]
+    in_place = runner.generate_rows(prompts, 10, stop_at_eos=False)
+    chunked = runner.generate_rows([prompts[0]] * 2, 10, prefill_chunk=4, stop_at_eos=False)
+    _, cache = runner.prefill(np.array([prompts[0]]), capacity=8)
+    assert cache.in_place and cache.length == 6 and cache[runner.past_names[0]].shape()[2] == 8
+    with pytest.raises(RequestError, match="holds 8 positions"):
+        runner.step(np.array([[1, 2, 3]]), cache)
+    runner.cache_in_place = False  # the copying path: each present fed back as the next past
+    assert runner.generate_rows(prompts, 10, stop_at_eos=False) == in_place
+    assert runner.generate_rows([prompts[0]] * 2, 10, prefill_chunk=4, stop_at_eos=False) == chunked
+    _, copied = runner.prefill(np.array([prompts[0]]), capacity=8)
+    assert not copied.in_place and copied[runner.past_names[0]].shape()[2] == 6
+
+
+def test_profile_reports_cache_update_bandwidth_floor_and_spread(tmp_path):
+    _, path = exported(tmp_path, attention="mhe-mul", d_model=64)
+    path = optimize(path, tmp_path / "ort.onnx", target="ort").output
+    report = profile(path, runs=2, new_tokens=8, top_ops=0)
+    assert report.cache == "in place" and report.seq_len == 64 - 8  # the default fits the 64-position context
+    decode = report.latency_ms["decode_per_token"]
+    assert decode["min"] <= decode["p50"] <= decode["p90"] and decode["n"] == 16
+    floor = report.bandwidth_floor
+    assert floor["bytes_per_step"] >= report.parameter_bytes and floor["bandwidth_gb_s"] > 0.1
+    assert 0 < floor["fraction"] < 3  # a fraction of the floor (above 1 only if caches beat the DRAM measure)
+    assert profile(path, runs=1, new_tokens=4, top_ops=0, in_place=False).cache == "copied"
+
+
+def test_cuda_extra_installs_the_gpu_wheel_and_nvml_not_the_cpu_one():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert [d.split(">")[0] for d in extras["cuda"]] == ["onnxruntime-gpu", "nvidia-ml-py"]
+    assert [d.split(">")[0] for d in extras["cpu"]] == ["onnxruntime"]
+    assert not [d for d in project["dependencies"] if d.startswith("onnxruntime")]  # the extras choose the wheel
