@@ -64,7 +64,13 @@ def genai_greedy(folder: str | os.PathLike, prompt: list[int], new_tokens: int) 
     """onnxruntime-genai's greedy continuation of `prompt` (stops at the config's EOS, without it)."""
     import onnxruntime_genai as og
 
-    model = og.Model(str(folder))
+    return _continue(og.Model(str(folder)), prompt, new_tokens)
+
+
+def _continue(model, prompt: list[int], new_tokens: int) -> list[int]:
+    """onnxruntime-genai's greedy new ids after `prompt` (ending at EOS, without it)."""
+    import onnxruntime_genai as og
+
     params = og.GeneratorParams(model)
     params.set_search_options(max_length=len(prompt) + new_tokens)
     generator = og.Generator(model, params)
@@ -81,13 +87,7 @@ def genai_text(folder: str | os.PathLike, text: str, new_tokens: int) -> tuple[l
     model = og.Model(str(folder))
     tokenizer = og.Tokenizer(model)
     ids = [int(i) for i in tokenizer.encode(text)]
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=len(ids) + new_tokens)
-    generator = og.Generator(model, params)
-    generator.append_tokens(np.array([ids], dtype=np.int32))
-    while not generator.is_done():
-        generator.generate_next_token()
-    return ids, tokenizer.decode(generator.get_sequence(0)[len(ids):])
+    return ids, tokenizer.decode(np.array(_continue(model, ids, new_tokens), dtype=np.int32))
 
 
 def share_cache_buffer(ir_model) -> None:

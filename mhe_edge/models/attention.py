@@ -105,6 +105,14 @@ def apply_head_embeddings(shared: torch.Tensor, embeddings: torch.Tensor, mode: 
     return shared + per_head if mode == "mhe-add" else shared * per_head
 
 
+def append_to_cache(k: torch.Tensor, v: torch.Tensor, past: KVCache | None, heads: int, head_dim: int) -> KVCache:
+    """The new keys and values (B, T, heads*d) as heads, after the past's: (B, heads, P + T, d) each."""
+    k, v = split_heads(k, heads, head_dim), split_heads(v, heads, head_dim)  # (B, heads, T, d)
+    if past is None:
+        return k, v
+    return torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+
+
 def causal_mask(q_len: int, kv_len: int, device: torch.device) -> torch.Tensor:
     """True where query i (at absolute position kv_len - q_len + i) may see key j: bottom-right aligned."""
     return torch.ones(q_len, kv_len, dtype=torch.bool, device=device).tril(diagonal=kv_len - q_len)
@@ -121,12 +129,7 @@ def reference_attention(
 ) -> tuple[torch.Tensor, KVCache]:
     n, g, d = attn.n_heads, attn.kv_heads, attn.head_dim
     B, T, _ = q.shape
-    k = split_heads(k, g, d)  # (B, g, T, d)
-    v = split_heads(v, g, d)
-    if past is not None:
-        k = torch.cat([past[0], k], dim=2)  # (B, g, S, d)
-        v = torch.cat([past[1], v], dim=2)
-    present = (k, v)
+    k, v = present = append_to_cache(k, v, past, g, d)  # (B, g, S, d) each
     if attn.is_mhe:
         e_q, e_k, e_v = attn.head_embeddings()
         qh = apply_head_embeddings(split_heads(q, 1, d), e_q, attn.attention)  # (B, n, T, d)
@@ -163,12 +166,7 @@ def fast_attention(
     """
     n, g, d = attn.n_heads, attn.kv_heads, attn.head_dim
     B, T, _ = q.shape
-    k = split_heads(k, g, d)  # (B, g, T, d)
-    v = split_heads(v, g, d)
-    if past is not None:
-        k = torch.cat([past[0], k], dim=2)  # (B, g, S, d)
-        v = torch.cat([past[1], v], dim=2)
-    present = (k, v)
+    k, v = present = append_to_cache(k, v, past, g, d)  # (B, g, S, d) each
     S = k.shape[2]
     if attn.is_mhe:
         e_q, e_k, e_v = attn.head_embeddings()

@@ -37,6 +37,7 @@ class KVCache(dict):
     def __init__(self, values: dict, length: int = 0, capacity: int | None = None):
         super().__init__(values)
         self.length, self.capacity = length, capacity
+        self.binding = None  # in place: (IO binding, logits buffer), reused while the step length stays the same
 
     @property
     def in_place(self) -> bool:
@@ -144,27 +145,48 @@ class ExportedModel:
         total = cache.length + ids.shape[1]
         if cache.in_place and total > cache.capacity:
             raise RequestError(f"the cache holds {cache.capacity} positions; this step needs {total}")
+        if mask is None and self.takes_mask:
+            mask = np.ones((ids.shape[0], total), np.int64)
+        if cache.in_place:
+            return self._step_in_place(ids, cache, mask, total)
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_IDS, self._ortvalue(ids.astype(np.int64)))
         if self.takes_mask:
-            if mask is None:
-                mask = np.ones((ids.shape[0], total), np.int64)
             binding.bind_ortvalue_input(ATTENTION_MASK, self._ortvalue(mask.astype(np.int64)))
         for name in self.past_names:
             binding.bind_ortvalue_input(name, cache[name])
         binding.bind_output(LOGITS, "cpu")  # the host needs them for the next token
         for name in self.past_names:
-            if cache.in_place:  # the present is the past's own buffer: the kernel writes the new positions into it
-                binding.bind_ortvalue_output(present_for(name), cache[name])
-            else:
-                binding.bind_output(present_for(name), self.device)  # the cache stays where the model runs
+            binding.bind_output(present_for(name), self.device)  # the cache stays where the model runs
         with self._running():
             self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()  # in binding order: logits, then one present per past
-        if cache.in_place:
-            cache.length = total
-            return outputs[0].numpy(), cache
         return outputs[0].numpy(), KVCache(dict(zip(self.past_names, outputs[1:])), total)
+
+    def _step_in_place(self, ids: np.ndarray, cache: KVCache, mask: np.ndarray, total: int) -> tuple[np.ndarray, KVCache]:
+        """A step on preallocated buffers: the present is the past's own buffer, so the kernel writes the new
+        positions into it. The binding (and the logits buffer, per step length) is kept on the cache and
+        reused: a decode step rebinds only its ids and mask."""
+        binding, logits = cache.binding if cache.binding is not None and cache.binding[1].shape()[1] == ids.shape[1] else (None, None)
+        if binding is None:
+            binding = self.session.io_binding()
+            for name in self.past_names:
+                binding.bind_ortvalue_input(name, cache[name])
+                binding.bind_ortvalue_output(present_for(name), cache[name])
+            shape = (ids.shape[0], ids.shape[1], self.config.vocab_size)
+            import onnxruntime as ort
+
+            logits = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.float_dtype, "cpu", 0)  # the host reads them
+            binding.bind_ortvalue_output(LOGITS, logits)
+            cache.binding = (binding, logits)
+        feeds = [ids.astype(np.int64)] + ([mask.astype(np.int64)] if self.takes_mask else [])
+        binding.bind_ortvalue_input(INPUT_IDS, self._ortvalue(feeds[0]))
+        if self.takes_mask:
+            binding.bind_ortvalue_input(ATTENTION_MASK, self._ortvalue(feeds[1]))
+        with self._running():
+            self.session.run_with_iobinding(binding)
+        cache.length = total
+        return logits.numpy().copy(), cache
 
     def prefill(self, ids: np.ndarray, chunk: int | None = None, capacity: int | None = None) -> tuple[np.ndarray, KVCache]:
         """Run the prompt (in chunks of `chunk` tokens, if given); returns the last position's logits and the
