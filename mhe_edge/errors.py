@@ -62,6 +62,12 @@ class OutputError(MheEdgeError):
     exit_code = 8
 
 
+class TrainingInterrupted(MheEdgeError):
+    """Ctrl-C (or SIGTERM) during training: a resumable checkpoint was saved first (exit code as for any interrupt)."""
+
+    exit_code = 130
+
+
 def first_line(source: BaseException | str, limit: int = 300) -> str:
     """The first non-empty line of an exception's message (or of a tool's output), cut to `limit`
     characters; the exception's class name when there is no text at all. Terminal colour codes are dropped."""

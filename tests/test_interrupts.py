@@ -68,3 +68,31 @@ def test_a_full_disk_leaves_nothing(tmp_path, command):
     assert process.returncode == 8, stderr
     assert "nothing was written" in stderr and "Traceback" not in stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_ctrl_c_during_training_saves_a_checkpoint_that_resumes(tmp_path):
+    """Training is the one command whose work is worth keeping: Ctrl-C saves a checkpoint first, says how to
+    continue, and `--resume` picks it up."""
+    run = tmp_path / "run"
+    process = _mhe_edge("train", "-o", run, "--preset", "tiny", "--tokenizer", "bytes", "--steps", "1000000", "--batch", "2",
+                        "--seq-len", "16")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:  # training started: the run record exists
+        if (run / "training.json").exists():
+            time.sleep(2.0)
+            process.send_signal(signal.SIGINT)
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("training ended or hung before it started")
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "a checkpoint was saved" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    step = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step-"))
+    assert step > 0
+    resumed = _mhe_edge("train", "-o", run, "--resume", "--steps", str(step + 5), "--json")
+    stdout, stderr = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, stderr
+    import json
+
+    assert json.loads(stdout)["steps"] == step + 5 and (run / "model.safetensors").is_file()

@@ -123,7 +123,9 @@ def test_resume_continues_exactly(tmp_path):
 
     part = _model("mhe-add")
     (tmp_path / "part").mkdir()
-    with pytest.raises(KeyboardInterrupt):  # Ctrl-C saves a checkpoint on the way out
+    from mhe_edge.errors import TrainingInterrupted
+
+    with pytest.raises(TrainingInterrupted, match="--resume"):  # Ctrl-C saves a checkpoint on the way out
         run_training(part, ids, ids[:500], TrainOptions(steps=30, **options), tmp_path / "part", on_step=_stop_at(12))
     resumed = _model("mhe-add")
     optimizer = make_optimizer(resumed, TrainOptions(**options))

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from mhe_edge.errors import ProviderError, RequestError
+from mhe_edge.errors import ProviderError, RequestError, TrainingInterrupted
 from mhe_edge.training.checkpoints import save_training_state
 
 DEFAULT_STEPS = 1000
@@ -179,10 +179,11 @@ def run_training(model, train_ids: np.ndarray, held_ids: np.ndarray, options: Tr
                 if step - last_saved >= options.checkpoint_every and not done:
                     save()
                     last_saved = step
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         if step > last_saved:
             save()
-        raise
+        raise TrainingInterrupted(f"interrupted at step {step}; a checkpoint was saved in {run_folder.name}/checkpoints:"
+                                  f" continue with `mhe-edge train -o {run_folder} --resume`") from exc
     save()
     model.eval()
     return {"step": step, "elapsed": elapsed, "log": log, "seq_len": seq_len}
