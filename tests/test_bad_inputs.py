@@ -114,7 +114,7 @@ CASES = [
     ("output-over-existing-file", lambda a, d: ["init", _write(d / "keep.pt", b"precious")], 2, "pass --force"),
     ("export-over-existing-file", lambda a, d: ["export", a[0] / "good.pt", "-o", _write(d / "keep.onnx", b"precious")], 2, "pass --force"),
     ("opset-too-low", lambda a, d: ["export", a[0] / "good.pt", "-o", d / "m.onnx", "--opset", "12"], 2, "Invalid value for '--opset'"),
-    ("fp16-and-int8", lambda a, d: ["optimize", a[0] / "good.onnx", "-o", d / "o.onnx", "--fp16", "--int8"], 2, "not both"),
+    ("fp16-and-int8", lambda a, d: ["optimize", a[0] / "good.onnx", "-o", d / "o.onnx", "--fp16", "--int8"], 2, "choose one of --fp16, --int8 and --int4"),
     ("inspect-unknown-suffix", lambda a, d: ["inspect", _write(d / "model.bin", b"x")], 2, "inspect takes"),
 ]
 

@@ -94,7 +94,7 @@ def _plain_onnx(path):
     [
         (lambda d, p: _plain_onnx(d / "plain.onnx"), lambda d, p: [d / "plain.onnx"], 4, "not an mhe-edge export"),
         (lambda d, p: (d / "cut.onnx").write_bytes(p.read_bytes()[:3000]), lambda d, p: [d / "cut.onnx"], 4, "not a readable ONNX file"),
-        (lambda d, p: None, lambda d, p: [p, "--fp16", "--int8"], 2, "not both"),
+        (lambda d, p: None, lambda d, p: [p, "--fp16", "--int8"], 2, "choose one of"),
         (lambda d, p: None, lambda d, p: [p, "--target", "tensorrt"], 2, "target must be one of"),
         (lambda d, p: None, lambda d, p: [p, "--target", "ort"], 2, "multiple of 8"),
         (lambda d, p: None, lambda d, p: [p, "-o", p], 2, "would overwrite an input"),
