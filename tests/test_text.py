@@ -197,3 +197,20 @@ def test_int4_is_small_generates_and_reports_its_quality(trained, cli):
     assert len(text.tokens) > 0
     refused = cli("optimize", root / "model.onnx", "-o", root / "p.onnx", "--target", "portable", "--int4")
     assert refused.code == 2 and "MatMulNBits" in refused.stderr
+
+
+def test_a_foreign_tokenizer_does_not_stop_an_export(tmp_path):
+    """A folder from elsewhere may hold a tokenizer.json mhe-edge cannot drive (no <|endoftext|>): the model
+    still exports, without text support; asked for explicitly, the same tokenizer is refused."""
+    from tokenizers import Tokenizer, models
+
+    from mhe_edge.contract import KEY_TOKENIZER
+    from mhe_edge.errors import CheckpointError
+    from mhe_edge.files import read_header
+
+    mhe_edge.init_model(tmp_path / "folder", preset="tiny")
+    Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")).save(str(tmp_path / "folder" / "tokenizer.json"))
+    mhe_edge.export(tmp_path / "folder", tmp_path / "m.onnx")
+    assert KEY_TOKENIZER not in read_header(tmp_path / "m.onnx").metadata
+    with pytest.raises(CheckpointError, match="endoftext"):
+        mhe_edge.export(tmp_path / "folder", tmp_path / "n.onnx", tokenizer=tmp_path / "folder")

@@ -133,12 +133,17 @@ def _carried_text(source: str | None, tokenizer: str | os.PathLike | None) -> di
     from mhe_edge.text.corpus import RECORD_FILE
     from mhe_edge.text.tokenizer import TOKENIZER_FILE, load_tokenizer
 
+    from mhe_edge.errors import CheckpointError
+
     carried: dict[str, str] = {}
     folder = Path(source) if source is not None and Path(source).is_dir() else None
-    if tokenizer is None and folder is not None and (folder / TOKENIZER_FILE).is_file():
-        tokenizer = folder
-    if tokenizer is not None:
+    if tokenizer is not None:  # asked for: it must load
         carried[contract.KEY_TOKENIZER] = load_tokenizer(tokenizer).to_json()
+    elif folder is not None and (folder / TOKENIZER_FILE).is_file():
+        try:
+            carried[contract.KEY_TOKENIZER] = load_tokenizer(folder).to_json()
+        except CheckpointError:
+            pass  # a folder from elsewhere (a Llama tokenizer without <|endoftext|>): the export still works, without text
     record = folder / RECORD_FILE if folder is not None else None
     if record is not None and record.is_file() and record.stat().st_size < 10_000_000:
         try:
