@@ -91,10 +91,10 @@ def load_corpus(text_files: list[str | os.PathLike] | None = None) -> Corpus:
     return Corpus(name, sources, train, held_out)
 
 
-def held_out_from_record(record: dict[str, Any]) -> str:
-    """The held-out text a folder's training record names, rebuilt; refuses if its files changed or moved."""
+def corpus_from_record(record: dict[str, Any]) -> Corpus:
+    """The corpus a training record (`Corpus.record()`) names, rebuilt; refuses if its files changed or moved."""
     if record.get("name") == BUILTIN:
-        return load_corpus().held_out
+        return load_corpus()
     paths = [s["path"] for s in record.get("sources", [])]
     if not paths:
         raise RequestError("the model's training record names no text; give --text")
@@ -102,4 +102,9 @@ def held_out_from_record(record: dict[str, Any]) -> str:
         path = Path(source["path"])
         if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != source.get("sha256"):
             raise RequestError(f"the training text {path.name} is gone or changed since training; give --text")
-    return load_corpus(paths).held_out
+    return load_corpus(paths)
+
+
+def held_out_from_record(record: dict[str, Any]) -> tuple[str, str]:
+    """(the held-out text a training record names, a description of it for reports)."""
+    return corpus_from_record(record).held_out, f"held-out split of {record.get('name', 'the training text')}"

@@ -54,9 +54,7 @@ def held_out_text(metadata: dict[str, str], eval_text: list[str | os.PathLike] |
     if eval_text:
         return read_eval_text(eval_text), ", ".join(os.path.basename(str(f)) for f in eval_text)
     record = metadata.get(KEY_TEXT)
-    if record is None:
-        return None
-    return held_out_from_record(json.loads(record)), f"held-out split of {json.loads(record).get('name', 'the training text')}"
+    return None if record is None else held_out_from_record(json.loads(record))
 
 
 def score_text(logits_fn: LogitsFn, tokenizer, text: str, window: int) -> TextScore:

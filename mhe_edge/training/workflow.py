@@ -69,7 +69,7 @@ def train(
     import torch
 
     from mhe_edge.models import build_model
-    from mhe_edge.text.corpus import held_out_from_record, load_corpus
+    from mhe_edge.text.corpus import corpus_from_record, load_corpus
     from mhe_edge.text.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
     from mhe_edge.training.checkpoints import load_training_state
     from mhe_edge.training.loop import make_optimizer, run_training
@@ -83,23 +83,20 @@ def train(
         saved = dict(record["options"], steps=options.steps or record["options"]["steps"],
                      minutes=options.minutes or record["options"]["minutes"])
         options = TrainOptions(**saved)
-        corpus_record = record["corpus"]
         stage("text")
-        corpus = load_corpus([s["path"] for s in corpus_record["sources"]] or None)
-        if corpus.held_out != held_out_from_record(corpus_record):
-            raise CheckpointError("the training text changed since this run started; it cannot be resumed")
+        corpus = corpus_from_record(record["corpus"])  # refused if the files changed since the run started
         text_tokenizer = load_tokenizer(folder)
         config = ModelConfig.from_dict(record["config"])
     else:
         if text_files is not None and not text_files:
             text_files = None
         target = check_output(folder, force=force, folder=True)
-        preset_config(preset, attention=attention, **overrides)  # refuse a bad config before reading any text
+        requested = preset_config(preset, attention=attention, **overrides)  # a bad config is refused before any text is read
         stage("text")
         corpus = load_corpus(text_files)
         stage("tokenizer")
         if tokenizer == "bpe":
-            text_tokenizer = train_bpe(corpus.documents, vocab_size or preset_config(preset, attention=attention, **overrides).vocab_size)
+            text_tokenizer = train_bpe(corpus.documents, vocab_size or requested.vocab_size)
         elif tokenizer == "bytes":
             text_tokenizer = byte_tokenizer()
         else:

@@ -103,14 +103,14 @@ def _load(path: Path, provider: str, threads: int | None) -> dict[str, Any]:
 
 
 def _default_text(item: dict[str, Any]) -> tuple[str, str]:
-    from mhe_edge.contract import KEY_TEXT
     from mhe_edge.text.corpus import RECORD_FILE, held_out_from_record
+    from mhe_edge.text.quality import held_out_text
 
     if item["runtime"] == "pytorch":
         record_path = item["path"] / RECORD_FILE
-        record = json.loads(record_path.read_text())["corpus"] if record_path.is_file() else None
+        found = held_out_from_record(json.loads(record_path.read_text())["corpus"]) if record_path.is_file() else None
     else:
-        record = json.loads(item["metadata"][KEY_TEXT]) if KEY_TEXT in item["metadata"] else None
-    if record is None:
+        found = held_out_text(item["metadata"], None)
+    if found is None:
         raise RequestError(f"{Path(item['name']).name} records no training text: give --text FILE")
-    return held_out_from_record(record), f"held-out split of {record.get('name', 'the training text')}"
+    return found
