@@ -9,6 +9,7 @@ fp32 (fp16 reported), and the greedy tokens. Prints the table and writes JSON.
 
     .venv/bin/python benchmarks/compat.py [--envs benchmarks/results/compat-envs] [--out benchmarks/results/compat.json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,15 @@ PYTHON_RUNTIMES = {  # name -> (pip requirements, backend of compat_runner.py)
 }
 NODE_PACKAGE = "onnxruntime-node@1.30.0"
 KINDS = ("mhe-mul", "mhe-add", "mha")
-VARIANTS = [("export", None, False), ("std", "std", False), ("ort", "ort", False), ("portable", "portable", False),
-            ("std", "std", True), ("ort", "ort", True), ("portable", "portable", True)]
+VARIANTS = [
+    ("export", None, False),
+    ("std", "std", False),
+    ("ort", "ort", False),
+    ("portable", "portable", False),
+    ("std", "std", True),
+    ("ort", "ort", True),
+    ("portable", "portable", True),
+]
 PROMPT, STEPS = [3, 1, 4, 1, 5, 9], 6
 
 
@@ -47,7 +55,11 @@ def ensure_envs(folder: Path, wanted: list[str]) -> dict[str, list[str]]:
                 node_dir.mkdir(parents=True, exist_ok=True)
                 subprocess.run(["npm", "init", "-y"], cwd=node_dir, check=True, capture_output=True)
                 # its install script fetches GPU binaries from outside the npm registry; the CPU ones are bundled
-                subprocess.run(["npm", "install", "--silent", "--ignore-scripts", NODE_PACKAGE], cwd=node_dir, check=True)
+                subprocess.run(
+                    ["npm", "install", "--silent", "--ignore-scripts", NODE_PACKAGE],
+                    cwd=node_dir,
+                    check=True,
+                )
             commands[name] = ["node", str(node_dir / "compat_runner.mjs")]
             (node_dir / "compat_runner.mjs").write_text((HERE / "compat_runner.mjs").read_text())
         elif name in ("installed", "reference"):
@@ -58,7 +70,9 @@ def ensure_envs(folder: Path, wanted: list[str]) -> dict[str, list[str]]:
             env = folder / name
             if not (env / "bin" / "python").exists():
                 subprocess.run([sys.executable, "-m", "venv", str(env)], check=True)
-                subprocess.run([str(env / "bin" / "pip"), "install", "-q", *requirements], check=True)
+                subprocess.run(
+                    [str(env / "bin" / "pip"), "install", "-q", *requirements], check=True
+                )
             commands[name] = [str(env / "bin" / "python"), str(HERE / "compat_runner.py"), backend]
     return commands
 
@@ -78,11 +92,22 @@ def build_files(folder: Path) -> tuple[list[dict], dict]:
         mhe_edge.export(model, exported)
         references[kind] = torch_reference(model)
         for label, target, fp16 in VARIANTS:
-            path = exported if target is None else folder / f"{kind}.{target}{'.fp16' if fp16 else ''}.onnx"
+            path = (
+                exported
+                if target is None
+                else folder / f"{kind}.{target}{'.fp16' if fp16 else ''}.onnx"
+            )
             if target is not None:
                 mhe_edge.optimize(exported, path, target=target, fp16=fp16)
-            files.append({"kind": kind, "target": label, "precision": "fp16" if fp16 else "fp32", "path": path,
-                          "config": model.config})
+            files.append(
+                {
+                    "kind": kind,
+                    "target": label,
+                    "precision": "fp16" if fp16 else "fp32",
+                    "path": path,
+                    "config": model.config,
+                }
+            )
     return files, references
 
 
@@ -99,8 +124,14 @@ def torch_reference(model) -> dict:
 
 def run_one(command: list[str], file: dict, work: Path) -> dict:
     cfg = file["config"]
-    case = {"prompt": [PROMPT], "steps": STEPS, "kv_heads": cfg.kv_heads, "head_dim": cfg.head_dim,
-            "n_layers": cfg.n_layers, "float16": int(file["precision"] == "fp16")}
+    case = {
+        "prompt": [PROMPT],
+        "steps": STEPS,
+        "kv_heads": cfg.kv_heads,
+        "head_dim": cfg.head_dim,
+        "n_layers": cfg.n_layers,
+        "float16": int(file["precision"] == "fp16"),
+    }
     stem = work / f"{file['path'].stem}.{abs(hash(tuple(command))) % 10**8}"
     node = command[0] == "node"
     if node:
@@ -109,34 +140,64 @@ def run_one(command: list[str], file: dict, work: Path) -> dict:
     else:
         case_path, out_path = stem.with_suffix(".case.npz"), stem.with_suffix(".out.npz")
         np.savez(case_path, **{k: np.array(v) for k, v in case.items()})
-    args = [*command[:2], str(file["path"]), str(case_path), str(out_path)] if node else \
-        [*command, str(file["path"]), str(case_path), str(out_path)]
-    done = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=Path(command[1]).parent if node else None)
+    args = (
+        [*command[:2], str(file["path"]), str(case_path), str(out_path)]
+        if node
+        else [*command, str(file["path"]), str(case_path), str(out_path)]
+    )
+    done = subprocess.run(
+        args,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=Path(command[1]).parent if node else None,
+    )
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).splitlines() if line.strip()]
-        reason = next((line for line in reversed(lines) if "rror" in line), lines[-1] if lines else f"exit {done.returncode}")
+        reason = next(
+            (line for line in reversed(lines) if "rror" in line),
+            lines[-1] if lines else f"exit {done.returncode}",
+        )
         return {"ok": False, "error": reason.strip()[:200]}
     if node:
         raw = json.loads(out_path.read_text())
-        return {"ok": True, "tokens": raw["tokens"], "logits": [np.array(x, np.float32) for x in raw["logits"]]}
+        return {
+            "ok": True,
+            "tokens": raw["tokens"],
+            "logits": [np.array(x, np.float32) for x in raw["logits"]],
+        }
     out = np.load(out_path)
-    return {"ok": True, "tokens": out["tokens"].tolist(), "logits": [out[f"logits_{i}"] for i in range(STEPS + 1)]}
+    return {
+        "ok": True,
+        "tokens": out["tokens"].tolist(),
+        "logits": [out[f"logits_{i}"] for i in range(STEPS + 1)],
+    }
 
 
 def verdict(result: dict, reference: dict, precision: str) -> dict:
     if not result["ok"]:
         return {"status": "fails", "detail": result["error"]}
-    diff = max(float(np.abs(got.reshape(-1) - want.reshape(-1)).max()) for got, want in zip(result["logits"], reference["logits"]))
+    diff = max(
+        float(np.abs(got.reshape(-1) - want.reshape(-1)).max())
+        for got, want in zip(result["logits"], reference["logits"])
+    )
     tokens_equal = result["tokens"] == reference["tokens"]
     within = diff <= (1e-4 if precision == "fp32" else 5e-2)
-    return {"status": "ok" if within and tokens_equal else "differs", "max_abs_diff": diff, "tokens_equal": tokens_equal}
+    return {
+        "status": "ok" if within and tokens_equal else "differs",
+        "max_abs_diff": diff,
+        "tokens_equal": tokens_equal,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--envs", type=Path, default=HERE / "results" / "compat-envs")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "compat.json")
-    parser.add_argument("--runtimes", default="ort-1.16,ort-1.17,ort-1.20,ort-1.23,installed,openvino,node,reference")
+    parser.add_argument(
+        "--runtimes",
+        default="ort-1.16,ort-1.17,ort-1.20,ort-1.23,installed,openvino,node,reference",
+    )
     args = parser.parse_args()
     import onnxruntime
 
@@ -149,15 +210,26 @@ def main() -> None:
             row = {k: file[k] for k in ("kind", "target", "precision")}
             for runtime in runtimes:
                 start = time.perf_counter()
-                result = verdict(run_one(commands[runtime], file, Path(tmp)), references[file["kind"]], file["precision"])
+                result = verdict(
+                    run_one(commands[runtime], file, Path(tmp)),
+                    references[file["kind"]],
+                    file["precision"],
+                )
                 row[runtime] = {**result, "seconds": round(time.perf_counter() - start, 2)}
-                print(f"{file['kind']:8} {row['target']:9} {row['precision']} {runtime:10} {result['status']}"
-                      f" {result.get('max_abs_diff', result.get('detail', ''))}", flush=True)
+                print(
+                    f"{file['kind']:8} {row['target']:9} {row['precision']} {runtime:10} {result['status']}"
+                    f" {result.get('max_abs_diff', result.get('detail', ''))}",
+                    flush=True,
+                )
             rows.append(row)
     names = {"installed": f"ort-{onnxruntime.__version__}"}
     print_table(rows, runtimes, names)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"runtimes": [names.get(r, r) for r in runtimes], "rows": rows}, indent=1, default=str))
+    args.out.write_text(
+        json.dumps(
+            {"runtimes": [names.get(r, r) for r in runtimes], "rows": rows}, indent=1, default=str
+        )
+    )
     print(f"wrote {args.out}")
 
 

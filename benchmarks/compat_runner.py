@@ -7,6 +7,7 @@ CASE.npz holds `prompt` (1, T) int64, `steps`, `kv_heads`, `head_dim`, `n_layers
 the prompt with an empty cache, then `steps` greedy decode steps, each feeding the presents back. OUT.npz
 holds the logits of every call (`logits_0` ...) and the greedy `tokens`.
 """
+
 import sys
 
 import numpy as np
@@ -25,7 +26,9 @@ def ort_session(path):
 def openvino_session(path):
     import openvino as ov
 
-    compiled = ov.Core().compile_model(path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})  # not bf16: compare in fp32
+    compiled = ov.Core().compile_model(
+        path, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}
+    )  # not bf16: compare in fp32
     request = compiled.create_infer_request()
 
     def run(feeds):
@@ -45,10 +48,16 @@ def reference_session(path):
 
 def main(backend, model, case_path, out_path):
     case = np.load(case_path)
-    run = {"ort": ort_session, "openvino": openvino_session, "reference": reference_session}[backend](model)
+    run = {"ort": ort_session, "openvino": openvino_session, "reference": reference_session}[
+        backend
+    ](model)
     dtype = np.float16 if int(case["float16"]) else np.float32
     layers, kv, d = int(case["n_layers"]), int(case["kv_heads"]), int(case["head_dim"])
-    pasts = {f"past_key_values.{i}.{kind}": np.zeros((1, kv, 0, d), dtype) for i in range(layers) for kind in ("key", "value")}
+    pasts = {
+        f"past_key_values.{i}.{kind}": np.zeros((1, kv, 0, d), dtype)
+        for i in range(layers)
+        for kind in ("key", "value")
+    }
     ids, results, tokens = case["prompt"].astype(np.int64), {}, []
     for step in range(int(case["steps"]) + 1):
         outputs = run({"input_ids": ids, **pasts})

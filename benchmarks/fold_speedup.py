@@ -5,6 +5,7 @@ Prints a table and writes JSON (default benchmarks/results/fold_speedup.json).
 
     .venv/bin/python benchmarks/fold_speedup.py [--preset small] [--context 512] [--steps 32] [--runs 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,17 +18,22 @@ from pathlib import Path
 import numpy as np
 
 import mhe_edge
-from mhe_edge.exporters import export
 from mhe_edge.contract import input_names
+from mhe_edge.exporters import export
 from mhe_edge.passes import optimize
 from mhe_edge.runtime import create_session
 
 
-def time_model(path: Path, config, batch: int, context: int, steps: int, runs: int, threads: int | None) -> dict:
+def time_model(
+    path: Path, config, batch: int, context: int, steps: int, runs: int, threads: int | None
+) -> dict:
     """Median prefill time for `context` tokens, and median per-token decode time over `steps` steps after it."""
     session = create_session(path, "cpu", threads=threads)
     dtype = np.float16 if session.get_inputs()[1].type == "tensor(float16)" else np.float32
-    empty = {n: np.zeros((batch, config.kv_heads, 0, config.head_dim), dtype) for n in input_names(config)[1:]}
+    empty = {
+        n: np.zeros((batch, config.kv_heads, 0, config.head_dim), dtype)
+        for n in input_names(config)[1:]
+    }
     outputs = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(0)
     prompt = rng.integers(0, config.vocab_size, (batch, context))
@@ -47,7 +53,10 @@ def time_model(path: Path, config, batch: int, context: int, steps: int, runs: i
         if run:
             prefill.append(prefill_s)
             decode.append(decode_s)
-    return {"prefill_ms": 1000 * statistics.median(prefill), "decode_ms_per_token": 1000 * statistics.median(decode)}
+    return {
+        "prefill_ms": 1000 * statistics.median(prefill),
+        "decode_ms_per_token": 1000 * statistics.median(decode),
+    }
 
 
 def main() -> None:
@@ -59,7 +68,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "fold_speedup.json")
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "fold_speedup.json"
+    )
     args = parser.parse_args()
 
     rows = []
@@ -71,32 +82,60 @@ def main() -> None:
             export(model, exported)
             variants = {"exported (per-head function)": exported}
             for target in ("std", "ort"):
-                variants[f"optimized --target {target}"] = optimize(exported, Path(tmp) / f"{attention}.{target}.onnx", target=target).output
+                variants[f"optimized --target {target}"] = optimize(
+                    exported, Path(tmp) / f"{attention}.{target}.onnx", target=target
+                ).output
             baseline = None
             for name, path in variants.items():
-                timing = time_model(Path(path), config, args.batch, args.context, args.steps, args.runs, args.threads)
+                timing = time_model(
+                    Path(path),
+                    config,
+                    args.batch,
+                    args.context,
+                    args.steps,
+                    args.runs,
+                    args.threads,
+                )
                 baseline = baseline or timing
-                rows.append({
-                    "attention": attention, "variant": name, **timing,
-                    "prefill_ratio": timing["prefill_ms"] / baseline["prefill_ms"],
-                    "decode_ratio": timing["decode_ms_per_token"] / baseline["decode_ms_per_token"],
-                    "file_bytes": Path(path).stat().st_size,
-                })
-                print(f"{attention:8} {name:30} prefill {timing['prefill_ms']:8.1f} ms  decode {timing['decode_ms_per_token']:7.2f} ms/token", flush=True)
+                rows.append(
+                    {
+                        "attention": attention,
+                        "variant": name,
+                        **timing,
+                        "prefill_ratio": timing["prefill_ms"] / baseline["prefill_ms"],
+                        "decode_ratio": timing["decode_ms_per_token"]
+                        / baseline["decode_ms_per_token"],
+                        "file_bytes": Path(path).stat().st_size,
+                    }
+                )
+                print(
+                    f"{attention:8} {name:30} prefill {timing['prefill_ms']:8.1f} ms  decode {timing['decode_ms_per_token']:7.2f} ms/token",
+                    flush=True,
+                )
 
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"folding on ONNX Runtime CPU: {args.preset} decoder, batch {args.batch}, "
-                        f"prefill {args.context} tokens, then {args.steps} decode steps (median of {args.runs})")
+    table = Table(
+        title=f"folding on ONNX Runtime CPU: {args.preset} decoder, batch {args.batch}, "
+        f"prefill {args.context} tokens, then {args.steps} decode steps (median of {args.runs})"
+    )
     for column in ("attention", "graph", "prefill ms", "x", "decode ms/token", "x"):
         table.add_column(column)
     for row in rows:
-        table.add_row(row["attention"], row["variant"], f"{row['prefill_ms']:.1f}", f"{row['prefill_ratio']:.2f}",
-                      f"{row['decode_ms_per_token']:.2f}", f"{row['decode_ratio']:.2f}")
+        table.add_row(
+            row["attention"],
+            row["variant"],
+            f"{row['prefill_ms']:.1f}",
+            f"{row['prefill_ratio']:.2f}",
+            f"{row['decode_ms_per_token']:.2f}",
+            f"{row['decode_ratio']:.2f}",
+        )
     Console().print(table)
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"settings": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2))
+    args.json.write_text(
+        json.dumps({"settings": vars(args) | {"json": str(args.json)}, "rows": rows}, indent=2)
+    )
     print(f"wrote {args.json}")
 
 

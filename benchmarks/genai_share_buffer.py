@@ -5,6 +5,7 @@ prefills a long prompt with onnxruntime-genai, then times each decode step. Prin
 
     .venv/bin/python benchmarks/genai_share_buffer.py [--preset small] [--context 2048] [--new-tokens 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -48,7 +49,9 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=2048)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=Path(__file__).parent / "results" / "genai_share_buffer.json")
+    parser.add_argument(
+        "--json", type=Path, default=Path(__file__).parent / "results" / "genai_share_buffer.json"
+    )
     args = parser.parse_args()
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,14 +61,25 @@ def main() -> None:
         for share in (False, True):
             folder = Path(tmp) / f"share-{share}"
             package_genai(exported, folder, target="ort", share_buffer=share)
-            rows["share_buffer" if share else "copy"] = decode_ms(folder, args.context, args.new_tokens, args.runs)
+            rows["share_buffer" if share else "copy"] = decode_ms(
+                folder, args.context, args.new_tokens, args.runs
+            )
     ratio = rows["share_buffer"]["decode_ms_per_token"] / rows["copy"]["decode_ms_per_token"]
-    print(f"{args.preset} {args.attention} decoder, onnxruntime-genai, prompt {args.context}, {args.new_tokens} new tokens")
+    print(
+        f"{args.preset} {args.attention} decoder, onnxruntime-genai, prompt {args.context}, {args.new_tokens} new tokens"
+    )
     for name, row in rows.items():
-        print(f"  {name:13} decode {row['decode_ms_per_token']:.2f} ms/token (median of {args.runs} runs: {', '.join(f'{r:.2f}' for r in row['runs'])})")
+        print(
+            f"  {name:13} decode {row['decode_ms_per_token']:.2f} ms/token (median of {args.runs} runs: {', '.join(f'{r:.2f}' for r in row['runs'])})"
+        )
     print(f"  share_buffer / copy = {ratio:.2f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "ratio": ratio}, indent=2))
+    args.json.write_text(
+        json.dumps(
+            {"settings": {k: str(v) for k, v in vars(args).items()}, "rows": rows, "ratio": ratio},
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

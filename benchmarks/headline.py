@@ -8,6 +8,7 @@ bandwidth (a large NumPy copy). Prints a table, writes JSON and a PNG.
 
     .venv/bin/python benchmarks/headline.py [--seq-lens 512,1024,2048] [--target ort] [--out benchmarks/results]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,18 @@ def main() -> None:
     bandwidth = memory_bandwidth_bytes_per_s()
     console.print(f"measured memory bandwidth: {bandwidth / 1e9:.1f} GB/s")
     with console.status("compare") as status:
-        result = compare(preset="small", seq_lens=lengths, batch=args.batch, new_tokens=args.new_tokens, runs=args.runs,
-                         prefill_chunk=args.chunk, target=args.target, plot=args.out / "headline.png", force=True,
-                         on_progress=lambda m: status.update(m)).to_dict()
+        result = compare(
+            preset="small",
+            seq_lens=lengths,
+            batch=args.batch,
+            new_tokens=args.new_tokens,
+            runs=args.runs,
+            prefill_chunk=args.chunk,
+            target=args.target,
+            plot=args.out / "headline.png",
+            force=True,
+            on_progress=lambda m: status.update(m),
+        ).to_dict()
     console.print(comparison_table(result))
 
     longest = max(lengths)
@@ -71,18 +81,38 @@ def main() -> None:
     for kind in ("mhe-add", "mhe-mul"):
         row = at[kind]
         checks += [
-            (f"{kind} decode <= 0.55x MHA", row["decode_ms_per_token"] / mha["decode_ms_per_token"], 0.55),
-            (f"{kind} decode <= 1.10x MQA", row["decode_ms_per_token"] / mqa["decode_ms_per_token"], 1.10),
-            (f"{kind} peak memory <= 0.50x MHA", row["peak_memory_bytes"] / mha["peak_memory_bytes"], 0.50),
+            (
+                f"{kind} decode <= 0.55x MHA",
+                row["decode_ms_per_token"] / mha["decode_ms_per_token"],
+                0.55,
+            ),
+            (
+                f"{kind} decode <= 1.10x MQA",
+                row["decode_ms_per_token"] / mqa["decode_ms_per_token"],
+                1.10,
+            ),
+            (
+                f"{kind} peak memory <= 0.50x MHA",
+                row["peak_memory_bytes"] / mha["peak_memory_bytes"],
+                0.50,
+            ),
         ]
     console.print(f"\nat {longest} tokens, batch {args.batch}:")
     for kind, row in at.items():
-        console.print(f"  {kind:8} decode {row['decode_ms_per_token']:.2f} ms/token; floor {row['decode_floor_ms']:.2f} ms "
-                      f"({row['decode_vs_floor']:.1f}x the floor)")
+        console.print(
+            f"  {kind:8} decode {row['decode_ms_per_token']:.2f} ms/token; floor {row['decode_floor_ms']:.2f} ms "
+            f"({row['decode_vs_floor']:.1f}x the floor)"
+        )
     for name, value, limit in checks:
         console.print(f"  {'PASS' if value <= limit else 'MISS'} {name}: {value:.2f}")
-    payload = {**result, "bandwidth_bytes_per_s": bandwidth, "checks": [
-        {"check": name, "value": value, "limit": limit, "passed": value <= limit} for name, value, limit in checks]}
+    payload = {
+        **result,
+        "bandwidth_bytes_per_s": bandwidth,
+        "checks": [
+            {"check": name, "value": value, "limit": limit, "passed": value <= limit}
+            for name, value, limit in checks
+        ],
+    }
     (args.out / "headline.json").write_text(json.dumps(payload, indent=2))
     console.print(f"wrote {args.out / 'headline.json'} and {args.out / 'headline.png'}")
 

@@ -13,6 +13,7 @@ the bandwidth floor of a step (every weight and the cache read once at the measu
 
 Writes benchmarks/results/inplace_cache.json.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,14 @@ def build(kind: str, folder: Path) -> Path:
 
     model = mhe_edge.build_model(mhe_edge.preset_config("small", attention=kind), seed=0)
     mhe_edge.export(model, folder / f"{kind}.onnx")
-    return Path(mhe_edge.optimize(folder / f"{kind}.onnx", folder / f"{kind}.ort.onnx", target="ort", ort_query_seqlens=True).output)
+    return Path(
+        mhe_edge.optimize(
+            folder / f"{kind}.onnx",
+            folder / f"{kind}.ort.onnx",
+            target="ort",
+            ort_query_seqlens=True,
+        ).output
+    )
 
 
 def in_place_decode(model, prompt, chunk, new_tokens) -> list[float]:
@@ -55,7 +63,15 @@ def plain_loop_decode(session, config, prompt, chunk, new_tokens) -> list[float]
     def run(ids):
         nonlocal cache, seen
         seen += ids.shape[1]
-        result = dict(zip(outputs, session.run(None, {"input_ids": ids, "attention_mask": np.ones((batch, seen), np.int64), **cache})))
+        result = dict(
+            zip(
+                outputs,
+                session.run(
+                    None,
+                    {"input_ids": ids, "attention_mask": np.ones((batch, seen), np.int64), **cache},
+                ),
+            )
+        )
         cache = {n: result[n.replace("past_key_values.", "present.")] for n in pasts}
         return result["logits"]
 
@@ -71,7 +87,9 @@ def plain_loop_decode(session, config, prompt, chunk, new_tokens) -> list[float]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--kinds", default="mhe-mul")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=4)
@@ -91,27 +109,49 @@ def main() -> None:
         for kind in args.kinds.split(","):
             path = build(kind, Path(tmp))
             model, session = ExportedModel(path), create_session(path)
-            prompt = np.random.default_rng(0).integers(0, model.config.vocab_size, (args.batch, args.prompt))
+            prompt = np.random.default_rng(0).integers(
+                0, model.config.vocab_size, (args.batch, args.prompt)
+            )
             samples = {"in place": [], "plain loop": []}
             for _ in range(args.rounds):  # interleaved
                 samples["in place"] += in_place_decode(model, prompt, args.chunk, args.new_tokens)
-                samples["plain loop"] += plain_loop_decode(session, model.config, prompt, args.chunk, args.new_tokens)
-            stats = {k: {"min_ms": 1000 * min(v), "median_ms": 1000 * float(np.median(v)), "steps": len(v)} for k, v in samples.items()}
-            step_bytes = model.parameter_bytes + kv_cache_bytes(model.config, args.batch, args.prompt + args.new_tokens // 2)
+                samples["plain loop"] += plain_loop_decode(
+                    session, model.config, prompt, args.chunk, args.new_tokens
+                )
+            stats = {
+                k: {
+                    "min_ms": 1000 * min(v),
+                    "median_ms": 1000 * float(np.median(v)),
+                    "steps": len(v),
+                }
+                for k, v in samples.items()
+            }
+            step_bytes = model.parameter_bytes + kv_cache_bytes(
+                model.config, args.batch, args.prompt + args.new_tokens // 2
+            )
             floor_ms = 1000 * step_bytes / read_bandwidth_bytes_per_s()
-            row = {"kind": kind, **{f"{k} decode": v for k, v in stats.items()},
-                   "ratio_in_place_to_plain": stats["in place"]["median_ms"] / stats["plain loop"]["median_ms"],
-                   "bandwidth_floor_ms": floor_ms,
-                   "floor_fraction_in_place": floor_ms / stats["in place"]["median_ms"],
-                   "floor_fraction_plain": floor_ms / stats["plain loop"]["median_ms"]}
+            row = {
+                "kind": kind,
+                **{f"{k} decode": v for k, v in stats.items()},
+                "ratio_in_place_to_plain": stats["in place"]["median_ms"]
+                / stats["plain loop"]["median_ms"],
+                "bandwidth_floor_ms": floor_ms,
+                "floor_fraction_in_place": floor_ms / stats["in place"]["median_ms"],
+                "floor_fraction_plain": floor_ms / stats["plain loop"]["median_ms"],
+            }
             results.append(row)
-            print(f"{kind}: decode in place {stats['in place']['median_ms']:.2f} ms/token (min {stats['in place']['min_ms']:.2f}),"
-                  f" plain loop {stats['plain loop']['median_ms']:.2f} (min {stats['plain loop']['min_ms']:.2f}):"
-                  f" {row['ratio_in_place_to_plain']:.2f}x; bandwidth floor {floor_ms:.2f} ms"
-                  f" ({row['floor_fraction_in_place']:.0%} reached in place, {row['floor_fraction_plain']:.0%} plain)", flush=True)
+            print(
+                f"{kind}: decode in place {stats['in place']['median_ms']:.2f} ms/token (min {stats['in place']['min_ms']:.2f}),"
+                f" plain loop {stats['plain loop']['median_ms']:.2f} (min {stats['plain loop']['min_ms']:.2f}):"
+                f" {row['ratio_in_place_to_plain']:.2f}x; bandwidth floor {floor_ms:.2f} ms"
+                f" ({row['floor_fraction_in_place']:.0%} reached in place, {row['floor_fraction_plain']:.0%} plain)",
+                flush=True,
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: getattr(args, k) for k in ("batch", "prompt", "chunk", "new_tokens", "rounds")}
-    (args.out / "inplace_cache.json").write_text(json.dumps({"settings": settings, "rows": results}, indent=2) + "\n")
+    (args.out / "inplace_cache.json").write_text(
+        json.dumps({"settings": settings, "rows": results}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

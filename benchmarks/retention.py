@@ -13,18 +13,19 @@ and decode ms/token of its optimized ONNX export (--target ort, batch 4) relativ
 
 Writes benchmarks/results/retention.json and retention.png (quality against KV-cache bytes per token).
 """
+
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from pathlib import Path
-import tempfile
 
 import numpy as np
 import torch
 
-from mhe_edge.accounting import count_parameters, kv_cache_bytes_per_token
+from mhe_edge.accounting import kv_cache_bytes_per_token
 from mhe_edge.config import preset_config
 from mhe_edge.models import build_model
 from mhe_edge.text.corpus import load_corpus
@@ -39,7 +40,15 @@ SHAPE = dict(n_layers=4, d_model=128, n_heads=4, d_ff=512, max_seq_len=128)
 def build(kind: str, seed: int):
     attention = "mhe-mul" if kind == "single-head" else kind
     extra = {"n_kv_heads": 2} if kind == "gqa" else {}
-    config = preset_config("tiny", attention=attention, vocab_size=257, bos_token_id=0, eos_token_id=0, **SHAPE, **extra)
+    config = preset_config(
+        "tiny",
+        attention=attention,
+        vocab_size=257,
+        bos_token_id=0,
+        eos_token_id=0,
+        **SHAPE,
+        **extra,
+    )
     model = build_model(config, seed=seed)
     if kind == "single-head":
         for block in model.blocks:
@@ -50,7 +59,9 @@ def build(kind: str, seed: int):
 
 
 def attention_parameters(model) -> int:
-    return sum(p.numel() for name, p in model.named_parameters() if ".attn." in name and p.requires_grad)
+    return sum(
+        p.numel() for name, p in model.named_parameters() if ".attn." in name and p.requires_grad
+    )
 
 
 def decode_ms(model, work: Path) -> float:
@@ -64,7 +75,9 @@ def decode_ms(model, work: Path) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--kinds", default=",".join(KINDS))
@@ -74,9 +87,13 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     kinds = args.kinds.split(",")
     tokenizer, corpus = byte_tokenizer(), load_corpus()
-    train_ids = np.fromiter((i for doc in tokenizer.encode_batch(corpus.documents) for i in [*doc, 0]), dtype=np.int64)
+    train_ids = np.fromiter(
+        (i for doc in tokenizer.encode_batch(corpus.documents) for i in [*doc, 0]), dtype=np.int64
+    )
     held_ids = np.asarray(tokenizer.encode(corpus.held_out), dtype=np.int64)
-    options = dict(steps=args.steps, batch=32, seq_len=128, lr=2e-3, eval_every=10**9, checkpoint_every=10**9)
+    options = dict(
+        steps=args.steps, batch=32, seq_len=128, lr=2e-3, eval_every=10**9, checkpoint_every=10**9
+    )
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seeds:  # seeds outermost: a partial run still compares every kind
@@ -85,17 +102,29 @@ def main() -> None:
                 run_folder = Path(scratch) / f"{kind}-{seed}"
                 run_folder.mkdir()
                 started = time.perf_counter()
-                run_training(model, train_ids, held_ids, TrainOptions(seed=seed, **options), run_folder)
+                run_training(
+                    model, train_ids, held_ids, TrainOptions(seed=seed, **options), run_folder
+                )
                 held = evaluate_held_out(model, tokenizer, corpus, train_ids, 128)
-                row = rows.setdefault(kind, {"kind": kind, "bits_per_byte_by_seed": {}, "decode_ms_by_seed": {}})
+                row = rows.setdefault(
+                    kind, {"kind": kind, "bits_per_byte_by_seed": {}, "decode_ms_by_seed": {}}
+                )
                 row["bits_per_byte_by_seed"][seed] = held["bits_per_byte"]
                 row["decode_ms_by_seed"][seed] = decode_ms(model, Path(scratch))
-                row.update(attention_parameters=attention_parameters(model),
-                           total_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
-                           kv_bytes_per_token=kv_cache_bytes_per_token(model.config))
-                baseline = {"unigram": held["unigram_bits_per_byte"], "bigram": held["bigram_bits_per_byte"]}
-                print(f"{kind:12s} seed {seed}: {held['bits_per_byte']:.4f} bits/byte"
-                      f" (bigram {baseline['bigram']:.3f}) in {time.perf_counter() - started:.0f} s", flush=True)
+                row.update(
+                    attention_parameters=attention_parameters(model),
+                    total_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+                    kv_bytes_per_token=kv_cache_bytes_per_token(model.config),
+                )
+                baseline = {
+                    "unigram": held["unigram_bits_per_byte"],
+                    "bigram": held["bigram_bits_per_byte"],
+                }
+                print(
+                    f"{kind:12s} seed {seed}: {held['bits_per_byte']:.4f} bits/byte"
+                    f" (bigram {baseline['bigram']:.3f}) in {time.perf_counter() - started:.0f} s",
+                    flush=True,
+                )
     report(rows, baseline, args, seeds)
 
 
@@ -106,8 +135,12 @@ def report(rows: dict, baseline: dict, args, seeds: list[int]) -> None:
     mha = rows.get("mha")
     for row in rows.values():
         if mha:
-            row["retention"] = (baseline["bigram"] - row["bits_per_byte"]) / (baseline["bigram"] - mha["bits_per_byte"])
-            row["attention_parameters_vs_mha"] = row["attention_parameters"] / mha["attention_parameters"]
+            row["retention"] = (baseline["bigram"] - row["bits_per_byte"]) / (
+                baseline["bigram"] - mha["bits_per_byte"]
+            )
+            row["attention_parameters_vs_mha"] = (
+                row["attention_parameters"] / mha["attention_parameters"]
+            )
             row["kv_bytes_vs_mha"] = row["kv_bytes_per_token"] / mha["kv_bytes_per_token"]
             row["decode_vs_mha"] = row["decode_ms_per_token"] / mha["decode_ms_per_token"]
     header = "| kind | attention params | total params | held-out bits/byte (seeds) | retention vs MHA | KV bytes/token | decode vs MHA |"
@@ -115,12 +148,25 @@ def report(rows: dict, baseline: dict, args, seeds: list[int]) -> None:
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
     for row in rows.values():
         by_seed = ", ".join(f"{v:.3f}" for v in row["bits_per_byte_by_seed"].values())
-        print(f"| {row['kind']} | {row['attention_parameters']:,} | {row['total_parameters']:,} | {row['bits_per_byte']:.3f} ({by_seed}) |"
-              f" {row.get('retention', float('nan')):.0%} | {row['kv_bytes_per_token']:,} | {row.get('decode_vs_mha', float('nan')):.2f}x |")
-    print(f"bigram {baseline['bigram']:.3f} and unigram {baseline['unigram']:.3f} bits/byte on the same held-out text")
+        print(
+            f"| {row['kind']} | {row['attention_parameters']:,} | {row['total_parameters']:,} | {row['bits_per_byte']:.3f} ({by_seed}) |"
+            f" {row.get('retention', float('nan')):.0%} | {row['kv_bytes_per_token']:,} | {row.get('decode_vs_mha', float('nan')):.2f}x |"
+        )
+    print(
+        f"bigram {baseline['bigram']:.3f} and unigram {baseline['unigram']:.3f} bits/byte on the same held-out text"
+    )
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"shape": SHAPE, "steps": args.steps, "batch": 32, "seq_len": 128, "seeds": seeds, "tokenizer": "bytes",
-              "corpus": "python-docs", "baselines_bits_per_byte": baseline, "rows": list(rows.values())}
+    result = {
+        "shape": SHAPE,
+        "steps": args.steps,
+        "batch": 32,
+        "seq_len": 128,
+        "seeds": seeds,
+        "tokenizer": "bytes",
+        "corpus": "python-docs",
+        "baselines_bits_per_byte": baseline,
+        "rows": list(rows.values()),
+    }
     (args.out / "retention.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(rows, baseline, args.out / "retention.png")
 
@@ -134,9 +180,19 @@ def plot(rows: dict, baseline: dict, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(6.5, 4))
     for row in rows.values():
         values = list(row["bits_per_byte_by_seed"].values())
-        axis.errorbar(row["kv_bytes_per_token"], row["bits_per_byte"], yerr=[[row["bits_per_byte"] - min(values)], [max(values) - row["bits_per_byte"]]],
-                      fmt="o", capsize=3)
-        axis.annotate(row["kind"], (row["kv_bytes_per_token"], row["bits_per_byte"]), textcoords="offset points", xytext=(6, 4))
+        axis.errorbar(
+            row["kv_bytes_per_token"],
+            row["bits_per_byte"],
+            yerr=[[row["bits_per_byte"] - min(values)], [max(values) - row["bits_per_byte"]]],
+            fmt="o",
+            capsize=3,
+        )
+        axis.annotate(
+            row["kind"],
+            (row["kv_bytes_per_token"], row["bits_per_byte"]),
+            textcoords="offset points",
+            xytext=(6, 4),
+        )
     axis.axhline(baseline["bigram"], ls="--", color="grey", lw=0.8, label="byte bigram")
     axis.set_xscale("log", base=2)
     axis.set_xlabel("KV-cache bytes per token (fp32)")

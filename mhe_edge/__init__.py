@@ -21,6 +21,7 @@ Errors are `mhe_edge.MheEdgeError` subclasses with one-line messages. Names are 
 and the profiler (ONNX Runtime only) never pay for importing torch, which would also inflate the memory
 figures they report.
 """
+
 from __future__ import annotations
 
 import importlib

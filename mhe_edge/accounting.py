@@ -1,4 +1,5 @@
 """Parameter and KV-cache accounting, computed from the config alone (tests hold it to the real modules)."""
+
 from __future__ import annotations
 
 from mhe_edge.config import ModelConfig
@@ -27,11 +28,14 @@ def count_parameters(config: ModelConfig) -> dict[str, int]:
     per_norm = D if config.norm == "rmsnorm" else 2 * D
     norms = 2 * L + (config.norm_placement == "pre") + config.embedding_norm
     parts = {
-        "embeddings": config.vocab_size * D + (config.max_seq_len * D if config.position == "learned" else 0),
+        "embeddings": config.vocab_size * D
+        + (config.max_seq_len * D if config.position == "learned" else 0),
         "attention": L * attention_parameters(config),
         "mlp": L * mlp_parameters(config),
         "norms": norms * per_norm,
-        "lm_head": config.vocab_size * D if config.arch == "decoder" and not config.tie_embeddings else 0,
+        "lm_head": config.vocab_size * D
+        if config.arch == "decoder" and not config.tie_embeddings
+        else 0,
     }
     parts["total"] = sum(parts.values())
     return parts
@@ -42,5 +46,7 @@ def kv_cache_bytes_per_token(config: ModelConfig, bytes_per_element: int = 4) ->
     return 2 * config.n_layers * config.kv_heads * config.head_dim * bytes_per_element
 
 
-def kv_cache_bytes(config: ModelConfig, batch: int, seq_len: int, bytes_per_element: int = 4) -> int:
+def kv_cache_bytes(
+    config: ModelConfig, batch: int, seq_len: int, bytes_per_element: int = 4
+) -> int:
     return batch * seq_len * kv_cache_bytes_per_token(config, bytes_per_element)

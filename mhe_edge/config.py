@@ -1,4 +1,5 @@
 """Model configuration: one dataclass describes every architecture mhe-edge builds."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -11,8 +12,14 @@ ARCHS = ("encoder", "decoder")
 # Sanity bounds, checked before any model is built: far above any model mhe-edge targets, far below what
 # would hang or exhaust memory while a crafted config is turned into modules.
 LIMITS = {
-    "n_layers": 1024, "d_model": 65_536, "n_heads": 1024, "head_dim": 4096, "n_kv_heads": 1024,
-    "d_ff": 262_144, "vocab_size": 4_194_304, "max_seq_len": 1_048_576,
+    "n_layers": 1024,
+    "d_model": 65_536,
+    "n_heads": 1024,
+    "head_dim": 4096,
+    "n_kv_heads": 1024,
+    "d_ff": 262_144,
+    "vocab_size": 4_194_304,
+    "max_seq_len": 1_048_576,
 }
 ATTENTION_KINDS = ("mha", "mqa", "gqa", "mhe-add", "mhe-mul")
 MHE_KINDS = ("mhe-add", "mhe-mul")
@@ -52,7 +59,9 @@ class ModelConfig:
         if self.arch not in ARCHS:
             raise ConfigError(f"arch must be one of {', '.join(ARCHS)}, not {self.arch!r}")
         if self.attention not in ATTENTION_KINDS:
-            raise ConfigError(f"attention must be one of {', '.join(ATTENTION_KINDS)}, not {self.attention!r}")
+            raise ConfigError(
+                f"attention must be one of {', '.join(ATTENTION_KINDS)}, not {self.attention!r}"
+            )
         for name in ("n_layers", "d_model", "n_heads", "vocab_size", "max_seq_len"):
             _require_positive_int(name, getattr(self, name))
         if self.head_dim is None:
@@ -67,34 +76,59 @@ class ModelConfig:
                 raise ConfigError("gqa needs n_kv_heads")
             _require_positive_int("n_kv_heads", self.n_kv_heads)
             if self.n_heads % self.n_kv_heads:
-                raise ConfigError(f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}")
+                raise ConfigError(
+                    f"n_heads {self.n_heads} is not divisible by n_kv_heads {self.n_kv_heads}"
+                )
         else:
             implied = self.n_heads if self.attention == "mha" else 1
             if self.n_kv_heads not in (None, implied):
-                raise ConfigError(f"{self.attention} has {implied} KV head(s); n_kv_heads {self.n_kv_heads} does not fit")
+                raise ConfigError(
+                    f"{self.attention} has {implied} KV head(s); n_kv_heads {self.n_kv_heads} does not fit"
+                )
             self.n_kv_heads = implied
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
         _require_positive_int("d_ff", self.d_ff)
         if not isinstance(self.layer_norm_eps, (int, float)) or not 0 < self.layer_norm_eps < 1:
             raise ConfigError(f"layer_norm_eps must be in (0, 1), not {self.layer_norm_eps!r}")
-        for name, choices in (("position", POSITIONS), ("norm", NORMS), ("norm_placement", NORM_PLACEMENTS), ("mlp", MLPS)):
+        for name, choices in (
+            ("position", POSITIONS),
+            ("norm", NORMS),
+            ("norm_placement", NORM_PLACEMENTS),
+            ("mlp", MLPS),
+        ):
             if getattr(self, name) not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}")
+                raise ConfigError(
+                    f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}"
+                )
         for name in ("embedding_norm", "qkv_bias", "out_bias", "mlp_bias", "tie_embeddings"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
         if self.position == "rope":
             if self.head_dim % 2:
                 raise ConfigError(f"rope needs an even head_dim, not {self.head_dim}")
-            if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or not 1 < self.rope_theta < 1e12:
-                raise ConfigError(f"rope_theta must be a number in (1, 1e12), not {self.rope_theta!r}")
+            if (
+                isinstance(self.rope_theta, bool)
+                or not isinstance(self.rope_theta, (int, float))
+                or not 1 < self.rope_theta < 1e12
+            ):
+                raise ConfigError(
+                    f"rope_theta must be a number in (1, 1e12), not {self.rope_theta!r}"
+                )
         if self.tie_embeddings and self.arch != "decoder":
-            raise ConfigError("tie_embeddings is for decoders (an encoder has no output projection)")
+            raise ConfigError(
+                "tie_embeddings is for decoders (an encoder has no output projection)"
+            )
         for name in ("bos_token_id", "eos_token_id"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size):
-                raise ConfigError(f"{name} must be a token id in [0, {self.vocab_size}), not {value!r}")
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or not 0 <= value < self.vocab_size
+            ):
+                raise ConfigError(
+                    f"{name} must be a token id in [0, {self.vocab_size}), not {value!r}"
+                )
 
     @property
     def is_mhe(self) -> bool:
@@ -109,7 +143,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "ModelConfig":
+    def from_dict(cls, data: Any) -> ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a model config must be a mapping, not {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -132,15 +166,32 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The benchmark decoder: a 2048-token context plus decode steps fits.
     "small": dict(n_layers=6, d_model=512, n_heads=8, d_ff=2048, vocab_size=8192, max_seq_len=4096),
     # BERT-base / GPT-2-small widths.
-    "base": dict(n_layers=12, d_model=768, n_heads=12, d_ff=3072, vocab_size=50257, max_seq_len=4096),
+    "base": dict(
+        n_layers=12, d_model=768, n_heads=12, d_ff=3072, vocab_size=50257, max_seq_len=4096
+    ),
     # Test-sized in the shape small LMs have now: RoPE, RMSNorm, SwiGLU, no biases, tied embeddings.
-    "tiny-llama": dict(n_layers=2, d_model=64, n_heads=4, d_ff=176, vocab_size=1000, max_seq_len=256, position="rope",
-                       norm="rmsnorm", mlp="swiglu", qkv_bias=False, out_bias=False, mlp_bias=False, tie_embeddings=True,
-                       layer_norm_eps=1e-6),
+    "tiny-llama": dict(
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        d_ff=176,
+        vocab_size=1000,
+        max_seq_len=256,
+        position="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        qkv_bias=False,
+        out_bias=False,
+        mlp_bias=False,
+        tie_embeddings=True,
+        layer_norm_eps=1e-6,
+    ),
 }
 
 
-def preset_config(name: str, arch: str = "decoder", attention: str = "mhe-mul", **overrides: Any) -> ModelConfig:
+def preset_config(
+    name: str, arch: str = "decoder", attention: str = "mhe-mul", **overrides: Any
+) -> ModelConfig:
     """A named preset, with `overrides` (None values ignored) applied on top."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")

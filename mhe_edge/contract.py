@@ -4,6 +4,7 @@ present becomes the next past, and the `mhe_edge` operator domain. Nothing else 
 Every part reads the contract from this module: the exporter writes it, the passes keep it, the runtime
 (like an app in C++) drives a file from it alone. Its only dependency is the model config it describes.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,25 +17,44 @@ KEY_VERSION = "mhe_edge.version"  # the mhe-edge version that wrote the file
 KEY_CONFIG = "mhe_edge.config"  # ModelConfig as JSON
 KEY_ATTENTION = "mhe_edge.attention"  # the attention kind, e.g. "mhe-mul"
 KEY_IO = "mhe_edge.io"  # the I/O layout below, as JSON
-KEY_GRAPH = "mhe_edge.graph"  # what produced the graph: "export", then "+optimize(...)" per pass run
+KEY_GRAPH = (
+    "mhe_edge.graph"  # what produced the graph: "export", then "+optimize(...)" per pass run
+)
 KEY_TARGET = "mhe_edge.target"  # the optimize target ("std", "ort"); absent on a plain export
 KEY_PRECISION = "mhe_edge.precision"  # "fp32", "fp16" or "int8"
 KEY_OPSET = "mhe_edge.opset"  # the default-domain opset of the graph
 KEY_MIN_ORT = "mhe_edge.min_onnxruntime"  # the oldest ONNX Runtime that loads the file, e.g. "1.20"
-KEY_QUERY_SEQLENS = "mhe_edge.ort_query_seqlens"  # "1": GroupQueryAttention takes batched chunks with a past
-KEY_TOKENIZER = "mhe_edge.tokenizer"  # the model's tokenizer.json, verbatim (absent for random-weight models)
+KEY_QUERY_SEQLENS = (
+    "mhe_edge.ort_query_seqlens"  # "1": GroupQueryAttention takes batched chunks with a past
+)
+KEY_TOKENIZER = (
+    "mhe_edge.tokenizer"  # the model's tokenizer.json, verbatim (absent for random-weight models)
+)
 KEY_TEXT = "mhe_edge.training_text"  # JSON: the corpus a trained model learned from (eval rebuilds its held-out text)
 
 # --- the fused MHE operator (an ONNX function stored in the file)
 DOMAIN = "mhe_edge"
-OP_TYPES = {"add": "MHEAttentionAdd", "mul": "MHEAttentionMul"}  # one function per MHE mode, chosen at export
+OP_TYPES = {
+    "add": "MHEAttentionAdd",
+    "mul": "MHEAttentionMul",
+}  # one function per MHE mode, chosen at export
 MODES = {op_type: mode for mode, op_type in OP_TYPES.items()}
 DOMAIN_VERSION = 1
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators (GroupQueryAttention)
 MIN_OPSET = 23  # the first default-domain opset with the standard Attention operator
 # The oldest ONNX Runtime that loads a file of each default-domain opset (measured: benchmarks/compat.py for
 # 17-23; ORT 1.23 refuses opset 24, 1.24 runs 24 and 25).
-MIN_ORT_FOR_OPSET = {17: "1.16", 18: "1.16", 19: "1.16", 20: "1.17", 21: "1.20", 22: "1.20", 23: "1.23", 24: "1.24", 25: "1.24"}
+MIN_ORT_FOR_OPSET = {
+    17: "1.16",
+    18: "1.16",
+    19: "1.16",
+    20: "1.17",
+    21: "1.20",
+    22: "1.20",
+    23: "1.23",
+    24: "1.24",
+    25: "1.24",
+}
 MAX_OPSET = 25  # the newest the PyTorch exporter's graphs pass the full ONNX checker at (26+: no Gelu-18 there)
 
 # --- I/O names
@@ -58,7 +78,7 @@ def present_for(past_name: str) -> str:
     """The output that feeds `past_name` at the next step: past_key_values.3.key -> present.3.key."""
     if not past_name.startswith(PAST_PREFIX):
         raise ValueError(f"{past_name!r} is not a past cache name")
-    return PRESENT_PREFIX + past_name[len(PAST_PREFIX):]
+    return PRESENT_PREFIX + past_name[len(PAST_PREFIX) :]
 
 
 def input_names(config: ModelConfig) -> list[str]:
@@ -86,13 +106,18 @@ def io_layout(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         "vocab_size": config.vocab_size,
     }
     if config.arch == "encoder":
-        layout[ATTENTION_MASK] = {"dtype": "int64", "shape": ["batch", "sequence"], "meaning": "1 attend, 0 padding"}
+        layout[ATTENTION_MASK] = {
+            "dtype": "int64",
+            "shape": ["batch", "sequence"],
+            "meaning": "1 attend, 0 padding",
+        }
         layout[LAST_HIDDEN_STATE] = {"shape": ["batch", "sequence", config.d_model]}
     else:
         layout[ATTENTION_MASK] = {
-            "dtype": "int64", "shape": ["batch", "past_sequence + sequence"],
+            "dtype": "int64",
+            "shape": ["batch", "past_sequence + sequence"],
             "meaning": "1 for a token (past or new), 0 for padding; a token's position is the count of 1s before it."
-                       " Each step appends a 1 per row. --target ort files need right padding (as onnxruntime-genai pads)",
+            " Each step appends a 1 per row. --target ort files need right padding (as onnxruntime-genai pads)",
         }
         layout[LOGITS] = {"shape": ["batch", "sequence", config.vocab_size]}
         layout["kv_cache"] = {
@@ -104,13 +129,25 @@ def io_layout(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
             "present_key": PRESENT_KEY,
             "present_value": PRESENT_VALUE,
             "past_shape": ["batch", config.kv_heads, "past_sequence", config.head_dim],
-            "present_shape": ["batch", config.kv_heads, "past_sequence + sequence", config.head_dim],
+            "present_shape": [
+                "batch",
+                config.kv_heads,
+                "past_sequence + sequence",
+                config.head_dim,
+            ],
             "start": "a past of length 0 starts a generation; feed each present back as the next past",
         }
     return layout
 
 
-def metadata(config: ModelConfig, version: str, graph: str, opset: int, min_onnxruntime: str, dtype: str = "float32") -> dict[str, str]:
+def metadata(
+    config: ModelConfig,
+    version: str,
+    graph: str,
+    opset: int,
+    min_onnxruntime: str,
+    dtype: str = "float32",
+) -> dict[str, str]:
     """The metadata_props an export carries."""
     return {
         KEY_OPSET: str(opset),

@@ -1,4 +1,5 @@
 """One exception family for everything mhe-edge refuses; the CLI maps each class to an exit code."""
+
 from __future__ import annotations
 
 import re

@@ -1,5 +1,6 @@
 """`inspect`: describe a checkpoint (config, parameters, bytes, KV cache) or an ONNX export (metadata, I/O,
 opsets, op counts) as a typed result a script can read."""
+
 from __future__ import annotations
 
 import os
@@ -57,7 +58,9 @@ def describe(path: str | os.PathLike, *, mobile: bool = False) -> Description:
         raise RequestError("--mobile describes ONNX files; export the model first")
     folder = path.is_dir()
     if not folder and path.suffix not in (".pt", ".safetensors"):
-        raise RequestError(f"inspect takes a .pt, .safetensors or .onnx file or a model folder, not {path.name!r}")
+        raise RequestError(
+            f"inspect takes a .pt, .safetensors or .onnx file or a model folder, not {path.name!r}"
+        )
     from mhe_edge.models import read_checkpoint
 
     config, state = read_checkpoint(path)
@@ -68,8 +71,12 @@ def describe(path: str | os.PathLike, *, mobile: bool = False) -> Description:
         config=config.to_dict(),
         parameters=parameters,
         parameter_bytes=sum(t.numel() * t.element_size() for t in state.values()),
-        file_bytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file()) if folder else path.stat().st_size,
-        kv_cache_bytes_per_token=kv_cache_bytes_per_token(config) if config.arch == "decoder" else None,
+        file_bytes=sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        if folder
+        else path.stat().st_size,
+        kv_cache_bytes_per_token=kv_cache_bytes_per_token(config)
+        if config.arch == "decoder"
+        else None,
         stored_parameters=sum(t.numel() for t in state.values()),
     )
 
@@ -86,7 +93,9 @@ def _describe_onnx(path: Path) -> Description:
         parameters=count_parameters(config),
         parameter_bytes=header.parameter_bytes,
         file_bytes=header.file_bytes,
-        kv_cache_bytes_per_token=kv_cache_bytes_per_token(config) if config.arch == "decoder" else None,
+        kv_cache_bytes_per_token=kv_cache_bytes_per_token(config)
+        if config.arch == "decoder"
+        else None,
         mhe_edge_version=header.metadata.get(KEY_VERSION),
         graph=header.graph,
         attention=header.metadata.get(KEY_ATTENTION),

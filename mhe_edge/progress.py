@@ -1,9 +1,10 @@
 """Named, timed steps for long library calls; a CLI passes `on_step` to show progress."""
+
 from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 
 def timed_steps(seconds: dict[str, float], on_step: Callable[[str], None] | None = None):

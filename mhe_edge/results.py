@@ -1,4 +1,5 @@
 """The base of every typed result the public API returns: `to_dict()` is what the CLI's `--json` prints."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,6 +1,7 @@
 """ONNX Runtime sessions that never fall back silently to another provider.
 
 Below the exporters, the passes and the runtime alike: each checks its results on a real session."""
+
 from __future__ import annotations
 
 import os
@@ -15,7 +16,9 @@ def onnxruntime():
     try:
         import onnxruntime as ort
     except ImportError as exc:
-        raise ProviderError("ONNX Runtime is not installed: pip install 'mhe-edge[cpu]' (or 'mhe-edge[cuda]' for its CUDA build)") from exc
+        raise ProviderError(
+            "ONNX Runtime is not installed: pip install 'mhe-edge[cpu]' (or 'mhe-edge[cuda]' for its CUDA build)"
+        ) from exc
     return ort
 
 
@@ -47,7 +50,9 @@ def create_session(
 
     wanted = check_provider(provider)
     options = ort.SessionOptions()
-    options.log_severity_level = 4  # fatal only: errors come back as exceptions, which mhe-edge reports in one line
+    options.log_severity_level = (
+        4  # fatal only: errors come back as exceptions, which mhe-edge reports in one line
+    )
     if threads is not None:
         if threads < 1:
             raise RequestError(f"threads must be at least 1, not {threads}")
@@ -59,7 +64,11 @@ def create_session(
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own pybind classes; report them as one line
-        raise ModelFileError(f"ONNX Runtime cannot load {os.fspath(path)!r}: {first_line(exc)}") from exc
+        raise ModelFileError(
+            f"ONNX Runtime cannot load {os.fspath(path)!r}: {first_line(exc)}"
+        ) from exc
     if session.get_providers()[0] != wanted:
-        raise ProviderError(f"asked for {wanted} but ONNX Runtime gave {session.get_providers()[0]} (silent fallback refused)")
+        raise ProviderError(
+            f"asked for {wanted} but ONNX Runtime gave {session.get_providers()[0]} (silent fallback refused)"
+        )
     return session

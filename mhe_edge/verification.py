@@ -1,8 +1,9 @@
 """Numerical parity records: every comparison is recorded, every failure collected before raising."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -24,18 +25,30 @@ class ParityRecord:
     @property
     def passed(self) -> bool:
         close = bool(np.isfinite(self.max_abs_diff)) and self.max_abs_diff <= self.atol
-        agrees = self.min_argmax_agreement is None or (self.argmax_agreement or 0.0) >= self.min_argmax_agreement
+        agrees = (
+            self.min_argmax_agreement is None
+            or (self.argmax_agreement or 0.0) >= self.min_argmax_agreement
+        )
         return close and agrees
 
     def to_dict(self) -> dict:
         return {**asdict(self), "passed": self.passed}
 
 
-def compare(case: str, name: str, got, want, atol: float, min_argmax_agreement: float | None = None) -> ParityRecord:
+def compare(
+    case: str, name: str, got, want, atol: float, min_argmax_agreement: float | None = None
+) -> ParityRecord:
     got = np.asarray(got)
     want = np.asarray(want)
     if got.shape != want.shape:
-        return ParityRecord(case, f"{name} (shape {got.shape} vs {want.shape})", float("inf"), float("inf"), str(got.dtype), atol)
+        return ParityRecord(
+            case,
+            f"{name} (shape {got.shape} vs {want.shape})",
+            float("inf"),
+            float("inf"),
+            str(got.dtype),
+            atol,
+        )
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     abs_diff = float(diff.max()) if diff.size else 0.0
     rel = diff / np.maximum(np.abs(want.astype(np.float64)), 1e-6)
@@ -43,8 +56,16 @@ def compare(case: str, name: str, got, want, atol: float, min_argmax_agreement: 
     agreement = None
     if name == "logits" and got.size:
         agreement = float(np.mean(got.argmax(-1) == want.argmax(-1)))
-    return ParityRecord(case, name, abs_diff, rel_diff, str(got.dtype), atol, agreement,
-                        min_argmax_agreement if agreement is not None else None)
+    return ParityRecord(
+        case,
+        name,
+        abs_diff,
+        rel_diff,
+        str(got.dtype),
+        atol,
+        agreement,
+        min_argmax_agreement if agreement is not None else None,
+    )
 
 
 def max_abs_diff(records: list[ParityRecord]) -> float:
@@ -103,7 +124,9 @@ def torch_runner(model) -> Runner:
                 flat = [torch.from_numpy(feeds[name]) for name in past_names(config.n_layers)]
                 past = list(zip(flat[0::2], flat[1::2]))  # (key, value) per layer
                 mask = feeds.get(ATTENTION_MASK)
-                logits, present = model(ids, past, attention_mask=None if mask is None else torch.from_numpy(mask))
+                logits, present = model(
+                    ids, past, attention_mask=None if mask is None else torch.from_numpy(mask)
+                )
                 outputs = [logits, *[t for kv in present for t in kv]]
         return {name: t.numpy() for name, t in zip(names, outputs)}
 
@@ -113,10 +136,15 @@ def torch_runner(model) -> Runner:
 def ort_runner(session) -> Runner:
     """A session as a runner; float feeds are cast to the dtype each input declares (fp16 models take fp16)."""
     names = [o.name for o in session.get_outputs()]
-    wanted = {i.name: np.float16 if i.type == "tensor(float16)" else None for i in session.get_inputs()}
+    wanted = {
+        i.name: np.float16 if i.type == "tensor(float16)" else None for i in session.get_inputs()
+    }
 
     def run(feeds):
-        feeds = {k: v.astype(wanted[k]) if wanted.get(k) is not None and v.dtype != wanted[k] else v for k, v in feeds.items()}
+        feeds = {
+            k: v.astype(wanted[k]) if wanted.get(k) is not None and v.dtype != wanted[k] else v
+            for k, v in feeds.items()
+        }
         return dict(zip(names, session.run(None, feeds)))
 
     return run
@@ -140,8 +168,14 @@ def parity_cases(config, batched_chunks: bool = True) -> list[tuple[str, int, li
 
 
 def compare_runners(
-    config, candidate: Runner, reference: Runner, atol: float, seed: int = 0, float_dtype=np.float32,
-    min_argmax_agreement: float | None = None, batched_chunks: bool = True,
+    config,
+    candidate: Runner,
+    reference: Runner,
+    atol: float,
+    seed: int = 0,
+    float_dtype=np.float32,
+    min_argmax_agreement: float | None = None,
+    batched_chunks: bool = True,
 ) -> list[ParityRecord]:
     """Run both on the same seeded inputs; one record per output per step. Never raises on a mismatch."""
     rng = np.random.default_rng(seed)
@@ -152,25 +186,43 @@ def compare_runners(
             mask = np.ones((batch, T), dtype=np.int64)
             if batch > 1 and T > 2:
                 mask[1, T - 2 :] = 0  # padding; every row keeps real tokens
-            feeds = {INPUT_IDS: rng.integers(0, config.vocab_size, (batch, T)), ATTENTION_MASK: mask}
+            feeds = {
+                INPUT_IDS: rng.integers(0, config.vocab_size, (batch, T)),
+                ATTENTION_MASK: mask,
+            }
             got, want = candidate(feeds), reference(feeds)
-            records += [compare(case, name, got[name], want[name], atol, min_argmax_agreement) for name in want]
+            records += [
+                compare(case, name, got[name], want[name], atol, min_argmax_agreement)
+                for name in want
+            ]
             continue
         empty = np.zeros((batch, config.kv_heads, 0, config.head_dim), dtype=float_dtype)
         pasts = past_names(config.n_layers)
-        caches = {"candidate": dict.fromkeys(pasts, empty), "reference": dict.fromkeys(pasts, empty)}
+        caches = {
+            "candidate": dict.fromkeys(pasts, empty),
+            "reference": dict.fromkeys(pasts, empty),
+        }
         seen = 0
         for step, T in enumerate(chunks):
             ids = rng.integers(0, config.vocab_size, (batch, T))
             seen += T
-            mask = np.ones((batch, seen), dtype=np.int64)  # padded batches: tests/test_text_generation.py
+            mask = np.ones(
+                (batch, seen), dtype=np.int64
+            )  # padded batches: tests/test_text_generation.py
             outputs = {}
             for who, run in (("candidate", candidate), ("reference", reference)):
                 outputs[who] = run({INPUT_IDS: ids, ATTENTION_MASK: mask, **caches[who]})
                 caches[who] = {p: outputs[who][present_for(p)] for p in pasts}
             label = f"{case} (step {step})" if len(chunks) > 1 else case
             records += [
-                compare(label, name, outputs["candidate"][name], outputs["reference"][name], atol, min_argmax_agreement)
+                compare(
+                    label,
+                    name,
+                    outputs["candidate"][name],
+                    outputs["reference"][name],
+                    atol,
+                    min_argmax_agreement,
+                )
                 for name in outputs["reference"]
             ]
     return records

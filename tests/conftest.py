@@ -23,7 +23,16 @@ class CodeCarrier:
 
 
 def tiny_config(arch: str = "decoder", attention: str = "mhe-mul", **overrides) -> ModelConfig:
-    fields = dict(arch=arch, attention=attention, n_layers=2, d_model=48, n_heads=4, d_ff=96, vocab_size=97, max_seq_len=64)
+    fields = dict(
+        arch=arch,
+        attention=attention,
+        n_layers=2,
+        d_model=48,
+        n_heads=4,
+        d_ff=96,
+        vocab_size=97,
+        max_seq_len=64,
+    )
     if attention == "gqa":
         fields["n_kv_heads"] = 2
     fields.update(overrides)

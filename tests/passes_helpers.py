@@ -2,6 +2,7 @@
 
 Each distinct export is made once per test session and copied into the asking test's folder, so a test
 may write beside its model freely while the suite pays for every export only once."""
+
 from __future__ import annotations
 
 import atexit
@@ -12,12 +13,11 @@ from pathlib import Path
 
 import onnx_ir as ir
 import torch
-
 from conftest import tiny_model
+
 from mhe_edge.exporters import export
 from mhe_edge.runtime import create_session
 from mhe_edge.verification import compare_runners, ort_runner
-
 
 _CACHE_DIR = Path(tempfile.mkdtemp(prefix="mhe-edge-test-exports-"))
 atexit.register(shutil.rmtree, _CACHE_DIR, True)
@@ -30,7 +30,9 @@ def exported(tmp_path, arch="decoder", attention="mhe-mul", seed=21, **overrides
     if key not in _EXPORTS:
         model = tiny_model(arch=arch, attention=attention, seed=seed, **overrides)
         if model.config.is_mhe:
-            with torch.no_grad():  # embeddings far from 0 / 1, so a fold that ignored them would fail parity
+            with (
+                torch.no_grad()
+            ):  # embeddings far from 0 / 1, so a fold that ignored them would fail parity
                 for block in model.blocks:
                     for e in block.attn.head_embeddings():
                         e.add_(0.5 * torch.randn_like(e))
@@ -49,8 +51,13 @@ def op_counts(model: ir.Model) -> Counter:
 
 
 def parity(config, candidate_path, reference_path, atol=1e-4, batched_chunks=True):
-    return compare_runners(config, ort_runner(create_session(candidate_path)), ort_runner(create_session(reference_path)), atol,
-                           batched_chunks=batched_chunks)
+    return compare_runners(
+        config,
+        ort_runner(create_session(candidate_path)),
+        ort_runner(create_session(reference_path)),
+        atol,
+        batched_chunks=batched_chunks,
+    )
 
 
 def independent_logits_diff(config, session, reference) -> float:
@@ -77,6 +84,9 @@ def independent_logits_diff(config, session, reference) -> float:
         want = reference.run(None, {k: v for k, v in feeds.items() if k in names})[0]
     else:
         with torch.no_grad():
-            want = (reference(torch.from_numpy(ids), torch.from_numpy(feeds["attention_mask"])) if config.arch == "encoder"
-                    else reference(torch.from_numpy(ids))[0]).numpy()
+            want = (
+                reference(torch.from_numpy(ids), torch.from_numpy(feeds["attention_mask"]))
+                if config.arch == "encoder"
+                else reference(torch.from_numpy(ids))[0]
+            ).numpy()
     return float(np.abs(got - want.astype(np.float64)).max())

@@ -1,6 +1,6 @@
 import pytest
-
 from conftest import ALL_KINDS, tiny_config
+
 from mhe_edge import count_parameters, kv_cache_bytes_per_token
 from mhe_edge.accounting import attention_parameters
 from mhe_edge.config import ModelConfig, preset_config
@@ -9,7 +9,9 @@ from mhe_edge.models import build_model
 
 @pytest.mark.parametrize("arch", ["encoder", "decoder"])
 @pytest.mark.parametrize("attention", ALL_KINDS)
-@pytest.mark.parametrize("shape", [dict(), dict(d_model=50, n_heads=5, head_dim=12), dict(n_heads=6, d_model=48)])
+@pytest.mark.parametrize(
+    "shape", [dict(), dict(d_model=50, n_heads=5, head_dim=12), dict(n_heads=6, d_model=48)]
+)
 def test_formulas_equal_real_counts(arch, attention, shape):
     if attention == "gqa" and shape.get("n_heads") == 5:
         shape = dict(shape, n_heads=6, d_model=48, head_dim=None)
@@ -29,7 +31,9 @@ def test_mhe_qkv_is_single_head_attention_plus_3nd_at_base_size():
     mha = preset_config("base", attention="mha")
     assert attention_parameters(mha) - out_proj == 3 * (D * n * d + n * d)
     # The paper's point: MHE's Q/K/V is about n times smaller than MHA's.
-    assert (attention_parameters(mha) - out_proj) / (attention_parameters(mhe) - out_proj) > n * 0.95  # 11.8x at base size
+    assert (attention_parameters(mha) - out_proj) / (
+        attention_parameters(mhe) - out_proj
+    ) > n * 0.95  # 11.8x at base size
 
 
 def test_kv_cache_bytes_per_token():

@@ -1,6 +1,7 @@
 """Numerical checks (NumPy, float64) of the identities in docs/mhe-algebra.md: MHE-ADD and MHE-MUL
 attention equal single-KV-head attention with the head embeddings folded into constants, also under
 RoPE applied to the shared projections; applying RoPE after the head embeddings does not fold."""
+
 import numpy as np
 import pytest
 
@@ -51,7 +52,11 @@ def per_head(p, mode, mask=NO_MASK, rope_at=None):
         q, k = rope(q), rope(k)
     outs = []
     for i in range(N):
-        qi, ki, vi = embed(q, p["E_Q"][i], mode), embed(k, p["E_K"][i], mode), embed(v, p["E_V"][i], mode)
+        qi, ki, vi = (
+            embed(q, p["E_Q"][i], mode),
+            embed(k, p["E_K"][i], mode),
+            embed(v, p["E_V"][i], mode),
+        )
         if rope_at == "head":
             qi, ki = rope(qi), rope(ki)
         outs.append(softmax(qi @ ki.transpose(0, 2, 1) / np.sqrt(D) + mask) @ vi)
@@ -107,10 +112,16 @@ def test_add_output_ignores_e_k_but_not_e_v():
 @pytest.mark.parametrize("mode", ["add", "mul"])
 def test_rope_on_shared_projections_keeps_the_fold_exact(mode):
     p = make_params(4)
-    assert max_diff(per_head(p, mode, CAUSAL, rope_at="shared"), folded(p, mode, CAUSAL, rotate=rope)) < 1e-12
+    assert (
+        max_diff(per_head(p, mode, CAUSAL, rope_at="shared"), folded(p, mode, CAUSAL, rotate=rope))
+        < 1e-12
+    )
 
 
 @pytest.mark.parametrize("mode", ["add", "mul"])
 def test_rope_after_head_embeddings_does_not_fold(mode):
     p = make_params(5)
-    assert max_diff(per_head(p, mode, CAUSAL, rope_at="head"), folded(p, mode, CAUSAL, rotate=rope)) > 1e-3
+    assert (
+        max_diff(per_head(p, mode, CAUSAL, rope_at="head"), folded(p, mode, CAUSAL, rotate=rope))
+        > 1e-3
+    )

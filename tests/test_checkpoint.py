@@ -1,23 +1,25 @@
 """Checkpoints round-trip, and every bad file is refused with one line, a non-zero exit, and no code run."""
+
 import json
-import re
 import os
 import pickle
+import re
 import zipfile
 
 import pytest
 import torch
+from conftest import CodeCarrier, tiny_model
 from safetensors.torch import save_file
 
-from conftest import CodeCarrier, tiny_model
 from mhe_edge import load_model, save_checkpoint
-from mhe_edge.models.checkpoint import FORMAT
 from mhe_edge.errors import CheckpointError
-
+from mhe_edge.models.checkpoint import FORMAT
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
-@pytest.mark.parametrize("arch,attention", [("decoder", "mhe-add"), ("encoder", "mhe-mul"), ("decoder", "gqa")])
+@pytest.mark.parametrize(
+    "arch,attention", [("decoder", "mhe-add"), ("encoder", "mhe-mul"), ("decoder", "gqa")]
+)
 def test_checkpoints_round_trip(tmp_path, suffix, arch, attention):
     model = tiny_model(arch=arch, attention=attention, seed=7)
     path = save_checkpoint(model, tmp_path / f"m{suffix}")
@@ -28,7 +30,9 @@ def test_checkpoints_round_trip(tmp_path, suffix, arch, attention):
         a, b = model(ids), loaded(ids)
     a, b = (a[0], b[0]) if arch == "decoder" else (a, b)
     assert torch.equal(a, b)
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "temporary file left behind"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], (
+        "temporary file left behind"
+    )
 
 
 def _good_payload(model):
@@ -59,18 +63,62 @@ def _bad_files(tmp_path):
         ("empty.pt", lambda p: p.write_bytes(b""), "is empty"),
         ("random.pt", lambda p: p.write_bytes(os.urandom(4096)), "not"),
         ("code_top.pt", torch_save(CodeCarrier(marker)), "refuses"),
-        ("code_nested.pt", torch_save({**_good_payload(model), "extra": [{"x": CodeCarrier(marker)}]}), "refuses"),
-        ("code_raw_pickle.pt", lambda p: p.write_bytes(pickle.dumps(CodeCarrier(marker))), "not an mhe-edge checkpoint"),
+        (
+            "code_nested.pt",
+            torch_save({**_good_payload(model), "extra": [{"x": CodeCarrier(marker)}]}),
+            "refuses",
+        ),
+        (
+            "code_raw_pickle.pt",
+            lambda p: p.write_bytes(pickle.dumps(CodeCarrier(marker))),
+            "not an mhe-edge checkpoint",
+        ),
         ("truncated.pt", truncated(good, 5000), "not a readable checkpoint"),
         ("truncated.safetensors", truncated(good_st, 5000), "not a readable safetensors"),
-        ("other_program.pt", torch_save({"model": state, "epoch": 3}), "not an mhe-edge checkpoint"),
-        ("missing_key.pt", torch_save({**_good_payload(model), "state_dict": missing}), "lacks 1 weight"),
-        ("extra_key.pt", torch_save({**_good_payload(model), "state_dict": dict(state, spare=torch.zeros(1))}), "does not"),
-        ("bad_shape.pt", torch_save({**_good_payload(model), "state_dict": reshaped}), "has shape (5, 12)"),
-        ("bad_config.pt", torch_save({**_good_payload(model), "config": {**model.config.to_dict(), "arch": "rnn"}}), "invalid model config"),
-        ("plain.safetensors", lambda p: save_file({"w": torch.zeros(2)}, str(p)), "not an mhe-edge checkpoint"),
-        ("bad_shape.safetensors", lambda p: save_file(reshaped, str(p), metadata={"format": FORMAT, "config": cfg_json}), "has shape"),
-        ("int_weights.pt", torch_save({**_good_payload(model), "state_dict": {k: v.long() for k, v in state.items()}}), "not a floating-point"),
+        (
+            "other_program.pt",
+            torch_save({"model": state, "epoch": 3}),
+            "not an mhe-edge checkpoint",
+        ),
+        (
+            "missing_key.pt",
+            torch_save({**_good_payload(model), "state_dict": missing}),
+            "lacks 1 weight",
+        ),
+        (
+            "extra_key.pt",
+            torch_save({**_good_payload(model), "state_dict": dict(state, spare=torch.zeros(1))}),
+            "does not",
+        ),
+        (
+            "bad_shape.pt",
+            torch_save({**_good_payload(model), "state_dict": reshaped}),
+            "has shape (5, 12)",
+        ),
+        (
+            "bad_config.pt",
+            torch_save(
+                {**_good_payload(model), "config": {**model.config.to_dict(), "arch": "rnn"}}
+            ),
+            "invalid model config",
+        ),
+        (
+            "plain.safetensors",
+            lambda p: save_file({"w": torch.zeros(2)}, str(p)),
+            "not an mhe-edge checkpoint",
+        ),
+        (
+            "bad_shape.safetensors",
+            lambda p: save_file(reshaped, str(p), metadata={"format": FORMAT, "config": cfg_json}),
+            "has shape",
+        ),
+        (
+            "int_weights.pt",
+            torch_save(
+                {**_good_payload(model), "state_dict": {k: v.long() for k, v in state.items()}}
+            ),
+            "not a floating-point",
+        ),
     ]
 
 

@@ -18,7 +18,19 @@ def test_help_has_an_example(cli, command):
 
 def test_init_then_inspect_json(cli, tmp_path):
     path = tmp_path / "m.safetensors"
-    result = cli("init", path, "--attention", "gqa", "--heads", "6", "--d-model", "48", "--kv-heads", "3", "--json")
+    result = cli(
+        "init",
+        path,
+        "--attention",
+        "gqa",
+        "--heads",
+        "6",
+        "--d-model",
+        "48",
+        "--kv-heads",
+        "3",
+        "--json",
+    )
     assert result.code == 0, result.stderr
     report = json.loads(cli("inspect", path, "--json").stdout)
     assert report["config"]["n_kv_heads"] == 3 and report["config"]["n_heads"] == 6

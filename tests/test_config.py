@@ -26,7 +26,10 @@ def test_kv_heads_follow_the_attention_kind(attention, kv):
     assert ModelConfig(attention=attention, n_heads=4, d_model=64).kv_heads == kv
 
 
-@pytest.mark.parametrize("field,value", [("n_layers", 0), ("d_model", -1), ("vocab_size", 2.5), ("arch", "rnn"), ("attention", "mla")])
+@pytest.mark.parametrize(
+    "field,value",
+    [("n_layers", 0), ("d_model", -1), ("vocab_size", 2.5), ("arch", "rnn"), ("attention", "mla")],
+)
 def test_bad_fields_are_refused(field, value):
     with pytest.raises(ConfigError):
         ModelConfig(**{field: value})
@@ -36,7 +39,13 @@ def test_presets():
     tiny = preset_config("tiny")
     assert (tiny.n_layers, tiny.d_model, tiny.n_heads) == (2, 64, 4)
     small = preset_config("small", attention="gqa")
-    assert (small.n_layers, small.d_model, small.n_heads, small.d_ff, small.n_kv_heads) == (6, 512, 8, 2048, 2)
+    assert (small.n_layers, small.d_model, small.n_heads, small.d_ff, small.n_kv_heads) == (
+        6,
+        512,
+        8,
+        2048,
+        2,
+    )
     base = preset_config("base", arch="encoder", attention="mha")
     assert (base.n_layers, base.d_model, base.n_heads, base.kv_heads) == (12, 768, 12, 12)
     with pytest.raises(ConfigError, match="unknown preset"):

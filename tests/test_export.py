@@ -1,21 +1,24 @@
 """Export: every kind and arch, odd sizes, the fused node and its function, parity, the cache contract."""
+
 import json
 
 import numpy as np
 import onnx
 import pytest
 import torch
-
 from conftest import ALL_KINDS, tiny_model
 from passes_helpers import independent_logits_diff
-from mhe_edge.exporters import export
+
 from mhe_edge.contract import KEY_CONFIG, KEY_IO, input_names, output_names
+from mhe_edge.exporters import export
 from mhe_edge.runtime import create_session
 
 SIZES = {
     "default": dict(),
     # head counts that are not powers of two, d_model not a multiple of 64, head_dim given explicitly
-    "odd": dict(n_layers=3, d_model=42, n_heads=3, head_dim=14, d_ff=70, vocab_size=61, max_seq_len=40),
+    "odd": dict(
+        n_layers=3, d_model=42, n_heads=3, head_dim=14, d_ff=70, vocab_size=61, max_seq_len=40
+    ),
 }
 
 
@@ -53,15 +56,28 @@ def test_export_structure_and_parity(exports, arch, attention, size):
     onnx.checker.check_model(proto, full_check=True)
     assert [i.name for i in proto.graph.input] == input_names(cfg)
     assert [o.name for o in proto.graph.output] == output_names(cfg)
-    fused = [n for n in proto.graph.node if n.op_type in ("MHEAttentionAdd", "MHEAttentionMul", "Attention")]
+    fused = [
+        n
+        for n in proto.graph.node
+        if n.op_type in ("MHEAttentionAdd", "MHEAttentionMul", "Attention")
+    ]
     assert len(fused) == cfg.n_layers
     if cfg.is_mhe:
         assert all(n.domain == "mhe_edge" for n in fused)
         op_type = "MHEAttentionAdd" if attention == "mhe-add" else "MHEAttentionMul"
-        assert [(f.domain, f.name) for f in proto.functions] == [("mhe_edge", op_type)] and fused[0].op_type == op_type
-        assert not [n for f in proto.functions for n in f.node if n.op_type == "If"]  # no branching on the mode
-        assert {a.name: a.i for a in fused[0].attribute} == {"num_heads": cfg.n_heads, "is_causal": int(arch == "decoder")}
-        assert {imp.domain: imp.version for imp in proto.functions[0].opset_import}[""] == report.opset
+        assert [(f.domain, f.name) for f in proto.functions] == [("mhe_edge", op_type)] and fused[
+            0
+        ].op_type == op_type
+        assert not [
+            n for f in proto.functions for n in f.node if n.op_type == "If"
+        ]  # no branching on the mode
+        assert {a.name: a.i for a in fused[0].attribute} == {
+            "num_heads": cfg.n_heads,
+            "is_causal": int(arch == "decoder"),
+        }
+        assert {imp.domain: imp.version for imp in proto.functions[0].opset_import}[
+            ""
+        ] == report.opset
     else:
         assert all(n.domain == "" for n in fused) and not proto.functions
     # export measured parity itself; check it again here, independently, on the test's own inputs
@@ -72,7 +88,12 @@ def test_export_structure_and_parity(exports, arch, attention, size):
     if cfg.arch == "decoder":  # the cache is declared with kv_heads heads and dynamic axes
         mask, past = (proto.graph.input[i].type.tensor_type.shape.dim for i in (1, 2))
         assert [d.dim_param for d in mask] == ["batch", "past_sequence + sequence"]
-        assert [d.dim_param or d.dim_value for d in past] == ["batch", cfg.kv_heads, "past_sequence", cfg.head_dim]
+        assert [d.dim_param or d.dim_value for d in past] == [
+            "batch",
+            cfg.kv_heads,
+            "past_sequence",
+            cfg.head_dim,
+        ]
 
 
 @pytest.mark.parametrize("attention", ALL_KINDS)
@@ -83,12 +104,26 @@ def test_exported_cache_decoding_equals_a_full_pytorch_pass(exports, attention):
     ids = torch.randint(0, cfg.vocab_size, (2, 12), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         full = model(ids)[0].numpy()
-    past = {n: np.zeros((2, cfg.kv_heads, 0, cfg.head_dim), np.float32) for n in input_names(cfg)[2:]}
+    past = {
+        n: np.zeros((2, cfg.kv_heads, 0, cfg.head_dim), np.float32) for n in input_names(cfg)[2:]
+    }
     chunks, start = [6, 1, 3, 1, 1], 0
     logits = []
     for T in chunks:
         mask = np.ones((2, start + T), np.int64)
-        outputs = dict(zip(output_names(cfg), session.run(None, {"input_ids": ids[:, start : start + T].numpy(), "attention_mask": mask, **past})))
+        outputs = dict(
+            zip(
+                output_names(cfg),
+                session.run(
+                    None,
+                    {
+                        "input_ids": ids[:, start : start + T].numpy(),
+                        "attention_mask": mask,
+                        **past,
+                    },
+                ),
+            )
+        )
         past = {n: outputs[n.replace("past_key_values", "present")] for n in past}
         logits.append(outputs["logits"])
         start += T
@@ -104,7 +139,10 @@ def test_reference_evaluator_agrees_with_onnx_runtime(exports, attention):
     model, report = exports("decoder", attention)
     cfg = model.config
     rng = np.random.default_rng(0)
-    feeds = {"input_ids": rng.integers(0, cfg.vocab_size, (2, 3)), "attention_mask": np.array([[0] + [1] * 6, [1] * 7])}
+    feeds = {
+        "input_ids": rng.integers(0, cfg.vocab_size, (2, 3)),
+        "attention_mask": np.array([[0] + [1] * 6, [1] * 7]),
+    }
     for name in input_names(cfg)[2:]:
         feeds[name] = rng.standard_normal((2, cfg.kv_heads, 4, cfg.head_dim)).astype(np.float32)
     ort_out = create_session(report.path).run(None, feeds)
@@ -118,7 +156,9 @@ def test_metadata_lets_an_app_drive_the_file(exports, cli):
     props = {p.key: p.value for p in onnx.load(report.path).metadata_props}
     assert json.loads(props[KEY_CONFIG]) == model.config.to_dict()
     io = json.loads(props[KEY_IO])
-    assert io["kv_cache"]["kv_heads"] == 1 and io["kv_cache"]["past_key"] == "past_key_values.{i}.key"
+    assert (
+        io["kv_cache"]["kv_heads"] == 1 and io["kv_cache"]["past_key"] == "past_key_values.{i}.key"
+    )
     result = cli("inspect", report.path, "--json")
     described = json.loads(result.stdout)
     assert described["op_counts"]["mhe_edge.MHEAttentionMul"] == model.config.n_layers
@@ -134,16 +174,24 @@ def test_external_data_end_to_end_at_the_newest_opset(tmp_path, cli):
     model = tiny_model(attention="mhe-add", d_model=64)
     report = export(model, tmp_path / "m.onnx", external_data=True, opset=MAX_OPSET)
     assert report.external_data and (tmp_path / "m.onnx.data").is_file()
-    assert report.max_abs_diff <= 1e-4 and report.file_bytes > (tmp_path / "m.onnx.data").stat().st_size
+    assert (
+        report.max_abs_diff <= 1e-4
+        and report.file_bytes > (tmp_path / "m.onnx.data").stat().st_size
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
-    again = cli("export", tmp_path / "m.onnx", "-o", tmp_path / "m.onnx", "--opset", str(MAX_OPSET + 1))
+    again = cli(
+        "export", tmp_path / "m.onnx", "-o", tmp_path / "m.onnx", "--opset", str(MAX_OPSET + 1)
+    )
     assert again.code == 2 and "--opset" in again.stderr
     optimized = cli("optimize", tmp_path / "m.onnx", "--target", "ort", "--json")
     assert optimized.code == 0, optimized.stderr
     assert json.loads(optimized.stdout)["max_abs_diff"] <= 1e-4
     packaged = cli("package", tmp_path / "m.onnx", "-o", tmp_path / "pkg", "--json")
     assert packaged.code == 0, packaged.stderr
-    assert json.loads(packaged.stdout)["check"]["status"] in ("passed", "skipped: onnxruntime-genai is not installed (pip install 'mhe-edge[genai]')")
+    assert json.loads(packaged.stdout)["check"]["status"] in (
+        "passed",
+        "skipped: onnxruntime-genai is not installed (pip install 'mhe-edge[genai]')",
+    )
 
 
 def test_cli_export_json(tmp_path, cli):

@@ -1,31 +1,46 @@
 """Fuzzing (hypothesis, bounded so CI stays fast): whatever the bytes or arguments, mhe-edge either
 works or refuses with its own error: never another exception, never a traceback."""
+
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
+from conftest import tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import tiny_model
 from mhe_edge import load_model, save_checkpoint
 from mhe_edge.errors import CheckpointError, MheEdgeError
 from mhe_edge.files import read_header
 
-FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 
 
 @pytest.fixture(scope="module")
 def valid_files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("valid")
-    model = tiny_model(attention="mhe-add", n_layers=1, d_model=16, n_heads=2, d_ff=32, vocab_size=11, max_seq_len=8)
+    model = tiny_model(
+        attention="mhe-add",
+        n_layers=1,
+        d_model=16,
+        n_heads=2,
+        d_ff=32,
+        vocab_size=11,
+        max_seq_len=8,
+    )
     save_checkpoint(model, folder / "m.pt")
     save_checkpoint(model, folder / "m.safetensors")
     from mhe_edge.exporters import export
 
     export(model, folder / "m.onnx")
-    return {suffix: (folder / f"m{suffix}").read_bytes() for suffix in (".pt", ".safetensors", ".onnx")}
+    return {
+        suffix: (folder / f"m{suffix}").read_bytes() for suffix in (".pt", ".safetensors", ".onnx")
+    }
 
 
 def _mutate(data: bytes, edits, cut) -> bytes:
@@ -46,8 +61,11 @@ def test_checkpoint_loader_on_random_bytes(data, suffix):
 
 
 @FUZZ
-@given(suffix=st.sampled_from([".pt", ".safetensors"]), cut=st.floats(0.0, 1.0),
-       edits=st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 255)), max_size=8))
+@given(
+    suffix=st.sampled_from([".pt", ".safetensors"]),
+    cut=st.floats(0.0, 1.0),
+    edits=st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 255)), max_size=8),
+)
 def test_checkpoint_loader_on_mutated_checkpoints(valid_files, suffix, cut, edits):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"x{suffix}"
@@ -59,7 +77,10 @@ def test_checkpoint_loader_on_mutated_checkpoints(valid_files, suffix, cut, edit
 
 
 @FUZZ
-@given(cut=st.floats(0.0, 1.0), edits=st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 255)), max_size=8))
+@given(
+    cut=st.floats(0.0, 1.0),
+    edits=st.lists(st.tuples(st.integers(0, 10**7), st.integers(0, 255)), max_size=8),
+)
 def test_onnx_reader_on_mutated_exports(valid_files, cut, edits):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.onnx"
@@ -70,13 +91,41 @@ def test_onnx_reader_on_mutated_exports(valid_files, cut, edits):
             pass
 
 
-ARG = st.one_of(st.integers(-5, 10**6).map(str), st.text(max_size=12), st.sampled_from(
-    ["--prompt", "--max-new-tokens", "--provider", "--batch", "--seq-len", "--heads", "--d-model", "--kv-heads", "--preset",
-     "--attention", "--json", "cpu", "cuda", "1,2,3", "-1", "0", "mhe-add", "gqa", "--force", "--layers"]))
+ARG = st.one_of(
+    st.integers(-5, 10**6).map(str),
+    st.text(max_size=12),
+    st.sampled_from(
+        [
+            "--prompt",
+            "--max-new-tokens",
+            "--provider",
+            "--batch",
+            "--seq-len",
+            "--heads",
+            "--d-model",
+            "--kv-heads",
+            "--preset",
+            "--attention",
+            "--json",
+            "cpu",
+            "cuda",
+            "1,2,3",
+            "-1",
+            "0",
+            "mhe-add",
+            "gqa",
+            "--force",
+            "--layers",
+        ]
+    ),
+)
 
 
 @FUZZ
-@given(command=st.sampled_from(["generate", "profile", "init", "inspect", "optimize"]), args=st.lists(ARG, max_size=6))
+@given(
+    command=st.sampled_from(["generate", "profile", "init", "inspect", "optimize"]),
+    args=st.lists(ARG, max_size=6),
+)
 def test_cli_argument_parsing(tmp_path, cli, valid_files, command, args):
     model = tmp_path / "m.onnx"
     if not model.exists():

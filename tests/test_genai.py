@@ -1,19 +1,29 @@
 """`mhe-edge package --format genai`: onnxruntime-genai's greedy tokens equal `mhe-edge generate`'s."""
+
 import json
 
 import pytest
-
 from passes_helpers import exported
-from mhe_edge.edge import genai_greedy
-from mhe_edge.workflows.package import package as package_genai
-from mhe_edge.errors import RequestError
 
-pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install 'mhe-edge[genai]')")
+from mhe_edge.edge import genai_greedy
+from mhe_edge.errors import RequestError
+from mhe_edge.workflows.package import package as package_genai
+
+pytest.importorskip(
+    "onnxruntime_genai", reason="onnxruntime-genai is not installed (pip install 'mhe-edge[genai]')"
+)
 
 
 @pytest.mark.parametrize(
     "attention,target,share",
-    [("mhe-add", "ort", False), ("mhe-mul", "ort", False), ("mhe-mul", "ort", True), ("mhe-add", "std", False), ("mha", "ort", False), ("mha", "ort", True)],
+    [
+        ("mhe-add", "ort", False),
+        ("mhe-mul", "ort", False),
+        ("mhe-mul", "ort", True),
+        ("mhe-add", "std", False),
+        ("mha", "ort", False),
+        ("mha", "ort", True),
+    ],
 )
 def test_genai_tokens_equal_mhe_edge_generate(tmp_path, cli, attention, target, share):
     _, path = exported(tmp_path, attention=attention, d_model=64)
@@ -23,10 +33,19 @@ def test_genai_tokens_equal_mhe_edge_generate(tmp_path, cli, attention, target, 
     config = json.loads((folder / "genai_config.json").read_text())
     decoder = config["model"]["decoder"]
     assert decoder["num_key_value_heads"] == (1 if attention.startswith("mhe") else 4)
-    assert decoder["num_hidden_layers"] == 2 and decoder["head_size"] == 16 and decoder["hidden_size"] == 64
-    assert config["search"]["past_present_share_buffer"] is share and config["model"]["context_length"] == 64
+    assert (
+        decoder["num_hidden_layers"] == 2
+        and decoder["head_size"] == 16
+        and decoder["hidden_size"] == 64
+    )
+    assert (
+        config["search"]["past_present_share_buffer"] is share
+        and config["model"]["context_length"] == 64
+    )
     prompt = [5, 9, 2, 6, 5, 3]
-    expected = cli("generate", path, "--prompt", ",".join(map(str, prompt)), "--max-new-tokens", "20").stdout.split()[1:]
+    expected = cli(
+        "generate", path, "--prompt", ",".join(map(str, prompt)), "--max-new-tokens", "20"
+    ).stdout.split()[1:]
     expected = [int(t) for t in expected]
     eos = config["model"]["eos_token_id"]
     if eos in expected:
@@ -49,7 +68,9 @@ def test_package_cli_and_refusals(tmp_path, cli):
         ([path, "-o", tmp_path / "missing" / "pkg"], "does not exist"),
     ]:
         result = cli("package", *args)
-        assert result.code == 2 and fragment in result.stderr and "Traceback" not in result.stderr, (args, result.stderr)
+        assert (
+            result.code == 2 and fragment in result.stderr and "Traceback" not in result.stderr
+        ), (args, result.stderr)
     (tmp_path / "plain.onnx").write_bytes(b"\x08\x07")
     result = cli("package", tmp_path / "plain.onnx", "-o", tmp_path / "p")
     assert result.code == 4 and "not an mhe-edge export" in result.stderr

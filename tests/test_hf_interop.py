@@ -1,6 +1,7 @@
 """Real models in: folders written by transformers (never downloaded: built here at odd sizes with
 `save_pretrained`) export to ONNX equal to transformers within 1e-4, generate the same greedy tokens, and
 refuse what mhe-edge does not implement. transformers is used by these tests only."""
+
 import json
 
 import numpy as np
@@ -18,18 +19,35 @@ SMALL = dict(vocab_size=VOCAB, bos_token_id=None, eos_token_id=None, pad_token_i
 
 
 def _llama(**overrides):
-    fields = dict(hidden_size=48, intermediate_size=100, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-                  max_position_embeddings=64, **SMALL)
+    fields = dict(
+        hidden_size=48,
+        intermediate_size=100,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        **SMALL,
+    )
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**fields, **overrides}))
 
 
 FAMILIES = {
     "llama-gqa": lambda: _llama(),
     "llama-mqa-tied": lambda: _llama(num_key_value_heads=1, tie_word_embeddings=True),
-    "qwen2": lambda: transformers.Qwen2ForCausalLM(transformers.Qwen2Config(
-        hidden_size=48, intermediate_size=100, num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
-        max_position_embeddings=64, **SMALL)),
-    "gpt2": lambda: transformers.GPT2LMHeadModel(transformers.GPT2Config(n_embd=48, n_layer=2, n_head=4, n_positions=64, **SMALL)),
+    "qwen2": lambda: transformers.Qwen2ForCausalLM(
+        transformers.Qwen2Config(
+            hidden_size=48,
+            intermediate_size=100,
+            num_hidden_layers=2,
+            num_attention_heads=6,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+            **SMALL,
+        )
+    ),
+    "gpt2": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_embd=48, n_layer=2, n_head=4, n_positions=64, **SMALL)
+    ),
 }
 
 
@@ -73,8 +91,18 @@ def test_generate_equals_transformers_greedy(folders, name, cli):
     model, _, onnx_path = folders[name]
     prompt = [5, 17, 3, 42, 8]
     with torch.no_grad():
-        hf = model.generate(torch.tensor([prompt]), max_new_tokens=10, do_sample=False, pad_token_id=0)[0, len(prompt):].tolist()
-    ours = cli("generate", onnx_path, "--prompt", ",".join(map(str, prompt)), "--max-new-tokens", "10", "--json")
+        hf = model.generate(
+            torch.tensor([prompt]), max_new_tokens=10, do_sample=False, pad_token_id=0
+        )[0, len(prompt) :].tolist()
+    ours = cli(
+        "generate",
+        onnx_path,
+        "--prompt",
+        ",".join(map(str, prompt)),
+        "--max-new-tokens",
+        "10",
+        "--json",
+    )
     assert ours.code == 0, ours.stderr
     assert json.loads(ours.stdout)["tokens"][0] == hf
 
@@ -91,18 +119,32 @@ def test_bfloat16_folder_exports_in_float32(tmp_path):
     torch.manual_seed(7)
     model = _llama().to(torch.bfloat16).eval()
     model.save_pretrained(tmp_path / "bf16")
-    assert json.loads((tmp_path / "bf16" / "config.json").read_text()).get("dtype", "bfloat16") == "bfloat16"
+    assert (
+        json.loads((tmp_path / "bf16" / "config.json").read_text()).get("dtype", "bfloat16")
+        == "bfloat16"
+    )
     report = export(tmp_path / "bf16", tmp_path / "bf16.onnx")
     ids = np.random.default_rng(0).integers(0, VOCAB, (1, 6))
     with torch.no_grad():
-        want = model.float()(torch.from_numpy(ids)).logits.numpy()  # the same bf16 weights, computed in fp32
-    assert report.max_abs_diff <= 1e-4 and np.abs(_logits(create_session(tmp_path / "bf16.onnx"), ids) - want).max() <= 1e-4
+        want = model.float()(
+            torch.from_numpy(ids)
+        ).logits.numpy()  # the same bf16 weights, computed in fp32
+    assert (
+        report.max_abs_diff <= 1e-4
+        and np.abs(_logits(create_session(tmp_path / "bf16.onnx"), ids) - want).max() <= 1e-4
+    )
 
 
 def test_bert_encoder_equals_transformers(tmp_path):
     torch.manual_seed(2)
-    config = transformers.BertConfig(vocab_size=VOCAB, hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=96, max_position_embeddings=64)
+    config = transformers.BertConfig(
+        vocab_size=VOCAB,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=96,
+        max_position_embeddings=64,
+    )
     model = transformers.BertModel(config).eval()
     model.save_pretrained(tmp_path / "bert")
     export(tmp_path / "bert", tmp_path / "bert.onnx")
@@ -110,9 +152,15 @@ def test_bert_encoder_equals_transformers(tmp_path):
     mask = np.ones_like(ids)
     mask[1, 5:] = 0
     with torch.no_grad():
-        want = model(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state.numpy()
-    got = create_session(tmp_path / "bert.onnx").run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    assert np.abs(got - want)[mask.astype(bool)].max() <= 1e-4  # padded rows' outputs are unspecified
+        want = model(
+            torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)
+        ).last_hidden_state.numpy()
+    got = create_session(tmp_path / "bert.onnx").run(
+        None, {"input_ids": ids, "attention_mask": mask}
+    )[0]
+    assert (
+        np.abs(got - want)[mask.astype(bool)].max() <= 1e-4
+    )  # padded rows' outputs are unspecified
 
 
 def test_sharded_folder_loads(tmp_path):
@@ -122,7 +170,9 @@ def test_sharded_folder_loads(tmp_path):
     assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
     ids = torch.randint(0, VOCAB, (1, 5))
     with torch.no_grad():
-        assert torch.allclose(load_model(tmp_path / "sharded")(ids)[0], model(ids).logits, atol=1e-5)
+        assert torch.allclose(
+            load_model(tmp_path / "sharded")(ids)[0], model(ids).logits, atol=1e-5
+        )
 
 
 def _edit_config(folder, **changes):
@@ -131,19 +181,27 @@ def _edit_config(folder, **changes):
     path.write_text(json.dumps(config))
 
 
-@pytest.mark.parametrize("changes,fragment", [
-    (dict(model_type="t5"), "model_type 't5' is not supported"),
-    (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling"),
-    (dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}), "rope_scaling"),
-    (dict(hidden_act="gelu"), "hidden_act='gelu'"),
-    (dict(model_type="mistral", sliding_window=16), "sliding_window=16"),
-    (dict(num_hidden_layers=3), "lacks"),
-])
+@pytest.mark.parametrize(
+    "changes,fragment",
+    [
+        (dict(model_type="t5"), "model_type 't5' is not supported"),
+        (dict(rope_scaling={"rope_type": "linear", "factor": 2.0}), "rope_scaling"),
+        (
+            dict(rope_parameters={"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0}),
+            "rope_scaling",
+        ),
+        (dict(hidden_act="gelu"), "hidden_act='gelu'"),
+        (dict(model_type="mistral", sliding_window=16), "sliding_window=16"),
+        (dict(num_hidden_layers=3), "lacks"),
+    ],
+)
 def test_unsupported_configs_are_refused_by_name(tmp_path, cli, changes, fragment):
     _llama().save_pretrained(tmp_path / "m")
     _edit_config(tmp_path / "m", **changes)
     result = cli("export", tmp_path / "m", "-o", tmp_path / "m.onnx")
-    assert result.code == 3 and fragment in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert result.code == 3 and fragment in result.stderr and "Traceback" not in result.stderr, (
+        result.stderr
+    )
     assert not (tmp_path / "m.onnx").exists()
 
 
@@ -152,7 +210,10 @@ def test_unexpected_tensors_are_named(tmp_path):
 
     _llama().save_pretrained(tmp_path / "m")
     state = load_file(tmp_path / "m" / "model.safetensors")
-    save_file({**state, "model.layers.0.self_attn.rotary.inv_freq": torch.ones(4)}, tmp_path / "m" / "model.safetensors")
+    save_file(
+        {**state, "model.layers.0.self_attn.rotary.inv_freq": torch.ones(4)},
+        tmp_path / "m" / "model.safetensors",
+    )
     with pytest.raises(CheckpointError, match="rotary.inv_freq"):
         load_model(tmp_path / "m")
 
@@ -163,7 +224,10 @@ def test_compare_takes_folders_ours_and_imported(folders, tmp_path):
     ours = init_model(tmp_path / "mhe", attention="mhe-mul", preset="tiny-llama", vocab_size=VOCAB)
     _, imported, _ = folders["llama-gqa"]
     rows = compare([imported, ours.path], seq_lens=[8], runs=1, new_tokens=2).rows
-    assert [(r["model"], r["attention"]) for r in rows] == [("llama-gqa", "gqa"), ("mhe", "mhe-mul")]
+    assert [(r["model"], r["attention"]) for r in rows] == [
+        ("llama-gqa", "gqa"),
+        ("mhe", "mhe-mul"),
+    ]
     assert all(r["decode_ms_per_token"] > 0 and r["peak_memory_bytes"] > 0 for r in rows)
 
 
@@ -173,6 +237,9 @@ def test_imported_llama_profiles_converts_and_packages(folders, tmp_path):
     _, _, onnx_path = folders["llama-mqa-tied"]
     std = optimize(onnx_path, tmp_path / "std.onnx", target="std").output
     assert to_ort(std, tmp_path / "llama.ort").max_abs_diff <= 1e-5
-    assert profile(std, seq_len=8, new_tokens=2, runs=1, warmup=0).latency_ms["decode_per_token"]["n"] == 2
+    assert (
+        profile(std, seq_len=8, new_tokens=2, runs=1, warmup=0).latency_ms["decode_per_token"]["n"]
+        == 2
+    )
     packaged = package(onnx_path, tmp_path / "genai", share_buffer=True)
     assert packaged.target == "ort" and packaged.check["status"] == "passed"

@@ -1,4 +1,5 @@
 """Outputs appear whole or not at all: interrupted runs (Ctrl-C) and full disks leave nothing behind."""
+
 import resource
 import signal
 import subprocess
@@ -6,14 +7,19 @@ import sys
 import time
 
 import pytest
-
 from conftest import tiny_model
+
 from mhe_edge import save_checkpoint
 
 
 def _mhe_edge(*args, **kwargs):
-    return subprocess.Popen([sys.executable, "-m", "mhe_edge", *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mhe_edge", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGHUP"])
@@ -21,13 +27,25 @@ def test_a_signal_during_export_leaves_nothing(tmp_path, signal_name):
     """Ctrl-C, SIGTERM or SIGHUP while the staged export exists: exit 130, the previous output intact, nothing
     else left. This holds from a background shell too, where SIGINT starts ignored (the CLI re-arms it)."""
     # big enough that checking and validating the staged file takes a while
-    save_checkpoint(tiny_model(attention="mhe-mul", n_layers=4, d_model=256, n_heads=8, d_ff=1024, vocab_size=4000, max_seq_len=64),
-                    tmp_path / "m.pt")
+    save_checkpoint(
+        tiny_model(
+            attention="mhe-mul",
+            n_layers=4,
+            d_model=256,
+            n_heads=8,
+            d_ff=1024,
+            vocab_size=4000,
+            max_seq_len=64,
+        ),
+        tmp_path / "m.pt",
+    )
     (tmp_path / "m.onnx").write_bytes(b"the previous export")
     process = _mhe_edge("export", tmp_path / "m.pt", "--force")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
-        if any(p.name.startswith(".m.onnx.") for p in tmp_path.iterdir()):  # the staged output exists now
+        if any(
+            p.name.startswith(".m.onnx.") for p in tmp_path.iterdir()
+        ):  # the staged output exists now
             process.send_signal(getattr(signal, signal_name))
             break
         time.sleep(0.005)
@@ -42,8 +60,11 @@ def test_a_signal_during_export_leaves_nothing(tmp_path, signal_name):
 
 def _file_size_limit(limit_bytes):
     def apply():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        signal.signal(
+            signal.SIGXFSZ, signal.SIG_IGN
+        )  # a write past the limit then fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+
     return apply
 
 
@@ -63,7 +84,9 @@ def test_a_full_disk_leaves_nothing(tmp_path, command):
         "to-ort": ["to-ort", tmp_path / "m.onnx", "-o", tmp_path / "new.ort"],
     }[command]
     before = sorted(p.name for p in tmp_path.iterdir())
-    process = _mhe_edge(*args, preexec_fn=_file_size_limit(100_000))  # the model files are ~0.3-0.9 MB
+    process = _mhe_edge(
+        *args, preexec_fn=_file_size_limit(100_000)
+    )  # the model files are ~0.3-0.9 MB
     _, stderr = process.communicate(timeout=300)
     assert process.returncode == 8, stderr
     assert "nothing was written" in stderr and "Traceback" not in stderr
@@ -74,10 +97,25 @@ def test_ctrl_c_during_training_saves_a_checkpoint_that_resumes(tmp_path):
     """Training is the one command whose work is worth keeping: Ctrl-C saves a checkpoint first, says how to
     continue, and `--resume` picks it up."""
     run = tmp_path / "run"
-    process = _mhe_edge("train", "-o", run, "--preset", "tiny", "--tokenizer", "bytes", "--steps", "1000000", "--batch", "2",
-                        "--seq-len", "16")
+    process = _mhe_edge(
+        "train",
+        "-o",
+        run,
+        "--preset",
+        "tiny",
+        "--tokenizer",
+        "bytes",
+        "--steps",
+        "1000000",
+        "--batch",
+        "2",
+        "--seq-len",
+        "16",
+    )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:  # training started: the run record exists
+    while (
+        time.monotonic() < deadline and process.poll() is None
+    ):  # training started: the run record exists
         if (run / "training.json").exists():
             time.sleep(2.0)
             process.send_signal(signal.SIGINT)

@@ -2,18 +2,28 @@
 RMSNorm, SwiGLU and tanh-GELU, biases off, tied embeddings, post-LN encoders. Each model is saved as a
 folder, exported (parity against PyTorch inside), and optimized to one fused attention per layer, with a
 single KV head for MHE, equal to the export within 1e-4."""
+
 import pytest
 import torch
-
 from conftest import ALL_KINDS
+
 from mhe_edge import count_parameters, export, init_model, load_model, optimize
 from mhe_edge.models.attention import reference_attention, use_attention_core
 
 OPTION_SETS = {
-    "llama-shaped": dict(position="rope", norm="rmsnorm", mlp="swiglu", tie_embeddings=True, qkv_bias=False, out_bias=False,
-                         mlp_bias=False),
+    "llama-shaped": dict(
+        position="rope",
+        norm="rmsnorm",
+        mlp="swiglu",
+        tie_embeddings=True,
+        qkv_bias=False,
+        out_bias=False,
+        mlp_bias=False,
+    ),
     "gpt2-shaped": dict(position="learned", norm="layernorm", mlp="gelu_tanh"),
-    "bert-shaped": dict(arch="encoder", position="rope", norm_placement="post", embedding_norm=True, mlp="gelu"),
+    "bert-shaped": dict(
+        arch="encoder", position="rope", norm_placement="post", embedding_norm=True, mlp="gelu"
+    ),
 }
 
 
@@ -21,8 +31,21 @@ def _init(tmp_path, attention, options):
     options = dict(options)
     arch = options.pop("arch", "decoder")
     extra = {"n_kv_heads": 2} if attention == "gqa" else {}
-    return init_model(tmp_path / "model", arch=arch, attention=attention, preset="tiny", n_layers=2, d_model=64, n_heads=4,
-                      d_ff=96, vocab_size=97, max_seq_len=64, seed=5, **extra, **options)
+    return init_model(
+        tmp_path / "model",
+        arch=arch,
+        attention=attention,
+        preset="tiny",
+        n_layers=2,
+        d_model=64,
+        n_heads=4,
+        d_ff=96,
+        vocab_size=97,
+        max_seq_len=64,
+        seed=5,
+        **extra,
+        **options,
+    )
 
 
 @pytest.mark.parametrize("options", list(OPTION_SETS))
@@ -38,11 +61,15 @@ def test_every_kind_with_every_option_exports_and_folds(tmp_path, attention, opt
         report = optimize(tmp_path / "model.onnx", tmp_path / f"{target}.onnx", target=target)
         assert report.max_abs_diff <= 1e-4
         fused = "com.microsoft.GroupQueryAttention" if target == "ort" else "Attention"
-        assert report.op_counts_after.get(fused) == 2 and not [op for op in report.op_counts_after if op.startswith("mhe_edge.")]
+        assert report.op_counts_after.get(fused) == 2 and not [
+            op for op in report.op_counts_after if op.startswith("mhe_edge.")
+        ]
         if model.config.is_mhe:
             import onnx
 
-            nodes = [n for n in onnx.load(report.output).graph.node if n.op_type == fused.split(".")[-1]]
+            nodes = [
+                n for n in onnx.load(report.output).graph.node if n.op_type == fused.split(".")[-1]
+            ]
             assert all({a.name: a.i for a in n.attribute}["kv_num_heads"] == 1 for n in nodes)
 
 

@@ -1,10 +1,10 @@
 """The reference modules against the definitions in docs/mhe-algebra.md."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import ALL_KINDS, tiny_model
 
 
@@ -66,7 +66,9 @@ def test_mhe_mul_is_invariant_to_scaling_query_and_key_embeddings_inversely():
         attn.q_head_embeddings[2] *= 3.7
         attn.k_head_embeddings[2] /= 3.7
     assert (_decoder_logits(model, ids) - base).abs().max() < 1e-4
-    with torch.no_grad():  # scaling only the query side does change the output: the check is not vacuous
+    with (
+        torch.no_grad()
+    ):  # scaling only the query side does change the output: the check is not vacuous
         attn.q_head_embeddings[2] *= 3.7
     assert (_decoder_logits(model, ids) - base).abs().max() > 1e-3
 

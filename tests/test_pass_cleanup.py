@@ -1,8 +1,9 @@
 """CleanupPass: dead initializers, identities and unused functions go; numbers stay exactly the same."""
+
 import numpy as np
 import onnx_ir as ir
-
 from passes_helpers import exported, op_counts, parity
+
 from mhe_edge.passes.cleanup import CleanupPass
 from mhe_edge.passes.fold_head_embeddings import FoldHeadEmbeddingsPass
 
@@ -21,7 +22,10 @@ def test_cleanup_removes_dead_weight_and_keeps_numbers(tmp_path):
             use.node.replace_input_with(use.idx, identity.outputs[0])
     assert op_counts(graph_model)["Identity"] == 1
     CleanupPass()(graph_model)
-    assert "dead_weight" not in graph_model.graph.initializers and op_counts(graph_model)["Identity"] == 0
+    assert (
+        "dead_weight" not in graph_model.graph.initializers
+        and op_counts(graph_model)["Identity"] == 0
+    )
     out = tmp_path / "clean.onnx"
     ir.save(graph_model, out)
     records = parity(model.config, out, path, atol=1e-5)

@@ -1,6 +1,7 @@
 """Each graph pass on a small graph built by hand (no exporter): its structure after the pass, its numbers
 against NumPy or against the graph before, its preconditions refusing what it cannot handle before touching
 anything, and a truthful `modified`."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,8 +29,12 @@ def _value(name, shape, dtype=F32):
 
 
 def _const(graph, name, array):
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
     graph.register_initializer(value)
     return value
 
@@ -56,15 +61,25 @@ def _mhe_graph(mode, e_q, e_k, e_v, w_o, b_o):
     graph = ir.Graph([q, k, v, pk, pv], [], nodes=[], name="mhe")
     consts = [_const(graph, n, a) for n, a in (("e_q", e_q), ("e_k", e_k), ("e_v", e_v))]
     bias = _const(graph, "zero_bias", np.zeros((), np.float32))
-    attention = ir.node(OP_TYPES[mode], [q, k, v, *consts, pk, pv, bias], {"num_heads": N, "is_causal": 1},
-                        domain="mhe_edge", num_outputs=3, name="layer0")
+    attention = ir.node(
+        OP_TYPES[mode],
+        [q, k, v, *consts, pk, pv, bias],
+        {"num_heads": N, "is_causal": 1},
+        domain="mhe_edge",
+        num_outputs=3,
+        name="layer0",
+    )
     matmul = ir.node("MatMul", [attention.outputs[0], _const(graph, "w_o", w_o)])
     graph.extend([attention, matmul])
     last = matmul
     if b_o is not None:  # without one, ADD's fold must add the bias E_V becomes
         last = ir.node("Add", [matmul.outputs[0], _const(graph, "b_o", b_o)])
         graph.append(last)
-    last.outputs[0].name, attention.outputs[1].name, attention.outputs[2].name = "y", "present_key", "present_value"
+    last.outputs[0].name, attention.outputs[1].name, attention.outputs[2].name = (
+        "y",
+        "present_key",
+        "present_value",
+    )
     graph.outputs.extend([last.outputs[0], attention.outputs[1], attention.outputs[2]])
     model = _model(graph, {"mhe_edge": 1})
     function = ir.serde.deserialize_function(mhe_attention_function(mode, 23))
@@ -81,7 +96,9 @@ def _per_head_numpy(mode, feeds, e_q, e_k, e_v, w_o, b_o):
     combine = (lambda x, e: x + e) if mode == "add" else (lambda x, e: x * e)
     heads = []
     for i in range(N):
-        scores = combine(f["q"], e_q[i]) @ combine(keys, e_k[i]).transpose(0, 2, 1) / np.sqrt(D_HEAD)
+        scores = (
+            combine(f["q"], e_q[i]) @ combine(keys, e_k[i]).transpose(0, 2, 1) / np.sqrt(D_HEAD)
+        )
         scores = np.where(np.arange(S)[None, :] > np.arange(S - T, S)[:, None], -np.inf, scores)
         p = np.exp(scores - scores.max(-1, keepdims=True))
         heads.append((p / p.sum(-1, keepdims=True)) @ combine(values, e_v[i]))
@@ -91,11 +108,16 @@ def _per_head_numpy(mode, feeds, e_q, e_k, e_v, w_o, b_o):
 @pytest.mark.parametrize("mode,out_bias", [("add", True), ("mul", True), ("add", False)])
 def test_fold_on_a_hand_built_graph(tmp_path, mode, out_bias):
     centre = 1.0 if mode == "mul" else 0.0
-    e_q, e_k, e_v = (centre + 0.5 * RNG.standard_normal((N, D_HEAD)).astype(np.float32) for _ in range(3))
+    e_q, e_k, e_v = (
+        centre + 0.5 * RNG.standard_normal((N, D_HEAD)).astype(np.float32) for _ in range(3)
+    )
     w_o = RNG.standard_normal((N * D_HEAD, WIDTH)).astype(np.float32)
     b_o = RNG.standard_normal(WIDTH).astype(np.float32) if out_bias else None
     feeds = {n: RNG.standard_normal((2, 3, D_HEAD)).astype(np.float32) for n in ("q", "k", "v")}
-    feeds |= {n: RNG.standard_normal((2, 1, 5, D_HEAD)).astype(np.float32) for n in ("past_key", "past_value")}
+    feeds |= {
+        n: RNG.standard_normal((2, 1, 5, D_HEAD)).astype(np.float32)
+        for n in ("past_key", "past_value")
+    }
     model = _mhe_graph(mode, e_q, e_k, e_v, w_o, b_o)
     before = _run(model, feeds, tmp_path, "before")
     want = _per_head_numpy(mode, feeds, e_q, e_k, e_v, w_o, b_o)
@@ -113,14 +135,27 @@ def test_fold_on_a_hand_built_graph(tmp_path, mode, out_bias):
 
 def test_fold_refuses_before_touching_anything():
     ones = np.ones((N, D_HEAD), np.float32)
-    model = _mhe_graph("add", ones, ones, ones, np.ones((N * D_HEAD, WIDTH), np.float32), np.zeros(WIDTH, np.float32))
+    model = _mhe_graph(
+        "add",
+        ones,
+        ones,
+        ones,
+        np.ones((N * D_HEAD, WIDTH), np.float32),
+        np.zeros(WIDTH, np.float32),
+    )
     matmul = next(n for n in model.graph if n.op_type == "MatMul")
     outside = _value("w_o_from_outside", [N * D_HEAD, WIDTH])
     model.graph.inputs.append(outside)
-    matmul.replace_input_with(1, outside)  # E_V cannot fold into an output projection that is not a constant
+    matmul.replace_input_with(
+        1, outside
+    )  # E_V cannot fold into an output projection that is not a constant
     with pytest.raises(GraphRefused, match="output projection"):
         FoldHeadEmbeddingsPass()(model)
-    assert [n.op_type for n in model.graph] == ["MHEAttentionAdd", "MatMul", "Add"] and "e_v" in model.graph.initializers
+    assert [n.op_type for n in model.graph] == [
+        "MHEAttentionAdd",
+        "MatMul",
+        "Add",
+    ] and "e_v" in model.graph.initializers
 
 
 # --- LowerToGroupQueryAttentionPass and SeqlensFromAttentionMaskPass
@@ -131,8 +166,12 @@ def _attention_graph(head_size=D_HEAD, kv_heads=1):
     k, v = (_value(n, ["B", "T", kv_heads * head_size]) for n in ("k", "v"))
     pk, pv = (_value(n, ["B", kv_heads, "P", head_size]) for n in ("past_key", "past_value"))
     graph = ir.Graph([q, k, v, pk, pv], [], nodes=[], name="attention")
-    node = ir.node("Attention", [q, k, v, None, pk, pv], {"q_num_heads": N, "kv_num_heads": kv_heads, "is_causal": 1},
-                   num_outputs=3)
+    node = ir.node(
+        "Attention",
+        [q, k, v, None, pk, pv],
+        {"q_num_heads": N, "kv_num_heads": kv_heads, "is_causal": 1},
+        num_outputs=3,
+    )
     graph.append(node)
     for out, name in zip(node.outputs, ("y", "present_key", "present_value")):
         out.name = name
@@ -143,14 +182,22 @@ def _attention_graph(head_size=D_HEAD, kv_heads=1):
 @pytest.mark.parametrize("query_seqlens", [False, True])
 def test_lower_on_a_hand_built_graph(tmp_path, query_seqlens):
     model = _attention_graph()
-    B = 2 if query_seqlens else 1  # without query_seqlens the kernel takes several new tokens with a past at batch 1 only
-    feeds = {"q": RNG.standard_normal((B, 3, N * D_HEAD)), "k": RNG.standard_normal((B, 3, D_HEAD)),
-             "v": RNG.standard_normal((B, 3, D_HEAD)), "past_key": RNG.standard_normal((B, 1, 4, D_HEAD)),
-             "past_value": RNG.standard_normal((B, 1, 4, D_HEAD))}
+    B = (
+        2 if query_seqlens else 1
+    )  # without query_seqlens the kernel takes several new tokens with a past at batch 1 only
+    feeds = {
+        "q": RNG.standard_normal((B, 3, N * D_HEAD)),
+        "k": RNG.standard_normal((B, 3, D_HEAD)),
+        "v": RNG.standard_normal((B, 3, D_HEAD)),
+        "past_key": RNG.standard_normal((B, 1, 4, D_HEAD)),
+        "past_value": RNG.standard_normal((B, 1, 4, D_HEAD)),
+    }
     feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
     before = _run(model, feeds, tmp_path, "before")
     assert LowerToGroupQueryAttentionPass(query_seqlens=query_seqlens)(model).modified
-    assert [n.op_type for n in model.graph if n.domain == "com.microsoft"] == ["GroupQueryAttention"]
+    assert [n.op_type for n in model.graph if n.domain == "com.microsoft"] == [
+        "GroupQueryAttention"
+    ]
     assert not [n for n in model.graph if n.op_type == "Attention"]
     after = _run(model, feeds, tmp_path, "after")
     for name in ("y", "present_key", "present_value"):
@@ -171,7 +218,14 @@ def test_lower_refuses_a_head_size_the_kernel_cannot_take():
 
 def test_lower_and_seqlens_refuse_graphs_they_cannot_handle():
     ones = np.ones((N, D_HEAD), np.float32)
-    unfolded = _mhe_graph("mul", ones, ones, ones, np.ones((N * D_HEAD, WIDTH), np.float32), np.zeros(WIDTH, np.float32))
+    unfolded = _mhe_graph(
+        "mul",
+        ones,
+        ones,
+        ones,
+        np.ones((N * D_HEAD, WIDTH), np.float32),
+        np.zeros(WIDTH, np.float32),
+    )
     with pytest.raises(GraphRefused, match="fold the head embeddings first"):
         LowerToGroupQueryAttentionPass()(unfolded)
     with pytest.raises(GraphRefused, match="needs GroupQueryAttention"):
@@ -184,14 +238,20 @@ def test_decompose_attention_on_a_hand_built_graph(tmp_path, kv_heads):
     from mhe_edge.passes.decompose_attention import DecomposeAttentionPass
 
     model = _attention_graph(kv_heads=kv_heads)
-    feeds = {"q": RNG.standard_normal((2, 3, N * D_HEAD)), "k": RNG.standard_normal((2, 3, kv_heads * D_HEAD)),
-             "v": RNG.standard_normal((2, 3, kv_heads * D_HEAD)), "past_key": RNG.standard_normal((2, kv_heads, 4, D_HEAD)),
-             "past_value": RNG.standard_normal((2, kv_heads, 4, D_HEAD))}
+    feeds = {
+        "q": RNG.standard_normal((2, 3, N * D_HEAD)),
+        "k": RNG.standard_normal((2, 3, kv_heads * D_HEAD)),
+        "v": RNG.standard_normal((2, 3, kv_heads * D_HEAD)),
+        "past_key": RNG.standard_normal((2, kv_heads, 4, D_HEAD)),
+        "past_value": RNG.standard_normal((2, kv_heads, 4, D_HEAD)),
+    }
     feeds = {k: v.astype(np.float32) for k, v in feeds.items()}
     before = _run(model, feeds, tmp_path, "before")
     assert DecomposeAttentionPass()(model).modified
     ops = [n.op_type for n in model.graph]
-    assert "Attention" not in ops and "Softmax" in ops and not {"Tile", "Expand"} & set(ops)  # broadcast, never copied
+    assert (
+        "Attention" not in ops and "Softmax" in ops and not {"Tile", "Expand"} & set(ops)
+    )  # broadcast, never copied
     after = _run(model, feeds, tmp_path, "after")
     for name in ("y", "present_key", "present_value"):
         assert np.abs(after[name] - before[name]).max() < 1e-5
@@ -204,7 +264,11 @@ def test_convert_to_opset_on_a_hand_built_graph(tmp_path):
 
     x = _value("x", ["B", WIDTH])
     graph = ir.Graph([x], [], nodes=[], name="norms")
-    rms = ir.node("RMSNormalization", [x, _const(graph, "scale", RNG.standard_normal(WIDTH).astype(np.float32))], {"epsilon": 1e-6})
+    rms = ir.node(
+        "RMSNormalization",
+        [x, _const(graph, "scale", RNG.standard_normal(WIDTH).astype(np.float32))],
+        {"epsilon": 1e-6},
+    )
     gelu = ir.node("Gelu", [rms.outputs[0]], {"approximate": "tanh"})
     gelu_erf = ir.node("Gelu", [gelu.outputs[0]])
     graph.extend([rms, gelu, gelu_erf])
@@ -230,7 +294,13 @@ def _matmul_graph():
     x = _value("x", ["B", WIDTH])
     graph = ir.Graph([x], [], nodes=[], name="matmul")
     identity = ir.node("Identity", [x])
-    matmul = ir.node("MatMul", [identity.outputs[0], _const(graph, "w", RNG.standard_normal((WIDTH, WIDTH)).astype(np.float32))])
+    matmul = ir.node(
+        "MatMul",
+        [
+            identity.outputs[0],
+            _const(graph, "w", RNG.standard_normal((WIDTH, WIDTH)).astype(np.float32)),
+        ],
+    )
     graph.extend([identity, matmul])
     matmul.outputs[0].name = "y"
     graph.outputs.append(matmul.outputs[0])
@@ -254,7 +324,10 @@ def test_float16_on_a_hand_built_graph(tmp_path):
     feeds = {"x": RNG.standard_normal((3, WIDTH)).astype(np.float32)}
     before = _run(model, feeds, tmp_path, "before")
     assert ConvertToFloat16Pass()(model).modified
-    assert model.graph.inputs[0].dtype == ir.DataType.FLOAT16 and model.graph.initializers["w"].const_value.dtype == ir.DataType.FLOAT16
+    assert (
+        model.graph.inputs[0].dtype == ir.DataType.FLOAT16
+        and model.graph.initializers["w"].const_value.dtype == ir.DataType.FLOAT16
+    )
     after = _run(model, {"x": feeds["x"].astype(np.float16)}, tmp_path, "after")
     assert after["y"].dtype == np.float16 and np.abs(after["y"] - before["y"]).max() < 0.05
     assert not ConvertToFloat16Pass()(model).modified  # no float32 left
@@ -290,15 +363,26 @@ def test_int4_on_a_hand_built_graph(tmp_path):
     before = _run(model, feeds, tmp_path, "before")
     result = QuantizeInt4Pass(block_size=32)(model)
     nodes = [n for n in result.model.graph]
-    assert result.modified and [(n.domain, n.op_type) for n in nodes] == [("com.microsoft", "MatMulNBits")]
-    assert nodes[0].attributes["block_size"].as_int() == 32 and nodes[0].attributes["bits"].as_int() == 4
+    assert result.modified and [(n.domain, n.op_type) for n in nodes] == [
+        ("com.microsoft", "MatMulNBits")
+    ]
+    assert (
+        nodes[0].attributes["block_size"].as_int() == 32
+        and nodes[0].attributes["bits"].as_int() == 4
+    )
     after = _run(result.model, feeds, tmp_path, "after")
     # numbers: the kernel equals x @ dequantize(W) computed here from the stored 4-bit blocks and scales
-    packed = next(v for v in nodes[0].inputs[1:2]).const_value.numpy().reshape(WIDTH, 2, 16)  # (N, blocks, 32 nibbles)
+    packed = (
+        next(v for v in nodes[0].inputs[1:2]).const_value.numpy().reshape(WIDTH, 2, 16)
+    )  # (N, blocks, 32 nibbles)
     scales = nodes[0].inputs[2].const_value.numpy().reshape(WIDTH, 2)
-    nibbles = np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(WIDTH, 2, 32).astype(np.float32)
+    nibbles = (
+        np.stack([packed & 0x0F, packed >> 4], axis=-1).reshape(WIDTH, 2, 32).astype(np.float32)
+    )
     dequantized = ((nibbles - 8) * scales[..., None]).reshape(WIDTH, 64).T  # (K, N)
     assert np.abs(after["y"] - feeds["x"] @ dequantized).max() < 2e-2 * np.abs(after["y"]).max()
-    assert np.abs(after["y"] - before["y"]).max() < 0.2 * np.abs(before["y"]).max()  # 4 bits cost a little
+    assert (
+        np.abs(after["y"] - before["y"]).max() < 0.2 * np.abs(before["y"]).max()
+    )  # 4 bits cost a little
     with pytest.raises(GraphRefused, match="block size"):
         QuantizeInt4Pass(block_size=48)

@@ -1,13 +1,14 @@
 """Runtime on real ONNX Runtime (CPU): greedy generation equals PyTorch's, the profiler's report is sane,
 and CUDA is refused cleanly where it is missing (CUDA tests skip without a CUDA provider)."""
+
 import json
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
 from passes_helpers import exported
+
 from mhe_edge.errors import ProviderError, RequestError
 from mhe_edge.passes import optimize
 from mhe_edge.runtime import ExportedModel, create_session, parse_prompt
@@ -21,7 +22,7 @@ def torch_greedy(model, prompt, new_tokens):
     with torch.no_grad():
         for _ in range(new_tokens):
             ids = torch.cat([ids, model(ids)[0][:, -1:].argmax(-1)], 1)
-    return ids[:, prompt.shape[1]:].numpy()
+    return ids[:, prompt.shape[1] :].numpy()
 
 
 @pytest.mark.parametrize("attention", ["mhe-add", "mhe-mul", "mha", "gqa"])
@@ -29,12 +30,19 @@ def torch_greedy(model, prompt, new_tokens):
 def test_generation_equals_pytorch_greedy(tmp_path, attention, target):
     model, path = exported(tmp_path, attention=attention, d_model=64)
     if target:
-        path = optimize(path, tmp_path / "opt.onnx", target=target.split("+")[0], ort_query_seqlens="+" in target).output
+        path = optimize(
+            path,
+            tmp_path / "opt.onnx",
+            target=target.split("+")[0],
+            ort_query_seqlens="+" in target,
+        ).output
     prompt = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], dtype=np.int64)
     want = torch_greedy(model, prompt, 12)
     runner = ExportedModel(path)
     assert np.array_equal(runner.generate(prompt, 12), want)
-    if target == "ort":  # without query_seqlens a batch cannot prefill in chunks: refused, or row by row
+    if (
+        target == "ort"
+    ):  # without query_seqlens a batch cannot prefill in chunks: refused, or row by row
         with pytest.raises(RequestError, match="--ort-query-seqlens"):
             runner.generate(prompt, 12, prefill_chunk=2)
         prompt, want = prompt[:1], want[:1]
@@ -75,7 +83,9 @@ def test_generate_refuses_an_encoder(tmp_path, cli):
     assert result.code == 2 and "encoder" in result.stderr
 
 
-@pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA; the refusal is for machines without it")
+@pytest.mark.skipif(
+    HAS_CUDA, reason="this machine has CUDA; the refusal is for machines without it"
+)
 def test_cuda_is_refused_not_silently_replaced(tmp_path, cli):
     _, path = exported(tmp_path, attention="mhe-mul")
     with pytest.raises(ProviderError, match="CUDAExecutionProvider"):
@@ -87,7 +97,21 @@ def test_cuda_is_refused_not_silently_replaced(tmp_path, cli):
 def test_profile_json_has_every_field_with_sane_values(tmp_path, cli):
     _, path = exported(tmp_path, attention="mhe-add")
     trace = tmp_path / "trace.json"
-    result = cli("profile", path, "--seq-len", "16", "--new-tokens", "4", "--runs", "2", "--batch", "2", "--trace", trace, "--json")
+    result = cli(
+        "profile",
+        path,
+        "--seq-len",
+        "16",
+        "--new-tokens",
+        "4",
+        "--runs",
+        "2",
+        "--batch",
+        "2",
+        "--trace",
+        trace,
+        "--json",
+    )
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["provider"] == "cpu" and report["providers"][0] == "CPUExecutionProvider"
@@ -95,7 +119,9 @@ def test_profile_json_has_every_field_with_sane_values(tmp_path, cli):
     assert latency["load"] > 0 and 0 < latency["prefill"]["p50"] <= latency["prefill"]["p90"]
     assert latency["decode_per_token"]["n"] == 2 * 4 and latency["decode_per_token"]["p50"] > 0
     assert report["tokens_per_second"] > 0
-    assert 10 * 2**20 < report["peak_memory_bytes"] < 4 * 2**30  # a real process, not a made-up figure
+    assert (
+        10 * 2**20 < report["peak_memory_bytes"] < 4 * 2**30
+    )  # a real process, not a made-up figure
     cfg = ExportedModel(path).config
     assert report["kv_cache_bytes"] == 2 * (16 + 4) * 2 * cfg.n_layers * 1 * cfg.head_dim * 4
     assert report["model_file_bytes"] == path.stat().st_size and report["parameter_bytes"] > 0
@@ -107,7 +133,11 @@ def test_profile_encoder_and_bad_values(tmp_path):
     _, path = exported(tmp_path, arch="encoder", attention="mhe-mul")
     report = profile(path, seq_len=12, runs=1).to_dict()
     assert report["latency_ms"]["forward"]["p50"] > 0 and report["kv_cache_bytes"] == 0
-    for kwargs, fragment in [(dict(batch=0), "batch must be at least 1"), (dict(seq_len=-3), "seq_len"), (dict(seq_len=4096), "max_seq_len")]:
+    for kwargs, fragment in [
+        (dict(batch=0), "batch must be at least 1"),
+        (dict(seq_len=-3), "seq_len"),
+        (dict(seq_len=4096), "max_seq_len"),
+    ]:
         with pytest.raises(RequestError, match=fragment):
             profile(path, **kwargs)
 
@@ -122,7 +152,9 @@ def test_parse_prompt():
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDAExecutionProvider in this ONNX Runtime")
 def test_cuda_generation_matches_cpu(tmp_path):
     _, path = exported(tmp_path, attention="mhe-mul", d_model=64)
-    fp16 = optimize(path, tmp_path / "fp16.onnx", target="ort", fp16=True).output  # GQA on CUDA is fp16/bf16 only
+    fp16 = optimize(
+        path, tmp_path / "fp16.onnx", target="ort", fp16=True
+    ).output  # GQA on CUDA is fp16/bf16 only
     prompt = np.array([[3, 1, 4, 1, 5]], dtype=np.int64)
     cpu = ExportedModel(fp16, "cpu").generate(prompt, 8)
     gpu = ExportedModel(fp16, "cuda")
@@ -161,21 +193,28 @@ def test_profile_reports_cache_update_bandwidth_floor_and_spread(tmp_path):
     _, path = exported(tmp_path, attention="mhe-mul", d_model=64)
     path = optimize(path, tmp_path / "ort.onnx", target="ort").output
     report = profile(path, runs=2, new_tokens=8, top_ops=0)
-    assert report.cache == "in place" and report.seq_len == 64 - 8  # the default fits the 64-position context
+    assert (
+        report.cache == "in place" and report.seq_len == 64 - 8
+    )  # the default fits the 64-position context
     decode = report.latency_ms["decode_per_token"]
     assert decode["min"] <= decode["p50"] <= decode["p90"] and decode["n"] == 16
     floor = report.bandwidth_floor
     assert floor["bytes_per_step"] >= report.parameter_bytes and floor["bandwidth_gb_s"] > 0.1
-    assert 0 < floor["fraction"] < 3  # a fraction of the floor (above 1 only if caches beat the DRAM measure)
+    assert (
+        0 < floor["fraction"] < 3
+    )  # a fraction of the floor (above 1 only if caches beat the DRAM measure)
     assert profile(path, runs=1, new_tokens=4, top_ops=0, in_place=False).cache == "copied"
 
 
 def test_cuda_extra_installs_the_gpu_wheel_and_nvml_not_the_cpu_one():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
     assert [d.split(">")[0] for d in extras["cuda"]] == ["onnxruntime-gpu", "nvidia-ml-py"]
     assert [d.split(">")[0] for d in extras["cpu"]] == ["onnxruntime"]
-    assert not [d for d in project["dependencies"] if d.startswith("onnxruntime")]  # the extras choose the wheel
+    assert not [
+        d for d in project["dependencies"] if d.startswith("onnxruntime")
+    ]  # the extras choose the wheel

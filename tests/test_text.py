@@ -1,5 +1,6 @@
 """Text end to end: train a folder, eval it beside its exports, quality gates, generate --text (greedy,
 sampled, batched, stop strings), and onnxruntime-genai text from the package."""
+
 import json
 import math
 
@@ -20,7 +21,20 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     folder = root / "model"
     with pytest.raises(SystemExit) as done:
-        main(["train", "-o", str(folder), "--preset", "tiny", "--steps", "200", "--batch", "16", "--json"])
+        main(
+            [
+                "train",
+                "-o",
+                str(folder),
+                "--preset",
+                "tiny",
+                "--steps",
+                "200",
+                "--batch",
+                "16",
+                "--json",
+            ]
+        )
     assert done.value.code == 0
     mhe_edge.export(folder, root / "model.onnx")
     mhe_edge.optimize(root / "model.onnx", root / "model.ort.onnx", target="ort")
@@ -29,12 +43,23 @@ def trained(tmp_path_factory):
 
 def test_train_writes_a_model_folder_that_beats_unigram(trained):
     folder, _ = trained
-    for name in ("config.json", "model.safetensors", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "training.json", "train_log.jsonl", "loss.png", ".mhe-edge"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "training.json",
+        "train_log.jsonl",
+        "loss.png",
+        ".mhe-edge",
+    ):
         assert (folder / name).is_file(), name
     record = json.loads((folder / "training.json").read_text())
     held = record["results"]["held_out"]
-    assert held["bits_per_byte"] < held["unigram_bits_per_byte"] - 1.0  # a wide margin over a context-free model
+    assert (
+        held["bits_per_byte"] < held["unigram_bits_per_byte"] - 1.0
+    )  # a wide margin over a context-free model
     log = [json.loads(line) for line in (folder / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 200 and log[-1]["loss"] < log[0]["loss"] - 1.5 and "val_loss" in log[-1]
     config = json.loads((folder / "config.json").read_text())
@@ -45,14 +70,27 @@ def test_eval_folder_and_exports_agree_and_show_each_step(trained, cli):
     folder, root = trained
     mhe_edge.optimize(root / "model.onnx", root / "model.fp16.onnx", fp16=True)
     mhe_edge.optimize(root / "model.onnx", root / "model.int8.onnx", target="ort", int8=True)
-    result = cli("eval", folder, root / "model.onnx", root / "model.ort.onnx", root / "model.fp16.onnx", root / "model.int8.onnx", "--json")
+    result = cli(
+        "eval",
+        folder,
+        root / "model.onnx",
+        root / "model.ort.onnx",
+        root / "model.fp16.onnx",
+        root / "model.int8.onnx",
+        "--json",
+    )
     assert result.code == 0, result.stderr
     rows = json.loads(result.stdout)["rows"]
     assert [r["runtime"] for r in rows] == ["pytorch"] + ["onnxruntime"] * 4
     assert len({r["tokens"] for r in rows}) == 1  # identical windows
-    assert abs(rows[1]["bits_per_byte_change"]) <= 1e-3 and abs(rows[2]["bits_per_byte_change"]) <= 1e-3
+    assert (
+        abs(rows[1]["bits_per_byte_change"]) <= 1e-3
+        and abs(rows[2]["bits_per_byte_change"]) <= 1e-3
+    )
     assert [r["precision"] for r in rows[3:]] == ["fp16", "int8"]
-    assert all(abs(r["bits_per_byte_change"]) < 0.02 for r in rows)  # the lossy rows cost little on a trained model
+    assert all(
+        abs(r["bits_per_byte_change"]) < 0.02 for r in rows
+    )  # the lossy rows cost little on a trained model
     # the unigram baseline is the text's own byte entropy, recomputed here
     report = json.loads(result.stdout)
     assert report["unigram_bits_per_byte"] > rows[0]["bits_per_byte"] + 1.0
@@ -79,18 +117,38 @@ def test_quality_gate_refuses_beyond_threshold_and_writes_when_allowed(trained, 
     result = cli("optimize", root / "model.onnx", "-o", out, "--int8", "--json")
     assert result.code == 0 and out.exists()
     quality = json.loads(result.stdout)["quality"]
-    assert quality["judged"] and abs(quality["bits_per_byte_change"]) < 0.02 and quality["threshold"] == 0.02
+    assert (
+        quality["judged"]
+        and abs(quality["bits_per_byte_change"]) < 0.02
+        and quality["threshold"] == 0.02
+    )
     change = quality["bits_per_byte_change"]
-    if change > 0:  # int8 happened to cost something: a threshold below it refuses, and writes nothing
-        refused = cli("optimize", root / "model.onnx", "-o", root / "refused.onnx", "--int8", "--max-quality-loss", f"{change / 2}")
-        assert refused.code == 6 and "bits per byte" in refused.stderr and not (root / "refused.onnx").exists()
+    if (
+        change > 0
+    ):  # int8 happened to cost something: a threshold below it refuses, and writes nothing
+        refused = cli(
+            "optimize",
+            root / "model.onnx",
+            "-o",
+            root / "refused.onnx",
+            "--int8",
+            "--max-quality-loss",
+            f"{change / 2}",
+        )
+        assert (
+            refused.code == 6
+            and "bits per byte" in refused.stderr
+            and not (root / "refused.onnx").exists()
+        )
 
 
 def test_random_weights_say_quality_cannot_be_judged(tmp_path, cli):
     model = mhe_edge.init_model(tmp_path / "r.pt")
     mhe_edge.export(model.path, tmp_path / "r.onnx")
     result = cli("optimize", tmp_path / "r.onnx", "--int8")
-    assert result.code == 0 and "cannot be judged" in result.stdout and "argmax" not in result.stdout
+    assert (
+        result.code == 0 and "cannot be judged" in result.stdout and "argmax" not in result.stdout
+    )
     refused = cli("generate", tmp_path / "r.onnx", "--text", "hello")
     assert refused.code == 2 and "no tokenizer" in refused.stderr
 
@@ -108,23 +166,54 @@ def test_generate_text_equals_pytorch_and_batches_equal_each_prompt(trained, cli
             want = want[: want.index(0) + 1]
         assert generation.tokens == want  # ONNX Runtime (GQA, padded batch) = PyTorch, prompt alone
         assert generation.text == tokenizer.decode(want)
-    result = cli("generate", root / "model.onnx", "--text", "The ", "--text", "x", "--max-new-tokens", "8", "--json")
+    result = cli(
+        "generate",
+        root / "model.onnx",
+        "--text",
+        "The ",
+        "--text",
+        "x",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    )
     items = json.loads(result.stdout)
     assert isinstance(items, list) and set(items[0]) == {"prompt", "text", "tokens", "stopped_by"}
-    single = json.loads(cli("generate", root / "model.onnx", "--text", "The ", "--max-new-tokens", "8", "--json").stdout)
+    single = json.loads(
+        cli(
+            "generate", root / "model.onnx", "--text", "The ", "--max-new-tokens", "8", "--json"
+        ).stdout
+    )
     assert single["tokens"] == items[0]["tokens"]
 
 
 def test_sampling_repeats_with_a_seed_and_stop_strings_cut(trained, cli):
     _, root = trained
-    args = ["generate", root / "model.onnx", "--text", "The ", "--temperature", "1.0", "--top-k", "50", "--top-p", "0.95",
-            "--max-new-tokens", "24", "--json"]
+    args = [
+        "generate",
+        root / "model.onnx",
+        "--text",
+        "The ",
+        "--temperature",
+        "1.0",
+        "--top-k",
+        "50",
+        "--top-p",
+        "0.95",
+        "--max-new-tokens",
+        "24",
+        "--json",
+    ]
     first, second = (json.loads(cli(*args, "--seed", "5").stdout) for _ in range(2))
     other = json.loads(cli(*args, "--seed", "6").stdout)
     assert first == second and first["tokens"] != other["tokens"]
     stop = first["text"][3:5]
     cut = json.loads(cli(*args, "--seed", "5", "--stop", stop).stdout)
-    assert cut["stopped_by"] == "stop" and stop not in cut["text"] and first["text"].startswith(cut["text"])
+    assert (
+        cut["stopped_by"] == "stop"
+        and stop not in cut["text"]
+        and first["text"].startswith(cut["text"])
+    )
 
 
 def test_genai_package_text_equals_generate_text(trained):
@@ -134,40 +223,75 @@ def test_genai_package_text_equals_generate_text(trained):
     _, root = trained
     report = mhe_edge.package(root / "model.ort.onnx", root / "genai")
     assert report.check["text"]["status"] == "passed"
-    for prompt in ("The ", "import os\n"):  # og.Tokenizer + og.Generator against ours, outside the package check too
+    for prompt in (
+        "The ",
+        "import os\n",
+    ):  # og.Tokenizer + og.Generator against ours, outside the package check too
         ids, text = genai_text(root / "genai", prompt, 16)
-        assert text == mhe_edge.generate_text(root / "model.ort.onnx", prompt, max_new_tokens=16).generations[0].text
+        assert (
+            text
+            == mhe_edge.generate_text(root / "model.ort.onnx", prompt, max_new_tokens=16)
+            .generations[0]
+            .text
+        )
 
 
 def test_resume_continues_a_run_and_user_text_is_recorded(tmp_path, cli):
     text = tmp_path / "notes.txt"
-    text.write_text("".join(f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}\n" for i in range(400)))
+    text.write_text(
+        "".join(
+            f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}\n" for i in range(400)
+        )
+    )
     folder = tmp_path / "run"
-    first = cli("train", text, "-o", folder, "--tokenizer", "bytes", "--steps", "20", "--batch", "4", "--seq-len", "32")
+    first = cli(
+        "train",
+        text,
+        "-o",
+        folder,
+        "--tokenizer",
+        "bytes",
+        "--steps",
+        "20",
+        "--batch",
+        "4",
+        "--seq-len",
+        "32",
+    )
     assert first.code == 0, first.stderr
     resumed = cli("train", "-o", folder, "--resume", "--steps", "30", "--json")
     assert resumed.code == 0, resumed.stderr and json.loads(resumed.stdout)["steps"] == 30
     record = json.loads((folder / "training.json").read_text())
-    assert record["corpus"]["sources"][0]["path"] == str(text.resolve()) and record["results"]["steps"] == 30
+    assert (
+        record["corpus"]["sources"][0]["path"] == str(text.resolve())
+        and record["results"]["steps"] == 30
+    )
     assert cli("eval", folder).code == 0
     text.write_text("changed")
     changed = cli("eval", folder)
     assert changed.code == 2 and "changed" in changed.stderr
 
 
-@pytest.mark.parametrize("args,fragment", [
-    (["train", "missing.txt", "-o", "{tmp}/m"], "does not exist"),
-    (["train", "{tmp}/latin1.txt", "-o", "{tmp}/m"], "not UTF-8"),
-    (["train", "-o", "{tmp}/fresh", "--resume"], "not a training run folder"),
-    (["train", "-o", "{tmp}/m", "--tokenizer", "{tmp}/latin1.txt"], "tokenizer"),
-    (["eval", "{tmp}"], "no tokenizer.json"),
-    (["generate", "{tmp}/none.onnx", "--text", "a", "--prompt", "1"], "either --text"),
-])
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["train", "missing.txt", "-o", "{tmp}/m"], "does not exist"),
+        (["train", "{tmp}/latin1.txt", "-o", "{tmp}/m"], "not UTF-8"),
+        (["train", "-o", "{tmp}/fresh", "--resume"], "not a training run folder"),
+        (["train", "-o", "{tmp}/m", "--tokenizer", "{tmp}/latin1.txt"], "tokenizer"),
+        (["eval", "{tmp}"], "no tokenizer.json"),
+        (["generate", "{tmp}/none.onnx", "--text", "a", "--prompt", "1"], "either --text"),
+    ],
+)
 def test_text_commands_refuse_bad_input(tmp_path, cli, args, fragment):
     (tmp_path / "latin1.txt").write_bytes("café ".encode("latin-1") * 1000)
     result = cli(*[a.replace("{tmp}", str(tmp_path)) for a in args])
     assert result.code in (2, 3), result.stderr
-    assert fragment in result.stderr and "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert (
+        fragment in result.stderr
+        and "Traceback" not in result.stderr
+        and len(result.stderr.strip().splitlines()) == 1
+    )
 
 
 def test_tokenizers_round_trip_and_scoring_windows():
@@ -175,17 +299,32 @@ def test_tokenizers_round_trip_and_scoring_windows():
     for tokenizer in (byte_tokenizer(), train_bpe(["hello world " * 50, text], 300)):
         assert tokenizer.decode(tokenizer.encode(text)) == text.replace("<|endoftext|>", "")
     parts = windows(list(range(1, 11)), 0, 4)
-    assert [p.tolist() for p in parts] == [[0, 1, 2, 3, 4], [4, 5, 6, 7, 8], [8, 9, 10]]  # each id predicted once
+    assert [p.tolist() for p in parts] == [
+        [0, 1, 2, 3, 4],
+        [4, 5, 6, 7, 8],
+        [8, 9, 10],
+    ]  # each id predicted once
     uniform = score(lambda ids: np.zeros((*ids.shape, 16)), list(range(1, 11)), 20, 0, 4, batch=2)
     assert math.isclose(uniform.bits_per_byte, 10 * math.log2(16) / 20)
     assert math.isclose(unigram_bits_per_byte("abab"), 1.0)
     repetitive = [1, 2, 3] * 200
-    assert bigram_score(repetitive, [1, 2, 3] * 10, 30, 3, 4).bits_per_byte < 0.2  # a bigram model learns a cycle
+    assert (
+        bigram_score(repetitive, [1, 2, 3] * 10, 30, 3, 4).bits_per_byte < 0.2
+    )  # a bigram model learns a cycle
 
 
 def test_int4_is_small_generates_and_reports_its_quality(trained, cli):
     _, root = trained
-    result = cli("optimize", root / "model.onnx", "-o", root / "model.int4.onnx", "--target", "ort", "--int4", "--json")
+    result = cli(
+        "optimize",
+        root / "model.onnx",
+        "-o",
+        root / "model.int4.onnx",
+        "--target",
+        "ort",
+        "--int4",
+        "--json",
+    )
     assert result.code == 0, result.stderr
     report = json.loads(result.stdout)
     fp32 = (root / "model.ort.onnx").stat().st_size
@@ -195,7 +334,9 @@ def test_int4_is_small_generates_and_reports_its_quality(trained, cli):
     assert quality["judged"] and 0 <= quality["bits_per_byte_change"] < 0.1
     text = mhe_edge.generate_text(root / "model.int4.onnx", "The ", max_new_tokens=8).generations[0]
     assert len(text.tokens) > 0
-    refused = cli("optimize", root / "model.onnx", "-o", root / "p.onnx", "--target", "portable", "--int4")
+    refused = cli(
+        "optimize", root / "model.onnx", "-o", root / "p.onnx", "--target", "portable", "--int4"
+    )
     assert refused.code == 2 and "MatMulNBits" in refused.stderr
 
 
@@ -209,7 +350,9 @@ def test_a_foreign_tokenizer_does_not_stop_an_export(tmp_path):
     from mhe_edge.files import read_header
 
     mhe_edge.init_model(tmp_path / "folder", preset="tiny")
-    Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")).save(str(tmp_path / "folder" / "tokenizer.json"))
+    Tokenizer(models.WordLevel({"<unk>": 0, "a": 1}, unk_token="<unk>")).save(
+        str(tmp_path / "folder" / "tokenizer.json")
+    )
     mhe_edge.export(tmp_path / "folder", tmp_path / "m.onnx")
     assert KEY_TOKENIZER not in read_header(tmp_path / "m.onnx").metadata
     with pytest.raises(CheckpointError, match="endoftext"):

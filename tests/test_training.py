@@ -1,6 +1,5 @@
 """Training: the fused attention core equals the reference, the loss is transformers', padded batches equal
 prompts alone, and training is seeded, resumable and moves the head embeddings apart."""
-import json
 
 import numpy as np
 import pytest
@@ -17,8 +16,19 @@ KINDS = ["mha", "mqa", "gqa", "mhe-add", "mhe-mul"]
 
 
 def _model(kind, **extra):
-    config = preset_config("tiny", attention=kind, n_layers=2, d_model=32, n_heads=4, d_ff=64, vocab_size=97,
-                           max_seq_len=64, eos_token_id=0, bos_token_id=0, **extra)
+    config = preset_config(
+        "tiny",
+        attention=kind,
+        n_layers=2,
+        d_model=32,
+        n_heads=4,
+        d_ff=64,
+        vocab_size=97,
+        max_seq_len=64,
+        eos_token_id=0,
+        bos_token_id=0,
+        **extra,
+    )
     return build_model(config, seed=3)
 
 
@@ -28,7 +38,9 @@ def test_fast_core_equals_reference_with_gradients(kind, position):
     model = _model(kind, position=position)
     ids = torch.randint(0, 97, (3, 10), generator=torch.Generator().manual_seed(1))
     mask = torch.ones(3, 10, dtype=torch.long)
-    mask[1, :4] = 0  # a left-padded row: no loss is computed from its padding (label -100 after a pad)
+    mask[1, :4] = (
+        0  # a left-padded row: no loss is computed from its padding (label -100 after a pad)
+    )
     after_pad = torch.cat([torch.zeros_like(mask[:, :1]), mask[:, :-1]], dim=1) == 0
     labels = ids.masked_fill(after_pad, -100)
     reference = model(ids, attention_mask=mask, labels=labels)
@@ -41,7 +53,9 @@ def test_fast_core_equals_reference_with_gradients(kind, position):
         # with a cache: the decode-shaped call (one query, a past) goes through the masked branch
         _, cache = model(ids[:, :6])
         step = model(ids[:, 6:7], cache).logits
-    torch.testing.assert_close(fast.logits[mask == 1], reference.logits[mask == 1], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        fast.logits[mask == 1], reference.logits[mask == 1], atol=2e-5, rtol=1e-4
+    )
     torch.testing.assert_close(step, model(ids[:, :7]).logits[:, 6:7], atol=2e-5, rtol=1e-4)
     for name, parameter in model.named_parameters():
         # MHE-ADD's key embeddings shift every score of a head by the same amount: softmax drops them, the
@@ -83,7 +97,10 @@ def test_seeded_sampling_repeats_and_differs_from_greedy():
     model = _model("mhe-mul")
     ids = torch.tensor([[3, 4, 5]])
     options = SamplingOptions(temperature=1.5, top_k=40, top_p=0.95, seed=7)
-    first, second = model.generate(ids, 12, sampling=options), model.generate(ids, 12, sampling=options)
+    first, second = (
+        model.generate(ids, 12, sampling=options),
+        model.generate(ids, 12, sampling=options),
+    )
     assert first.tolist() == second.tolist()
     assert first.tolist() != model.generate(ids, 12).tolist()
 
@@ -104,10 +121,14 @@ def test_training_learns_and_is_reproducible(tmp_path):
     for name in ("a", "b"):
         model = _model("mhe-mul")
         (tmp_path / name).mkdir()
-        state = run_training(model, ids[:18_000], ids[18_000:], TrainOptions(**options), tmp_path / name)
+        state = run_training(
+            model, ids[:18_000], ids[18_000:], TrainOptions(**options), tmp_path / name
+        )
         runs.append((model, state))
     (a, state_a), (b, _) = runs
-    assert state_a["log"][-1]["val_loss"] < 0.5 * state_a["log"][0]["loss"]  # far below the start (~4.6)
+    assert (
+        state_a["log"][-1]["val_loss"] < 0.5 * state_a["log"][0]["loss"]
+    )  # far below the start (~4.6)
     for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(pa, pb), name
 
@@ -125,13 +146,30 @@ def test_resume_continues_exactly(tmp_path):
     (tmp_path / "part").mkdir()
     from mhe_edge.errors import TrainingInterrupted
 
-    with pytest.raises(TrainingInterrupted, match="--resume"):  # Ctrl-C saves a checkpoint on the way out
-        run_training(part, ids, ids[:500], TrainOptions(steps=30, **options), tmp_path / "part", on_step=_stop_at(12))
+    with pytest.raises(
+        TrainingInterrupted, match="--resume"
+    ):  # Ctrl-C saves a checkpoint on the way out
+        run_training(
+            part,
+            ids,
+            ids[:500],
+            TrainOptions(steps=30, **options),
+            tmp_path / "part",
+            on_step=_stop_at(12),
+        )
     resumed = _model("mhe-add")
     optimizer = make_optimizer(resumed, TrainOptions(**options))
     state = load_training_state(tmp_path / "part", resumed, optimizer)
     assert state["step"] == 12
-    run_training(resumed, ids, ids[:500], TrainOptions(steps=30, **options), tmp_path / "part", state, optimizer)
+    run_training(
+        resumed,
+        ids,
+        ids[:500],
+        TrainOptions(steps=30, **options),
+        tmp_path / "part",
+        state,
+        optimizer,
+    )
     for (name, pa), pb in zip(whole.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5, msg=name)
 
@@ -140,6 +178,7 @@ def _stop_at(step):
     def on_step(info):
         if info.step == step:
             raise KeyboardInterrupt  # as Ctrl-C would, mid-run
+
     return on_step
 
 
@@ -149,8 +188,16 @@ def test_head_embeddings_train_apart_and_are_not_decayed(tmp_path):
     no_decay = {id(p) for p in groups[1]["params"]}
     assert all(id(e) in no_decay for b in model.blocks for e in b.attn.head_embeddings())
     before = [e.detach().clone() for b in model.blocks for e in b.attn.head_embeddings()]
-    run_training(model, _text_ids(), _text_ids(600), TrainOptions(steps=30, batch=8, seq_len=32, lr=3e-3), tmp_path)
+    run_training(
+        model,
+        _text_ids(),
+        _text_ids(600),
+        TrainOptions(steps=30, batch=8, seq_len=32, lr=3e-3),
+        tmp_path,
+    )
     after = [e.detach() for b in model.blocks for e in b.attn.head_embeddings()]
     assert all(not torch.equal(x, y) for x, y in zip(before, after))  # they learn
     for e in after:  # heads differ: pairwise distances are a sizeable share of the embeddings' norm
-        assert torch.cdist(e, e).sum() / (e.shape[0] * (e.shape[0] - 1)) > 0.2 * e.norm(dim=1).mean()
+        assert (
+            torch.cdist(e, e).sum() / (e.shape[0] * (e.shape[0] - 1)) > 0.2 * e.norm(dim=1).mean()
+        )

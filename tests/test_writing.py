@@ -1,5 +1,6 @@
 """The one writing path (files/writing.py): checks before work, exclusive publish, folders replaced only
 when mhe-edge wrote them, companions travel with their model, permissions follow the umask."""
+
 import multiprocessing
 import os
 import stat
@@ -19,7 +20,10 @@ def test_refusals_before_any_work(tmp_path):
         (dict(path=tmp_path / "a.txt", suffixes=(".onnx",)), "must end in .onnx"),
         (dict(path=tmp_path / "there.onnx"), "pass --force"),
         (dict(path=tmp_path / "link.onnx", force=True), "symbolic link"),
-        (dict(path=tmp_path / "there.onnx", force=True, inputs=[tmp_path / "there.onnx"]), "overwrite an input"),
+        (
+            dict(path=tmp_path / "there.onnx", force=True, inputs=[tmp_path / "there.onnx"]),
+            "overwrite an input",
+        ),
         (dict(path=tmp_path, folder=True, force=True), "not written by mhe-edge"),
     ]:
         with pytest.raises(RequestError, match=fragment):
@@ -40,7 +44,9 @@ def test_failure_leaves_nothing_and_force_replaces_companions(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
     with staged_output(target, force=True) as staged:
         staged.write_text("model without external data")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no stale data beside the new model
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m.onnx"
+    ]  # no stale data beside the new model
 
 
 def test_permissions_follow_the_umask(tmp_path):
@@ -62,7 +68,9 @@ def test_folders_are_replaced_only_when_mhe_edge_wrote_them(tmp_path):
     check_output(folder, folder=True, force=True)
     with staged_output(folder, force=True, folder=True) as staged:
         (staged / "model.onnx").write_text("v2")
-    assert (folder / "model.onnx").read_text() == "v2" and (tmp_path / "unrelated.txt").read_text() == "keep"
+    assert (folder / "model.onnx").read_text() == "v2" and (
+        tmp_path / "unrelated.txt"
+    ).read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg", "unrelated.txt"]
 
 
@@ -79,14 +87,19 @@ def _writer(path, barrier, results):
 def test_two_writers_one_wins_the_other_refuses(tmp_path):
     context = multiprocessing.get_context("fork")
     barrier, results = context.Barrier(2), context.Queue()
-    writers = [context.Process(target=_writer, args=(tmp_path / "out.onnx", barrier, results)) for _ in range(2)]
+    writers = [
+        context.Process(target=_writer, args=(tmp_path / "out.onnx", barrier, results))
+        for _ in range(2)
+    ]
     for w in writers:
         w.start()
     for w in writers:
         w.join(30)
     assert sorted(results.get(timeout=5) for _ in writers) == ["refused", "won"]
     text = (tmp_path / "out.onnx").read_text()
-    assert len(set(text.splitlines())) == 1 and len(text.splitlines()) == 1000  # whole, from one writer
+    assert (
+        len(set(text.splitlines())) == 1 and len(text.splitlines()) == 1000
+    )  # whole, from one writer
     assert [p.name for p in tmp_path.iterdir()] == ["out.onnx"]
 
 
@@ -102,7 +115,6 @@ def test_metadata_is_printed_literally(tmp_path, cli):
     import json
 
     import onnx
-
     from passes_helpers import exported
 
     _, path = exported(tmp_path, attention="mhe-add")
@@ -113,4 +125,6 @@ def test_metadata_is_printed_literally(tmp_path, cli):
     shown = cli("inspect", tmp_path / "odd.onnx")
     assert shown.code == 0 and "\x1b" not in shown.stdout and "\\x1b[31m[bold]" in shown.stdout
     as_json = json.loads(cli("inspect", tmp_path / "odd.onnx", "--json").stdout)
-    assert as_json["graph"] == entry.value  # JSON carries the value exactly (escaped by the encoder)
+    assert (
+        as_json["graph"] == entry.value
+    )  # JSON carries the value exactly (escaped by the encoder)

@@ -6,6 +6,7 @@ raises `MheEdgeError` subclasses; `main` is the one place that maps them (and us
 OS errors) to one line on stderr and the exit codes in docs/security.md. MHE_EDGE_DEBUG=1 or `--debug`
 shows the traceback instead.
 """
+
 from __future__ import annotations
 
 import os
@@ -20,6 +21,7 @@ from mhe_edge.cli.output import err, literal
 from mhe_edge.errors import MheEdgeError, OutputError, first_line
 
 INTERRUPTED = 130
+
 
 class _HelpWithoutType:
     """`--help` is a flag: show it without a `<bool>` type, like every other flag here."""
@@ -66,8 +68,12 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version.", metavar=""),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks for errors (also MHE_EDGE_DEBUG=1).", metavar=""),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version.", metavar=""
+    ),
+    debug: bool = typer.Option(
+        False, "--debug", help="Show tracebacks for errors (also MHE_EDGE_DEBUG=1).", metavar=""
+    ),
 ) -> None:
     """`--debug` is read by `main` before the app runs (it decides how errors are shown)."""
 
@@ -90,7 +96,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("SIGTERM", "SIGHUP"):
         if hasattr(signal, name):
             signal.signal(getattr(signal, name), _raise_interrupt)
-    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:  # started in the background: Ctrl-C still cleans up
+    if (
+        signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    ):  # started in the background: Ctrl-C still cleans up
         signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = app(args=args, standalone_mode=False)
@@ -106,11 +114,16 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         where = f": {exc.filename}" if exc.filename else ""
-        _fail(f"cannot complete the operation ({exc.strerror or first_line(exc)}){where}; nothing was written", OutputError.exit_code)
+        _fail(
+            f"cannot complete the operation ({exc.strerror or first_line(exc)}){where}; nothing was written",
+            OutputError.exit_code,
+        )
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted; nothing was written", highlight=False, markup=False)
         sys.exit(INTERRUPTED)
-    if code == INTERRUPTED:  # typer turns Ctrl-C into exit code 130; staged outputs were removed on the way out
+    if (
+        code == INTERRUPTED
+    ):  # typer turns Ctrl-C into exit code 130; staged outputs were removed on the way out
         err.print("interrupted; nothing was written", highlight=False, markup=False)
     sys.exit(code if isinstance(code, int) else 0)
 

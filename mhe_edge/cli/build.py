@@ -1,4 +1,5 @@
 """Commands that make and describe models: `init`, `inspect`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,25 @@ import typer
 
 from mhe_edge.cli import command
 from mhe_edge.cli.options import (
-    Arch, Attention, Bias, DFf, DModel, Force, HeadDim, Heads, Json, KvHeads, Layers, MaxSeqLen, Mlp, Norm, Position,
-    Preset, RopeTheta, TieEmbeddings, shape_overrides,
+    Arch,
+    Attention,
+    Bias,
+    DFf,
+    DModel,
+    Force,
+    HeadDim,
+    Heads,
+    Json,
+    KvHeads,
+    Layers,
+    MaxSeqLen,
+    Mlp,
+    Norm,
+    Position,
+    Preset,
+    RopeTheta,
+    TieEmbeddings,
+    shape_overrides,
 )
 from mhe_edge.cli.output import emit, literal, out, print_description, print_mobile_coverage
 
@@ -18,7 +36,13 @@ Size = Annotated[Optional[int], typer.Option(min=1, max=1_000_000)]
 
 @command()
 def init(
-    output: Annotated[Path, typer.Argument(help="What to write: a .pt or .safetensors file, or a model folder (a path with no suffix).", show_default=False)],
+    output: Annotated[
+        Path,
+        typer.Argument(
+            help="What to write: a .pt or .safetensors file, or a model folder (a path with no suffix).",
+            show_default=False,
+        ),
+    ],
     arch: Arch = "decoder",
     attention: Attention = "mhe-mul",
     preset: Preset = "tiny",
@@ -28,7 +52,9 @@ def init(
     kv_heads: KvHeads = None,
     head_dim: HeadDim = None,
     d_ff: DFf = None,
-    vocab_size: Annotated[Optional[int], typer.Option(min=1, max=1_000_000, help="Vocabulary size.")] = None,
+    vocab_size: Annotated[
+        Optional[int], typer.Option(min=1, max=1_000_000, help="Vocabulary size.")
+    ] = None,
     max_seq_len: MaxSeqLen = None,
     position: Position = None,
     rope_theta: RopeTheta = None,
@@ -36,7 +62,9 @@ def init(
     mlp: Mlp = None,
     tie_embeddings: TieEmbeddings = None,
     bias: Bias = None,
-    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seed for the random weights.")] = 0,
+    seed: Annotated[
+        int, typer.Option(min=0, max=2**32 - 1, help="Seed for the random weights.")
+    ] = 0,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -48,9 +76,28 @@ def init(
     from mhe_edge.workflows.build import init_model
 
     report = init_model(
-        output, arch=arch, attention=attention, preset=preset, seed=seed, force=force,
-        **shape_overrides(layers, d_model, heads, kv_heads, head_dim, d_ff, max_seq_len, position, rope_theta, norm, mlp,
-                          tie_embeddings, bias, vocab_size),
+        output,
+        arch=arch,
+        attention=attention,
+        preset=preset,
+        seed=seed,
+        force=force,
+        **shape_overrides(
+            layers,
+            d_model,
+            heads,
+            kv_heads,
+            head_dim,
+            d_ff,
+            max_seq_len,
+            position,
+            rope_theta,
+            norm,
+            mlp,
+            tie_embeddings,
+            bias,
+            vocab_size,
+        ),
     )
 
     def render(report) -> None:
@@ -66,8 +113,21 @@ def init(
 
 @command()
 def inspect(
-    path: Annotated[Path, typer.Argument(help="A checkpoint (.pt, .safetensors), a model folder or an ONNX export (.onnx).", show_default=False)],
-    mobile: Annotated[bool, typer.Option("--mobile", help="For an ONNX file: the share of nodes ONNX Runtime's NNAPI and CoreML providers would take.", metavar="")] = False,
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint (.pt, .safetensors), a model folder or an ONNX export (.onnx).",
+            show_default=False,
+        ),
+    ],
+    mobile: Annotated[
+        bool,
+        typer.Option(
+            "--mobile",
+            help="For an ONNX file: the share of nodes ONNX Runtime's NNAPI and CoreML providers would take.",
+            metavar="",
+        ),
+    ] = False,
     as_json: Json = False,
 ) -> None:
     """Describe a checkpoint or export: config, parameters by component, bytes, KV cache per token; for an

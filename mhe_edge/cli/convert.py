@@ -1,4 +1,5 @@
 """Commands that make ONNX files: `export` (optionally then optimize) and `optimize`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,14 +17,48 @@ from mhe_edge.files import EXTERNAL_DATA_THRESHOLD_TEXT
 
 @command()
 def export(
-    model: Annotated[Path, typer.Argument(help="What to export: a .pt or .safetensors checkpoint, or a model folder (ours, or llama, mistral, qwen2, gpt2, bert from transformers).", show_default=False)],
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="What to export: a .pt or .safetensors checkpoint, or a model folder (ours, or llama, mistral, qwen2, gpt2, bert from transformers).",
+            show_default=False,
+        ),
+    ],
     output: OutputFile = None,
-    opset: Annotated[int, typer.Option(min=MIN_OPSET, max=MAX_OPSET, help="ONNX opset; 23 is the first with the standard Attention op.")] = 23,
-    atol: Annotated[float, typer.Option(min=1e-12, max=1.0, help="Largest allowed |ONNX Runtime - PyTorch| on any output.")] = 1e-4,
-    external_data: Annotated[bool, flag("--external-data", f"Store weights in OUTPUT.data (automatic past {EXTERNAL_DATA_THRESHOLD_TEXT}).")] = False,
-    optimize: Annotated[bool, flag("--optimize", "Then run `mhe-edge optimize` on it (writes OUTPUT.opt.onnx).")] = False,
-    target: Annotated[Optional[str], typer.Option(help="With --optimize: std, ort or portable (default std).")] = None,
-    ort_query_seqlens: Annotated[bool, flag("--ort-query-seqlens", "With --optimize --target ort: batched chunked prefill with a past (ONNX Runtime 1.32+).")] = False,
+    opset: Annotated[
+        int,
+        typer.Option(
+            min=MIN_OPSET,
+            max=MAX_OPSET,
+            help="ONNX opset; 23 is the first with the standard Attention op.",
+        ),
+    ] = 23,
+    atol: Annotated[
+        float,
+        typer.Option(
+            min=1e-12, max=1.0, help="Largest allowed |ONNX Runtime - PyTorch| on any output."
+        ),
+    ] = 1e-4,
+    external_data: Annotated[
+        bool,
+        flag(
+            "--external-data",
+            f"Store weights in OUTPUT.data (automatic past {EXTERNAL_DATA_THRESHOLD_TEXT}).",
+        ),
+    ] = False,
+    optimize: Annotated[
+        bool, flag("--optimize", "Then run `mhe-edge optimize` on it (writes OUTPUT.opt.onnx).")
+    ] = False,
+    target: Annotated[
+        Optional[str], typer.Option(help="With --optimize: std, ort or portable (default std).")
+    ] = None,
+    ort_query_seqlens: Annotated[
+        bool,
+        flag(
+            "--ort-query-seqlens",
+            "With --optimize --target ort: batched chunked prefill with a past (ONNX Runtime 1.32+).",
+        ),
+    ] = False,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -36,9 +71,19 @@ def export(
     from mhe_edge.workflows.build import export_and_optimize
 
     with steps("export", quiet=as_json) as on_step:
-        result = export_and_optimize(model, output, opset=opset, atol=atol, external_data=external_data, optimize=optimize,
-                                     target=target, ort_query_seqlens=ort_query_seqlens, force=force, on_step=on_step,
-                                     on_optimize_step=lambda name: on_step(f"optimize: {name}"))
+        result = export_and_optimize(
+            model,
+            output,
+            opset=opset,
+            atol=atol,
+            external_data=external_data,
+            optimize=optimize,
+            target=target,
+            ort_query_seqlens=ort_query_seqlens,
+            force=force,
+            on_step=on_step,
+            on_optimize_step=lambda name: on_step(f"optimize: {name}"),
+        )
 
     def render(result) -> None:
         report = result.exported
@@ -46,13 +91,20 @@ def export(
         for column in ("case", "output", "max abs diff", "max rel diff", "dtype"):
             table.add_column(column)
         for record in worst_per_case(report.parity):
-            table.add_row(record.case, record.output, f"{record.max_abs_diff:.2e}", f"{record.max_rel_diff:.2e}", record.dtype)
+            table.add_row(
+                record.case,
+                record.output,
+                f"{record.max_abs_diff:.2e}",
+                f"{record.max_rel_diff:.2e}",
+                record.dtype,
+            )
         out.print(table)
         fused = {k: v for k, v in report.op_counts.items() if "Attention" in k}
         out.print(
             f"{report.file_bytes:,} bytes, opset {report.opset}, fused attention {fused}, "
             f"max |ORT - PyTorch| {report.max_abs_diff:.2e} (atol {atol:g}), {sum(report.seconds.values()):.1f} s",
-            highlight=False, markup=False,
+            highlight=False,
+            markup=False,
         )
         if result.optimized:
             print_optimize(result.optimized)
@@ -64,17 +116,68 @@ def export(
 def optimize(
     model: OnnxModel,
     output: OutputFile = None,
-    target: Annotated[str, typer.Option(help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-node, OpenVINO).")] = "std",
-    opset: Annotated[Optional[int], typer.Option(min=17, max=23, help="Target opset: ort 17-21 (default 21), portable 17-22 (default 17).")] = None,
-    ort_query_seqlens: Annotated[bool, flag("--ort-query-seqlens", "With --target ort: batched chunked prefill with a past (needs ONNX Runtime 1.32+).")] = False,
-    fp16: Annotated[bool, flag("--fp16", "Weights, compute, cache and logits in float16 (input_ids stay int64).")] = False,
-    int8: Annotated[bool, flag("--int8", "Dynamic int8 quantization of MatMul weights (ONNX Runtime's).")] = False,
-    int4: Annotated[bool, flag("--int4", "Weight-only 4-bit MatMul weights (ONNX Runtime's MatMulNBits; std or ort).")] = False,
-    int4_block_size: Annotated[int, typer.Option(help="With --int4: weights per scale (16, 32, 64, 128 or 256).")] = 32,
-    int4_asymmetric: Annotated[bool, flag("--int4-asymmetric", "With --int4: a zero point per block too (default symmetric).")] = False,
-    eval_text: Annotated[Optional[list[Path]], typer.Option(help="Judge --fp16/--int8/--int4 on these text files (default: the held-out text a trained model records).")] = None,
-    max_quality_loss: Annotated[Optional[float], typer.Option(min=0.0, max=100.0, help="Refuse --fp16/--int8/--int4 beyond this many bits per byte lost (defaults: fp16 0.005, int8 0.02, int4 0.1).")] = None,
-    allow_quality_loss: Annotated[bool, flag("--allow-quality-loss", "Write the file even beyond the threshold (the loss is still reported).")] = False,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-node, OpenVINO)."
+        ),
+    ] = "std",
+    opset: Annotated[
+        Optional[int],
+        typer.Option(
+            min=17,
+            max=23,
+            help="Target opset: ort 17-21 (default 21), portable 17-22 (default 17).",
+        ),
+    ] = None,
+    ort_query_seqlens: Annotated[
+        bool,
+        flag(
+            "--ort-query-seqlens",
+            "With --target ort: batched chunked prefill with a past (needs ONNX Runtime 1.32+).",
+        ),
+    ] = False,
+    fp16: Annotated[
+        bool,
+        flag("--fp16", "Weights, compute, cache and logits in float16 (input_ids stay int64)."),
+    ] = False,
+    int8: Annotated[
+        bool, flag("--int8", "Dynamic int8 quantization of MatMul weights (ONNX Runtime's).")
+    ] = False,
+    int4: Annotated[
+        bool,
+        flag(
+            "--int4", "Weight-only 4-bit MatMul weights (ONNX Runtime's MatMulNBits; std or ort)."
+        ),
+    ] = False,
+    int4_block_size: Annotated[
+        int, typer.Option(help="With --int4: weights per scale (16, 32, 64, 128 or 256).")
+    ] = 32,
+    int4_asymmetric: Annotated[
+        bool,
+        flag("--int4-asymmetric", "With --int4: a zero point per block too (default symmetric)."),
+    ] = False,
+    eval_text: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            help="Judge --fp16/--int8/--int4 on these text files (default: the held-out text a trained model records)."
+        ),
+    ] = None,
+    max_quality_loss: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0.0,
+            max=100.0,
+            help="Refuse --fp16/--int8/--int4 beyond this many bits per byte lost (defaults: fp16 0.005, int8 0.02, int4 0.1).",
+        ),
+    ] = None,
+    allow_quality_loss: Annotated[
+        bool,
+        flag(
+            "--allow-quality-loss",
+            "Write the file even beyond the threshold (the loss is still reported).",
+        ),
+    ] = False,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -88,8 +191,21 @@ def optimize(
     from mhe_edge.passes import optimize as optimize_model
 
     with steps("optimize", quiet=as_json) as on_step:
-        report = optimize_model(model, output, target=target, fp16=fp16, int8=int8, int4=int4, int4_block_size=int4_block_size,
-                                int4_symmetric=not int4_asymmetric, opset=opset,
-                                ort_query_seqlens=ort_query_seqlens, force=force, eval_text=eval_text,
-                                max_quality_loss=max_quality_loss, allow_quality_loss=allow_quality_loss, on_step=on_step)
+        report = optimize_model(
+            model,
+            output,
+            target=target,
+            fp16=fp16,
+            int8=int8,
+            int4=int4,
+            int4_block_size=int4_block_size,
+            int4_symmetric=not int4_asymmetric,
+            opset=opset,
+            ort_query_seqlens=ort_query_seqlens,
+            force=force,
+            eval_text=eval_text,
+            max_quality_loss=max_quality_loss,
+            allow_quality_loss=allow_quality_loss,
+            on_step=on_step,
+        )
     emit(report, as_json, print_optimize)

@@ -1,4 +1,5 @@
 """Commands that make files for apps: `to-ort` (ONNX Runtime mobile) and `package` (onnxruntime-genai)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,9 @@ from mhe_edge.cli.output import emit, err, literal, out, print_mobile_coverage
 def to_ort(
     model: OnnxModel,
     output: OutputFile = None,
-    optimization_level: Annotated[str, typer.Option(help="basic keeps standard ONNX ops; extended/all add ORT CPU fusions.")] = "basic",
+    optimization_level: Annotated[
+        str, typer.Option(help="basic keeps standard ONNX ops; extended/all add ORT CPU fusions.")
+    ] = "basic",
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -30,7 +33,10 @@ def to_ort(
         report = convert(model, output, optimization_level=optimization_level, force=force)
 
     def render(report) -> None:
-        out.print(f"wrote {literal(report.ort)} ({report.ort_bytes:,} bytes) and {literal(report.required_operators_config)}", highlight=False)
+        out.print(
+            f"wrote {literal(report.ort)} ({report.ort_bytes:,} bytes) and {literal(report.required_operators_config)}",
+            highlight=False,
+        )
         for domain, ops in report.required_operators.items():
             out.print(f"  {literal(domain)}: {literal(', '.join(ops))}", highlight=False)
         out.print(f"max |.ort - .onnx| {report.max_abs_diff:.2e}", highlight=False)
@@ -42,11 +48,31 @@ def to_ort(
 @command()
 def package(
     model: DecoderModel,
-    output: Annotated[Path, typer.Option("-o", "--output", help="Folder to write.", show_default=False)],
-    format: Annotated[str, typer.Option("--format", help="genai: a folder onnxruntime-genai loads as it is.")] = "genai",
-    target: Annotated[str, typer.Option(help="optimize target when MODEL is not optimized yet: ort, std or portable.")] = "ort",
-    share_buffer: Annotated[bool, flag("--share-buffer", "past_present_share_buffer: update the cache in place (needs --target ort).")] = False,
-    eos_token_id: Annotated[Optional[int], typer.Option(min=0, max=2**31 - 1, help="End-of-sequence id for the generator (default: the model's own, else vocab_size - 1).")] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder to write.", show_default=False)
+    ],
+    format: Annotated[
+        str, typer.Option("--format", help="genai: a folder onnxruntime-genai loads as it is.")
+    ] = "genai",
+    target: Annotated[
+        str,
+        typer.Option(help="optimize target when MODEL is not optimized yet: ort, std or portable."),
+    ] = "ort",
+    share_buffer: Annotated[
+        bool,
+        flag(
+            "--share-buffer",
+            "past_present_share_buffer: update the cache in place (needs --target ort).",
+        ),
+    ] = False,
+    eos_token_id: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0,
+            max=2**31 - 1,
+            help="End-of-sequence id for the generator (default: the model's own, else vocab_size - 1).",
+        ),
+    ] = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -59,12 +85,22 @@ def package(
     from mhe_edge.workflows.package import package as package_model
 
     with err.status("package: optimizing, configuring, checking"):
-        report = package_model(model, output, format=format, target=target, share_buffer=share_buffer,
-                               eos_token_id=eos_token_id, force=force)
+        report = package_model(
+            model,
+            output,
+            format=format,
+            target=target,
+            share_buffer=share_buffer,
+            eos_token_id=eos_token_id,
+            force=force,
+        )
 
     def render(report) -> None:
-        out.print(f"wrote {literal(report.folder)}: model.onnx ({report.model_bytes:,} bytes), genai_config.json"
-                  f" (target {report.target}, share buffer {report.share_buffer}, eos {report.eos_token_id});"
-                  f" onnxruntime-genai check: {literal(report.check['status'])}", highlight=False)
+        out.print(
+            f"wrote {literal(report.folder)}: model.onnx ({report.model_bytes:,} bytes), genai_config.json"
+            f" (target {report.target}, share buffer {report.share_buffer}, eos {report.eos_token_id});"
+            f" onnxruntime-genai check: {literal(report.check['status'])}",
+            highlight=False,
+        )
 
     emit(report, as_json, render)

@@ -1,11 +1,13 @@
 """What the CLI prints, in one place: `emit` sends a result to stdout as JSON (`--json`: exactly the API's
 `to_dict()`) or as a table; progress and errors go to stderr. Names that come from the user or a file are
 printed literally (`literal`): no rich markup is interpreted and control characters are escaped."""
+
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,7 +20,9 @@ err = Console(stderr=True)
 def literal(value: Any) -> str:
     """`value` as text safe to print: markup escaped, control characters (ANSI, OSC-8, newlines) made visible."""
     text = str(value)
-    text = "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text)
+    text = "".join(
+        ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii") for ch in text
+    )
     return escape(text)
 
 
@@ -33,12 +37,28 @@ def emit(result: Any, as_json: bool, render: Callable[[Any], None]) -> None:
 def comparison_table(result: dict[str, Any]) -> Table:
     """The compare table; `result` is CompareReport.to_dict()."""
     settings = result["settings"]
-    steps = f"{settings['new_tokens']} decode steps" if settings.get("arch", "decoder") == "decoder" else "one forward pass"
-    table = Table(title=f"compare on {settings['provider']}: batch {settings['batch']}, {steps}, target {settings['target']},"
-                        f" median of {settings['runs']} rounds (ratios: x MHA; * spread > 10%)")
-    named = settings.get("preset") is None  # files given: say which is which (built models are named by kind)
-    for column in (["model"] if named else []) + ["attention", "tokens", "params", "file MiB", "KV cache MiB", "peak MiB",
-                                                   "prefill ms", "decode ms/tok"]:
+    steps = (
+        f"{settings['new_tokens']} decode steps"
+        if settings.get("arch", "decoder") == "decoder"
+        else "one forward pass"
+    )
+    table = Table(
+        title=f"compare on {settings['provider']}: batch {settings['batch']}, {steps}, target {settings['target']},"
+        f" median of {settings['runs']} rounds (ratios: x MHA; * spread > 10%)"
+    )
+    named = (
+        settings.get("preset") is None
+    )  # files given: say which is which (built models are named by kind)
+    for column in (["model"] if named else []) + [
+        "attention",
+        "tokens",
+        "params",
+        "file MiB",
+        "KV cache MiB",
+        "peak MiB",
+        "prefill ms",
+        "decode ms/tok",
+    ]:
         table.add_column(column, justify="right")
 
     def cell(row, key, scale=1.0, digits=1, unit=""):
@@ -48,33 +68,54 @@ def comparison_table(result: dict[str, Any]) -> Table:
         text = f"{value / scale:,.{digits}f}{unit}"
         if key.startswith(("prefill", "decode")) and key.split("_")[0] in row.get("unstable", []):
             text += "*"
-        return text + (f" ({ratio:.2f}x)" if ratio is not None and row["attention"] != "mha" else "")
+        return text + (
+            f" ({ratio:.2f}x)" if ratio is not None and row["attention"] != "mha" else ""
+        )
 
     for row in result["rows"]:
-        table.add_row(*([literal(row["model"])] if named else []), literal(row["attention"]), str(row["seq_len"]), cell(row, "parameters", 1e6, 2, "M"),
-                      cell(row, "model_file_bytes", 2**20), cell(row, "kv_cache_bytes", 2**20, 2),
-                      cell(row, "peak_memory_bytes", 2**20), cell(row, "prefill_ms", 1, 2), cell(row, "decode_ms_per_token", 1, 2))
+        table.add_row(
+            *([literal(row["model"])] if named else []),
+            literal(row["attention"]),
+            str(row["seq_len"]),
+            cell(row, "parameters", 1e6, 2, "M"),
+            cell(row, "model_file_bytes", 2**20),
+            cell(row, "kv_cache_bytes", 2**20, 2),
+            cell(row, "peak_memory_bytes", 2**20),
+            cell(row, "prefill_ms", 1, 2),
+            cell(row, "decode_ms_per_token", 1, 2),
+        )
     return table
 
 
 def print_optimize(report) -> None:
     data = report.to_dict()
-    table = Table(title=f"optimized {literal(report.output)} (target {report.target}, {report.precision})")
+    table = Table(
+        title=f"optimized {literal(report.output)} (target {report.target}, {report.precision})"
+    )
     for column in ("", "before", "after"):
         table.add_column(column)
     table.add_row("bytes", f"{report.bytes_before:,}", f"{report.bytes_after:,}")
     table.add_row("nodes", str(data["nodes"]["before"]), str(data["nodes"]["after"]))
     for op in sorted(set(report.op_counts_before) | set(report.op_counts_after)):
         if "Attention" in op:
-            table.add_row(op, str(report.op_counts_before.get(op, 0)), str(report.op_counts_after.get(op, 0)))
+            table.add_row(
+                op, str(report.op_counts_before.get(op, 0)), str(report.op_counts_after.get(op, 0))
+            )
     out.print(table)
     quality = report.quality
     lossy = quality is not None
-    out.print(f"passes: {', '.join(report.passes)}" + ("" if lossy else f"; max |optimized - input| {report.max_abs_diff:.2e}"),
-              highlight=False, markup=False)
+    out.print(
+        f"passes: {', '.join(report.passes)}"
+        + ("" if lossy else f"; max |optimized - input| {report.max_abs_diff:.2e}"),
+        highlight=False,
+        markup=False,
+    )
     if lossy and quality.judged:
-        out.print(f"quality on {literal(quality.text)}: {quality.bits_per_byte_before:.4f} -> {quality.bits_per_byte_after:.4f}"
-                  f" bits per byte ({quality.change:+.4f}; threshold {quality.threshold:g})", highlight=False)
+        out.print(
+            f"quality on {literal(quality.text)}: {quality.bits_per_byte_before:.4f} -> {quality.bits_per_byte_after:.4f}"
+            f" bits per byte ({quality.change:+.4f}; threshold {quality.threshold:g})",
+            highlight=False,
+        )
     elif lossy:
         out.print(f"quality: not judged: {literal(quality.reason)}", highlight=False)
 
@@ -108,7 +149,10 @@ class steps:
     def _finish(self) -> None:
         if self.current and self.status:
             name, start = self.current
-            err.print(f"  [green]done[/] {literal(name)} ({time.perf_counter() - start:.1f} s)", highlight=False)
+            err.print(
+                f"  [green]done[/] {literal(name)} ({time.perf_counter() - start:.1f} s)",
+                highlight=False,
+            )
 
     def __exit__(self, exc_type, *rest):
         if exc_type is None:
@@ -126,7 +170,9 @@ def print_description(description) -> None:
     for key, value in report["parameters"].items():
         table.add_row(f"parameters.{key}", f"{value:,}")
     for key, value in report.items():
-        if key not in ("config", "parameters", "path", "kind") and not isinstance(value, (dict, list)):
+        if key not in ("config", "parameters", "path", "kind") and not isinstance(
+            value, (dict, list)
+        ):
             table.add_row(key, f"{value:,}" if isinstance(value, int) else literal(value))
     for key, value in report.get("op_counts", {}).items():
         table.add_row(f"ops.{literal(key)}", str(value))
@@ -135,6 +181,8 @@ def print_description(description) -> None:
 
 def print_mobile_coverage(coverage: dict[str, Any]) -> None:
     for provider, info in coverage.items():
-        out.print(f"  {provider}: {info['supported_nodes']} of {info['nodes']} nodes ({info['share']:.0%}) in"
-                  f" {info['partitions']} partition(s); unsupported: {literal(', '.join(info['unsupported_ops']) or 'none')}",
-                  highlight=False)
+        out.print(
+            f"  {provider}: {info['supported_nodes']} of {info['nodes']} nodes ({info['share']:.0%}) in"
+            f" {info['partitions']} partition(s); unsupported: {literal(', '.join(info['unsupported_ops']) or 'none')}",
+            highlight=False,
+        )

@@ -1,4 +1,5 @@
 """Commands that run ONNX files: `generate`, `profile`, `compare`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,20 @@ import typer
 from rich.table import Table
 
 from mhe_edge.cli import command
-from mhe_edge.cli.options import Batch, DecoderModel, Force, Json, NewTokens, OnnxModel, PrefillChunk, Provider, Runs, Target, Threads, flag
+from mhe_edge.cli.options import (
+    Batch,
+    DecoderModel,
+    Force,
+    Json,
+    NewTokens,
+    OnnxModel,
+    PrefillChunk,
+    Provider,
+    Runs,
+    Target,
+    Threads,
+    flag,
+)
 from mhe_edge.cli.output import comparison_table, emit, err, literal, out
 from mhe_edge.config import PRESETS
 from mhe_edge.errors import RequestError
@@ -17,15 +31,57 @@ from mhe_edge.errors import RequestError
 @command()
 def generate(
     model: DecoderModel,
-    text: Annotated[Optional[list[str]], typer.Option(help="A text prompt (repeat for several: they run as one batch). Needs the tokenizer a trained model's export carries.", show_default=False)] = None,
-    prompt: Annotated[Optional[str], typer.Option(help="Token ids instead of text, comma-separated, e.g. 3,1,4.", show_default=False)] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=0, max=1_000_000, help="At most this many new tokens per prompt.")] = 64,
-    temperature: Annotated[float, typer.Option(min=0.0, max=100.0, help="0: greedy; otherwise sample from softmax(logits / temperature).")] = 0.0,
-    top_k: Annotated[int, typer.Option(min=0, max=10_000_000, help="Sample among the k likeliest tokens (0: all).")] = 0,
-    top_p: Annotated[float, typer.Option(min=0.0001, max=1.0, help="Sample among the likeliest tokens whose probabilities sum to p.")] = 1.0,
-    repetition_penalty: Annotated[float, typer.Option(min=0.01, max=100.0, help="Above 1 discourages tokens already seen.")] = 1.0,
-    seed: Annotated[Optional[int], typer.Option(min=0, max=2**63 - 1, help="Seed the sampler: the same seed gives the same text.")] = None,
-    stop: Annotated[Optional[list[str]], typer.Option(help="End a prompt's text before this string (repeatable); EOS always ends it.")] = None,
+    text: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="A text prompt (repeat for several: they run as one batch). Needs the tokenizer a trained model's export carries.",
+            show_default=False,
+        ),
+    ] = None,
+    prompt: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Token ids instead of text, comma-separated, e.g. 3,1,4.", show_default=False
+        ),
+    ] = None,
+    max_new_tokens: Annotated[
+        int, typer.Option(min=0, max=1_000_000, help="At most this many new tokens per prompt.")
+    ] = 64,
+    temperature: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=100.0,
+            help="0: greedy; otherwise sample from softmax(logits / temperature).",
+        ),
+    ] = 0.0,
+    top_k: Annotated[
+        int,
+        typer.Option(min=0, max=10_000_000, help="Sample among the k likeliest tokens (0: all)."),
+    ] = 0,
+    top_p: Annotated[
+        float,
+        typer.Option(
+            min=0.0001,
+            max=1.0,
+            help="Sample among the likeliest tokens whose probabilities sum to p.",
+        ),
+    ] = 1.0,
+    repetition_penalty: Annotated[
+        float, typer.Option(min=0.01, max=100.0, help="Above 1 discourages tokens already seen.")
+    ] = 1.0,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            min=0, max=2**63 - 1, help="Seed the sampler: the same seed gives the same text."
+        ),
+    ] = None,
+    stop: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            help="End a prompt's text before this string (repeatable); EOS always ends it."
+        ),
+    ] = None,
     provider: Provider = "cpu",
     threads: Threads = None,
     prefill_chunk: PrefillChunk = None,
@@ -48,9 +104,17 @@ def generate(
         from mhe_edge.runtime.driver import generate as generate_tokens
 
         if not sampling.greedy or stop:
-            raise RequestError("--prompt ids are decoded greedily with no stop strings; sample with --text")
-        result = generate_tokens(model, prompt, max_new_tokens=max_new_tokens, provider=provider, threads=threads,
-                                 prefill_chunk=prefill_chunk)
+            raise RequestError(
+                "--prompt ids are decoded greedily with no stop strings; sample with --text"
+            )
+        result = generate_tokens(
+            model,
+            prompt,
+            max_new_tokens=max_new_tokens,
+            provider=provider,
+            threads=threads,
+            prefill_chunk=prefill_chunk,
+        )
         emit(result, as_json, lambda r: print("tokens: " + " ".join(str(t) for t in r.tokens[0])))
         return
     if prefill_chunk is not None:
@@ -60,8 +124,22 @@ def generate(
     streaming = len(text) == 1 and not as_json
     if streaming:
         out.print(literal(text[0]), end="", highlight=False, soft_wrap=True)
-    report = generate_text(model, text, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, provider=provider,
-                           threads=threads, on_text=(lambda row, delta: out.print(delta, end="", markup=False, highlight=False, soft_wrap=True)) if streaming else None)
+    report = generate_text(
+        model,
+        text,
+        max_new_tokens=max_new_tokens,
+        sampling=sampling,
+        stop=stop,
+        provider=provider,
+        threads=threads,
+        on_text=(
+            lambda row, delta: out.print(
+                delta, end="", markup=False, highlight=False, soft_wrap=True
+            )
+        )
+        if streaming
+        else None,
+    )
     if as_json:
         items = [g.to_dict() for g in report.generations]
         print(json.dumps(items[0] if len(items) == 1 else items, allow_nan=False))
@@ -78,14 +156,29 @@ def profile(
     model: OnnxModel,
     provider: Provider = "cpu",
     batch: Batch = 1,
-    seq_len: Annotated[Optional[int], typer.Option(min=1, max=1_048_576, help="Prompt length (decoders) or sequence length (encoders); default 128, or what fits the model.")] = None,
+    seq_len: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            max=1_048_576,
+            help="Prompt length (decoders) or sequence length (encoders); default 128, or what fits the model.",
+        ),
+    ] = None,
     prefill_chunk: PrefillChunk = None,
     new_tokens: NewTokens = 32,
     runs: Runs = 5,
     warmup: Annotated[int, typer.Option(min=0, max=1000, help="Unmeasured runs first.")] = 1,
     threads: Threads = None,
-    copy_cache: Annotated[bool, flag("--copy-cache", "Feed each present back as the next past even where the cache could be updated in place (--target ort).")] = False,
-    trace: Annotated[Optional[Path], typer.Option(help="Keep ONNX Runtime's Chrome trace here (.json).")] = None,
+    copy_cache: Annotated[
+        bool,
+        flag(
+            "--copy-cache",
+            "Feed each present back as the next past even where the cache could be updated in place (--target ort).",
+        ),
+    ] = False,
+    trace: Annotated[
+        Optional[Path], typer.Option(help="Keep ONNX Runtime's Chrome trace here (.json).")
+    ] = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -99,39 +192,73 @@ def profile(
 
     from mhe_edge.runtime.profiler import profile as profile_model
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        transient=True,
+        disable=as_json or not err.is_terminal,
+    ) as bar:
         task = bar.add_task("profile", total=warmup + runs)
 
         def on_progress(phase: str, done: int, total: int) -> None:
             bar.update(task, completed=done, description=f"profile: {phase}")
 
         report = profile_model(
-            model, provider=provider, batch=batch, seq_len=seq_len, prefill_chunk=prefill_chunk, new_tokens=new_tokens,
-            runs=runs, warmup=warmup, threads=threads, trace=trace, force=force, in_place=not copy_cache, on_progress=on_progress,
+            model,
+            provider=provider,
+            batch=batch,
+            seq_len=seq_len,
+            prefill_chunk=prefill_chunk,
+            new_tokens=new_tokens,
+            runs=runs,
+            warmup=warmup,
+            threads=threads,
+            trace=trace,
+            force=force,
+            in_place=not copy_cache,
+            on_progress=on_progress,
         )
     emit(report, as_json, _print_profile)
 
 
 def _print_profile(report) -> None:
     latency = report.latency_ms
-    table = Table(title=f"{literal(report.path)} on {report.provider} ({report.attention} {report.arch}, batch {report.batch},"
-                        f" {report.seq_len} tokens)", show_header=False)
+    table = Table(
+        title=f"{literal(report.path)} on {report.provider} ({report.attention} {report.arch}, batch {report.batch},"
+        f" {report.seq_len} tokens)",
+        show_header=False,
+    )
     table.add_row("session load", f"{latency['load']:.1f} ms")
     for key in ("prefill", "forward", "decode_per_token"):
         if latency.get(key):
             stats = latency[key]
-            flag_text = f" (spread {stats['spread']:.0%}: unstable)" if key in report.unstable else ""
-            table.add_row(key.replace("_", " "), f"min {stats['min']:.2f}, median {stats['p50']:.2f}, p90 {stats['p90']:.2f} ms"
-                                                 f" over {stats['n']}{flag_text}")
+            flag_text = (
+                f" (spread {stats['spread']:.0%}: unstable)" if key in report.unstable else ""
+            )
+            table.add_row(
+                key.replace("_", " "),
+                f"min {stats['min']:.2f}, median {stats['p50']:.2f}, p90 {stats['p90']:.2f} ms"
+                f" over {stats['n']}{flag_text}",
+            )
     if report.arch == "decoder":
         table.add_row("KV cache update", report.cache)
     if report.bandwidth_floor:
         floor = report.bandwidth_floor
-        table.add_row("bandwidth floor", f"{floor['floor_ms']:.2f} ms/step ({floor['bytes_per_step'] / 2**20:.1f} MiB at"
-                                         f" {floor['bandwidth_gb_s']:.1f} GB/s): the fastest step reached {floor['fraction']:.0%} of it")
+        table.add_row(
+            "bandwidth floor",
+            f"{floor['floor_ms']:.2f} ms/step ({floor['bytes_per_step'] / 2**20:.1f} MiB at"
+            f" {floor['bandwidth_gb_s']:.1f} GB/s): the fastest step reached {floor['fraction']:.0%} of it",
+        )
     table.add_row("tokens/s", f"{report.tokens_per_second:.1f}")
     peak = report.peak_memory_bytes
-    table.add_row("peak memory", f"{peak / 2**20:.1f} MiB ({report.peak_memory_source})" if peak else f"n/a ({report.peak_memory_source})")
+    table.add_row(
+        "peak memory",
+        f"{peak / 2**20:.1f} MiB ({report.peak_memory_source})"
+        if peak
+        else f"n/a ({report.peak_memory_source})",
+    )
     table.add_row("KV cache", f"{report.kv_cache_bytes / 2**20:.2f} MiB")
     table.add_row("model file", f"{report.model_file_bytes / 2**20:.2f} MiB")
     for op in report.top_ops:
@@ -141,19 +268,45 @@ def _print_profile(report) -> None:
 
 @command()
 def compare(
-    files: Annotated[Optional[list[Path]], typer.Argument(help="Exports (.onnx), checkpoints or model folders (ours or imported) to compare; none: build them from --preset.", show_default=False)] = None,
-    preset: Annotated[str, typer.Option(help=f"Model size when building: {', '.join(PRESETS)}.")] = "small",
+    files: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Exports (.onnx), checkpoints or model folders (ours or imported) to compare; none: build them from --preset.",
+            show_default=False,
+        ),
+    ] = None,
+    preset: Annotated[
+        str, typer.Option(help=f"Model size when building: {', '.join(PRESETS)}.")
+    ] = "small",
     arch: Annotated[str, typer.Option(help="decoder or encoder, when building.")] = "decoder",
-    attention: Annotated[str, typer.Option(help="Kinds to build, comma-separated.")] = "mha,mqa,gqa,mhe-add,mhe-mul",
+    attention: Annotated[
+        str, typer.Option(help="Kinds to build, comma-separated.")
+    ] = "mha,mqa,gqa,mhe-add,mhe-mul",
     provider: Provider = "cpu",
-    seq_lens: Annotated[Optional[str], typer.Option(help="Prompt lengths, comma-separated (default: 128 and 512, those that fit the models).", show_default=False)] = None,
+    seq_lens: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Prompt lengths, comma-separated (default: 128 and 512, those that fit the models).",
+            show_default=False,
+        ),
+    ] = None,
     batch: Batch = 1,
     new_tokens: NewTokens = 32,
-    runs: Annotated[int, typer.Option(min=1, max=10_000, help="Interleaved rounds: every model is profiled once per round.")] = 5,
+    runs: Annotated[
+        int,
+        typer.Option(
+            min=1, max=10_000, help="Interleaved rounds: every model is profiled once per round."
+        ),
+    ] = 5,
     prefill_chunk: PrefillChunk = None,
     target: Target = "ort",
     threads: Threads = None,
-    plot: Annotated[Optional[Path], typer.Option(help="Write a plot of peak memory and decode time vs length (.png, .svg, .pdf).")] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Write a plot of peak memory and decode time vs length (.png, .svg, .pdf)."
+        ),
+    ] = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -171,9 +324,21 @@ def compare(
         raise RequestError(f"seq-lens must be comma-separated integers, not {seq_lens!r}") from exc
     with err.status("compare: starting") as status:
         result = compare_models(
-            files or (), preset=preset, arch=arch, attentions=[a.strip() for a in attention.split(",")], provider=provider,
-            seq_lens=lengths, batch=batch, new_tokens=new_tokens, runs=runs, prefill_chunk=prefill_chunk, target=target,
-            threads=threads, plot=plot, force=force, on_progress=lambda message: status.update(f"compare: {literal(message)}"),
+            files or (),
+            preset=preset,
+            arch=arch,
+            attentions=[a.strip() for a in attention.split(",")],
+            provider=provider,
+            seq_lens=lengths,
+            batch=batch,
+            new_tokens=new_tokens,
+            runs=runs,
+            prefill_chunk=prefill_chunk,
+            target=target,
+            threads=threads,
+            plot=plot,
+            force=force,
+            on_progress=lambda message: status.update(f"compare: {literal(message)}"),
         )
 
     def render(result) -> None:

@@ -1,5 +1,6 @@
 """Commands on text: `train` (a decoder on text files, into a model folder) and `eval` (bits per byte on
 held-out text, for a folder and the ONNX files made from it)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,18 +11,50 @@ from rich.table import Table
 
 from mhe_edge.cli import command
 from mhe_edge.cli.options import (
-    Attention, Bias, DFf, DModel, Force, HeadDim, Heads, Json, KvHeads, Layers, MaxSeqLen, Mlp, Norm, Position, Preset,
-    Provider, RopeTheta, Threads, TieEmbeddings, shape_overrides,
+    Attention,
+    Bias,
+    DFf,
+    DModel,
+    Force,
+    HeadDim,
+    Heads,
+    Json,
+    KvHeads,
+    Layers,
+    MaxSeqLen,
+    Mlp,
+    Norm,
+    Position,
+    Preset,
+    Provider,
+    RopeTheta,
+    Threads,
+    TieEmbeddings,
+    shape_overrides,
 )
 from mhe_edge.cli.output import emit, err, literal, out
 
-TextFiles = Annotated[Optional[list[Path]], typer.Argument(help="UTF-8 text files (default: Python's documentation text, shipped with every Python).", show_default=False)]
+TextFiles = Annotated[
+    Optional[list[Path]],
+    typer.Argument(
+        help="UTF-8 text files (default: Python's documentation text, shipped with every Python).",
+        show_default=False,
+    ),
+]
 
 
 @command()
 def train(
     text: TextFiles = None,
-    output: Annotated[Path, typer.Option("-o", "--output", help="The run folder: the model folder, its tokenizer, checkpoints, log and loss curve.", show_default=False)] = ...,
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="The run folder: the model folder, its tokenizer, checkpoints, log and loss curve.",
+            show_default=False,
+        ),
+    ] = ...,
     attention: Attention = "mhe-mul",
     preset: Preset = "tiny",
     layers: Layers = None,
@@ -37,17 +70,62 @@ def train(
     mlp: Mlp = None,
     tie_embeddings: TieEmbeddings = None,
     bias: Bias = None,
-    tokenizer: Annotated[str, typer.Option(help="bpe (byte-level BPE learned from the text), bytes (one token per byte), or a tokenizer.json path.")] = "bpe",
-    vocab_size: Annotated[Optional[int], typer.Option(min=257, max=1_000_000, help="BPE vocabulary (default: the preset's).")] = None,
-    steps: Annotated[Optional[int], typer.Option(min=1, max=10_000_000, help="Optimizer steps (default 1000 unless --minutes).")] = None,
-    minutes: Annotated[Optional[float], typer.Option(min=0.01, max=100_000, help="Train for this long instead (the learning rate decays over the time).")] = None,
-    seq_len: Annotated[Optional[int], typer.Option(min=2, max=1_048_576, help="Tokens per row (default: min(max_seq_len, 256)).")] = None,
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            help="bpe (byte-level BPE learned from the text), bytes (one token per byte), or a tokenizer.json path."
+        ),
+    ] = "bpe",
+    vocab_size: Annotated[
+        Optional[int],
+        typer.Option(min=257, max=1_000_000, help="BPE vocabulary (default: the preset's)."),
+    ] = None,
+    steps: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1, max=10_000_000, help="Optimizer steps (default 1000 unless --minutes)."
+        ),
+    ] = None,
+    minutes: Annotated[
+        Optional[float],
+        typer.Option(
+            min=0.01,
+            max=100_000,
+            help="Train for this long instead (the learning rate decays over the time).",
+        ),
+    ] = None,
+    seq_len: Annotated[
+        Optional[int],
+        typer.Option(min=2, max=1_048_576, help="Tokens per row (default: min(max_seq_len, 256))."),
+    ] = None,
     batch: Annotated[int, typer.Option(min=1, max=4096, help="Rows per step.")] = 16,
-    lr: Annotated[float, typer.Option(min=1e-7, max=0.5, help="Peak learning rate (warmup, then cosine to a tenth).")] = 2e-3,
-    seed: Annotated[int, typer.Option(min=0, max=2**32 - 1, help="Seeds weights and batches: the same seed, text and options give the same model on the CPU.")] = 0,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its newest checkpoint (--steps may extend it).", metavar="")] = False,
+    lr: Annotated[
+        float,
+        typer.Option(
+            min=1e-7, max=0.5, help="Peak learning rate (warmup, then cosine to a tenth)."
+        ),
+    ] = 2e-3,
+    seed: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=2**32 - 1,
+            help="Seeds weights and batches: the same seed, text and options give the same model on the CPU.",
+        ),
+    ] = 0,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in OUTPUT from its newest checkpoint (--steps may extend it).",
+            metavar="",
+        ),
+    ] = False,
     provider: Provider = "cpu",
-    threads: Annotated[Optional[int], typer.Option(min=1, max=1024, help="PyTorch threads (default: PyTorch's choice).")] = None,
+    threads: Annotated[
+        Optional[int],
+        typer.Option(min=1, max=1024, help="PyTorch threads (default: PyTorch's choice)."),
+    ] = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -57,16 +135,38 @@ def train(
     Example: `mhe-edge train -o my-model --attention mhe-mul --preset tiny` (Python's own docs; about half a
     minute on 2 cores), then `mhe-edge eval my-model`.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     from mhe_edge.training.loop import TrainOptions
     from mhe_edge.training.workflow import train as train_model
 
-    options = TrainOptions(steps=steps, minutes=minutes, seq_len=seq_len, batch=batch, lr=lr, seed=seed,
-                           provider=provider, threads=threads)
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"), TimeElapsedColumn(),
-               TextColumn("eta"), TimeRemainingColumn()]
-    with Progress(*columns, console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
+    options = TrainOptions(
+        steps=steps,
+        minutes=minutes,
+        seq_len=seq_len,
+        batch=batch,
+        lr=lr,
+        seed=seed,
+        provider=provider,
+        threads=threads,
+    )
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    ]
+    with Progress(
+        *columns, console=err, transient=True, disable=as_json or not err.is_terminal
+    ) as bar:
         task = bar.add_task("train", total=1.0, status="")
 
         def on_stage(name: str) -> None:
@@ -74,20 +174,54 @@ def train(
 
         def on_step(info) -> None:
             validated = f", held-out {info.val_loss:.3f}" if info.val_loss is not None else ""
-            bar.update(task, completed=info.fraction, status=f"step {info.step}: loss {info.loss:.3f}{validated},"
-                       f" {info.tokens_per_second:,.0f} tok/s")
+            bar.update(
+                task,
+                completed=info.fraction,
+                status=f"step {info.step}: loss {info.loss:.3f}{validated},"
+                f" {info.tokens_per_second:,.0f} tok/s",
+            )
 
-        report = train_model(output, text, attention=attention, preset=preset, tokenizer=tokenizer, vocab_size=vocab_size,
-                             options=options, resume=resume, force=force, on_step=on_step, on_stage=on_stage,
-                             **shape_overrides(layers, d_model, heads, kv_heads, head_dim, d_ff, max_seq_len, position,
-                                               rope_theta, norm, mlp, tie_embeddings, bias))
+        report = train_model(
+            output,
+            text,
+            attention=attention,
+            preset=preset,
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            options=options,
+            resume=resume,
+            force=force,
+            on_step=on_step,
+            on_stage=on_stage,
+            **shape_overrides(
+                layers,
+                d_model,
+                heads,
+                kv_heads,
+                head_dim,
+                d_ff,
+                max_seq_len,
+                position,
+                rope_theta,
+                norm,
+                mlp,
+                tie_embeddings,
+                bias,
+            ),
+        )
 
     def render(report) -> None:
         held = report.held_out
-        out.print(f"wrote {literal(report.path)}: {report.config['attention']}, {report.steps} steps, "
-                  f"{report.tokens_trained:,} tokens in {report.seconds:.0f} s", highlight=False)
-        out.print(f"held-out: {held['bits_per_byte']:.3f} bits per byte (perplexity {held['perplexity']:.1f}); "
-                  f"unigram {held['unigram_bits_per_byte']:.3f}, bigram {held['bigram_bits_per_byte']:.3f}", highlight=False)
+        out.print(
+            f"wrote {literal(report.path)}: {report.config['attention']}, {report.steps} steps, "
+            f"{report.tokens_trained:,} tokens in {report.seconds:.0f} s",
+            highlight=False,
+        )
+        out.print(
+            f"held-out: {held['bits_per_byte']:.3f} bits per byte (perplexity {held['perplexity']:.1f}); "
+            f"unigram {held['unigram_bits_per_byte']:.3f}, bigram {held['bigram_bits_per_byte']:.3f}",
+            highlight=False,
+        )
         out.print(f"sample: {literal(report.sample)}", highlight=False)
 
     emit(report, as_json, render)
@@ -95,9 +229,26 @@ def train(
 
 @command(name="eval")
 def evaluate(
-    models: Annotated[list[Path], typer.Argument(help="Model folders (from `train`) and ONNX files made from them.", show_default=False)],
-    text: Annotated[Optional[list[Path]], typer.Option(help="Score these UTF-8 files (default: the first model's held-out training text).")] = None,
-    window: Annotated[Optional[int], typer.Option(min=1, max=1_048_576, help="Tokens of context per scoring window (default: min(max_seq_len, 256)).")] = None,
+    models: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Model folders (from `train`) and ONNX files made from them.", show_default=False
+        ),
+    ],
+    text: Annotated[
+        Optional[list[Path]],
+        typer.Option(
+            help="Score these UTF-8 files (default: the first model's held-out training text)."
+        ),
+    ] = None,
+    window: Annotated[
+        Optional[int],
+        typer.Option(
+            min=1,
+            max=1_048_576,
+            help="Tokens of context per scoring window (default: min(max_seq_len, 256)).",
+        ),
+    ] = None,
     batch: Annotated[int, typer.Option(min=1, max=4096, help="Windows per call.")] = 8,
     provider: Provider = "cpu",
     threads: Threads = None,
@@ -110,17 +261,35 @@ def evaluate(
     """
     from mhe_edge.workflows.evaluate import evaluate as evaluate_models
 
-    report = evaluate_models(models, text, window=window, batch=batch, provider=provider, threads=threads)
+    report = evaluate_models(
+        models, text, window=window, batch=batch, provider=provider, threads=threads
+    )
 
     def render(report) -> None:
-        table = Table(title=f"{literal(report.text)}: {report.bytes:,} bytes, windows of {report.window} tokens")
+        table = Table(
+            title=f"{literal(report.text)}: {report.bytes:,} bytes, windows of {report.window} tokens"
+        )
         for column in ("model", "runs as", "tokens", "nats/tok", "ppl", "bits/byte", "change"):
             table.add_column(column, justify="right")
         for row in report.rows:
-            runs_as = "PyTorch" if row.runtime == "pytorch" else f"ORT {row.target or 'export'} {row.precision}"
-            table.add_row(literal(Path(row.model).name), runs_as, f"{row.tokens:,}", f"{row.cross_entropy:.4f}",
-                          f"{row.perplexity:.2f}", f"{row.bits_per_byte:.4f}", f"{row.bits_per_byte_change:+.4f}")
+            runs_as = (
+                "PyTorch"
+                if row.runtime == "pytorch"
+                else f"ORT {row.target or 'export'} {row.precision}"
+            )
+            table.add_row(
+                literal(Path(row.model).name),
+                runs_as,
+                f"{row.tokens:,}",
+                f"{row.cross_entropy:.4f}",
+                f"{row.perplexity:.2f}",
+                f"{row.bits_per_byte:.4f}",
+                f"{row.bits_per_byte_change:+.4f}",
+            )
         out.print(table)
-        out.print(f"unigram (the text's own byte entropy): {report.unigram_bits_per_byte:.3f} bits per byte", highlight=False)
+        out.print(
+            f"unigram (the text's own byte entropy): {report.unigram_bits_per_byte:.3f} bits per byte",
+            highlight=False,
+        )
 
     emit(report, as_json, render)

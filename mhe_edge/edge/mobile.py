@@ -1,6 +1,7 @@
 """How much of a model ONNX Runtime's mobile execution providers can take: the share of nodes that NNAPI
 (Android) and CoreML (iOS; ML Program) would run, by ONNX Runtime's own usability checker, on the graph as
 ONNX Runtime's basic optimizations leave it. The rest runs on the CPU provider, with copies between."""
+
 from __future__ import annotations
 
 import contextlib

@@ -5,6 +5,7 @@ against the `.onnx` on ONNX Runtime before either appears.
 Optimization level "basic" (the default) keeps the graph to standard ONNX ops, so a reduced build of the
 ai.onnx domain runs it; "extended"/"all" bake in ONNX Runtime's CPU fusions (com.microsoft ops).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +23,13 @@ from mhe_edge.errors import ExportError, OutputError, RequestError, first_line
 from mhe_edge.files import check_output, read_header, staged_output
 from mhe_edge.results import Result
 from mhe_edge.sessions import create_session
-from mhe_edge.verification import ParityRecord, compare_runners, max_abs_diff, ort_runner, raise_on_failures
+from mhe_edge.verification import (
+    ParityRecord,
+    compare_runners,
+    max_abs_diff,
+    ort_runner,
+    raise_on_failures,
+)
 
 OPTIMIZATION_LEVELS = ("basic", "extended", "all")
 ORT_ATOL = {"float32": 1e-5, "float16": 1e-2}
@@ -39,7 +46,9 @@ class ToOrtReport(Result):
     onnx_bytes: int
     max_abs_diff: float
     parity: list[ParityRecord] = field(default_factory=list)
-    mobile_coverage: dict[str, Any] = field(default_factory=dict)  # NNAPI/CoreML share of nodes (edge/mobile.py)
+    mobile_coverage: dict[str, Any] = field(
+        default_factory=dict
+    )  # NNAPI/CoreML share of nodes (edge/mobile.py)
 
 
 def read_required_operators(config_path: str | os.PathLike) -> dict[str, list[str]]:
@@ -65,47 +74,91 @@ def to_ort(
 
     Example: `mhe_edge.to_ort("model.opt.onnx", "model.ort").required_operators`
     """
-    from onnxruntime.tools.convert_onnx_models_to_ort import OptimizationStyle, convert_onnx_models_to_ort
+    from onnxruntime.tools.convert_onnx_models_to_ort import (
+        OptimizationStyle,
+        convert_onnx_models_to_ort,
+    )
 
     source = Path(model)
     if optimization_level not in OPTIMIZATION_LEVELS:
-        raise RequestError(f"optimization level must be one of {', '.join(OPTIMIZATION_LEVELS)}, not {optimization_level!r}")
+        raise RequestError(
+            f"optimization level must be one of {', '.join(OPTIMIZATION_LEVELS)}, not {optimization_level!r}"
+        )
     header = read_header(source)  # refuses files that are not mhe-edge exports
     if header.external_files:
-        raise RequestError(f"{source.name} keeps its weights in external data, which the .ort format cannot hold")
-    target = check_output(output if output is not None else source.with_suffix(".ort"), force=force, suffixes=(".ort",), inputs=[source])
-    operators_path = check_output(target.with_suffix(".required_operators.config"), force=force, inputs=[source])
+        raise RequestError(
+            f"{source.name} keeps its weights in external data, which the .ort format cannot hold"
+        )
+    target = check_output(
+        output if output is not None else source.with_suffix(".ort"),
+        force=force,
+        suffixes=(".ort",),
+        inputs=[source],
+    )
+    operators_path = check_output(
+        target.with_suffix(".required_operators.config"), force=force, inputs=[source]
+    )
 
     with tempfile.TemporaryDirectory(prefix=f".{target.name[:80]}.", dir=target.parent) as tmp:
-        staged_onnx = Path(tmp) / "model.onnx"  # a short name: the converter's outputs add suffixes to it
+        staged_onnx = (
+            Path(tmp) / "model.onnx"
+        )  # a short name: the converter's outputs add suffixes to it
         try:  # a hard link (the converter resolves symlinks, so their long names would come back)
             os.link(source, staged_onnx)
         except OSError:  # another file system
             shutil.copyfile(source, staged_onnx)
-        with _converter_quiet(), _env("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL", optimization_level):
+        with (
+            _converter_quiet(),
+            _env("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL", optimization_level),
+        ):
             try:
-                convert_onnx_models_to_ort(staged_onnx, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed])
+                convert_onnx_models_to_ort(
+                    staged_onnx,
+                    output_dir=Path(tmp) / "out",
+                    optimization_styles=[OptimizationStyle.Fixed],
+                )
             except Exception as exc:
                 if _disk_full(exc):
-                    raise OutputError(f"cannot write {target.name}: the disk is full or the file too large; nothing was written") from exc
-                raise ExportError(f"ONNX Runtime could not convert {source.name}: {first_line(exc)}") from exc
+                    raise OutputError(
+                        f"cannot write {target.name}: the disk is full or the file too large; nothing was written"
+                    ) from exc
+                raise ExportError(
+                    f"ONNX Runtime could not convert {source.name}: {first_line(exc)}"
+                ) from exc
         produced = list((Path(tmp) / "out").glob("*.ort"))
         configs = list((Path(tmp) / "out").glob("*.config"))
         if len(produced) != 1 or len(configs) != 1:
-            raise ExportError(f"the converter wrote {len(produced)} .ort and {len(configs)} config files, expected one each")
-        records = compare_runners(header.config, ort_runner(create_session(produced[0])), ort_runner(create_session(source)),
-                                  ORT_ATOL[header.float_dtype], batched_chunks=header.batched_chunks)
+            raise ExportError(
+                f"the converter wrote {len(produced)} .ort and {len(configs)} config files, expected one each"
+            )
+        records = compare_runners(
+            header.config,
+            ort_runner(create_session(produced[0])),
+            ort_runner(create_session(source)),
+            ORT_ATOL[header.float_dtype],
+            batched_chunks=header.batched_chunks,
+        )
         raise_on_failures(records, "the .ort model disagrees with the .onnx")
         operators = read_required_operators(configs[0])
-        with staged_output(operators_path, force=force) as staged_config, staged_output(target, force=force) as staged_ort:
+        with (
+            staged_output(operators_path, force=force) as staged_config,
+            staged_output(target, force=force) as staged_ort,
+        ):
             os.replace(configs[0], staged_config)
             os.replace(produced[0], staged_ort)
     from mhe_edge.edge.mobile import mobile_coverage
 
     return ToOrtReport(
-        source=str(source), ort=str(target), required_operators_config=str(operators_path), optimization_level=optimization_level,
-        required_operators=operators, ort_bytes=target.stat().st_size, onnx_bytes=header.file_bytes,
-        max_abs_diff=max_abs_diff(records), parity=records, mobile_coverage=mobile_coverage(source),
+        source=str(source),
+        ort=str(target),
+        required_operators_config=str(operators_path),
+        optimization_level=optimization_level,
+        required_operators=operators,
+        ort_bytes=target.stat().st_size,
+        onnx_bytes=header.file_bytes,
+        max_abs_diff=max_abs_diff(records),
+        parity=records,
+        mobile_coverage=mobile_coverage(source),
     )
 
 
@@ -114,7 +167,10 @@ def _disk_full(exc: BaseException | None) -> bool:
     while exc is not None:
         if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EFBIG):
             return True
-        if any(words in str(exc) for words in ("No space left", "File too large", "Failed to save ORT format model")):
+        if any(
+            words in str(exc)
+            for words in ("No space left", "File too large", "Failed to save ORT format model")
+        ):
             return True
         exc = exc.__cause__ or exc.__context__
     return False

@@ -2,6 +2,7 @@
 
 `export` is imported lazily so that reading an export's metadata does not import torch.
 """
+
 from __future__ import annotations
 
 import importlib

@@ -3,6 +3,7 @@
 `mhe_core` emits one `mhe_edge.MHEAttentionAdd` or `MHEAttentionMul` node per layer; `standard_core` emits the standard ONNX
 `Attention` (opset 23) for MHA, MQA and GQA, in its 3-D form so no head transposes surround it.
 """
+
 from __future__ import annotations
 
 import math
@@ -40,7 +41,9 @@ def standard_core(attn: SelfAttention, q, k, v, past: KVCache | None, attn_bias,
         # ONNX Runtime's CPU kernel wants the mask's query dimension spelled out, not broadcast.
         attn_bias = attn_bias.expand(-1, -1, q.shape[1], -1)  # (B, 1, T, S)
     output, present_key, present_value, _ = torch.onnx.ops.attention(
-        q, k, v,  # (B, T, n*d), (B, T, g*d), (B, T, g*d)
+        q,
+        k,
+        v,  # (B, T, n*d), (B, T, g*d), (B, T, g*d)
         attn_mask=attn_bias,
         past_key=past_key,
         past_value=past_value,

@@ -1,19 +1,35 @@
 """`export`: checkpoint -> validated ONNX file, with the steps reported as they run."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mhe_edge import contract
 from mhe_edge.errors import ExportError, RequestError, first_line
-from mhe_edge.files import check_full, check_output, file_bytes, op_counts, save_ir_model, staged_output
+from mhe_edge.files import (
+    check_full,
+    check_output,
+    file_bytes,
+    op_counts,
+    save_ir_model,
+    staged_output,
+)
 from mhe_edge.models import Transformer
 from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
-from mhe_edge.verification import ParityChecked, ParityRecord, compare_runners, ort_runner, raise_on_failures, torch_runner
+from mhe_edge.verification import (
+    ParityChecked,
+    ParityRecord,
+    compare_runners,
+    ort_runner,
+    raise_on_failures,
+    torch_runner,
+)
 
 MIN_OPSET = contract.MIN_OPSET
 
@@ -31,12 +47,21 @@ class ExportReport(ParityChecked):
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return json_safe({
-            "path": self.path, "source": self.source, "config": self.config, "opset": self.opset,
-            "external_data": self.external_data, "file_bytes": self.file_bytes, "op_counts": self.op_counts,
-            "max_abs_diff": self.max_abs_diff, "parity": [r.to_dict() for r in self.parity],
-            "seconds": self.seconds, "total_seconds": self.total_seconds,
-        })
+        return json_safe(
+            {
+                "path": self.path,
+                "source": self.source,
+                "config": self.config,
+                "opset": self.opset,
+                "external_data": self.external_data,
+                "file_bytes": self.file_bytes,
+                "op_counts": self.op_counts,
+                "max_abs_diff": self.max_abs_diff,
+                "parity": [r.to_dict() for r in self.parity],
+                "seconds": self.seconds,
+                "total_seconds": self.total_seconds,
+            }
+        )
 
 
 def supported_opsets() -> range:
@@ -78,7 +103,9 @@ def export(
         if not from_path:
             raise RequestError("give an output path when exporting a model object")
         output = Path(model).with_suffix(".onnx")
-    target = check_output(output, force=force, suffixes=(".onnx",), inputs=[model] if from_path else [])
+    target = check_output(
+        output, force=force, suffixes=(".onnx",), inputs=[model] if from_path else []
+    )
     seconds: dict[str, float] = {}
     step = timed_steps(seconds, on_step)
 
@@ -97,14 +124,23 @@ def export(
 
         try:
             ir_model = trace(model, opset)
-        except Exception as exc:  # torch.export raises many classes; the first line says what went wrong
+        except (
+            Exception
+        ) as exc:  # torch.export raises many classes; the first line says what went wrong
             raise ExportError(f"tracing failed: {first_line(exc)}") from exc
     with step("attach functions"):
         from mhe_edge import __version__
 
         attach_mhe_function(ir_model, opset)
-        ir_model.metadata_props.update(contract.metadata(config, __version__, graph="export", opset=opset,
-                                                         min_onnxruntime=contract.MIN_ORT_FOR_OPSET[opset]))
+        ir_model.metadata_props.update(
+            contract.metadata(
+                config,
+                __version__,
+                graph="export",
+                opset=opset,
+                min_onnxruntime=contract.MIN_ORT_FOR_OPSET[opset],
+            )
+        )
         ir_model.metadata_props.update(carried)
         _check_fused_nodes(ir_model, config)
     with staged_output(target, force=force) as staged:
@@ -112,28 +148,43 @@ def export(
             external = save_ir_model(ir_model, staged, external_data or None)
             check_full(staged)
         with step("validate"):
-            records = compare_runners(config, ort_runner(create_session(staged, "cpu")), torch_runner(model), atol)
+            records = compare_runners(
+                config, ort_runner(create_session(staged, "cpu")), torch_runner(model), atol
+            )
             raise_on_failures(records, "ONNX Runtime disagrees with PyTorch")
         size = file_bytes(staged)
-    return ExportReport(str(target), source, config.to_dict(), opset, external, size, op_counts(ir_model.graph), records, seconds)
+    return ExportReport(
+        str(target),
+        source,
+        config.to_dict(),
+        opset,
+        external,
+        size,
+        op_counts(ir_model.graph),
+        records,
+        seconds,
+    )
 
 
 def _check_fused_nodes(ir_model, config) -> None:
     """One fused attention node per layer, or the export is not what it claims to be."""
-    fused = [n for n in ir_model.graph if (n.domain == contract.DOMAIN and n.op_type in contract.MODES) or (n.domain, n.op_type) == ("", "Attention")]
+    fused = [
+        n
+        for n in ir_model.graph
+        if (n.domain == contract.DOMAIN and n.op_type in contract.MODES)
+        or (n.domain, n.op_type) == ("", "Attention")
+    ]
     if len(fused) != config.n_layers:
         raise ExportError(f"expected {config.n_layers} fused attention nodes, traced {len(fused)}")
-
 
 
 def _carried_text(source: str | None, tokenizer: str | os.PathLike | None) -> dict[str, str]:
     """Metadata for the text side: the tokenizer (checked by loading it) and the training-text record."""
     import json
 
+    from mhe_edge.errors import CheckpointError
     from mhe_edge.text.corpus import RECORD_FILE
     from mhe_edge.text.tokenizer import TOKENIZER_FILE, load_tokenizer
-
-    from mhe_edge.errors import CheckpointError
 
     carried: dict[str, str] = {}
     folder = Path(source) if source is not None and Path(source).is_dir() else None

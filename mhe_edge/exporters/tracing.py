@@ -1,4 +1,5 @@
 """Trace a model to ONNX with torch.export, keeping MHE attention as one `mhe_edge.MHEAttentionAdd`/`MHEAttentionMul` node per layer."""
+
 from __future__ import annotations
 
 import logging
@@ -8,8 +9,8 @@ import torch
 from torch import nn
 
 from mhe_edge.config import ModelConfig
-from mhe_edge.exporters.cores import export_core
 from mhe_edge.contract import DOMAIN, DOMAIN_VERSION, MODES, input_names, output_names
+from mhe_edge.exporters.cores import export_core
 from mhe_edge.exporters.mhe_function import mhe_attention_function
 from mhe_edge.models import Transformer, use_attention_core
 
@@ -45,7 +46,11 @@ def example_inputs(config: ModelConfig, batch: int = 2, seq: int = 3, past: int 
     cache_shape = (batch, config.kv_heads, past, config.head_dim)
     mask = torch.ones(batch, past + seq, dtype=torch.long)
     mask[0, 0] = 0  # a padded row: nothing may assume an all-ones mask
-    return (ids, mask, *[torch.randn(cache_shape, generator=generator) for _ in range(2 * config.n_layers)])
+    return (
+        ids,
+        mask,
+        *[torch.randn(cache_shape, generator=generator) for _ in range(2 * config.n_layers)],
+    )
 
 
 def trace(model: Transformer, opset: int):
@@ -59,7 +64,11 @@ def trace(model: Transformer, opset: int):
         wrapper = DecoderWithFlatCache(model)
         past = torch.export.Dim("past_sequence")
         total = torch.export.Dim.AUTO  # past_sequence + sequence: the exporter derives it
-        dynamic_shapes = ({0: batch, 1: seq}, {0: batch, 1: total}, tuple({0: batch, 2: past} for _ in range(2 * config.n_layers)))
+        dynamic_shapes = (
+            {0: batch, 1: seq},
+            {0: batch, 1: total},
+            tuple({0: batch, 2: past} for _ in range(2 * config.n_layers)),
+        )
     with _quiet_exporter(), use_attention_core(export_core), torch.no_grad():
         program = torch.onnx.export(
             wrapper.eval(),
@@ -87,9 +96,20 @@ def _name_mask_length(ir_model) -> None:
     if not isinstance(symbol, ir.SymbolicDim) or symbol.value is None:
         return
     total = "past_sequence + sequence"
-    for value in [*ir_model.graph.inputs, *ir_model.graph.outputs, *(v for n in ir_model.graph for v in n.outputs)]:
-        if value.shape is not None and any(isinstance(d, ir.SymbolicDim) and d.value == symbol.value for d in value.shape):
-            value.shape = ir.Shape([total if isinstance(d, ir.SymbolicDim) and d.value == symbol.value else d for d in value.shape])
+    for value in [
+        *ir_model.graph.inputs,
+        *ir_model.graph.outputs,
+        *(v for n in ir_model.graph for v in n.outputs),
+    ]:
+        if value.shape is not None and any(
+            isinstance(d, ir.SymbolicDim) and d.value == symbol.value for d in value.shape
+        ):
+            value.shape = ir.Shape(
+                [
+                    total if isinstance(d, ir.SymbolicDim) and d.value == symbol.value else d
+                    for d in value.shape
+                ]
+            )
 
 
 def attach_mhe_function(ir_model, opset: int) -> None:
@@ -115,7 +135,13 @@ class _quiet_exporter:
         self._warnings.__enter__()
         warnings.simplefilter("ignore")
         self._levels = {}
-        for name in ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx.experimental.symbolic_shapes", "onnxscript"):
+        for name in (
+            "torch.onnx",
+            "torch.export",
+            "torch._dynamo",
+            "torch.fx.experimental.symbolic_shapes",
+            "onnxscript",
+        ):
             logger = logging.getLogger(name)
             self._levels[name] = logger.level
             logger.setLevel(logging.ERROR)

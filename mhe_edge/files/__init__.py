@@ -1,4 +1,5 @@
 """Files in one place: reading and vetting ONNX headers, file sizes, and the one writing path for outputs."""
+
 from mhe_edge.files.onnx_model import (
     EXTERNAL_DATA_THRESHOLD,
     EXTERNAL_DATA_THRESHOLD_TEXT,
@@ -14,7 +15,17 @@ from mhe_edge.files.onnx_model import (
 from mhe_edge.files.writing import FOLDER_MARKER, check_output, staged_output
 
 __all__ = [
-    "EXTERNAL_DATA_THRESHOLD", "EXTERNAL_DATA_THRESHOLD_TEXT", "FOLDER_MARKER", "OnnxHeader", "check_full",
-    "check_output", "file_bytes", "initializer_bytes", "load_onnx_header", "op_counts", "read_header",
-    "save_ir_model", "staged_output",
+    "EXTERNAL_DATA_THRESHOLD",
+    "EXTERNAL_DATA_THRESHOLD_TEXT",
+    "FOLDER_MARKER",
+    "OnnxHeader",
+    "check_full",
+    "check_output",
+    "file_bytes",
+    "initializer_bytes",
+    "load_onnx_header",
+    "op_counts",
+    "read_header",
+    "save_ir_model",
+    "staged_output",
 ]

@@ -5,6 +5,7 @@ a file's size with its external data, and saving and checking graphs.
 are not mhe-edge exports, external data that resolves outside the model's folder, and tensors whose declared
 size the bytes behind them do not hold, before ONNX Runtime or any loader touches the weights.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,9 +19,19 @@ import numpy as np
 
 from mhe_edge.config import ModelConfig
 from mhe_edge.contract import (
-    ATTENTION_MASK, KEY_CONFIG, KEY_GRAPH, KEY_IO, KEY_PRECISION, KEY_QUERY_SEQLENS, KEY_TARGET, LAST_HIDDEN_STATE, LOGITS,
+    ATTENTION_MASK,
+    KEY_CONFIG,
+    KEY_GRAPH,
+    KEY_IO,
+    KEY_PRECISION,
+    KEY_QUERY_SEQLENS,
+    KEY_TARGET,
+    LAST_HIDDEN_STATE,
+    LOGITS,
     input_names,
-    output_names, past_names, present_names,
+    output_names,
+    past_names,
+    present_names,
 )
 from mhe_edge.errors import ConfigError, ExportError, ModelFileError, first_line
 
@@ -42,15 +53,19 @@ class OnnxHeader:
     def io(self) -> dict[str, Any]:
         """The I/O layout the exporter recorded (names, shapes, float dtype), or a clear refusal."""
         if KEY_IO not in self.metadata:
-            raise ModelFileError(f"{self.path.name} has no {KEY_IO} metadata; re-export it with mhe-edge")
+            raise ModelFileError(
+                f"{self.path.name} has no {KEY_IO} metadata; re-export it with mhe-edge"
+            )
         return parse_metadata_json(self.metadata[KEY_IO], KEY_IO, self.path.name)
 
     @property
     def float_dtype(self) -> str:
-        """"float32" or "float16": the dtype of the float inputs and outputs."""
+        """ "float32" or "float16": the dtype of the float inputs and outputs."""
         dtype = self.io.get("float_dtype", "float32")
         if dtype not in ("float32", "float16"):
-            raise ModelFileError(f"{self.path.name} declares float dtype {dtype!r}; expected float32 or float16")
+            raise ModelFileError(
+                f"{self.path.name} declares float dtype {dtype!r}; expected float32 or float16"
+            )
         return dtype
 
     @property
@@ -100,7 +115,9 @@ def load_onnx_header(path: str | os.PathLike):
     try:
         return onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # protobuf DecodeError and friends
-        raise ModelFileError(f"{path.name} is not a readable ONNX file: {first_line(exc, 200)}") from exc
+        raise ModelFileError(
+            f"{path.name} is not a readable ONNX file: {first_line(exc, 200)}"
+        ) from exc
 
 
 def read_header(path: str | os.PathLike) -> OnnxHeader:
@@ -156,25 +173,40 @@ def check_io_matches_config(proto, config: ModelConfig, name: str) -> None:
     inputs = [v.name for v in proto.graph.input]
     outputs = [v.name for v in proto.graph.output]
     expected_inputs = input_names(config)
-    without_mask = [n for n in expected_inputs if n != ATTENTION_MASK]  # decoders exported before the mask input
-    if inputs not in (expected_inputs, without_mask if config.arch == "decoder" else expected_inputs) or outputs != output_names(config):
+    without_mask = [
+        n for n in expected_inputs if n != ATTENTION_MASK
+    ]  # decoders exported before the mask input
+    if inputs not in (
+        expected_inputs,
+        without_mask if config.arch == "decoder" else expected_inputs,
+    ) or outputs != output_names(config):
         raise ModelFileError(
             f"{name}: the graph's inputs/outputs do not match its metadata ({len(inputs)} inputs, "
             f"{len(outputs)} outputs; the config describes a {config.n_layers}-layer {config.arch})"
         )
     fixed = {}
     for value in [*proto.graph.input, *proto.graph.output]:
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        dims = [
+            d.dim_value if d.HasField("dim_value") else None
+            for d in value.type.tensor_type.shape.dim
+        ]
         fixed[value.name] = dims
-    wanted = {n: [None, config.kv_heads, None, config.head_dim] for n in (*past_names(config.n_layers), *present_names(config.n_layers))}
+    wanted = {
+        n: [None, config.kv_heads, None, config.head_dim]
+        for n in (*past_names(config.n_layers), *present_names(config.n_layers))
+    }
     wanted[LOGITS] = [None, None, config.vocab_size]
     wanted[LAST_HIDDEN_STATE] = [None, None, config.d_model]
     for value_name, want in wanted.items():
         got = fixed.get(value_name)
         if got is None:
             continue
-        if len(got) != len(want) or any(g is not None and w is not None and g != w for g, w in zip(got, want)):
-            raise ModelFileError(f"{name}: {value_name} has shape {got} in the graph but {want} by its metadata")
+        if len(got) != len(want) or any(
+            g is not None and w is not None and g != w for g, w in zip(got, want)
+        ):
+            raise ModelFileError(
+                f"{name}: {value_name} has shape {got} in the graph but {want} by its metadata"
+            )
 
 
 def check_tensor_sizes(proto, path: Path) -> None:
@@ -182,9 +214,16 @@ def check_tensor_sizes(proto, path: Path) -> None:
     huge tensor would otherwise make a loader allocate it), and external data outside the model's folder."""
     external_data_files(proto, path)
     sparse = [t.values.name or "unnamed" for t in proto.graph.sparse_initializer]
-    sparse += [n.name or n.op_type for n in proto.graph.node for a in n.attribute if a.type == a.SPARSE_TENSOR]
+    sparse += [
+        n.name or n.op_type
+        for n in proto.graph.node
+        for a in n.attribute
+        if a.type == a.SPARSE_TENSOR
+    ]
     if sparse:  # densifying one can take any amount of memory; mhe-edge never writes them
-        raise ModelFileError(f"{path.name} holds sparse tensors ({sparse[0]}); mhe-edge files have none, refused")
+        raise ModelFileError(
+            f"{path.name} holds sparse tensors ({sparse[0]}); mhe-edge files have none, refused"
+        )
     folder = path.resolve().parent
     for tensor in proto.graph.initializer:
         declared = _tensor_bytes(tensor)
@@ -193,7 +232,9 @@ def check_tensor_sizes(proto, path: Path) -> None:
             data = folder / location["location"]
             offset, length = int(location.get("offset", 0)), int(location.get("length", declared))
             if not data.is_file() or offset + length > data.stat().st_size or length != declared:
-                raise ModelFileError(f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes its external data does not hold")
+                raise ModelFileError(
+                    f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes its external data does not hold"
+                )
         elif tensor.raw_data and len(tensor.raw_data) != declared:
             raise ModelFileError(
                 f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes but holds {len(tensor.raw_data):,}"
@@ -201,7 +242,9 @@ def check_tensor_sizes(proto, path: Path) -> None:
         elif tensor.raw_data and tensor.data_type in _FLOAT_TYPES:
             values = np.frombuffer(tensor.raw_data, dtype=_FLOAT_TYPES[tensor.data_type])
             if not np.isfinite(values).all():
-                raise ModelFileError(f"{path.name}: tensor {tensor.name!r} holds NaN or infinite values")
+                raise ModelFileError(
+                    f"{path.name}: tensor {tensor.name!r} holds NaN or infinite values"
+                )
 
 
 _FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # TensorProto FLOAT, FLOAT16, DOUBLE
@@ -209,7 +252,9 @@ _FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # TensorProto FL
 
 def external_locations(proto) -> set[str]:
     """The external-data file names a model's initializers point to (unchecked)."""
-    return {e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"}
+    return {
+        e.value for t in proto.graph.initializer for e in t.external_data if e.key == "location"
+    }
 
 
 def external_data_files(proto, path: Path) -> set[str]:
@@ -218,7 +263,9 @@ def external_data_files(proto, path: Path) -> set[str]:
     files = external_locations(proto)
     for name in files:
         if Path(name).is_absolute() or folder not in (folder / name).resolve().parents:
-            raise ModelFileError(f"{path.name} points its external data outside its folder ({name!r}); refused")
+            raise ModelFileError(
+                f"{path.name} points its external data outside its folder ({name!r}); refused"
+            )
     return files
 
 
@@ -239,7 +286,9 @@ def _tensor_bytes(tensor) -> int:
     numel = 1
     for dim in tensor.dims:
         numel *= dim
-    if tensor.data_type in _PACKED_4BIT:  # two elements per byte (int4 weights: MatMulNBits, GatherBlockQuantized)
+    if (
+        tensor.data_type in _PACKED_4BIT
+    ):  # two elements per byte (int4 weights: MatMulNBits, GatherBlockQuantized)
         return (numel + 1) // 2
     return numel * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
@@ -257,7 +306,11 @@ def op_counts(nodes) -> dict[str, int]:
 
 
 def initializer_bytes(ir_model) -> int:
-    return sum(v.const_value.nbytes for v in ir_model.graph.initializers.values() if v.const_value is not None)
+    return sum(
+        v.const_value.nbytes
+        for v in ir_model.graph.initializers.values()
+        if v.const_value is not None
+    )
 
 
 def save_ir_model(ir_model, path: Path, external: bool | None = None) -> bool:
@@ -267,7 +320,9 @@ def save_ir_model(ir_model, path: Path, external: bool | None = None) -> bool:
 
     if external is None:
         external = initializer_bytes(ir_model) > EXTERNAL_DATA_THRESHOLD
-    if not external:  # tensors still pointing at the source's data file are written inline, not left pointing
+    if (
+        not external
+    ):  # tensors still pointing at the source's data file are written inline, not left pointing
         ir.external_data.load_to_model(ir_model)
     ir.save(ir_model, path, external_data=f"{path.name}.data" if external else None)
     return external

@@ -11,6 +11,7 @@ traces, plots, JSON) and folders (packages, model folders).
    On any error, Ctrl-C, SIGTERM or SIGHUP (the CLI turns those into exceptions) the staging folder goes.
 Published outputs get the permissions the umask gives a new file, not the staging file's private 0600.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -18,12 +19,14 @@ import errno
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from mhe_edge.errors import OutputError, RequestError
 
-FOLDER_MARKER = ".mhe-edge"  # inside every folder mhe-edge writes; --force replaces only such folders
+FOLDER_MARKER = (
+    ".mhe-edge"  # inside every folder mhe-edge writes; --force replaces only such folders
+)
 COMPANIONS = (".data",)  # files that travel with an output: MODEL.onnx.data
 
 
@@ -44,7 +47,9 @@ def check_output(
     if not parent.is_dir():
         raise RequestError(f"output folder {str(parent)!r} does not exist")
     if len(os.fsencode(path.name)) > _name_max(parent):
-        raise RequestError(f"output name {path.name[:40]!r}... is longer than this file system allows")
+        raise RequestError(
+            f"output name {path.name[:40]!r}... is longer than this file system allows"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise RequestError(f"output folder {str(parent)!r} is not writable")
     if path.is_symlink():
@@ -53,8 +58,14 @@ def check_output(
     companions = [] if folder else [c.resolve() for c in _companions(path)]
     for source in inputs:
         source_path = Path(source).resolve()
-        if destination == source_path or destination in source_path.parents or source_path in companions:
-            raise RequestError(f"output {str(path)!r} would overwrite an input of this command (or its data); choose another path")
+        if (
+            destination == source_path
+            or destination in source_path.parents
+            or source_path in companions
+        ):
+            raise RequestError(
+                f"output {str(path)!r} would overwrite an input of this command (or its data); choose another path"
+            )
     if folder:
         if path.exists() and not path.is_dir():
             raise RequestError(f"{str(path)!r} exists and is not a folder")
@@ -62,7 +73,9 @@ def check_output(
             if not force:
                 raise RequestError(f"{str(path)!r} exists; pass --force to replace it")
             if not (path / FOLDER_MARKER).is_file():
-                raise RequestError(f"{str(path)!r} was not written by mhe-edge (no {FOLDER_MARKER} inside); refusing to replace it")
+                raise RequestError(
+                    f"{str(path)!r} was not written by mhe-edge (no {FOLDER_MARKER} inside); refusing to replace it"
+                )
     else:
         if path.is_dir():
             raise RequestError(f"output path {str(path)!r} is a folder")
@@ -70,16 +83,22 @@ def check_output(
             raise RequestError(f"{str(path)!r} exists; pass --force to overwrite it")
         for companion in _companions(path):
             if companion.is_symlink() or (companion.exists() and not force):
-                raise RequestError(f"{str(companion)!r} exists beside the output; pass --force to replace both")
+                raise RequestError(
+                    f"{str(companion)!r} exists beside the output; pass --force to replace both"
+                )
     return path
 
 
 @contextlib.contextmanager
-def staged_output(target: str | os.PathLike, *, force: bool = False, folder: bool = False) -> Iterator[Path]:
+def staged_output(
+    target: str | os.PathLike, *, force: bool = False, folder: bool = False
+) -> Iterator[Path]:
     """Yield a staging path for `target` (a file path, or an existing empty folder when `folder`); publish
     it on success, delete everything staged otherwise. `target` should have passed `check_output`."""
     target = Path(target)
-    stage = Path(tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".staging", dir=target.parent))
+    stage = Path(
+        tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".staging", dir=target.parent)
+    )
     try:
         staged = stage / target.name
         if folder:
@@ -87,20 +106,28 @@ def staged_output(target: str | os.PathLike, *, force: bool = False, folder: boo
         yield staged
         try:
             if folder:
-                (staged / FOLDER_MARKER).write_text("written by mhe-edge; `--force` may replace this folder\n")
+                (staged / FOLDER_MARKER).write_text(
+                    "written by mhe-edge; `--force` may replace this folder\n"
+                )
                 _publish_folder(staged, target, force)
             else:
                 _publish_file(staged, target, force)
         except OSError as exc:
             if isinstance(exc, FileExistsError) or exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
-                raise RequestError(f"{str(target)!r} appeared while this command ran (another writer?); nothing was written") from exc
-            raise OutputError(f"cannot write {target.name}: {exc.strerror or exc}; nothing was written") from exc
+                raise RequestError(
+                    f"{str(target)!r} appeared while this command ran (another writer?); nothing was written"
+                ) from exc
+            raise OutputError(
+                f"cannot write {target.name}: {exc.strerror or exc}; nothing was written"
+            ) from exc
     finally:
         shutil.rmtree(stage, ignore_errors=True)
 
 
 def _publish_file(staged: Path, target: Path, force: bool) -> None:
-    for old in _companions(target):  # companions first: a reader that sees the new model finds its data
+    for old in _companions(
+        target
+    ):  # companions first: a reader that sees the new model finds its data
         companion = staged.with_name(old.name)
         if companion.exists():
             _apply_umask(companion)
@@ -129,7 +156,9 @@ def _publish_folder(staged: Path, target: Path, force: bool) -> None:
         return
     if not force or not (target / FOLDER_MARKER).is_file():
         raise FileExistsError(errno.EEXIST, "exists", str(target))
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".old", dir=target.parent))
+    retired = Path(
+        tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".old", dir=target.parent)
+    )
     os.rename(target, retired / target.name)
     os.rename(staged, target)
     shutil.rmtree(retired, ignore_errors=True)
@@ -139,7 +168,9 @@ def _companions(path: Path) -> list[Path]:
     """The companion files an output may have (MODEL.onnx.data), leaving out names the file system could not
     hold: no such file can exist."""
     names = (path.name + suffix for suffix in COMPANIONS)
-    return [path.with_name(name) for name in names if len(os.fsencode(name)) <= _name_max(path.parent)]
+    return [
+        path.with_name(name) for name in names if len(os.fsencode(name)) <= _name_max(path.parent)
+    ]
 
 
 def _name_max(folder: Path) -> int:

@@ -6,12 +6,13 @@ core*, which concatenates the cache, forms the heads and applies softmax attenti
 exactly as the paper defines it (no folding). The exporter swaps in a core that emits ONNX ops instead
 (see `use_attention_core`), so the projections, shapes and cache handling exist once.
 """
+
 from __future__ import annotations
 
 import contextlib
 import contextvars
 import math
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -55,7 +56,8 @@ class SelfAttention(nn.Module):
         past: KVCache | None = None,
         attn_bias: torch.Tensor | None = None,  # additive, broadcastable to (B, n_heads, T, S)
         causal: bool = False,
-        rope: "tuple[torch.Tensor, torch.Tensor] | None" = None,  # cos, sin: (T, d) or (B, T, d), for these positions
+        rope: tuple[torch.Tensor, torch.Tensor]
+        | None = None,  # cos, sin: (T, d) or (B, T, d), for these positions
     ) -> tuple[torch.Tensor, KVCache]:
         q = self.q_proj(x)  # (B, T, n*d), or (B, T, d) for MHE
         k = self.k_proj(x)  # (B, T, g*d)
@@ -68,14 +70,26 @@ class SelfAttention(nn.Module):
 
 
 AttentionCore = Callable[
-    [SelfAttention, torch.Tensor, torch.Tensor, torch.Tensor, "KVCache | None", "torch.Tensor | None", bool],
+    [
+        SelfAttention,
+        torch.Tensor,
+        torch.Tensor,
+        torch.Tensor,
+        "KVCache | None",
+        "torch.Tensor | None",
+        bool,
+    ],
     tuple[torch.Tensor, KVCache],
 ]
 
 
-def rope_tables(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    positions: torch.Tensor, head_dim: int, theta: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin, (..., head_dim) each, for integer `positions` (T,) or (B, T): the rotate-half layout Llama uses."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))  # (d/2,)
+    inv_freq = 1.0 / (
+        theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim)
+    )  # (d/2,)
     freqs = positions.float()[..., None] * inv_freq  # (..., T, d/2)
     angles = torch.cat([freqs, freqs], dim=-1)  # (..., T, d)
     return angles.cos(), angles.sin()
@@ -87,7 +101,11 @@ def rotate(x: torch.Tensor, heads: int, cos: torch.Tensor, sin: torch.Tensor) ->
     xh = x.view(B, T, heads, -1)  # (B, T, heads, d)
     half = xh.shape[-1] // 2
     rotated = torch.cat([-xh[..., half:], xh[..., :half]], dim=-1)
-    cos, sin = (cos[:, :, None, :], sin[:, :, None, :]) if cos.dim() == 3 else (cos[None, :, None, :], sin[None, :, None, :])
+    cos, sin = (
+        (cos[:, :, None, :], sin[:, :, None, :])
+        if cos.dim() == 3
+        else (cos[None, :, None, :], sin[None, :, None, :])
+    )
     return (xh * cos + rotated * sin).reshape(B, T, -1)
 
 
@@ -96,7 +114,9 @@ def split_heads(x: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
     return x.view(B, T, heads, head_dim).transpose(1, 2)  # (B, heads, T, head_dim)
 
 
-def apply_head_embeddings(shared: torch.Tensor, embeddings: torch.Tensor, mode: str) -> torch.Tensor:
+def apply_head_embeddings(
+    shared: torch.Tensor, embeddings: torch.Tensor, mode: str
+) -> torch.Tensor:
     """MHE's per-head step: head i sees `shared + E[i]` (ADD) or `shared * E[i]` (MUL).
 
     shared: (B, 1, T, d); embeddings: (n, d); returns (B, n, T, d).
@@ -105,7 +125,9 @@ def apply_head_embeddings(shared: torch.Tensor, embeddings: torch.Tensor, mode: 
     return shared + per_head if mode == "mhe-add" else shared * per_head
 
 
-def append_to_cache(k: torch.Tensor, v: torch.Tensor, past: KVCache | None, heads: int, head_dim: int) -> KVCache:
+def append_to_cache(
+    k: torch.Tensor, v: torch.Tensor, past: KVCache | None, heads: int, head_dim: int
+) -> KVCache:
     """The new keys and values (B, T, heads*d) as heads, after the past's: (B, heads, P + T, d) each."""
     k, v = split_heads(k, heads, head_dim), split_heads(v, heads, head_dim)  # (B, heads, T, d)
     if past is None:
@@ -137,7 +159,9 @@ def reference_attention(
         vh = apply_head_embeddings(v, e_v, attn.attention)  # (B, n, S, d)
     else:
         qh = split_heads(q, n, d)  # (B, n, T, d)
-        kh = k.repeat_interleave(n // g, dim=1)  # (B, n, S, d): query head i reads KV head i // (n/g)
+        kh = k.repeat_interleave(
+            n // g, dim=1
+        )  # (B, n, S, d): query head i reads KV head i // (n/g)
         vh = v.repeat_interleave(n // g, dim=1)
     scores = qh @ kh.transpose(-2, -1) / math.sqrt(d)  # (B, n, T, S)
     if attn_bias is not None:
@@ -171,7 +195,11 @@ def fast_attention(
     if attn.is_mhe:
         e_q, e_k, e_v = attn.head_embeddings()
         shared = split_heads(q, 1, d)  # (B, 1, T, d)
-        qh = shared * (e_q * e_k)[None, :, None, :] if attn.attention == "mhe-mul" else shared + e_q[None, :, None, :]
+        qh = (
+            shared * (e_q * e_k)[None, :, None, :]
+            if attn.attention == "mhe-mul"
+            else shared + e_q[None, :, None, :]
+        )
     else:
         qh = split_heads(q, n, d)  # (B, n, T, d)
     mask, plain_causal = attn_bias, causal and attn_bias is None and T == S
@@ -179,13 +207,17 @@ def fast_attention(
         allowed = causal_mask(T, S, q.device)  # (T, S)
         mask = torch.zeros((), dtype=q.dtype, device=q.device) if mask is None else mask
         mask = mask.masked_fill(~allowed, float("-inf"))
-    y = F.scaled_dot_product_attention(qh, k, v, attn_mask=mask, is_causal=plain_causal, enable_gqa=g != n)  # (B, n, T, d)
+    y = F.scaled_dot_product_attention(
+        qh, k, v, attn_mask=mask, is_causal=plain_causal, enable_gqa=g != n
+    )  # (B, n, T, d)
     if attn.is_mhe:
         y = y * e_v[None, :, None, :] if attn.attention == "mhe-mul" else y + e_v[None, :, None, :]
     return y.transpose(1, 2).reshape(B, T, n * d), present
 
 
-_CORE: contextvars.ContextVar[AttentionCore] = contextvars.ContextVar("attention_core", default=reference_attention)
+_CORE: contextvars.ContextVar[AttentionCore] = contextvars.ContextVar(
+    "attention_core", default=reference_attention
+)
 
 
 @contextlib.contextmanager

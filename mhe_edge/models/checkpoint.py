@@ -2,6 +2,7 @@
 
 Nothing here ever unpickles arbitrary objects: a pickle that carries code is refused, not run.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,7 +29,9 @@ def check_checkpoint_output(path: str | os.PathLike, force: bool = False) -> Pat
     if path.suffix == "":
         return check_output(path, force=force, folder=True)
     if path.suffix not in SUFFIXES:
-        raise RequestError(f"a model must be saved as .pt, .safetensors or a folder (no suffix), not {path.name!r}")
+        raise RequestError(
+            f"a model must be saved as .pt, .safetensors or a folder (no suffix), not {path.name!r}"
+        )
     return check_output(path, force=force, suffixes=SUFFIXES)
 
 
@@ -50,11 +53,23 @@ def save_checkpoint(model: Transformer, path: str | os.PathLike, *, force: bool 
     with staged_output(path, force=force) as tmp:
         try:
             if path.suffix == ".pt":
-                torch.save({"format": FORMAT, "config": model.config.to_dict(), "state_dict": state}, tmp)
+                torch.save(
+                    {"format": FORMAT, "config": model.config.to_dict(), "state_dict": state}, tmp
+                )
             else:
-                save_file(state, str(tmp), metadata={"format": FORMAT, "config": json.dumps(model.config.to_dict())})
-        except (OSError, RuntimeError, SafetensorError) as exc:  # the writers report a full disk their own way
-            raise OutputError(f"cannot write {path.name}: {first_line(exc, 200)}; nothing was written") from exc
+                save_file(
+                    state,
+                    str(tmp),
+                    metadata={"format": FORMAT, "config": json.dumps(model.config.to_dict())},
+                )
+        except (
+            OSError,
+            RuntimeError,
+            SafetensorError,
+        ) as exc:  # the writers report a full disk their own way
+            raise OutputError(
+                f"cannot write {path.name}: {first_line(exc, 200)}; nothing was written"
+            ) from exc
     return path
 
 
@@ -91,7 +106,9 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[ModelConfig, dict[str, tor
     elif len(head) == 8 and int.from_bytes(head, "little") < path.stat().st_size:
         raw_config, state = _read_safetensors(path)
     else:
-        raise CheckpointError(f"{path.name} is not an mhe-edge checkpoint (neither a torch zip nor safetensors)")
+        raise CheckpointError(
+            f"{path.name} is not an mhe-edge checkpoint (neither a torch zip nor safetensors)"
+        )
     try:
         config = ModelConfig.from_dict(raw_config)
     except (ConfigError, TypeError) as exc:
@@ -111,11 +128,15 @@ def _check_zip_entries(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {first_line(exc, 200)}") from exc
+        raise CheckpointError(
+            f"{path.name} is not a readable checkpoint (truncated or corrupt?): {first_line(exc, 200)}"
+        ) from exc
     size = path.stat().st_size
     for entry in entries:
         if entry.compress_type != zipfile.ZIP_STORED or entry.file_size > size:
-            raise CheckpointError(f"{path.name}: record {entry.filename!r} is compressed or larger than the file; refused")
+            raise CheckpointError(
+                f"{path.name}: record {entry.filename!r} is compressed or larger than the file; refused"
+            )
 
 
 def _read_torch(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
@@ -123,11 +144,19 @@ def _read_torch(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise CheckpointError(f"{path.name} holds objects a safe load refuses (not run): {first_line(exc)}") from exc
-    except Exception as exc:  # torch.load raises many classes on corrupt input (found by the fuzz test)
-        raise CheckpointError(f"{path.name} is not a readable checkpoint (truncated or corrupt?): {first_line(exc, 200)}") from exc
+        raise CheckpointError(
+            f"{path.name} holds objects a safe load refuses (not run): {first_line(exc)}"
+        ) from exc
+    except (
+        Exception
+    ) as exc:  # torch.load raises many classes on corrupt input (found by the fuzz test)
+        raise CheckpointError(
+            f"{path.name} is not a readable checkpoint (truncated or corrupt?): {first_line(exc, 200)}"
+        ) from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path.name} is a torch file but not an mhe-edge checkpoint (no 'format': '{FORMAT}')")
+        raise CheckpointError(
+            f"{path.name} is a torch file but not an mhe-edge checkpoint (no 'format': '{FORMAT}')"
+        )
     state = payload.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path.name} has no state_dict of tensors")
@@ -142,9 +171,13 @@ def _read_safetensors(path: Path) -> tuple[Any, dict[str, torch.Tensor]]:
             metadata = f.metadata() or {}
             state = {key: f.get_tensor(key) for key in f.keys()}
     except (SafetensorError, OSError, ValueError, RuntimeError, OverflowError, MemoryError) as exc:
-        raise CheckpointError(f"{path.name} is not a readable safetensors file: {first_line(exc, 200)}") from exc
+        raise CheckpointError(
+            f"{path.name} is not a readable safetensors file: {first_line(exc, 200)}"
+        ) from exc
     if metadata.get("format") != FORMAT or "config" not in metadata:
-        raise CheckpointError(f"{path.name} is a safetensors file but not an mhe-edge checkpoint (no config metadata)")
+        raise CheckpointError(
+            f"{path.name} is a safetensors file but not an mhe-edge checkpoint (no config metadata)"
+        )
     try:
         return json.loads(metadata["config"]), state
     except json.JSONDecodeError as exc:

@@ -7,6 +7,7 @@ by transformers for llama, mistral, qwen2, gpt2 and bert load too (models/hf_imp
 checked before a module is built: config limits, tensor names (first missing or unexpected one named),
 dtypes, shapes against the config, sizes bounded by the files, finite values.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,18 +23,41 @@ from mhe_edge.files import check_output, staged_output
 from mhe_edge.models import hf_import
 from mhe_edge.models.checks import check_sizes, check_state_fits, check_tensors
 
-CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, GENERATION_FILE = "config.json", "model.safetensors", "model.safetensors.index.json", "generation_config.json"
+CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, GENERATION_FILE = (
+    "config.json",
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "generation_config.json",
+)
 MAX_JSON_BYTES = 10_000_000
 LOADABLE_DTYPES = ("F32", "F16", "BF16")
 
 # ModelConfig fields that Hugging Face names one way in every model family.
 HF_FIELDS = {
-    "n_layers": "num_hidden_layers", "d_model": "hidden_size", "n_heads": "num_attention_heads",
-    "n_kv_heads": "num_key_value_heads", "head_dim": "head_dim", "d_ff": "intermediate_size", "vocab_size": "vocab_size",
-    "max_seq_len": "max_position_embeddings", "tie_embeddings": "tie_word_embeddings",
-    "bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
+    "n_layers": "num_hidden_layers",
+    "d_model": "hidden_size",
+    "n_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads",
+    "head_dim": "head_dim",
+    "d_ff": "intermediate_size",
+    "vocab_size": "vocab_size",
+    "max_seq_len": "max_position_embeddings",
+    "tie_embeddings": "tie_word_embeddings",
+    "bos_token_id": "bos_token_id",
+    "eos_token_id": "eos_token_id",
 }
-OURS = ("arch", "attention", "position", "norm", "norm_placement", "embedding_norm", "mlp", "qkv_bias", "out_bias", "mlp_bias")
+OURS = (
+    "arch",
+    "attention",
+    "position",
+    "norm",
+    "norm_placement",
+    "embedding_norm",
+    "mlp",
+    "qkv_bias",
+    "out_bias",
+    "mlp_bias",
+)
 
 
 def is_model_folder(path: str | os.PathLike) -> bool:
@@ -69,7 +93,9 @@ def config_from_ours(hf: dict[str, Any]) -> ModelConfig:
         fields.pop("n_kv_heads", None)  # derived for every kind but gqa
     mode = hf.get("mhe_edge_mhe_mode")
     if mode is not None and f"mhe-{mode}" != fields.get("attention"):
-        raise ConfigError(f"mhe_edge_mhe_mode {mode!r} contradicts mhe_edge_attention {fields.get('attention')!r}")
+        raise ConfigError(
+            f"mhe_edge_mhe_mode {mode!r} contradicts mhe_edge_attention {fields.get('attention')!r}"
+        )
     return ModelConfig(**fields)
 
 
@@ -82,7 +108,9 @@ def save_folder(model, folder: str | os.PathLike, *, force: bool = False) -> Pat
         try:
             write_model_files(model, stage)
         except (OSError, SafetensorError) as exc:
-            raise OutputError(f"cannot write {folder.name}: {first_line(exc, 200)}; nothing was written") from exc
+            raise OutputError(
+                f"cannot write {folder.name}: {first_line(exc, 200)}; nothing was written"
+            ) from exc
     return folder
 
 
@@ -92,8 +120,15 @@ def write_model_files(model, folder: Path) -> list[str]:
     from safetensors.torch import save_file
 
     config = model.config
-    state = {hf_import.folder_name(k): v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id, "do_sample": False}
+    state = {
+        hf_import.folder_name(k): v.detach().cpu().contiguous()
+        for k, v in model.state_dict().items()
+    }
+    generation = {
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "do_sample": False,
+    }
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     (folder / CONFIG_FILE).write_text(json.dumps(hf_config(config), indent=2) + "\n")
     (folder / GENERATION_FILE).write_text(json.dumps(generation, indent=2) + "\n")
@@ -106,9 +141,15 @@ def read_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch
     hf = _read_json(folder / CONFIG_FILE, folder.name)
     model_type = hf.get("model_type")
     try:
-        config = config_from_ours(hf) if model_type == hf_import.MODEL_TYPE else hf_import.config_from_hf(hf)
+        config = (
+            config_from_ours(hf)
+            if model_type == hf_import.MODEL_TYPE
+            else hf_import.config_from_hf(hf)
+        )
     except (ConfigError, TypeError, KeyError) as exc:
-        raise CheckpointError(f"{folder.name}/{CONFIG_FILE} does not describe a model mhe-edge can build: {first_line(exc)}") from exc
+        raise CheckpointError(
+            f"{folder.name}/{CONFIG_FILE} does not describe a model mhe-edge can build: {first_line(exc)}"
+        ) from exc
     files = _weight_files(folder)
     headers = _headers(files, folder.name)
     _check_names(folder.name, model_type, config, headers)
@@ -123,11 +164,17 @@ def read_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch
 
 def _read_json(path: Path, folder: str) -> dict[str, Any]:
     if path.is_symlink():
-        raise CheckpointError(f"{folder}/{path.name} is a symbolic link; only plain files inside the folder are read")
+        raise CheckpointError(
+            f"{folder}/{path.name} is a symbolic link; only plain files inside the folder are read"
+        )
     if not path.is_file():
-        raise CheckpointError(f"{folder} has no {path.name}; a model folder needs config.json and safetensors weights")
+        raise CheckpointError(
+            f"{folder} has no {path.name}; a model folder needs config.json and safetensors weights"
+        )
     if path.stat().st_size > MAX_JSON_BYTES:
-        raise CheckpointError(f"{folder}/{path.name} is larger than {MAX_JSON_BYTES:,} bytes; refused")
+        raise CheckpointError(
+            f"{folder}/{path.name} is larger than {MAX_JSON_BYTES:,} bytes; refused"
+        )
     try:
         value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
@@ -151,8 +198,16 @@ def _weight_files(folder: Path) -> list[Path]:
     files = []
     for name in names:
         path = folder / str(name)
-        if not isinstance(name, str) or "/" in name or "\\" in name or name in ("", ".", "..") or path.is_symlink():
-            raise CheckpointError(f"{folder.name}: weight file {name!r} is not a plain file inside the folder; refused")
+        if (
+            not isinstance(name, str)
+            or "/" in name
+            or "\\" in name
+            or name in ("", ".", "..")
+            or path.is_symlink()
+        ):
+            raise CheckpointError(
+                f"{folder.name}: weight file {name!r} is not a plain file inside the folder; refused"
+            )
         if not path.is_file():
             raise CheckpointError(f"{folder.name}: weight file {name} is missing")
         files.append(path)
@@ -171,10 +226,14 @@ def _headers(files: list[Path], folder: str) -> dict[str, tuple[Path, str, list[
                     view = f.get_slice(name)
                     headers[name] = (path, view.get_dtype(), list(view.get_shape()))
         except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-            raise CheckpointError(f"{folder}/{path.name} is not a readable safetensors file: {first_line(exc, 200)}") from exc
+            raise CheckpointError(
+                f"{folder}/{path.name} is not a readable safetensors file: {first_line(exc, 200)}"
+            ) from exc
     for name, (path, dtype, _) in headers.items():
         if dtype not in LOADABLE_DTYPES:
-            raise CheckpointError(f"{folder}/{path.name}: tensor {name} is {dtype}; mhe-edge loads F32, F16 and BF16 weights")
+            raise CheckpointError(
+                f"{folder}/{path.name}: tensor {name} is {dtype}; mhe-edge loads F32, F16 and BF16 weights"
+            )
     return headers
 
 
@@ -192,24 +251,39 @@ def _check_names(folder: str, model_type: str, config: ModelConfig, headers: dic
     missing = sorted(expected - present)
     unexpected = sorted(n for n in present - expected if not hf_import.is_ignored(model_type, n))
     if missing:
-        raise CheckpointError(f"{folder} lacks {len(missing)} tensor(s) its config needs, e.g. {missing[0]}")
+        raise CheckpointError(
+            f"{folder} lacks {len(missing)} tensor(s) its config needs, e.g. {missing[0]}"
+        )
     if unexpected:
-        raise CheckpointError(f"{folder} has {len(unexpected)} tensor(s) its config does not, e.g. {unexpected[0]}")
-    if model_type in ("llama", "mistral", "qwen2", hf_import.MODEL_TYPE):  # stored as our modules hold them
+        raise CheckpointError(
+            f"{folder} has {len(unexpected)} tensor(s) its config does not, e.g. {unexpected[0]}"
+        )
+    if model_type in (
+        "llama",
+        "mistral",
+        "qwen2",
+        hf_import.MODEL_TYPE,
+    ):  # stored as our modules hold them
         for key, shape in ours.items():
             stored = headers[hf_import.folder_name(key)][2]
             if list(shape) != stored:
-                raise CheckpointError(f"{folder}: {hf_import.folder_name(key)} has shape {tuple(stored)}, its config needs {tuple(shape)}")
+                raise CheckpointError(
+                    f"{folder}: {hf_import.folder_name(key)} has shape {tuple(stored)}, its config needs {tuple(shape)}"
+                )
 
 
-def _load(files: list[Path], headers: dict, model_type: str, config: ModelConfig) -> dict[str, torch.Tensor]:
+def _load(
+    files: list[Path], headers: dict, model_type: str, config: ModelConfig
+) -> dict[str, torch.Tensor]:
     """The tensors that matter, as float32 (bfloat16 and float16 weights are widened exactly)."""
     from safetensors import safe_open
 
     def wanted(name: str) -> bool:
         if hf_import.is_ignored(model_type, name):
             return False
-        return not (name == "lm_head.weight" and config.tie_embeddings)  # a tied head is the embedding table
+        return not (
+            name == "lm_head.weight" and config.tie_embeddings
+        )  # a tied head is the embedding table
 
     wanted_names = {n for n in headers if wanted(n)}
     state = {}

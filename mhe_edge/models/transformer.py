@@ -4,15 +4,16 @@ One config covers the shapes in use today: learned or rotary positions, LayerNor
 before each sublayer (GPT-2, Llama) or after each residual add (BERT), GELU or SwiGLU MLPs, biases on
 or off, and tied input/output embeddings.
 """
+
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mhe_edge.config import ModelConfig
-from typing import TYPE_CHECKING
-
 from mhe_edge.models.attention import KVCache, SelfAttention, rope_tables
 
 if TYPE_CHECKING:
@@ -37,7 +38,9 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d_model)
         if self.kind == "swiglu":
             return self.fc_out(F.silu(self.gate(x)) * self.fc_in(x))
-        return self.fc_out(F.gelu(self.fc_in(x), approximate="tanh" if self.kind == "gelu_tanh" else "none"))
+        return self.fc_out(
+            F.gelu(self.fc_in(x), approximate="tanh" if self.kind == "gelu_tanh" else "none")
+        )
 
 
 class Block(nn.Module):
@@ -49,12 +52,18 @@ class Block(nn.Module):
         self.ln_mlp = make_norm(config)
         self.mlp = MLP(config)
 
-    def forward(self, x, past=None, attn_bias=None, causal=False, rope=None) -> tuple[torch.Tensor, KVCache]:
+    def forward(
+        self, x, past=None, attn_bias=None, causal=False, rope=None
+    ) -> tuple[torch.Tensor, KVCache]:
         if self.pre_norm:  # x + f(norm(x))
-            a, present = self.attn(self.ln_attn(x), past=past, attn_bias=attn_bias, causal=causal, rope=rope)
+            a, present = self.attn(
+                self.ln_attn(x), past=past, attn_bias=attn_bias, causal=causal, rope=rope
+            )
             x = x + a
             return x + self.mlp(self.ln_mlp(x)), present
-        a, present = self.attn(x, past=past, attn_bias=attn_bias, causal=causal, rope=rope)  # norm(x + f(x))
+        a, present = self.attn(
+            x, past=past, attn_bias=attn_bias, causal=causal, rope=rope
+        )  # norm(x + f(x))
         x = self.ln_attn(x + a)
         return self.ln_mlp(x + self.mlp(x)), present
 
@@ -74,12 +83,21 @@ class Transformer(nn.Module):
         if config.norm_placement == "pre":
             self.ln_f = make_norm(config)
 
-    def embed(self, input_ids: torch.Tensor, past_len: int | torch.SymInt = 0, position_ids: torch.Tensor | None = None):
+    def embed(
+        self,
+        input_ids: torch.Tensor,
+        past_len: int | torch.SymInt = 0,
+        position_ids: torch.Tensor | None = None,
+    ):
         """(B, T, d_model) embeddings, and the RoPE tables (cos, sin) for these positions (None without RoPE).
 
         Positions are past_len, past_len + 1, ... unless `position_ids` (B, T) says otherwise (left padding)."""
         T = input_ids.shape[1]
-        positions = torch.arange(past_len, past_len + T, device=input_ids.device) if position_ids is None else position_ids  # (T,) or (B, T)
+        positions = (
+            torch.arange(past_len, past_len + T, device=input_ids.device)
+            if position_ids is None
+            else position_ids
+        )  # (T,) or (B, T)
         x = self.tok_emb(input_ids)
         rope = None
         if self.config.position == "learned":
@@ -95,7 +113,9 @@ class Transformer(nn.Module):
 
 
 class Encoder(Transformer):
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """input_ids (B, T) int64; attention_mask (B, T), 1 = attend, 0 = padding. Returns (B, T, d_model)."""
         assert input_ids.dim() == 2
         x, rope = self.embed(input_ids)
@@ -113,7 +133,9 @@ class DecoderOutput(tuple):
     """(logits, past_key_values), as a decoder has always returned, with `.loss` when labels were given
     (transformers' `outputs.loss`, `outputs.logits`, `outputs.past_key_values`)."""
 
-    def __new__(cls, logits: torch.Tensor, past_key_values: list[KVCache], loss: torch.Tensor | None = None):
+    def __new__(
+        cls, logits: torch.Tensor, past_key_values: list[KVCache], loss: torch.Tensor | None = None
+    ):
         output = super().__new__(cls, (logits, past_key_values))
         output.loss = loss
         return output
@@ -159,8 +181,12 @@ class Decoder(Transformer):
             T = input_ids.shape[1]
             position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]  # (B, T)
             keep = attention_mask[:, None, None, :].bool()  # (B, 1, 1, P + T)
-            attn_bias = torch.zeros(keep.shape, dtype=self.tok_emb.weight.dtype, device=input_ids.device)
-            attn_bias = attn_bias.masked_fill(~keep, torch.finfo(attn_bias.dtype).min)  # finite: pad rows stay finite
+            attn_bias = torch.zeros(
+                keep.shape, dtype=self.tok_emb.weight.dtype, device=input_ids.device
+            )
+            attn_bias = attn_bias.masked_fill(
+                ~keep, torch.finfo(attn_bias.dtype).min
+            )  # finite: pad rows stay finite
         x, rope = self.embed(input_ids, past_len, position_ids)
         present = []
         for i, block in enumerate(self.blocks):
@@ -171,12 +197,21 @@ class Decoder(Transformer):
         logits = F.linear(x, self.tok_emb.weight) if self.config.tie_embeddings else self.lm_head(x)
         loss = None
         if labels is not None:
-            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE_INDEX)
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1).float(),
+                labels[:, 1:].flatten(),
+                ignore_index=IGNORE_INDEX,
+            )
         return DecoderOutput(logits, present, loss)
 
     @torch.no_grad()
-    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, attention_mask: torch.Tensor | None = None,
-                 sampling: "SamplingOptions | None" = None) -> torch.Tensor:
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        max_new_tokens: int,
+        attention_mask: torch.Tensor | None = None,
+        sampling: SamplingOptions | None = None,
+    ) -> torch.Tensor:
         """The PyTorch reference for `mhe-edge generate`: prefill, then one token per step with the cache.
 
         input_ids (B, T), left-padded when `attention_mask` is given; greedy unless `sampling` says otherwise
@@ -185,12 +220,16 @@ class Decoder(Transformer):
         """
         from mhe_edge.text.sampling import TokenPicker
 
-        picker = TokenPicker(sampling, self.config.eos_token_id, input_ids.shape[0], history=input_ids.tolist())
+        picker = TokenPicker(
+            sampling, self.config.eos_token_id, input_ids.shape[0], history=input_ids.tolist()
+        )
         mask = attention_mask
         logits, cache = self(input_ids, attention_mask=mask)
         tokens = []
         while len(tokens) < max_new_tokens and not picker.finished:
-            nxt = torch.as_tensor(picker.pick(logits[:, -1].float().numpy()), device=input_ids.device)[:, None]  # (B, 1)
+            nxt = torch.as_tensor(
+                picker.pick(logits[:, -1].float().numpy()), device=input_ids.device
+            )[:, None]  # (B, 1)
             tokens.append(nxt)
             if len(tokens) == max_new_tokens or picker.finished:
                 break

@@ -1,4 +1,5 @@
 """Small onnx_ir helpers shared by the passes, and the errors a pass's precondition raises."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,18 +21,31 @@ def signature(model: ir.Model) -> tuple:
     """What a clean-up can change, cheaply: nodes (type, inputs, outputs), initializers, functions, opsets,
     per-node metadata. Equal before and after means the pass changed nothing."""
     nodes = tuple(
-        (n.domain, n.op_type, tuple(v.name if v is not None else "" for v in n.inputs), tuple(v.name for v in n.outputs),
-         bool(n.metadata_props), n.doc_string is not None)
+        (
+            n.domain,
+            n.op_type,
+            tuple(v.name if v is not None else "" for v in n.inputs),
+            tuple(v.name for v in n.outputs),
+            bool(n.metadata_props),
+            n.doc_string is not None,
+        )
         for n in ir.traversal.RecursiveGraphIterator(model.graph)
     )
-    return (nodes, tuple(model.graph.initializers), tuple(model.functions), tuple(sorted(model.opset_imports.items())))
+    return (
+        nodes,
+        tuple(model.graph.initializers),
+        tuple(model.functions),
+        tuple(sorted(model.opset_imports.items())),
+    )
 
 
 def constant_array(value: ir.Value | None, what: str) -> np.ndarray:
     """The numpy value of an initializer or Constant output, or a clear refusal."""
     tensor = None if value is None else ir.convenience.get_const_tensor(value)
     if tensor is None:
-        raise GraphRefused(f"{what} ({value.name if value is not None else 'missing'}) is not a constant; cannot fold")
+        raise GraphRefused(
+            f"{what} ({value.name if value is not None else 'missing'}) is not a constant; cannot fold"
+        )
     return tensor.numpy()
 
 
@@ -41,8 +55,12 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     while name in graph.initializers:
         k += 1
         name = f"{base_name}_{k}"
-    value = ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-                     const_value=ir.tensor(array, name=name))
+    value = ir.Value(
+        name=name,
+        shape=ir.Shape(array.shape),
+        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
+        const_value=ir.tensor(array, name=name),
+    )
     graph.register_initializer(value)
     return value
 
@@ -50,7 +68,12 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
 def sole_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
     """The single node reading `value`, if it is one `op_type` node and the value is not a graph output."""
     consumers = value.consumers()
-    if len(consumers) != 1 or value.is_graph_output() or consumers[0].op_type != op_type or consumers[0].domain != "":
+    if (
+        len(consumers) != 1
+        or value.is_graph_output()
+        or consumers[0].op_type != op_type
+        or consumers[0].domain != ""
+    ):
         return None
     return consumers[0]
 

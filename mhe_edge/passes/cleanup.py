@@ -1,6 +1,7 @@
 """Clean-up: constant folding, onnxscript's default rewrites, dead nodes/initializers/functions/opsets,
 identity removal, per-node exporter metadata (stack traces: bloat on a device), shape inference.
 All of it is onnxscript's and onnx_ir's own machinery; the model's own metadata_props are kept."""
+
 from __future__ import annotations
 
 import onnx_ir as ir
@@ -21,6 +22,8 @@ class CleanupPass(ir.passes.InPlacePass):
         common.RemoveUnusedNodesPass()(model)
         common.RemoveUnusedFunctionsPass()(model)
         common.RemoveUnusedOpsetsPass()(model)
-        common.ClearMetadataAndDocStringPass()(model)  # nodes' and graphs' only; model.metadata_props stay
+        common.ClearMetadataAndDocStringPass()(
+            model
+        )  # nodes' and graphs' only; model.metadata_props stay
         common.ShapeInferencePass()(model)  # types and shapes only: not counted as a change
         return ir.passes.PassResult(model, modified=signature(model) != before)

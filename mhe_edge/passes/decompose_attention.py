@@ -7,6 +7,7 @@ keeps its one-head cache and its memory saving on any runtime.
 
 Preconditions: the 3-D input form (B, T, heads*d), known head counts, and a mask (if any) with one head.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,12 +22,16 @@ from mhe_edge.passes._graph import GraphRefused, add_initializer, ints
 class DecomposeAttentionPass(ir.passes.InPlacePass):
     def requires(self, model: ir.Model) -> None:
         if any(n.domain == DOMAIN for n in model.graph):
-            raise GraphRefused("the graph still has mhe_edge MHE attention nodes; fold the head embeddings first")
+            raise GraphRefused(
+                "the graph still has mhe_edge MHE attention nodes; fold the head embeddings first"
+            )
         for node in _attention_nodes(model.graph):
             where = node.name or "an Attention node"
             query = node.inputs[0]
             if query.shape is not None and len(query.shape) != 3:
-                raise GraphRefused(f"{where} uses the 4-D input form; only the 3-D form is decomposed")
+                raise GraphRefused(
+                    f"{where} uses the 4-D input form; only the 3-D form is decomposed"
+                )
             for name in ("q_num_heads", "kv_num_heads"):
                 if node.attributes.get(name) is None:
                     raise GraphRefused(f"{where} has no {name}")
@@ -36,8 +41,14 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
             if len(node.outputs) > 3 and node.outputs[3].uses():
                 raise GraphRefused(f"{where}'s qk_matmul_output is used")
             mask = node.inputs[3] if len(node.inputs) > 3 else None
-            if mask is not None and mask.shape is not None and (len(mask.shape) != 4 or mask.shape[1] != 1):
-                raise GraphRefused(f"{where} has a mask that is not (B, 1, T, S)")  # (unknown shapes: checked by parity)
+            if (
+                mask is not None
+                and mask.shape is not None
+                and (len(mask.shape) != 4 or mask.shape[1] != 1)
+            ):
+                raise GraphRefused(
+                    f"{where} has a mask that is not (B, 1, T, S)"
+                )  # (unknown shapes: checked by parity)
             _head_size(node)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -53,10 +64,17 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
         query, key, value, mask, past_key, past_value = inputs[:6]
         n = node.attributes["q_num_heads"].as_int()
         g = node.attributes["kv_num_heads"].as_int()
-        causal = node.attributes.get("is_causal") is not None and node.attributes["is_causal"].as_int() == 1
+        causal = (
+            node.attributes.get("is_causal") is not None
+            and node.attributes["is_causal"].as_int() == 1
+        )
         prefix = (node.name or "attention").replace("/", "_")
         head_size = _head_size(node)
-        scale = node.attributes["scale"].as_float() if node.attributes.get("scale") is not None else 1.0 / math.sqrt(head_size)
+        scale = (
+            node.attributes["scale"].as_float()
+            if node.attributes.get("scale") is not None
+            else 1.0 / math.sqrt(head_size)
+        )
         new_nodes: list[ir.Node] = []
 
         def emit(op_type, op_inputs, attributes=None):
@@ -65,35 +83,60 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
             return new.outputs[0]
 
         group = n // g
-        q = emit("Transpose", [emit("Reshape", [query, ints(graph, f"{prefix}_q_shape", [0, 0, g, group, head_size])])],
-                 {"perm": [0, 2, 3, 1, 4]})  # (B, g, n/g, T, d)
+        q = emit(
+            "Transpose",
+            [
+                emit(
+                    "Reshape",
+                    [query, ints(graph, f"{prefix}_q_shape", [0, 0, g, group, head_size])],
+                )
+            ],
+            {"perm": [0, 2, 3, 1, 4]},
+        )  # (B, g, n/g, T, d)
         kv_shape = ints(graph, f"{prefix}_kv_shape", [0, 0, g, head_size])
-        k = emit("Transpose", [emit("Reshape", [key, kv_shape])], {"perm": [0, 2, 1, 3]})  # (B, g, T, d)
+        k = emit(
+            "Transpose", [emit("Reshape", [key, kv_shape])], {"perm": [0, 2, 1, 3]}
+        )  # (B, g, T, d)
         v = emit("Transpose", [emit("Reshape", [value, kv_shape])], {"perm": [0, 2, 1, 3]})
         if past_key is not None:  # (B, g, S, d): the cache grows by this chunk
             k = emit("Concat", [past_key, k], {"axis": 2})
             v = emit("Concat", [past_value, v], {"axis": 2})
         present_key, present_value = k, v
         axis2 = ints(graph, f"{prefix}_axis2", [2])
-        k_t = emit("Unsqueeze", [emit("Transpose", [k], {"perm": [0, 1, 3, 2]}), axis2])  # (B, g, 1, d, S)
+        k_t = emit(
+            "Unsqueeze", [emit("Transpose", [k], {"perm": [0, 1, 3, 2]}), axis2]
+        )  # (B, g, 1, d, S)
         dtype = _numpy_dtype(query)
         scores = emit("MatMul", [q, k_t])  # (B, g, n/g, T, S)
         if scale != 1.0:  # a folded MHE-MUL carries its scale in the query constant already
-            scores = emit("Mul", [scores, add_initializer(graph, f"{prefix}_scale", np.array(scale, dtype=dtype))])
+            scores = emit(
+                "Mul",
+                [scores, add_initializer(graph, f"{prefix}_scale", np.array(scale, dtype=dtype))],
+            )
         if mask is not None:  # (B, 1, T, S) -> (B, 1, 1, T, S)
             scores = emit("Add", [scores, emit("Unsqueeze", [mask, axis2])])
         if causal:
             allowed = self._causal_mask(graph, query, present_key, emit, prefix)
             # The lowest finite float rather than -inf: files with non-finite constants are refused on read, and
             # softmax gives the same zero weight (fp16 clips it to -65504).
-            lowest = add_initializer(graph, f"{prefix}_lowest", np.array(np.finfo(dtype).min, dtype))
+            lowest = add_initializer(
+                graph, f"{prefix}_lowest", np.array(np.finfo(dtype).min, dtype)
+            )
             scores = emit("Where", [allowed, scores, lowest])
         probs = emit("Softmax", [scores], {"axis": -1})
         out = emit("MatMul", [probs, emit("Unsqueeze", [v, axis2])])  # (B, g, n/g, T, d)
-        y = emit("Reshape", [emit("Transpose", [out], {"perm": [0, 3, 1, 2, 4]}), ints(graph, f"{prefix}_y_shape", [0, 0, -1])])
+        y = emit(
+            "Reshape",
+            [
+                emit("Transpose", [out], {"perm": [0, 3, 1, 2, 4]}),
+                ints(graph, f"{prefix}_y_shape", [0, 0, -1]),
+            ],
+        )
         replacements = [y] + ([present_key, present_value] if past_key is not None else [])
         old_outputs = list(node.outputs[: len(replacements)])
-        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, old_outputs, replacements)
+        ir.convenience.replace_nodes_and_values(
+            graph, node, [node], new_nodes, old_outputs, replacements
+        )
 
     def _causal_mask(self, graph, query, present_key, emit, prefix):
         """(T, S) bool: query t (absolute position S - T + t) sees keys 0..S-T+t. Every layer of a step shares
@@ -102,8 +145,17 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
             return self._causal_cache["allowed"]
         new_len = emit("Squeeze", [emit("Shape", [query], {"start": 1, "end": 2})])
         total = emit("Squeeze", [emit("Shape", [present_key], {"start": 2, "end": 3})])
-        zero, one = (add_initializer(graph, f"{prefix}_{name}", np.array(v, np.int64)) for name, v in (("zero", 0), ("one", 1)))
-        q_pos = emit("Unsqueeze", [emit("Range", [emit("Sub", [total, new_len]), total, one]), ints(graph, f"{prefix}_axis1", [1])])
+        zero, one = (
+            add_initializer(graph, f"{prefix}_{name}", np.array(v, np.int64))
+            for name, v in (("zero", 0), ("one", 1))
+        )
+        q_pos = emit(
+            "Unsqueeze",
+            [
+                emit("Range", [emit("Sub", [total, new_len]), total, one]),
+                ints(graph, f"{prefix}_axis1", [1]),
+            ],
+        )
         k_pos = emit("Range", [zero, total, one])
         allowed = emit("LessOrEqual", [k_pos, q_pos])  # (T, S)
         self._causal_cache["allowed"] = allowed
@@ -129,4 +181,6 @@ def _head_size(node: ir.Node) -> int:
         width = value.shape[-1] if value is not None and value.shape is not None else None
         if isinstance(width, int):
             return width // node.attributes[heads].as_int()
-    raise GraphRefused(f"{node.name or 'an Attention node'} has a head size that cannot be read from its inputs")
+    raise GraphRefused(
+        f"{node.name or 'an Attention node'} has a head size that cannot be read from its inputs"
+    )

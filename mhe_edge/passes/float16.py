@@ -6,6 +6,7 @@ LayerNormalization keeps its fp32 statistics (stash_type=1), as ONNX Runtime's k
 Precondition: the graph is not quantized (integer MatMuls have no float16 form here). A graph with no
 float32 left is not modified.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,14 +25,22 @@ def to_half(array: np.ndarray) -> np.ndarray:
     return np.clip(array, -HALF_MAX, HALF_MAX).astype(np.float16)
 
 
-QUANTIZED_OPS = {"DynamicQuantizeLinear", "MatMulInteger", "MatMulNBits", "QuantizeLinear", "DequantizeLinear"}
+QUANTIZED_OPS = {
+    "DynamicQuantizeLinear",
+    "MatMulInteger",
+    "MatMulNBits",
+    "QuantizeLinear",
+    "DequantizeLinear",
+}
 
 
 class ConvertToFloat16Pass(ir.passes.InPlacePass):
     def requires(self, model: ir.Model) -> None:
         quantized = sorted({n.op_type for n in model.graph if n.op_type in QUANTIZED_OPS})
         if quantized:
-            raise GraphRefused(f"the graph is quantized ({', '.join(quantized)}); convert to float16 before quantizing, not after")
+            raise GraphRefused(
+                f"the graph is quantized ({', '.join(quantized)}); convert to float16 before quantizing, not after"
+            )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -50,10 +59,14 @@ class ConvertToFloat16Pass(ir.passes.InPlacePass):
         if not changed:
             return ir.passes.PassResult(model, modified=False)
         for node in ir.traversal.RecursiveGraphIterator(graph):
-            for output in node.outputs:  # let shape inference recompute every intermediate type and shape
+            for (
+                output
+            ) in node.outputs:  # let shape inference recompute every intermediate type and shape
                 if not output.is_graph_output():
                     output.type = None
-                    output.shape = None  # a shape without a type is what onnx_ir warns about on saving
+                    output.shape = (
+                        None  # a shape without a type is what onnx_ir warns about on saving
+                    )
         common.ShapeInferencePass()(model)
         return ir.passes.PassResult(model, modified=True)
 
@@ -66,10 +79,14 @@ class ConvertToFloat16Pass(ir.passes.InPlacePass):
         if node.op_type in ("Constant", "ConstantOfShape"):
             attr = node.attributes.get("value")
             if attr is not None and attr.as_tensor().dtype == FLOAT:
-                node.attributes["value"] = ir.AttrTensor("value", ir.tensor(to_half(attr.as_tensor().numpy())))
+                node.attributes["value"] = ir.AttrTensor(
+                    "value", ir.tensor(to_half(attr.as_tensor().numpy()))
+                )
                 return True
             if node.op_type == "Constant" and node.attributes.get("value_float") is not None:
                 scalar = node.attributes.pop("value_float").as_float()
-                node.attributes["value"] = ir.AttrTensor("value", ir.tensor(to_half(np.array(scalar, dtype=np.float32))))
+                node.attributes["value"] = ir.AttrTensor(
+                    "value", ir.tensor(to_half(np.array(scalar, dtype=np.float32)))
+                )
                 return True
         return False

@@ -10,6 +10,7 @@ Preconditions (checked for every node before any is touched): the head embedding
 projection are constants, the output feeds one MatMul, the mode is add or mul. ADD folds E_V into the
 output bias, adding one where the projection has none.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,14 +19,25 @@ import numpy as np
 import onnx_ir as ir
 
 from mhe_edge.contract import DOMAIN, MODES
-from mhe_edge.passes._graph import GraphRefused, add_initializer, constant_array, ints, sole_consumer
+from mhe_edge.passes._graph import (
+    GraphRefused,
+    add_initializer,
+    constant_array,
+    ints,
+    sole_consumer,
+)
 
-
-LEGACY_OP_TYPE = "MHEAttention"  # earlier exports: one function for both modes, chosen by a "mode" attribute
+LEGACY_OP_TYPE = (
+    "MHEAttention"  # earlier exports: one function for both modes, chosen by a "mode" attribute
+)
 
 
 def _mhe_nodes(graph: ir.Graph) -> list[ir.Node]:
-    return [n for n in graph if n.domain == DOMAIN and (n.op_type in MODES or n.op_type == LEGACY_OP_TYPE)]
+    return [
+        n
+        for n in graph
+        if n.domain == DOMAIN and (n.op_type in MODES or n.op_type == LEGACY_OP_TYPE)
+    ]
 
 
 def _mode(node: ir.Node) -> str:
@@ -47,7 +59,9 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
         nodes = _mhe_nodes(graph)
         for node in nodes:
             replaced = self._fold(graph, node)
-            for value in replaced:  # the head embeddings and the unfolded projection: now dead weight
+            for (
+                value
+            ) in replaced:  # the head embeddings and the unfolded projection: now dead weight
                 if value.is_initializer() and not value.uses() and not value.is_graph_output():
                     del graph.initializers[value.name]
         if nodes and not any(n.domain == DOMAIN for n in graph):
@@ -65,7 +79,9 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
         d = e_q.shape[1]
         dtype = ir.convenience.get_const_tensor(e_q_in).numpy().dtype
         replaced = [e_q_in, e_k_in, e_v_in, attn_bias]
-        w_o = constant_array(out_matmul.inputs[1], f"{where}: output projection").astype(np.float64)  # (n*d, D)
+        w_o = constant_array(out_matmul.inputs[1], f"{where}: output projection").astype(
+            np.float64
+        )  # (n*d, D)
         prefix = (node.name or "mhe").replace("/", "_")
 
         if mode == "mul":
@@ -73,11 +89,15 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
             scale = 1.0
             w_folded = w_o * e_v.reshape(n * d, 1)  # diag(E_V[i]) W_O[i*d:(i+1)*d, :]
             replaced.append(out_matmul.inputs[1])
-            out_matmul.replace_input_with(1, add_initializer(graph, f"{prefix}_out_proj_folded", w_folded.astype(dtype)))
+            out_matmul.replace_input_with(
+                1, add_initializer(graph, f"{prefix}_out_proj_folded", w_folded.astype(dtype))
+            )
         else:  # add
             query_constant = e_q
             scale = 1.0 / math.sqrt(d)
-            shift = e_v.reshape(n * d) @ w_o  # rows of P sum to 1, so E_V passes through as a constant
+            shift = (
+                e_v.reshape(n * d) @ w_o
+            )  # rows of P sum to 1, so E_V passes through as a constant
             if bias_add is None:  # no output bias yet: add one holding the shift
                 projected = out_matmul.outputs[0]
                 shifted = ir.Value(name=f"{prefix}_out_shifted")
@@ -88,9 +108,16 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
                 graph.insert_after(out_matmul, ir.node("Add", [projected, bias], outputs=[shifted]))
             else:
                 bias_index = 1 if bias_add.inputs[0] is out_matmul.outputs[0] else 0
-                b_o = constant_array(bias_add.inputs[bias_index], f"{where}: output bias").astype(np.float64)
+                b_o = constant_array(bias_add.inputs[bias_index], f"{where}: output bias").astype(
+                    np.float64
+                )
                 replaced.append(bias_add.inputs[bias_index])
-                bias_add.replace_input_with(bias_index, add_initializer(graph, f"{prefix}_out_bias_folded", (b_o + shift).astype(dtype)))
+                bias_add.replace_input_with(
+                    bias_index,
+                    add_initializer(
+                        graph, f"{prefix}_out_bias_folded", (b_o + shift).astype(dtype)
+                    ),
+                )
 
         new_nodes = []
 
@@ -99,15 +126,23 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
             new_nodes.append(new)
             return new.outputs if num_outputs > 1 else new.outputs[0]
 
-        constant = add_initializer(graph, f"{prefix}_query_head_constant", query_constant.astype(dtype))  # (n, d)
+        constant = add_initializer(
+            graph, f"{prefix}_query_head_constant", query_constant.astype(dtype)
+        )  # (n, d)
         per_head = emit("Unsqueeze", [query, ints(graph, f"{prefix}_axis2", [2])])  # (B, T, 1, d)
         per_head = emit("Mul" if mode == "mul" else "Add", [per_head, constant])  # (B, T, n, d)
-        q_all = emit("Reshape", [per_head, ints(graph, f"{prefix}_bt_flat", [0, 0, -1])])  # (B, T, n*d)
+        q_all = emit(
+            "Reshape", [per_head, ints(graph, f"{prefix}_bt_flat", [0, 0, -1])]
+        )  # (B, T, n*d)
         mask = None
         if not _is_zero_constant(attn_bias):
             # ONNX Runtime's CPU kernel wants the mask's query axis spelled out: (B, 1, 1, S) -> (B, 1, T, S).
             q_len = emit("Shape", [query], {"start": 1, "end": 2})
-            target = emit("Concat", [ints(graph, f"{prefix}_ones2", [1, 1]), q_len, ints(graph, f"{prefix}_one", [1])], {"axis": 0})
+            target = emit(
+                "Concat",
+                [ints(graph, f"{prefix}_ones2", [1, 1]), q_len, ints(graph, f"{prefix}_one", [1])],
+                {"axis": 0},
+            )
             mask = emit("Expand", [attn_bias, target])
         keep_cache = any(o.uses() or o.is_graph_output() for o in node.outputs[1:])
         attributes = {"q_num_heads": n, "kv_num_heads": 1, "is_causal": is_causal, "scale": scale}
@@ -124,27 +159,45 @@ def _foldable(node: ir.Node):
     """(mode, n, (E_Q, E_K, E_V) as float64, output MatMul, bias Add or None), or GraphRefused saying why not."""
     where = node.name or f"an {node.op_type} node"
     if len(node.inputs) != 9:
-        raise GraphRefused(f"{where} has {len(node.inputs)} inputs; an mhe_edge MHE attention node has 9")
+        raise GraphRefused(
+            f"{where} has {len(node.inputs)} inputs; an mhe_edge MHE attention node has 9"
+        )
     attributes = node.attributes
     if any(attributes.get(k) is None for k in ("num_heads", "is_causal")):
         raise GraphRefused(f"{where} lacks one of its attributes num_heads, is_causal")
     mode, n = _mode(node), attributes["num_heads"].as_int()
-    embeddings = tuple(constant_array(v, f"{where}: head embedding").astype(np.float64) for v in node.inputs[3:6])
+    embeddings = tuple(
+        constant_array(v, f"{where}: head embedding").astype(np.float64) for v in node.inputs[3:6]
+    )
     e_q, e_k, e_v = embeddings
     if e_q.ndim != 2 or e_q.shape[0] != n or not e_q.shape == e_k.shape == e_v.shape:
-        raise GraphRefused(f"{where}: head embeddings of shape {e_q.shape} do not fit num_heads {n}")
+        raise GraphRefused(
+            f"{where}: head embeddings of shape {e_q.shape} do not fit num_heads {n}"
+        )
     out_matmul = sole_consumer(node.outputs[0], "MatMul")
     if out_matmul is None or out_matmul.inputs[0] is not node.outputs[0]:
-        raise GraphRefused(f"{where}: its output does not feed one output-projection MatMul; cannot fold E_V")
+        raise GraphRefused(
+            f"{where}: its output does not feed one output-projection MatMul; cannot fold E_V"
+        )
     w_o = constant_array(out_matmul.inputs[1], f"{where}: output projection")
     if w_o.shape[0] != n * e_q.shape[1]:
-        raise GraphRefused(f"{where}: the output projection has {w_o.shape[0]} rows, not num_heads * head_dim")
+        raise GraphRefused(
+            f"{where}: the output projection has {w_o.shape[0]} rows, not num_heads * head_dim"
+        )
     bias_add = None
-    if mode == "add":  # E_V folds into the output bias: an existing constant one, or one the fold adds
+    if (
+        mode == "add"
+    ):  # E_V folds into the output bias: an existing constant one, or one the fold adds
         bias_add = sole_consumer(out_matmul.outputs[0], "Add")
         if bias_add is not None:
-            bias = bias_add.inputs[1] if bias_add.inputs[0] is out_matmul.outputs[0] else bias_add.inputs[0]
-            if ir.convenience.get_const_tensor(bias) is None:  # the residual add: this projection has no bias
+            bias = (
+                bias_add.inputs[1]
+                if bias_add.inputs[0] is out_matmul.outputs[0]
+                else bias_add.inputs[0]
+            )
+            if (
+                ir.convenience.get_const_tensor(bias) is None
+            ):  # the residual add: this projection has no bias
                 bias_add = None
     return mode, n, embeddings, out_matmul, bias_add
 

@@ -11,6 +11,7 @@ which ONNX Runtime also runs natively.
 Preconditions: no unfolded mhe_edge node is left (fold first), and every node to lower has a head size
 that is a multiple of 8 (the kernel's requirement).
 """
+
 from __future__ import annotations
 
 import onnx_ir as ir
@@ -26,7 +27,9 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
 
     def requires(self, model: ir.Model) -> None:
         if any(n.domain == DOMAIN for n in model.graph):
-            raise GraphRefused("the graph still has mhe_edge MHE attention nodes; fold the head embeddings first")
+            raise GraphRefused(
+                "the graph still has mhe_edge MHE attention nodes; fold the head embeddings first"
+            )
         for node in self._to_lower(model.graph):
             past_key = node.inputs[4]
             head_size = past_key.shape[-1] if past_key.shape is not None else None
@@ -47,19 +50,26 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
 
     def _to_lower(self, graph: ir.Graph) -> list[ir.Node]:
         has_mask = any(v.name == ATTENTION_MASK for v in graph.inputs)
-        return [n for n in graph if n.domain == "" and n.op_type == "Attention" and self._lowerable(n, has_mask)]
+        return [
+            n
+            for n in graph
+            if n.domain == "" and n.op_type == "Attention" and self._lowerable(n, has_mask)
+        ]
 
     @staticmethod
     def _lowerable(node: ir.Node, has_mask_input: bool) -> bool:
         inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
         attrs = node.attributes
         return (
-            attrs.get("is_causal") is not None and attrs["is_causal"].as_int() == 1
+            attrs.get("is_causal") is not None
+            and attrs["is_causal"].as_int() == 1
             and (inputs[3] is None or has_mask_input)  # no mask, or one GQA's lengths replace
-            and inputs[4] is not None and inputs[5] is not None  # a cache
+            and inputs[4] is not None
+            and inputs[5] is not None  # a cache
             and len(node.outputs) >= 3
             and (node.inputs[0].shape is None or len(node.inputs[0].shape) == 3)  # the 3-D form
-            and attrs.get("softcap") is None and attrs.get("qk_matmul_output_mode") is None
+            and attrs.get("softcap") is None
+            and attrs.get("qk_matmul_output_mode") is None
         )
 
     def _lower(self, graph: ir.Graph, node: ir.Node, lengths: tuple | None) -> tuple:
@@ -84,30 +94,57 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
             mask = next((v for v in graph.inputs if v.name == ATTENTION_MASK), None)
             if mask is not None:  # per row: its tokens - 1; the total is the mask's length
                 total = emit("Shape", [mask], {"start": 1, "end": 2})  # [P + T]
-                valid = emit("ReduceSum", [mask, ints(graph, f"{prefix}_axis1", [1])], {"keepdims": 0})  # (B,)
-                seqlens_k = emit("Cast", [emit("Sub", [valid, ints(graph, f"{prefix}_one", [1])])], {"to": ir.DataType.INT32})
+                valid = emit(
+                    "ReduceSum", [mask, ints(graph, f"{prefix}_axis1", [1])], {"keepdims": 0}
+                )  # (B,)
+                seqlens_k = emit(
+                    "Cast",
+                    [emit("Sub", [valid, ints(graph, f"{prefix}_one", [1])])],
+                    {"to": ir.DataType.INT32},
+                )
             else:
                 past_len = emit("Shape", [past_key], {"start": 2, "end": 3})  # [P]
                 total = emit("Add", [past_len, new_len])  # [P + T]
                 last = emit("Sub", [total, ints(graph, f"{prefix}_one", [1])])  # [P + T - 1]
-                seqlens_k = emit("Cast", [emit("Expand", [last, batch])], {"to": ir.DataType.INT32})  # (B,)
-            total_i32 = emit("Cast", [emit("Squeeze", [total])], {"to": ir.DataType.INT32})  # scalar
+                seqlens_k = emit(
+                    "Cast", [emit("Expand", [last, batch])], {"to": ir.DataType.INT32}
+                )  # (B,)
+            total_i32 = emit(
+                "Cast", [emit("Squeeze", [total])], {"to": ir.DataType.INT32}
+            )  # scalar
             # query_seqlens (every row holds T valid tokens) lets the kernel take batched multi-token chunks
             # with a past, which it otherwise refuses on CPU for batch > 1; only ONNX Runtime 1.32+ has it.
             query_seqlens = None
-            if self.query_seqlens and mask is not None:  # per row: the tokens among this call's T (padding is not)
-                new_mask = emit("Slice", [mask, emit("Neg", [new_len]), ints(graph, f"{prefix}_end", [2**62]), ints(graph, f"{prefix}_axis1", [1])])
-                valid_new = emit("ReduceSum", [new_mask, ints(graph, f"{prefix}_axis1", [1])], {"keepdims": 0})
+            if (
+                self.query_seqlens and mask is not None
+            ):  # per row: the tokens among this call's T (padding is not)
+                new_mask = emit(
+                    "Slice",
+                    [
+                        mask,
+                        emit("Neg", [new_len]),
+                        ints(graph, f"{prefix}_end", [2**62]),
+                        ints(graph, f"{prefix}_axis1", [1]),
+                    ],
+                )
+                valid_new = emit(
+                    "ReduceSum", [new_mask, ints(graph, f"{prefix}_axis1", [1])], {"keepdims": 0}
+                )
                 query_seqlens = emit("Cast", [valid_new], {"to": ir.DataType.INT32})  # (B,)
             elif self.query_seqlens:
-                query_seqlens = emit("Cast", [emit("Expand", [new_len, batch])], {"to": ir.DataType.INT32})  # (B,)
+                query_seqlens = emit(
+                    "Cast", [emit("Expand", [new_len, batch])], {"to": ir.DataType.INT32}
+                )  # (B,)
             lengths = (seqlens_k, total_i32, query_seqlens)
         seqlens_k, total_i32, query_seqlens = lengths
         outputs = emit(
             "GroupQueryAttention",
-            [query, key, value, past_key, past_value, seqlens_k, total_i32] + ([None] * 9 + [query_seqlens] if query_seqlens else []),
+            [query, key, value, past_key, past_value, seqlens_k, total_i32]
+            + ([None] * 9 + [query_seqlens] if query_seqlens else []),
             attributes,
             domain=MS_DOMAIN,
         )
-        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, list(node.outputs[:3]), list(outputs))
+        ir.convenience.replace_nodes_and_values(
+            graph, node, [node], new_nodes, list(node.outputs[:3]), list(outputs)
+        )
         return lengths

@@ -1,21 +1,46 @@
 """`optimize`: an mhe-edge export -> folded, lowered, cleaned (and optionally fp16/int8/int4) export, checked
 against the input with ONNX Runtime before it is written."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from mhe_edge.contract import KEY_GRAPH, KEY_IO, KEY_MIN_ORT, KEY_OPSET, KEY_PRECISION, KEY_QUERY_SEQLENS, KEY_TARGET
+from mhe_edge.contract import (
+    KEY_GRAPH,
+    KEY_IO,
+    KEY_MIN_ORT,
+    KEY_OPSET,
+    KEY_PRECISION,
+    KEY_QUERY_SEQLENS,
+    KEY_TARGET,
+)
 from mhe_edge.errors import ExportError, MheEdgeError, ModelFileError, RequestError
-from mhe_edge.files import check_full, check_output, file_bytes, op_counts, read_header, save_ir_model, staged_output
+from mhe_edge.files import (
+    check_full,
+    check_output,
+    file_bytes,
+    op_counts,
+    read_header,
+    save_ir_model,
+    staged_output,
+)
 from mhe_edge.passes.targets import build_passes, check_target, min_onnxruntime
 from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
-from mhe_edge.verification import ParityChecked, ParityRecord, argmax_agreement, compare_runners, ort_runner, raise_on_failures
+from mhe_edge.verification import (
+    ParityChecked,
+    ParityRecord,
+    argmax_agreement,
+    compare_runners,
+    ort_runner,
+    raise_on_failures,
+)
 
 FP32_ATOL, FP16_ATOL, FP16_MIN_ARGMAX = 1e-4, 1e-2, 0.99
 
@@ -36,16 +61,26 @@ class OptimizeReport(ParityChecked):
     quality: Any = None  # QualityCheck for lossy steps (fp16, int8): bits per byte before and after, or why not judged
 
     def to_dict(self) -> dict[str, Any]:
-        return json_safe({
-            "input": self.input, "output": self.output, "target": self.target, "precision": self.precision,
-            "passes": self.passes,
-            "nodes": {"before": sum(self.op_counts_before.values()), "after": sum(self.op_counts_after.values())},
-            "op_counts": {"before": self.op_counts_before, "after": self.op_counts_after},
-            "bytes": {"before": self.bytes_before, "after": self.bytes_after},
-            "max_abs_diff": self.max_abs_diff, "argmax_agreement": argmax_agreement(self.parity),
-            "parity": [r.to_dict() for r in self.parity], "seconds": self.seconds,
-            "quality": self.quality.to_dict() if self.quality is not None else None,
-        })
+        return json_safe(
+            {
+                "input": self.input,
+                "output": self.output,
+                "target": self.target,
+                "precision": self.precision,
+                "passes": self.passes,
+                "nodes": {
+                    "before": sum(self.op_counts_before.values()),
+                    "after": sum(self.op_counts_after.values()),
+                },
+                "op_counts": {"before": self.op_counts_before, "after": self.op_counts_after},
+                "bytes": {"before": self.bytes_before, "after": self.bytes_after},
+                "max_abs_diff": self.max_abs_diff,
+                "argmax_agreement": argmax_agreement(self.parity),
+                "parity": [r.to_dict() for r in self.parity],
+                "seconds": self.seconds,
+                "quality": self.quality.to_dict() if self.quality is not None else None,
+            }
+        )
 
 
 def optimize(
@@ -82,17 +117,26 @@ def optimize(
     import onnx_ir as ir
 
     source = Path(source)
-    passes = build_passes(target, fp16, int8, opset, ort_query_seqlens, int4, int4_block_size, int4_symmetric)
+    passes = build_passes(
+        target, fp16, int8, opset, ort_query_seqlens, int4, int4_block_size, int4_symmetric
+    )
     opset = check_target(target, opset, ort_query_seqlens)
     default = source.with_name(source.stem + ".opt.onnx")
     header = read_header(source)
-    inputs = [source, *(source.parent / name for name in header.external_files)]  # never written over, even with --force
-    target_path = check_output(output if output is not None else default, force=force, suffixes=(".onnx",), inputs=inputs)
+    inputs = [
+        source,
+        *(source.parent / name for name in header.external_files),
+    ]  # never written over, even with --force
+    target_path = check_output(
+        output if output is not None else default, force=force, suffixes=(".onnx",), inputs=inputs
+    )
     seconds: dict[str, float] = {}
     step = timed_steps(seconds, on_step)
     with step("load"):
         if header.target not in (None, target):
-            raise RequestError(f"{source.name} is already optimized for target {header.target}; optimize its export instead")
+            raise RequestError(
+                f"{source.name} is already optimized for target {header.target}; optimize its export instead"
+            )
         io = header.io
         try:
             check_full(source)
@@ -102,12 +146,16 @@ def optimize(
         before = op_counts(model.graph)
     with step("passes"):
         try:
-            model = ir.passes.PassManager(passes)(model).model  # functional passes (int8) return a new model
+            model = ir.passes.PassManager(passes)(
+                model
+            ).model  # functional passes (int8) return a new model
         except ir.passes.PassError as exc:
             raise _own_error(exc) from exc
         precision = "fp16" if fp16 else "int8" if int8 else "int4" if int4 else header.precision
         applied = [type(p).__name__ for p in passes]
-        model.metadata_props[KEY_GRAPH] = f"{header.graph}+optimize(target={target},precision={precision})"
+        model.metadata_props[KEY_GRAPH] = (
+            f"{header.graph}+optimize(target={target},precision={precision})"
+        )
         model.metadata_props[KEY_TARGET] = target
         model.metadata_props[KEY_PRECISION] = precision
         model.metadata_props[KEY_OPSET] = str(opset)
@@ -127,26 +175,49 @@ def optimize(
             batched = target != "ort" or ort_query_seqlens
 
             def check(atol, **options):
-                return compare_runners(config, candidate, reference, atol, batched_chunks=batched, **options)
+                return compare_runners(
+                    config, candidate, reference, atol, batched_chunks=batched, **options
+                )
 
             quality = None
             if fp16 or int8 or int4:
                 from mhe_edge.text.quality import judge_quality
 
                 sessions = create_session(source, "cpu"), create_session(staged, "cpu")
-                quality = judge_quality(precision, config, header.metadata, *sessions, eval_text=eval_text,
-                                        max_loss=max_quality_loss, allow_loss=allow_quality_loss)
+                quality = judge_quality(
+                    precision,
+                    config,
+                    header.metadata,
+                    *sessions,
+                    eval_text=eval_text,
+                    max_loss=max_quality_loss,
+                    allow_loss=allow_quality_loss,
+                )
             if fp16 and not quality.judged:  # no text to judge by: the numbers must stay close
                 records = check(FP16_ATOL, min_argmax_agreement=FP16_MIN_ARGMAX)
                 raise_on_failures(records, "the fp16 model disagrees with its input")
-            elif fp16 or int8 or int4:  # quantization error is expected; quality was judged on text (or cannot be)
+            elif (
+                fp16 or int8 or int4
+            ):  # quantization error is expected; quality was judged on text (or cannot be)
                 records = check(float("inf"))
             else:
                 records = check(FP32_ATOL)
                 raise_on_failures(records, "the optimized model disagrees with its input")
         written = file_bytes(staged)
-    return OptimizeReport(str(source), str(target_path), target, precision, applied, before, op_counts(model.graph),
-                          header.file_bytes, written, records, seconds, quality)
+    return OptimizeReport(
+        str(source),
+        str(target_path),
+        target,
+        precision,
+        applied,
+        before,
+        op_counts(model.graph),
+        header.file_bytes,
+        written,
+        records,
+        seconds,
+        quality,
+    )
 
 
 def _own_error(exc: BaseException) -> BaseException:

@@ -10,6 +10,7 @@ model they are a third of the weights, and left in float32 they alone would keep
 its fp32 size. Precondition: a MatMul with a float32 2-D constant weight whose input size is a
 multiple of the block size. `modified` says whether any MatMul became MatMulNBits.
 """
+
 from __future__ import annotations
 
 import logging
@@ -40,12 +41,16 @@ class QuantizeInt4Pass(ir.passes.FunctionalPass):
     def __init__(self, block_size: int = 32, symmetric: bool = True, accuracy_level: int = 4):
         super().__init__()
         if block_size not in BLOCK_SIZES:
-            raise GraphRefused(f"int4 block size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {block_size}")
+            raise GraphRefused(
+                f"int4 block size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {block_size}"
+            )
         self.block_size, self.symmetric, self.accuracy_level = block_size, symmetric, accuracy_level
 
     def requires(self, model: ir.Model) -> None:
         if not _quantizable(model):
-            raise GraphRefused("no MatMul with a float32 weight to quantize (is the graph float16 or already quantized?)")
+            raise GraphRefused(
+                "no MatMul with a float32 weight to quantize (is the graph float16 or already quantized?)"
+            )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         MatMulNBitsQuantizer = _import_quantizer()
@@ -53,9 +58,15 @@ class QuantizeInt4Pass(ir.passes.FunctionalPass):
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # the quantizer logs every node it visits
         try:
-            quantizer = MatMulNBitsQuantizer(ir.to_proto(model), bits=4, block_size=self.block_size,
-                                             is_symmetric=self.symmetric, accuracy_level=self.accuracy_level,
-                                             op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
+            quantizer = MatMulNBitsQuantizer(
+                ir.to_proto(model),
+                bits=4,
+                block_size=self.block_size,
+                is_symmetric=self.symmetric,
+                accuracy_level=self.accuracy_level,
+                op_types_to_quantize=("MatMul", "Gather"),
+                quant_axes=(("MatMul", 0), ("Gather", 1)),
+            )
             quantizer.process()
             result = ir.serde.deserialize_model(quantizer.model.model)
         finally:

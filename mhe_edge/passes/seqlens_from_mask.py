@@ -8,6 +8,7 @@ onnxruntime-genai's own model builder writes. Every place the graph read the pas
 tensor's shape (the position offset, for one) reads mask length - new tokens instead. Rows of a batch
 share positions, so a batch must hold prompts of equal length.
 """
+
 from __future__ import annotations
 
 import onnx_ir as ir
@@ -26,23 +27,42 @@ def _gqa_nodes(graph: ir.Graph) -> list[ir.Node]:
 class SeqlensFromAttentionMaskPass(ir.passes.InPlacePass):
     def requires(self, model: ir.Model) -> None:
         if not _gqa_nodes(model.graph):
-            raise GraphRefused("a shared cache buffer needs GroupQueryAttention: optimize with --target ort first")
+            raise GraphRefused(
+                "a shared cache buffer needs GroupQueryAttention: optimize with --target ort first"
+            )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         gqa = _gqa_nodes(graph)
         if any(v.name == ATTENTION_MASK for v in graph.inputs):
             return ir.passes.PassResult(model, modified=False)
-        mask = ir.Value(name=ATTENTION_MASK, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape(["batch", "total_sequence"]))
+        mask = ir.Value(
+            name=ATTENTION_MASK,
+            type=ir.TensorType(ir.DataType.INT64),
+            shape=ir.Shape(["batch", "total_sequence"]),
+        )
         graph.inputs.insert(1, mask)
-        valid = ir.node("ReduceSum", [mask, ints(graph, "mask_axis1", [1])], {"keepdims": 0})  # (B,)
+        valid = ir.node(
+            "ReduceSum", [mask, ints(graph, "mask_axis1", [1])], {"keepdims": 0}
+        )  # (B,)
         last = ir.node("Sub", [valid.outputs[0], ints(graph, "mask_one", [1])])
         seqlens_k = ir.node("Cast", [last.outputs[0]], {"to": ir.DataType.INT32})
         length = ir.node("Shape", [mask], {"start": 1, "end": 2})
-        total = ir.node("Cast", [ir.node("Squeeze", [length.outputs[0]]).outputs[0]], {"to": ir.DataType.INT32})
+        total = ir.node(
+            "Cast", [ir.node("Squeeze", [length.outputs[0]]).outputs[0]], {"to": ir.DataType.INT32}
+        )
         new_len = ir.node("Shape", [graph.inputs[0]], {"start": 1, "end": 2})  # input_ids: [T]
         past_len = ir.node("Sub", [length.outputs[0], new_len.outputs[0]])  # [total - T]
-        new_nodes = [valid, last, seqlens_k, length, total.inputs[0].producer(), total, new_len, past_len]
+        new_nodes = [
+            valid,
+            last,
+            seqlens_k,
+            length,
+            total.inputs[0].producer(),
+            total,
+            new_len,
+            past_len,
+        ]
         graph.insert_before(next(iter(graph)), new_nodes)
         past_inputs = {v for v in graph.inputs if v.name.startswith(PAST_PREFIX)}
         for node in [n for n in graph if n.op_type == "Shape" and n.inputs[0] in past_inputs]:

@@ -5,6 +5,7 @@
 | ort      | com.microsoft.GroupQueryAttention (decoders)| 21 (17-21)      | >= 1.20      | the ORT builds apps ship; 1.32 with query_seqlens |
 | portable | written out in basic ops, no functions      | 17 (17-22)      | >= 1.16      | ORT 1.16+, onnxruntime-node, OpenVINO, onnx.reference |
 """
+
 from __future__ import annotations
 
 from mhe_edge.contract import MIN_ORT_FOR_OPSET
@@ -16,7 +17,9 @@ OPSET_RANGE = {"std": (23, 23), "ort": (17, 21), "portable": (17, 22)}
 IR_VERSION = {"ort": 10, "portable": 8}
 MIN_ORT_QUERY_SEQLENS = "1.32"  # GroupQueryAttention's query_seqlens input
 MIN_ORT_INT4 = "1.20"  # com.microsoft.GatherBlockQuantized (int4 embedding tables) on the CPU
-MIN_ORT_GQA = "1.20"  # GroupQueryAttention as lowered here (CPU, single-KV-head, seqlens from shapes)
+MIN_ORT_GQA = (
+    "1.20"  # GroupQueryAttention as lowered here (CPU, single-KV-head, seqlens from shapes)
+)
 
 
 def check_target(target: str, opset: int | None, query_seqlens: bool) -> int:
@@ -26,24 +29,42 @@ def check_target(target: str, opset: int | None, query_seqlens: bool) -> int:
     low, high = OPSET_RANGE[target]
     opset = DEFAULT_OPSET[target] if opset is None else opset
     if not low <= opset <= high:
-        raise RequestError(f"--target {target} takes --opset {low}" + (f" to {high}" if high != low else "") + f", not {opset}")
+        raise RequestError(
+            f"--target {target} takes --opset {low}"
+            + (f" to {high}" if high != low else "")
+            + f", not {opset}"
+        )
     if query_seqlens and target != "ort":
         raise RequestError("--ort-query-seqlens is for --target ort")
     return opset
 
 
-def min_onnxruntime(target: str | None, opset: int, query_seqlens: bool = False, int4: bool = False) -> str:
+def min_onnxruntime(
+    target: str | None, opset: int, query_seqlens: bool = False, int4: bool = False
+) -> str:
     from packaging.version import Version
 
     if target == "ort":
-        oldest = MIN_ORT_QUERY_SEQLENS if query_seqlens else max(MIN_ORT_GQA, MIN_ORT_FOR_OPSET[opset], key=Version)
+        oldest = (
+            MIN_ORT_QUERY_SEQLENS
+            if query_seqlens
+            else max(MIN_ORT_GQA, MIN_ORT_FOR_OPSET[opset], key=Version)
+        )
     else:
         oldest = MIN_ORT_FOR_OPSET[opset]
     return max(oldest, MIN_ORT_INT4, key=Version) if int4 else oldest
 
 
-def build_passes(target: str = "std", fp16: bool = False, int8: bool = False, opset: int | None = None,
-                 query_seqlens: bool = False, int4: bool = False, int4_block_size: int = 32, int4_symmetric: bool = True) -> list:
+def build_passes(
+    target: str = "std",
+    fp16: bool = False,
+    int8: bool = False,
+    opset: int | None = None,
+    query_seqlens: bool = False,
+    int4: bool = False,
+    int4_block_size: int = 32,
+    int4_symmetric: bool = True,
+) -> list:
     """The pass list for a target and precision, in order (each pass one file in mhe_edge/passes/)."""
     from mhe_edge.passes.cleanup import CleanupPass
     from mhe_edge.passes.fold_head_embeddings import FoldHeadEmbeddingsPass
@@ -52,13 +73,18 @@ def build_passes(target: str = "std", fp16: bool = False, int8: bool = False, op
     if fp16 + int8 + int4 > 1:
         raise RequestError("choose one of --fp16, --int8 and --int4")
     if int4 and target == "portable":
-        raise RequestError("--int4 writes com.microsoft.MatMulNBits (ONNX Runtime only): use --target ort or std, not portable")
+        raise RequestError(
+            "--int4 writes com.microsoft.MatMulNBits (ONNX Runtime only): use --target ort or std, not portable"
+        )
     passes = [FoldHeadEmbeddingsPass()]
     if target == "ort":
         from mhe_edge.passes.lower_to_ort import LowerToGroupQueryAttentionPass
 
         passes.append(LowerToGroupQueryAttentionPass(query_seqlens=query_seqlens))
-    if target in ("ort", "portable"):  # what GroupQueryAttention does not take (encoders) is written out
+    if target in (
+        "ort",
+        "portable",
+    ):  # what GroupQueryAttention does not take (encoders) is written out
         from mhe_edge.passes.decompose_attention import DecomposeAttentionPass
 
         passes.append(DecomposeAttentionPass())
@@ -78,6 +104,12 @@ def build_passes(target: str = "std", fp16: bool = False, int8: bool = False, op
     if target in IR_VERSION:
         from mhe_edge.passes.to_opset import ConvertToOpsetPass
 
-        passes.append(ConvertToOpsetPass(opset, IR_VERSION[target], other_domains=("com.microsoft",) if target == "ort" else (),
-                                         basic_norms=target == "portable"))
+        passes.append(
+            ConvertToOpsetPass(
+                opset,
+                IR_VERSION[target],
+                other_domains=("com.microsoft",) if target == "ort" else (),
+                basic_norms=target == "portable",
+            )
+        )
     return passes

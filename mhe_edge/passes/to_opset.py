@@ -10,6 +10,7 @@ lower the standard Attention op and drops model functions, so this is our own, n
 - then every remaining op must exist at the target opset (Attention must be decomposed first).
 Preconditions: no functions, no mhe_edge nodes; the target between 17 and the graph's own opset.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,33 +19,75 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from mhe_edge.passes._graph import GraphRefused, TargetRefused, add_initializer, constant_array, ints
+from mhe_edge.passes._graph import (
+    GraphRefused,
+    TargetRefused,
+    add_initializer,
+    constant_array,
+    ints,
+)
 
 MIN_OPSET, IR_VERSION = 17, 8  # IR 8: what ONNX Runtime 1.16 reads (measured)
-REDUCE_OPS = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceSumSquare", "ReduceL1", "ReduceL2",
-              "ReduceLogSum", "ReduceLogSumExp"}
+REDUCE_OPS = {
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceProd",
+    "ReduceSumSquare",
+    "ReduceL1",
+    "ReduceL2",
+    "ReduceLogSum",
+    "ReduceLogSumExp",
+}
 AXES_INPUT_SINCE = {"ReduceSum": 13}  # the opset where axes became an input; 18 for the rest
 
 
 class ConvertToOpsetPass(ir.passes.InPlacePass):
-    def __init__(self, opset: int, ir_version: int = IR_VERSION, other_domains: tuple[str, ...] = (), basic_norms: bool = False):
+    def __init__(
+        self,
+        opset: int,
+        ir_version: int = IR_VERSION,
+        other_domains: tuple[str, ...] = (),
+        basic_norms: bool = False,
+    ):
         super().__init__()
-        self.opset, self.ir_version, self.other_domains, self.basic_norms = opset, ir_version, other_domains, basic_norms
+        self.opset, self.ir_version, self.other_domains, self.basic_norms = (
+            opset,
+            ir_version,
+            other_domains,
+            basic_norms,
+        )
 
     def requires(self, model: ir.Model) -> None:
         current = model.opset_imports.get("", 0)
         if not MIN_OPSET <= self.opset <= current:
-            raise TargetRefused(f"opset {self.opset} is not one this model can be converted to ({MIN_OPSET} to {current})")
+            raise TargetRefused(
+                f"opset {self.opset} is not one this model can be converted to ({MIN_OPSET} to {current})"
+            )
         if model.functions:
-            raise GraphRefused("the graph holds functions (an unfolded MHE export?); fold or inline them first")
-        others = sorted({n.domain for n in model.graph if n.domain not in ("", "ai.onnx", *self.other_domains)})
+            raise GraphRefused(
+                "the graph holds functions (an unfolded MHE export?); fold or inline them first"
+            )
+        others = sorted(
+            {n.domain for n in model.graph if n.domain not in ("", "ai.onnx", *self.other_domains)}
+        )
         if others:
             raise GraphRefused(f"the graph uses the {others[0]} domain, which this target cannot")
         converted = {"Gelu", "RMSNormalization"}
-        missing = sorted({n.op_type for n in model.graph if n.domain in ("", "ai.onnx") and n.op_type not in converted
-                          and not _exists(n.op_type, self.opset)})
+        missing = sorted(
+            {
+                n.op_type
+                for n in model.graph
+                if n.domain in ("", "ai.onnx")
+                and n.op_type not in converted
+                and not _exists(n.op_type, self.opset)
+            }
+        )
         if missing:
-            raise GraphRefused(f"{', '.join(missing)} has no form at opset {self.opset} (decompose it first)")
+            raise GraphRefused(
+                f"{', '.join(missing)} has no form at opset {self.opset} (decompose it first)"
+            )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
@@ -55,10 +98,16 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
                 self._replace(graph, node, self._rms_norm)
             elif node.op_type == "LayerNormalization" and self.basic_norms:
                 self._replace(graph, node, self._layer_norm)
-            elif node.op_type in REDUCE_OPS and self.opset < AXES_INPUT_SINCE.get(node.op_type, 18) and len(node.inputs) > 1 \
-                    and node.inputs[1] is not None:
+            elif (
+                node.op_type in REDUCE_OPS
+                and self.opset < AXES_INPUT_SINCE.get(node.op_type, 18)
+                and len(node.inputs) > 1
+                and node.inputs[1] is not None
+            ):
                 axes = constant_array(node.inputs[1], f"{node.op_type} axes")
-                node.attributes["axes"] = ir.AttrInt64s("axes", [int(a) for a in np.atleast_1d(axes)])
+                node.attributes["axes"] = ir.AttrInt64s(
+                    "axes", [int(a) for a in np.atleast_1d(axes)]
+                )
                 node.replace_input_with(1, None)
                 node.resize_inputs(1)
         model.opset_imports[""] = self.opset
@@ -75,7 +124,9 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
             return new.outputs[0]
 
         output = build(graph, node, emit)
-        ir.convenience.replace_nodes_and_values(graph, node, [node], new_nodes, [node.outputs[0]], [output])
+        ir.convenience.replace_nodes_and_values(
+            graph, node, [node], new_nodes, [node.outputs[0]], [output]
+        )
 
     def _gelu(self, graph, node, emit):
         x = node.inputs[0]
@@ -88,11 +139,21 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
             return add_initializer(graph, f"{prefix}_{name}", np.array(value, dtype))
 
         half, one = const("half", 0.5), const("one", 1.0)
-        if approximate is not None and approximate.as_string() == "tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        if (
+            approximate is not None and approximate.as_string() == "tanh"
+        ):  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
             cube = emit("Mul", [emit("Mul", [x, x]), x])
-            inner = emit("Mul", [const("sqrt_2_over_pi", math.sqrt(2 / math.pi)), emit("Add", [x, emit("Mul", [const("c", 0.044715), cube])])])
+            inner = emit(
+                "Mul",
+                [
+                    const("sqrt_2_over_pi", math.sqrt(2 / math.pi)),
+                    emit("Add", [x, emit("Mul", [const("c", 0.044715), cube])]),
+                ],
+            )
             return emit("Mul", [emit("Mul", [half, x]), emit("Add", [one, emit("Tanh", [inner])])])
-        erf = emit("Erf", [emit("Mul", [x, const("inv_sqrt2", 1 / math.sqrt(2))])])  # 0.5 x (1 + erf(x / sqrt 2))
+        erf = emit(
+            "Erf", [emit("Mul", [x, const("inv_sqrt2", 1 / math.sqrt(2))])]
+        )  # 0.5 x (1 + erf(x / sqrt 2))
         return emit("Mul", [emit("Mul", [half, x]), emit("Add", [one, erf])])
 
     def _rms_norm(self, graph, node, emit):
@@ -109,7 +170,11 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
         axis = node.attributes["axis"].as_int() if node.attributes.get("axis") is not None else -1
         if axis != -1:
             raise GraphRefused(f"{node.op_type} over axes other than the last is not converted")
-        eps = node.attributes["epsilon"].as_float() if node.attributes.get("epsilon") is not None else 1e-5
+        eps = (
+            node.attributes["epsilon"].as_float()
+            if node.attributes.get("epsilon") is not None
+            else 1e-5
+        )
         prefix = (node.name or "norm").replace("/", "_")
         original, widened = x, x.dtype != ir.DataType.FLOAT
         if widened:  # statistics in float32, as the ops' stash_type does
@@ -118,12 +183,18 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
         def mean_of(value):
             if self.opset < 18:
                 return emit("ReduceMean", [value], {"axes": [-1], "keepdims": 1})
-            return emit("ReduceMean", [value, ints(graph, f"{prefix}_last_axis", [-1])], {"keepdims": 1})
+            return emit(
+                "ReduceMean", [value, ints(graph, f"{prefix}_last_axis", [-1])], {"keepdims": 1}
+            )
 
         if centred:
             x = emit("Sub", [x, mean_of(x)])
-        eps_value = add_initializer(graph, f"{prefix}_eps", np.array(eps, np.float32))  # x is float32 here
-        normalized = emit("Div", [x, emit("Sqrt", [emit("Add", [mean_of(emit("Mul", [x, x])), eps_value])])])
+        eps_value = add_initializer(
+            graph, f"{prefix}_eps", np.array(eps, np.float32)
+        )  # x is float32 here
+        normalized = emit(
+            "Div", [x, emit("Sqrt", [emit("Add", [mean_of(emit("Mul", [x, x])), eps_value])])]
+        )
         if widened:
             normalized = emit("CastLike", [normalized, original])
         out = emit("Mul", [normalized, scale])

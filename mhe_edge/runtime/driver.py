@@ -9,19 +9,27 @@ input and the present output: each step writes its new positions into it, and no
 kernel reads the valid lengths from `attention_mask`). Other files return a present one step longer than
 their past, which becomes the next past (the whole cache is copied every step).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from mhe_edge.contract import (
-    ATTENTION_MASK, INPUT_IDS, KEY_MIN_ORT, KEY_QUERY_SEQLENS, KEY_TARGET, LOGITS, PAST_PREFIX, present_for,
+    ATTENTION_MASK,
+    INPUT_IDS,
+    KEY_MIN_ORT,
+    KEY_QUERY_SEQLENS,
+    KEY_TARGET,
+    LOGITS,
+    PAST_PREFIX,
+    present_for,
 )
 from mhe_edge.errors import ModelFileError, RequestError, first_line
 from mhe_edge.files import read_header
@@ -47,25 +55,37 @@ class KVCache(dict):
 class ExportedModel:
     """An mhe-edge export loaded on one provider, with its config and I/O layout read from the file."""
 
-    def __init__(self, path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
-                 profile_prefix: str | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        provider: str = "cpu",
+        threads: int | None = None,
+        profile_prefix: str | None = None,
+    ):
         self.path = Path(path)
         header = read_header(self.path)
         self.config, self.metadata = header.config, header.metadata
         check_runtime_version(self.metadata, self.path.name)
-        self.parameter_bytes = header.parameter_bytes  # from the header already parsed; not kept in memory
+        self.parameter_bytes = (
+            header.parameter_bytes
+        )  # from the header already parsed; not kept in memory
         self.file_bytes = header.file_bytes
         self.provider = provider
         self.session = create_session(self.path, provider, threads, profile_prefix)
         self.device = provider  # ORT names devices as we name providers: "cpu", "cuda"
         inputs = {i.name: i for i in self.session.get_inputs()}
-        self.float_dtype = np.float16 if any(i.type == "tensor(float16)" for i in inputs.values()) else np.float32
+        self.float_dtype = (
+            np.float16 if any(i.type == "tensor(float16)" for i in inputs.values()) else np.float32
+        )
         self.input_names = list(inputs)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.past_names = [n for n in self.input_names if n.startswith(PAST_PREFIX)]
         # GroupQueryAttention updates a shared past/present buffer in place; it needs the mask for lengths
-        self.cache_in_place = (self.config.arch == "decoder" and self.metadata.get(KEY_TARGET) == "ort"
-                               and ATTENTION_MASK in self.input_names)
+        self.cache_in_place = (
+            self.config.arch == "decoder"
+            and self.metadata.get(KEY_TARGET) == "ort"
+            and ATTENTION_MASK in self.input_names
+        )
 
     @contextlib.contextmanager
     def _running(self):
@@ -74,24 +94,32 @@ class ExportedModel:
             yield
         except Exception as exc:  # IO binding raises plain RuntimeError("Error in execution: ...")
             if type(exc).__module__.startswith("onnxruntime") or type(exc) is RuntimeError:
-                raise ModelFileError(f"ONNX Runtime failed running {self.path.name}: {first_line(exc)}") from exc
+                raise ModelFileError(
+                    f"ONNX Runtime failed running {self.path.name}: {first_line(exc)}"
+                ) from exc
             raise
 
     def _require(self, arch: str, what: str) -> None:
         if self.config.arch != arch:
-            raise RequestError(f"{what} needs a {arch} export; {self.path.name} holds a model with arch {self.config.arch}")
+            raise RequestError(
+                f"{what} needs a {arch} export; {self.path.name} holds a model with arch {self.config.arch}"
+            )
 
     # --- shared
 
     def check_ids(self, ids: np.ndarray, new_tokens: int = 0) -> np.ndarray:
         ids = np.asarray(ids)
         if ids.ndim != 2 or ids.shape[0] < 1 or ids.shape[1] < 1:
-            raise RequestError(f"input ids must be a non-empty (batch, sequence) array, not shape {ids.shape}")
+            raise RequestError(
+                f"input ids must be a non-empty (batch, sequence) array, not shape {ids.shape}"
+            )
         if not np.issubdtype(ids.dtype, np.integer):
             raise RequestError("input ids must be integers")
         bad = ids[(ids < 0) | (ids >= self.config.vocab_size)]
         if bad.size:
-            raise RequestError(f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})")
+            raise RequestError(
+                f"token id {int(bad[0])} is outside the vocabulary [0, {self.config.vocab_size})"
+            )
         if new_tokens < 0:
             raise RequestError(f"the number of new tokens must not be negative, not {new_tokens}")
         if ids.shape[1] + new_tokens > self.config.max_seq_len:
@@ -110,9 +138,15 @@ class ExportedModel:
     def encode(self, ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
         self._require("encoder", "encoding")
         ids = self.check_ids(ids)
-        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask, dtype=np.int64)
+        mask = (
+            np.ones_like(ids)
+            if attention_mask is None
+            else np.asarray(attention_mask, dtype=np.int64)
+        )
         if mask.shape != ids.shape:
-            raise RequestError(f"attention mask shape {mask.shape} does not match the ids' {ids.shape}")
+            raise RequestError(
+                f"attention mask shape {mask.shape} does not match the ids' {ids.shape}"
+            )
         with self._running():
             return self.session.run(None, {INPUT_IDS: ids, ATTENTION_MASK: mask})[0]
 
@@ -124,27 +158,47 @@ class ExportedModel:
         of different lengths; older files take equal lengths only."""
         return ATTENTION_MASK in self.input_names
 
-    def empty_cache(self, batch: int, capacity: int | None = None, in_place: bool | None = None) -> KVCache:
+    def empty_cache(
+        self, batch: int, capacity: int | None = None, in_place: bool | None = None
+    ) -> KVCache:
         """An empty cache: preallocated buffers of `capacity` positions when the file updates its cache in place
         (and `in_place` is not False), else tensors of length 0 that each step replaces."""
         cfg = self.config
-        if capacity is not None and (self.cache_in_place if in_place is None else in_place and self.cache_in_place):
+        if capacity is not None and (
+            self.cache_in_place if in_place is None else in_place and self.cache_in_place
+        ):
             import onnxruntime as ort
 
             if not 1 <= capacity <= cfg.max_seq_len:
-                raise RequestError(f"cache capacity {capacity} is outside [1, max_seq_len {cfg.max_seq_len}]")
-            shape = (batch, cfg.kv_heads, capacity, cfg.head_dim)  # never read beyond the valid lengths: left uninitialised
-            buffers = {n: ort.OrtValue.ortvalue_from_shape_and_type(shape, self.float_dtype, self.device, 0) for n in self.past_names}
+                raise RequestError(
+                    f"cache capacity {capacity} is outside [1, max_seq_len {cfg.max_seq_len}]"
+                )
+            shape = (
+                batch,
+                cfg.kv_heads,
+                capacity,
+                cfg.head_dim,
+            )  # never read beyond the valid lengths: left uninitialised
+            buffers = {
+                n: ort.OrtValue.ortvalue_from_shape_and_type(
+                    shape, self.float_dtype, self.device, 0
+                )
+                for n in self.past_names
+            }
             return KVCache(buffers, 0, capacity)
         empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), self.float_dtype)
         return KVCache({name: self._ortvalue(empty) for name in self.past_names})
 
-    def step(self, ids: np.ndarray, cache: KVCache, mask: np.ndarray | None = None) -> tuple[np.ndarray, KVCache]:
+    def step(
+        self, ids: np.ndarray, cache: KVCache, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, KVCache]:
         """One decoder call: ids (B, T) int64, the cache and the attention mask over past + new tokens (default:
         all ones) -> logits (B, T, V) and the cache holding T more positions (the same buffers, when in place)."""
         total = cache.length + ids.shape[1]
         if cache.in_place and total > cache.capacity:
-            raise RequestError(f"the cache holds {cache.capacity} positions; this step needs {total}")
+            raise RequestError(
+                f"the cache holds {cache.capacity} positions; this step needs {total}"
+            )
         if mask is None and self.takes_mask:
             mask = np.ones((ids.shape[0], total), np.int64)
         if cache.in_place:
@@ -157,17 +211,25 @@ class ExportedModel:
             binding.bind_ortvalue_input(name, cache[name])
         binding.bind_output(LOGITS, "cpu")  # the host needs them for the next token
         for name in self.past_names:
-            binding.bind_output(present_for(name), self.device)  # the cache stays where the model runs
+            binding.bind_output(
+                present_for(name), self.device
+            )  # the cache stays where the model runs
         with self._running():
             self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()  # in binding order: logits, then one present per past
         return outputs[0].numpy(), KVCache(dict(zip(self.past_names, outputs[1:])), total)
 
-    def _step_in_place(self, ids: np.ndarray, cache: KVCache, mask: np.ndarray, total: int) -> tuple[np.ndarray, KVCache]:
+    def _step_in_place(
+        self, ids: np.ndarray, cache: KVCache, mask: np.ndarray, total: int
+    ) -> tuple[np.ndarray, KVCache]:
         """A step on preallocated buffers: the present is the past's own buffer, so the kernel writes the new
         positions into it. The binding (and the logits buffer, per step length) is kept on the cache and
         reused: a decode step rebinds only its ids and mask."""
-        binding, logits = cache.binding if cache.binding is not None and cache.binding[1].shape()[1] == ids.shape[1] else (None, None)
+        binding, logits = (
+            cache.binding
+            if cache.binding is not None and cache.binding[1].shape()[1] == ids.shape[1]
+            else (None, None)
+        )
         if binding is None:
             binding = self.session.io_binding()
             for name in self.past_names:
@@ -176,7 +238,9 @@ class ExportedModel:
             shape = (ids.shape[0], ids.shape[1], self.config.vocab_size)
             import onnxruntime as ort
 
-            logits = ort.OrtValue.ortvalue_from_shape_and_type(shape, self.float_dtype, "cpu", 0)  # the host reads them
+            logits = ort.OrtValue.ortvalue_from_shape_and_type(
+                shape, self.float_dtype, "cpu", 0
+            )  # the host reads them
             binding.bind_ortvalue_output(LOGITS, logits)
             cache.binding = (binding, logits)
         feeds = [ids.astype(np.int64)] + ([mask.astype(np.int64)] if self.takes_mask else [])
@@ -188,15 +252,21 @@ class ExportedModel:
         cache.length = total
         return logits.numpy().copy(), cache
 
-    def prefill(self, ids: np.ndarray, chunk: int | None = None, capacity: int | None = None) -> tuple[np.ndarray, KVCache]:
+    def prefill(
+        self, ids: np.ndarray, chunk: int | None = None, capacity: int | None = None
+    ) -> tuple[np.ndarray, KVCache]:
         """Run the prompt (in chunks of `chunk` tokens, if given); returns the last position's logits and the
         cache, preallocated for `capacity` positions where the file updates it in place."""
         if chunk is not None and chunk < 1:
             raise RequestError(f"prefill chunk must be at least 1, not {chunk}")
         cache = self.empty_cache(ids.shape[0], capacity)
         chunk = chunk or ids.shape[1]
-        if ids.shape[0] > 1 and chunk < ids.shape[1] and self.metadata.get(KEY_TARGET) == "ort" \
-                and self.metadata.get(KEY_QUERY_SEQLENS) != "1":
+        if (
+            ids.shape[0] > 1
+            and chunk < ids.shape[1]
+            and self.metadata.get(KEY_TARGET) == "ort"
+            and self.metadata.get(KEY_QUERY_SEQLENS) != "1"
+        ):
             raise RequestError(
                 f"{self.path.name} cannot prefill a batch in chunks (GroupQueryAttention needs query_seqlens for that):"
                 " prefill whole, use batch 1, or optimize with --ort-query-seqlens (ONNX Runtime 1.32+)"
@@ -205,16 +275,27 @@ class ExportedModel:
             logits, cache = self.step(ids[:, start : start + chunk], cache)
         return logits[:, -1], cache
 
-    def generate(self, prompt: np.ndarray, max_new_tokens: int, prefill_chunk: int | None = None) -> np.ndarray:
+    def generate(
+        self, prompt: np.ndarray, max_new_tokens: int, prefill_chunk: int | None = None
+    ) -> np.ndarray:
         """Greedy decoding of equal-length prompts: exactly max_new_tokens per row, (B, max_new_tokens)."""
         self._require("decoder", "generation")
         prompt = self.check_ids(prompt, max_new_tokens)
-        rows = self.generate_rows(prompt.tolist(), max_new_tokens, prefill_chunk=prefill_chunk, stop_at_eos=False)
+        rows = self.generate_rows(
+            prompt.tolist(), max_new_tokens, prefill_chunk=prefill_chunk, stop_at_eos=False
+        )
         return np.array(rows, dtype=np.int64).reshape(prompt.shape[0], max_new_tokens)
 
-    def generate_rows(self, prompts: list[list[int]], max_new_tokens: int, *, sampling: SamplingOptions | None = None,
-                      prefill_chunk: int | None = None, stop_at_eos: bool = True,
-                      on_tokens: Callable[[np.ndarray], np.ndarray | None] | None = None) -> list[list[int]]:
+    def generate_rows(
+        self,
+        prompts: list[list[int]],
+        max_new_tokens: int,
+        *,
+        sampling: SamplingOptions | None = None,
+        prefill_chunk: int | None = None,
+        stop_at_eos: bool = True,
+        on_tokens: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    ) -> list[list[int]]:
         """Prompts of any lengths as one batch; each row's new ids (ending at its EOS, if it emits one).
 
         Rows are padded on the right, as onnxruntime-genai pads (ONNX Runtime's GroupQueryAttention takes only
@@ -227,15 +308,27 @@ class ExportedModel:
         if not prompts or min(lengths) < 1:
             raise RequestError("every prompt needs at least one token")
         pad = self.config.eos_token_id or 0
-        ids = self.check_ids(np.array([p + [pad] * (width - len(p)) for p in prompts], dtype=np.int64), max_new_tokens)
+        ids = self.check_ids(
+            np.array([p + [pad] * (width - len(p)) for p in prompts], dtype=np.int64),
+            max_new_tokens,
+        )
         ragged = min(lengths) != width
         if ragged and not self.takes_mask:
-            raise RequestError(f"{self.path.name} has no attention_mask input (an older export): give prompts of equal length")
+            raise RequestError(
+                f"{self.path.name} has no attention_mask input (an older export): give prompts of equal length"
+            )
         if ragged and prefill_chunk is not None:
-            raise RequestError("--prefill-chunk needs prompts of equal length (padded rows are prefilled whole)")
+            raise RequestError(
+                "--prefill-chunk needs prompts of equal length (padded rows are prefilled whole)"
+            )
         if max_new_tokens == 0:
             return [[] for _ in prompts]
-        picker = TokenPicker(sampling, self.config.eos_token_id if stop_at_eos else None, len(prompts), [list(p) for p in prompts])
+        picker = TokenPicker(
+            sampling,
+            self.config.eos_token_id if stop_at_eos else None,
+            len(prompts),
+            [list(p) for p in prompts],
+        )
         capacity = width + max_new_tokens
         if ragged:
             mask = (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
@@ -249,7 +342,9 @@ class ExportedModel:
             token = picker.pick(self._finite(last))
             steps.append(token)
             if on_tokens:
-                finished = on_tokens(token)  # the caller may end rows (a stop string): they emit EOS from now on
+                finished = on_tokens(
+                    token
+                )  # the caller may end rows (a stop string): they emit EOS from now on
                 if finished is not None and picker.eos is not None:
                     picker.done |= np.asarray(finished, dtype=bool)
             if len(steps) == max_new_tokens or picker.finished:
@@ -266,7 +361,9 @@ class ExportedModel:
     def _finite(self, logits: np.ndarray) -> np.ndarray:
         """NaN or infinite logits mean broken weights, never a silent token."""
         if not np.isfinite(logits).all():
-            raise ModelFileError(f"{self.path.name} produced NaN or infinite logits; its weights are broken")
+            raise ModelFileError(
+                f"{self.path.name} produced NaN or infinite logits; its weights are broken"
+            )
         return logits
 
 
@@ -296,7 +393,9 @@ def check_runtime_version(metadata: dict[str, str], name: str) -> None:
     try:
         too_old = Version(ort.__version__) < Version(needed)
     except InvalidVersion as exc:
-        raise ModelFileError(f"{name} declares an unreadable minimum ONNX Runtime version {needed!r}") from exc
+        raise ModelFileError(
+            f"{name} declares an unreadable minimum ONNX Runtime version {needed!r}"
+        ) from exc
     if too_old:
         raise ModelFileError(
             f"{name} needs ONNX Runtime >= {needed}, this is {ort.__version__}: upgrade onnxruntime"

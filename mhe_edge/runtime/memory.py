@@ -1,4 +1,5 @@
 """Peak-memory probes: the process's peak RSS (CPU) and device memory through NVML (CUDA)."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """`profile`: latency, throughput and memory of an export on ONNX Runtime, plus its slowest ops."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,9 +10,10 @@ import statistics
 import tempfile
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +39,9 @@ class ProfileReport(Result):
     prefill_chunk: int | None
     new_tokens: int
     runs: int
-    latency_ms: dict[str, Any]  # load; prefill (decoders) or forward (encoders); decode_per_token: p50/p90/mean/n
+    latency_ms: dict[
+        str, Any
+    ]  # load; prefill (decoders) or forward (encoders); decode_per_token: p50/p90/mean/n
     tokens_per_second: float
     peak_memory_bytes: int | None
     peak_memory_source: str
@@ -45,8 +49,12 @@ class ProfileReport(Result):
     model_file_bytes: int
     parameter_bytes: int
     cache: str = "copied"  # "in place": one preallocated buffer per layer (GroupQueryAttention); "copied": present -> past
-    bandwidth_floor: dict[str, Any] | None = None  # decoders on the CPU: the bytes a step must read, at the measured bandwidth
-    unstable: list[str] = field(default_factory=list)  # latencies whose spread ((p90 - min) / median) exceeds 10%
+    bandwidth_floor: dict[str, Any] | None = (
+        None  # decoders on the CPU: the bytes a step must read, at the measured bandwidth
+    )
+    unstable: list[str] = field(
+        default_factory=list
+    )  # latencies whose spread ((p90 - min) / median) exceeds 10%
     top_ops: list[dict[str, Any]] = field(default_factory=list)  # by ONNX Runtime's profiler
 
 
@@ -58,8 +66,14 @@ def _percentiles(samples_s: list[float]) -> dict[str, float]:
     ms = np.array(samples_s) * 1000.0
     median = float(np.percentile(ms, 50))
     p90 = float(np.percentile(ms, 90))
-    return {"min": float(ms.min()), "p50": median, "p90": p90, "mean": float(ms.mean()), "n": len(ms),
-            "spread": (p90 - float(ms.min())) / median if median > 0 else 0.0}
+    return {
+        "min": float(ms.min()),
+        "p50": median,
+        "p90": p90,
+        "mean": float(ms.mean()),
+        "n": len(ms),
+        "spread": (p90 - float(ms.min())) / median if median > 0 else 0.0,
+    }
 
 
 def profile(
@@ -90,7 +104,13 @@ def profile(
 
     Example: `mhe_edge.profile("model.opt.onnx", seq_len=512, new_tokens=32).latency_ms["decode_per_token"]`
     """
-    for name, value, least in (("batch", batch, 1), ("seq_len", seq_len, 1), ("runs", runs, 1), ("warmup", warmup, 0), ("new_tokens", new_tokens, 0)):
+    for name, value, least in (
+        ("batch", batch, 1),
+        ("seq_len", seq_len, 1),
+        ("runs", runs, 1),
+        ("warmup", warmup, 0),
+        ("new_tokens", new_tokens, 0),
+    ):
         if value is not None and value < least:
             raise RequestError(f"{name} must be at least {least}, not {value}")
     start = time.perf_counter()
@@ -143,19 +163,39 @@ def profile(
                 on_progress("measure", warmup + i + 1, total)
     if provider == "cuda":
         peak = device_memory.peak
-        source = "NVML device memory" if peak is not None else "unavailable: install nvidia-ml-py for GPU memory"
+        source = (
+            "NVML device memory"
+            if peak is not None
+            else "unavailable: install nvidia-ml-py for GPU memory"
+        )
     else:
         peak = peak_rss_bytes()
-        source = "process VmHWM (run phase)" if peak is not None else "unavailable: /proc/self/status not readable"
+        source = (
+            "process VmHWM (run phase)"
+            if peak is not None
+            else "unavailable: /proc/self/status not readable"
+        )
 
     final_len = seq_len + (new_tokens if is_decoder else 0)
     bytes_per_element = 2 if model.float_dtype == np.float16 else 4
     decode = _percentiles(decode_s) if decode_s else None
-    latency = {"load": load_s * 1000.0, "prefill" if is_decoder else "forward": _percentiles(prefill_s), "decode_per_token": decode}
-    unstable = [name for name, stats in latency.items() if isinstance(stats, dict) and stats["spread"] > UNSTABLE_SPREAD]
+    latency = {
+        "load": load_s * 1000.0,
+        "prefill" if is_decoder else "forward": _percentiles(prefill_s),
+        "decode_per_token": decode,
+    }
+    unstable = [
+        name
+        for name, stats in latency.items()
+        if isinstance(stats, dict) and stats["spread"] > UNSTABLE_SPREAD
+    ]
     floor = None
     if decode and provider == "cpu":
-        floor = _bandwidth_floor(model.parameter_bytes, kv_cache_bytes(cfg, batch, seq_len + new_tokens // 2, bytes_per_element), decode["min"])
+        floor = _bandwidth_floor(
+            model.parameter_bytes,
+            kv_cache_bytes(cfg, batch, seq_len + new_tokens // 2, bytes_per_element),
+            decode["min"],
+        )
     return ProfileReport(
         path=str(path),
         provider=provider,
@@ -169,17 +209,33 @@ def profile(
         new_tokens=new_tokens if is_decoder else 0,
         runs=runs,
         latency_ms=latency,
-        tokens_per_second=(batch / (decode["p50"] / 1000.0)) if decode else batch * seq_len / statistics.median(prefill_s),
+        tokens_per_second=(batch / (decode["p50"] / 1000.0))
+        if decode
+        else batch * seq_len / statistics.median(prefill_s),
         peak_memory_bytes=peak,
         peak_memory_source=source,
-        kv_cache_bytes=kv_cache_bytes(cfg, batch, final_len, bytes_per_element) if is_decoder else 0,
+        kv_cache_bytes=kv_cache_bytes(cfg, batch, final_len, bytes_per_element)
+        if is_decoder
+        else 0,
         model_file_bytes=model.file_bytes,
         parameter_bytes=model.parameter_bytes,
         cache="in place" if is_decoder and model.cache_in_place else "copied",
         bandwidth_floor=floor,
         unstable=unstable,
-        top_ops=_top_ops(path, provider, threads, ids, prefill_chunk, min(new_tokens, 4), is_decoder, trace, force, top_ops)
-        if top_ops or trace else [],
+        top_ops=_top_ops(
+            path,
+            provider,
+            threads,
+            ids,
+            prefill_chunk,
+            min(new_tokens, 4),
+            is_decoder,
+            trace,
+            force,
+            top_ops,
+        )
+        if top_ops or trace
+        else [],
     )
 
 
@@ -190,14 +246,22 @@ def _bandwidth_floor(weight_bytes: int, cache_bytes: int, decode_min_ms: float) 
 
     bandwidth = read_bandwidth_bytes_per_s()
     floor_ms = (weight_bytes + cache_bytes) / bandwidth * 1000.0
-    return {"bytes_per_step": weight_bytes + cache_bytes, "bandwidth_gb_s": bandwidth / 1e9, "floor_ms": floor_ms,
-            "fraction": floor_ms / decode_min_ms if decode_min_ms > 0 else None}
+    return {
+        "bytes_per_step": weight_bytes + cache_bytes,
+        "bandwidth_gb_s": bandwidth / 1e9,
+        "floor_ms": floor_ms,
+        "fraction": floor_ms / decode_min_ms if decode_min_ms > 0 else None,
+    }
 
 
-def _top_ops(path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit) -> list[dict[str, Any]]:
+def _top_ops(
+    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit
+) -> list[dict[str, Any]]:
     """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps."""
     with tempfile.TemporaryDirectory() as tmp:
-        model = ExportedModel(path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile"))
+        model = ExportedModel(
+            path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile")
+        )
         if is_decoder:
             last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
             token = last.argmax(-1)[:, None]

@@ -1,10 +1,11 @@
 """Text in, text out: `generate` with the tokenizer an export carries, several prompts as one batch,
 greedy or sampled, stopping at EOS or at stop strings, streaming each prompt's new text as it comes."""
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 
@@ -34,14 +35,18 @@ class _StreamedText:
     """Each row's text so far, released only up to complete characters (byte-level tokens can split one)."""
 
     def __init__(self, tokenizer, rows: int):
-        self.tokenizer, self.ids, self.shown = tokenizer, [[] for _ in range(rows)], ["" for _ in range(rows)]
+        self.tokenizer, self.ids, self.shown = (
+            tokenizer,
+            [[] for _ in range(rows)],
+            ["" for _ in range(rows)],
+        )
 
     def add(self, row: int, token: int) -> str:
         self.ids[row].append(token)
         text = self.tokenizer.decode(self.ids[row])
         if text.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for its next byte
             return ""
-        delta, self.shown[row] = text[len(self.shown[row]):], text
+        delta, self.shown[row] = text[len(self.shown[row]) :], text
         return delta
 
 
@@ -74,8 +79,10 @@ def generate_text(
     runner._require("decoder", "generation")
     tokenizer = tokenizer_of_export(runner.metadata, runner.path.name)
     if tokenizer is None:
-        raise RequestError(f"{runner.path.name} carries no tokenizer (a random-weight model, or exported from a"
-                           " checkpoint file): give --prompt ids, or export a model folder that has tokenizer.json")
+        raise RequestError(
+            f"{runner.path.name} carries no tokenizer (a random-weight model, or exported from a"
+            " checkpoint file): give --prompt ids, or export a model folder that has tokenizer.json"
+        )
     ids = tokenizer.encode_batch(prompts)
     if any(not row for row in ids):
         raise RequestError("a prompt encodes to no tokens")

@@ -5,6 +5,7 @@ By default the corpus is text every Python ships: the English of Python's docume
 Otherwise it is the user's UTF-8 text files. The held-out split is fixed: the last 5% of each document or file (cut
 at a line start), so evaluation after training always reads the same characters.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -16,24 +17,37 @@ from typing import Any
 from mhe_edge.errors import RequestError
 
 BUILTIN = "python-docs"  # the name a folder records for the default corpus
-RECORD_FILE = "training.json"  # in a trained model folder: the corpus (below), tokenizer, options and results
+RECORD_FILE = (
+    "training.json"  # in a trained model folder: the corpus (below), tokenizer, options and results
+)
 HELD_OUT_FRACTION = 0.05
-MAX_TEXT_BYTES = 2 << 30  # 2 GiB of text in all: far beyond what trains on one machine, far below running out of memory
+MAX_TEXT_BYTES = (
+    2 << 30
+)  # 2 GiB of text in all: far beyond what trains on one machine, far below running out of memory
 MIN_TEXT_CHARS = 2_000  # below this there is nothing to hold out
 
 
 @dataclass
 class Corpus:
     name: str  # BUILTIN, or the files' names
-    sources: list[dict[str, Any]]  # {"path", "bytes", "sha256"} per file; empty for the builtin text
-    documents: list[str]  # the training text, as documents (each one ends with <|endoftext|> when tokenized)
+    sources: list[
+        dict[str, Any]
+    ]  # {"path", "bytes", "sha256"} per file; empty for the builtin text
+    documents: list[
+        str
+    ]  # the training text, as documents (each one ends with <|endoftext|> when tokenized)
     held_out: str  # the fixed held-out text
     description: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """What a model folder keeps, so `eval` can rebuild the same held-out text later."""
-        return {"name": self.name, "sources": self.sources, "held_out_fraction": HELD_OUT_FRACTION,
-                "train_chars": sum(map(len, self.documents)), "held_out_chars": len(self.held_out)}
+        return {
+            "name": self.name,
+            "sources": self.sources,
+            "held_out_fraction": HELD_OUT_FRACTION,
+            "train_chars": sum(map(len, self.documents)),
+            "held_out_chars": len(self.held_out),
+        }
 
 
 def builtin_documents() -> list[str]:
@@ -50,15 +64,25 @@ def read_text_files(paths: list[str | os.PathLike]) -> tuple[list[str], list[dic
             raise RequestError(f"text file {str(path)!r} does not exist or is not a file")
     total = sum(p.stat().st_size for p in files)
     if total > MAX_TEXT_BYTES:
-        raise RequestError(f"the text files hold {total:,} bytes; mhe-edge reads at most {MAX_TEXT_BYTES:,}")
+        raise RequestError(
+            f"the text files hold {total:,} bytes; mhe-edge reads at most {MAX_TEXT_BYTES:,}"
+        )
     texts, sources = [], []
     for path in files:
         data = path.read_bytes()
         try:
             texts.append(data.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise RequestError(f"{path.name} is not UTF-8 text (byte {exc.start}): give plain text files") from None
-        sources.append({"path": str(path.resolve()), "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()})
+            raise RequestError(
+                f"{path.name} is not UTF-8 text (byte {exc.start}): give plain text files"
+            ) from None
+        sources.append(
+            {
+                "path": str(path.resolve()),
+                "bytes": len(data),
+                "sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
     return texts, sources
 
 
@@ -68,7 +92,9 @@ def split_held_out(documents: list[str]) -> tuple[list[str], str]:
     of all of it: every topic of the default corpus, every file given."""
     total = sum(map(len, documents))
     if total < MIN_TEXT_CHARS:
-        raise RequestError(f"the text has {total:,} characters; training needs at least {MIN_TEXT_CHARS:,}")
+        raise RequestError(
+            f"the text has {total:,} characters; training needs at least {MIN_TEXT_CHARS:,}"
+        )
     train, held = [], []
     for document in documents:
         cut = len(document) - int(len(document) * HELD_OUT_FRACTION)
@@ -100,11 +126,17 @@ def corpus_from_record(record: dict[str, Any]) -> Corpus:
         raise RequestError("the model's training record names no text; give --text")
     for source in record["sources"]:
         path = Path(source["path"])
-        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != source.get("sha256"):
-            raise RequestError(f"the training text {path.name} is gone or changed since training; give --text")
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != source.get(
+            "sha256"
+        ):
+            raise RequestError(
+                f"the training text {path.name} is gone or changed since training; give --text"
+            )
     return load_corpus(paths)
 
 
 def held_out_from_record(record: dict[str, Any]) -> tuple[str, str]:
     """(the held-out text a training record names, a description of it for reports)."""
-    return corpus_from_record(record).held_out, f"held-out split of {record.get('name', 'the training text')}"
+    return corpus_from_record(
+        record
+    ).held_out, f"held-out split of {record.get('name', 'the training text')}"

@@ -1,6 +1,7 @@
 """Quality on text, for ONNX files: the logits of a session over scoring windows, the held-out text an
 export's metadata names, and the gate lossy steps (fp16, int8, int4) pass through: the change in bits per
 byte on held-out text, measured on the model's own tokenizer, refused beyond a threshold."""
+
 from __future__ import annotations
 
 import json
@@ -46,7 +47,9 @@ def read_eval_text(files: list[str | os.PathLike]) -> str:
     return "\n".join(texts)
 
 
-def held_out_text(metadata: dict[str, str], eval_text: list[str | os.PathLike] | None) -> tuple[str, str] | None:
+def held_out_text(
+    metadata: dict[str, str], eval_text: list[str | os.PathLike] | None
+) -> tuple[str, str] | None:
     """(text, where it came from): the files given, else the held-out split of the training text the export
     records; None when neither exists (a random-weight model: its quality cannot be judged)."""
     from mhe_edge.text.corpus import held_out_from_record
@@ -59,7 +62,9 @@ def held_out_text(metadata: dict[str, str], eval_text: list[str | os.PathLike] |
 
 def score_text(logits_fn: LogitsFn, tokenizer, text: str, window: int) -> TextScore:
     text = text[:MAX_SCORED_BYTES]
-    return score(logits_fn, tokenizer.encode(text), len(text.encode("utf-8")), tokenizer.bos_token_id, window)
+    return score(
+        logits_fn, tokenizer.encode(text), len(text.encode("utf-8")), tokenizer.bos_token_id, window
+    )
 
 
 @dataclass
@@ -79,13 +84,29 @@ class QualityCheck:
         return self.bits_per_byte_after - self.bits_per_byte_before
 
     def to_dict(self) -> dict[str, Any]:
-        return {"judged": self.judged, "reason": self.reason, "text": self.text,
-                "bits_per_byte_before": self.bits_per_byte_before, "bits_per_byte_after": self.bits_per_byte_after,
-                "bits_per_byte_change": self.change, "threshold": self.threshold, "allowed_beyond_threshold": self.allowed}
+        return {
+            "judged": self.judged,
+            "reason": self.reason,
+            "text": self.text,
+            "bits_per_byte_before": self.bits_per_byte_before,
+            "bits_per_byte_after": self.bits_per_byte_after,
+            "bits_per_byte_change": self.change,
+            "threshold": self.threshold,
+            "allowed_beyond_threshold": self.allowed,
+        }
 
 
-def judge_quality(step: str, config, metadata: dict[str, str], before, after, *, eval_text=None,
-                  max_loss: float | None = None, allow_loss: bool = False) -> QualityCheck:
+def judge_quality(
+    step: str,
+    config,
+    metadata: dict[str, str],
+    before,
+    after,
+    *,
+    eval_text=None,
+    max_loss: float | None = None,
+    allow_loss: bool = False,
+) -> QualityCheck:
     """Score `before` and `after` (sessions) on held-out text; raise ParityError when `after` costs more
     than the threshold in bits per byte (unless `allow_loss`)."""
     from mhe_edge.text.tokenizer import tokenizer_of_export
@@ -96,13 +117,21 @@ def judge_quality(step: str, config, metadata: dict[str, str], before, after, *,
     tokenizer = tokenizer_of_export(metadata, "the model")
     text = held_out_text(metadata, eval_text) if tokenizer is not None else None
     if tokenizer is None or text is None:
-        why = "the model carries no tokenizer" if tokenizer is None else "no held-out text: give --eval-text"
-        return QualityCheck(False, f"{why} (a random-weight model?): quality cannot be judged", threshold=threshold)
+        why = (
+            "the model carries no tokenizer"
+            if tokenizer is None
+            else "no held-out text: give --eval-text"
+        )
+        return QualityCheck(
+            False, f"{why} (a random-weight model?): quality cannot be judged", threshold=threshold
+        )
     window = min(config.max_seq_len, 256)
     base = score_text(session_logits(before, config), tokenizer, text[0], window).bits_per_byte
     lossy = score_text(session_logits(after, config), tokenizer, text[0], window).bits_per_byte
     check = QualityCheck(True, "", text[1], base, lossy, threshold, allow_loss)
     if check.change > threshold and not allow_loss:
-        raise ParityError(f"{step} costs {check.change:+.4f} bits per byte on {text[1]} ({base:.4f} -> {lossy:.4f}),"
-                          f" beyond the threshold {threshold}; nothing was written (--allow-quality-loss writes it anyway)")
+        raise ParityError(
+            f"{step} costs {check.change:+.4f} bits per byte on {text[1]} ({base:.4f} -> {lossy:.4f}),"
+            f" beyond the threshold {threshold}; nothing was written (--allow-quality-loss writes it anyway)"
+        )
     return check

@@ -1,6 +1,7 @@
 """Choosing the next token from logits: greedy, or sampled with temperature, top-k, top-p and a repetition
 penalty, seeded. One picker serves the PyTorch reference generator and the ONNX runtime, so both choose
 from identical rules; rows that reached EOS keep emitting EOS (their padding) until every row is done."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,10 +13,16 @@ from mhe_edge.errors import RequestError
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    temperature: float = 0.0  # 0: greedy (argmax); otherwise logits are divided by it before sampling
+    temperature: float = (
+        0.0  # 0: greedy (argmax); otherwise logits are divided by it before sampling
+    )
     top_k: int = 0  # sample among the k likeliest tokens only; 0: no limit
-    top_p: float = 1.0  # sample among the smallest set of tokens whose probability reaches p (nucleus)
-    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or output (CTRL's rule)
+    top_p: float = (
+        1.0  # sample among the smallest set of tokens whose probability reaches p (nucleus)
+    )
+    repetition_penalty: float = (
+        1.0  # > 1 discourages tokens already in the prompt or output (CTRL's rule)
+    )
     seed: int | None = None  # seeds the sampler: the same seed and prompt give the same text
 
     def __post_init__(self) -> None:
@@ -25,8 +32,12 @@ class SamplingOptions:
             raise RequestError(f"top-k must be a non-negative integer, not {self.top_k!r}")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise RequestError(f"top-p must be in (0, 1], not {self.top_p!r}")
-        if not (isinstance(self.repetition_penalty, (int, float)) and 0 < self.repetition_penalty <= 100):
-            raise RequestError(f"repetition penalty must be in (0, 100], not {self.repetition_penalty!r}")
+        if not (
+            isinstance(self.repetition_penalty, (int, float)) and 0 < self.repetition_penalty <= 100
+        ):
+            raise RequestError(
+                f"repetition penalty must be in (0, 100], not {self.repetition_penalty!r}"
+            )
 
     @property
     def greedy(self) -> bool:
@@ -36,13 +47,20 @@ class SamplingOptions:
 class TokenPicker:
     """Picks one token per row per step and tracks which rows have finished (emitted EOS)."""
 
-    def __init__(self, options: SamplingOptions | None, eos_token_id: int | None, batch: int,
-                 history: list[list[int]] | None = None):
+    def __init__(
+        self,
+        options: SamplingOptions | None,
+        eos_token_id: int | None,
+        batch: int,
+        history: list[list[int]] | None = None,
+    ):
         self.options = options or SamplingOptions()
         self.eos = eos_token_id
         self.done = np.zeros(batch, dtype=bool)
         self.rng = np.random.default_rng(self.options.seed)
-        self.history = [list(row) for row in history] if history is not None else [[] for _ in range(batch)]
+        self.history = (
+            [list(row) for row in history] if history is not None else [[] for _ in range(batch)]
+        )
 
     @property
     def finished(self) -> bool:
@@ -56,8 +74,11 @@ class TokenPicker:
                 if seen:
                     ids = np.unique(np.asarray(seen))
                     values = scores[row, ids]
-                    scores[row, ids] = np.where(values > 0, values / self.options.repetition_penalty,
-                                                values * self.options.repetition_penalty)
+                    scores[row, ids] = np.where(
+                        values > 0,
+                        values / self.options.repetition_penalty,
+                        values * self.options.repetition_penalty,
+                    )
         if self.options.greedy:
             chosen = scores.argmax(-1)
         else:
@@ -78,6 +99,8 @@ class TokenPicker:
         probs = np.exp(kept - kept.max())
         probs /= probs.sum()
         if self.options.top_p < 1.0:
-            keep = int(np.searchsorted(np.cumsum(probs), self.options.top_p) + 1)  # the top token always stays
+            keep = int(
+                np.searchsorted(np.cumsum(probs), self.options.top_p) + 1
+            )  # the top token always stays
             order, probs = order[:keep], probs[:keep] / probs[:keep].sum()
         return int(order[self.rng.choice(len(order), p=probs)])

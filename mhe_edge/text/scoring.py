@@ -5,17 +5,20 @@ a byte-level model, a BPE model and the n-gram baselines below compare directly.
 identical windows: the text's ids with <|endoftext|> in front, cut into windows of `window` + 1 ids that
 overlap by one, so each id is predicted exactly once from the ids before it in its window.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator
 
 import numpy as np
 
 from mhe_edge.errors import RequestError
 
-LogitsFn = Callable[[np.ndarray], np.ndarray]  # ids (B, L) int64 -> logits (B, L, V), any float dtype
+LogitsFn = Callable[
+    [np.ndarray], np.ndarray
+]  # ids (B, L) int64 -> logits (B, L, V), any float dtype
 
 
 @dataclass
@@ -37,8 +40,13 @@ class TextScore:
         return self.nats / math.log(2) / self.bytes
 
     def to_dict(self) -> dict:
-        return {"tokens": self.tokens, "bytes": self.bytes, "cross_entropy": self.cross_entropy,
-                "perplexity": self.perplexity, "bits_per_byte": self.bits_per_byte}
+        return {
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "cross_entropy": self.cross_entropy,
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+        }
 
 
 def windows(ids: list[int], start_id: int, window: int) -> list[np.ndarray]:
@@ -68,8 +76,15 @@ def window_nats(logits: np.ndarray, targets: np.ndarray) -> float:
     return float((log_z - picked).sum())
 
 
-def score(logits_fn: LogitsFn, ids: list[int], n_bytes: int, start_id: int, window: int, batch: int = 8,
-          on_batch: Callable[[int, int], None] | None = None) -> TextScore:
+def score(
+    logits_fn: LogitsFn,
+    ids: list[int],
+    n_bytes: int,
+    start_id: int,
+    window: int,
+    batch: int = 8,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> TextScore:
     """Score a model (any callable from ids to logits: PyTorch or ONNX Runtime) on `ids`, the tokens of a text of `n_bytes` bytes."""
     if not ids:
         raise RequestError("the text is empty after tokenization; nothing to score")
@@ -86,12 +101,16 @@ def score(logits_fn: LogitsFn, ids: list[int], n_bytes: int, start_id: int, wind
 
 def unigram_bits_per_byte(text: str) -> float:
     """The entropy of the text's own byte frequencies: what a model that ignores all context at best achieves."""
-    counts = np.bincount(np.frombuffer(text.encode("utf-8"), dtype=np.uint8), minlength=256).astype(np.float64)
+    counts = np.bincount(np.frombuffer(text.encode("utf-8"), dtype=np.uint8), minlength=256).astype(
+        np.float64
+    )
     p = counts[counts > 0] / counts.sum()
     return float(-(p * np.log2(p)).sum())
 
 
-def bigram_score(train_ids: list[int], ids: list[int], n_bytes: int, start_id: int, vocab_size: int) -> TextScore:
+def bigram_score(
+    train_ids: list[int], ids: list[int], n_bytes: int, start_id: int, vocab_size: int
+) -> TextScore:
     """A token bigram model fit on `train_ids` (Witten-Bell interpolation with an add-one unigram), scored on
     `ids` as the models are: the level a model reaches from the previous token alone."""
     train = np.asarray(train_ids, dtype=np.int64)

@@ -2,19 +2,26 @@
 `tokenizer.json`, the file transformers and onnxruntime-genai read, with `tokenizer_config.json` and
 `special_tokens_map.json` beside it. One special token, `<|endoftext|>` (id 0), begins and ends documents,
 as in GPT-2; byte-level means any text, in any script, encodes without unknown tokens."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from mhe_edge.contract import KEY_TOKENIZER
 from mhe_edge.errors import CheckpointError, ModelFileError, RequestError, first_line
 
-TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE = "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"
+TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 END_OF_TEXT = "<|endoftext|>"
-MAX_TOKENIZER_BYTES = 100_000_000  # a 256K-token BPE vocabulary is ~20 MB; anything larger is not a tokenizer
+MAX_TOKENIZER_BYTES = (
+    100_000_000  # a 256K-token BPE vocabulary is ~20 MB; anything larger is not a tokenizer
+)
 BYTE_VOCAB = 257  # 256 bytes and <|endoftext|>
 
 
@@ -47,9 +54,15 @@ class TextTokenizer:
         folder = Path(folder)
         self.backend.save(str(folder / TOKENIZER_FILE))
         config = {
-            "tokenizer_class": "PreTrainedTokenizerFast", "bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT,
-            "unk_token": None, "pad_token": END_OF_TEXT, "add_bos_token": False, "add_eos_token": False,
-            "clean_up_tokenization_spaces": False, "model_max_length": 1_000_000,
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "bos_token": END_OF_TEXT,
+            "eos_token": END_OF_TEXT,
+            "unk_token": None,
+            "pad_token": END_OF_TEXT,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1_000_000,
         }
         (folder / TOKENIZER_CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         specials = {"bos_token": END_OF_TEXT, "eos_token": END_OF_TEXT, "pad_token": END_OF_TEXT}
@@ -59,7 +72,11 @@ class TextTokenizer:
 def _byte_level_parts():
     from tokenizers import decoders, pre_tokenizers, processors
 
-    return pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel(), processors.ByteLevel(trim_offsets=False)
+    return (
+        pre_tokenizers.ByteLevel(add_prefix_space=False),
+        decoders.ByteLevel(),
+        processors.ByteLevel(trim_offsets=False),
+    )
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
@@ -67,11 +84,17 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     if not BYTE_VOCAB <= vocab_size <= 1_000_000:
-        raise RequestError(f"vocab size must be in [{BYTE_VOCAB}, 1000000] (the 256 bytes and {END_OF_TEXT} come first), not {vocab_size}")
+        raise RequestError(
+            f"vocab size must be in [{BYTE_VOCAB}, 1000000] (the 256 bytes and {END_OF_TEXT} come first), not {vocab_size}"
+        )
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer, backend.decoder, backend.post_processor = _byte_level_parts()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[END_OF_TEXT], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[END_OF_TEXT],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     backend.train_from_iterator(texts, trainer=trainer)
     return TextTokenizer(backend)
 
@@ -94,19 +117,26 @@ def tokenizer_from_json(text: str, name: str) -> TextTokenizer:
     from tokenizers import Tokenizer
 
     if len(text) > MAX_TOKENIZER_BYTES:
-        raise CheckpointError(f"{name}: its tokenizer is {len(text):,} characters; a tokenizer is at most {MAX_TOKENIZER_BYTES:,}")
+        raise CheckpointError(
+            f"{name}: its tokenizer is {len(text):,} characters; a tokenizer is at most {MAX_TOKENIZER_BYTES:,}"
+        )
     try:
         tokenizer = TextTokenizer(Tokenizer.from_str(text))
-    except Exception as exc:  # tokenizers raises plain Exception subclasses with its parser's message
-        raise CheckpointError(f"{name}: its tokenizer is not a tokenizers tokenizer.json: {first_line(exc)}") from exc
+    except (
+        Exception
+    ) as exc:  # tokenizers raises plain Exception subclasses with its parser's message
+        raise CheckpointError(
+            f"{name}: its tokenizer is not a tokenizers tokenizer.json: {first_line(exc)}"
+        ) from exc
     if tokenizer.eos_token_id is None:
-        raise CheckpointError(f"{name}: its tokenizer has no {END_OF_TEXT} token; mhe-edge's tokenizers end documents with it")
+        raise CheckpointError(
+            f"{name}: its tokenizer has no {END_OF_TEXT} token; mhe-edge's tokenizers end documents with it"
+        )
     return tokenizer
 
 
 def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
     """A `tokenizer.json` (or a folder holding one), size-checked before it is read."""
-    from tokenizers import Tokenizer
 
     path = Path(path)
     if path.is_dir():
@@ -115,7 +145,9 @@ def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
         raise CheckpointError(f"no tokenizer at {str(path)!r}")
     size = path.stat().st_size
     if size > MAX_TOKENIZER_BYTES:
-        raise CheckpointError(f"{path.name} is {size:,} bytes; a tokenizer is at most {MAX_TOKENIZER_BYTES:,}")
+        raise CheckpointError(
+            f"{path.name} is {size:,} bytes; a tokenizer is at most {MAX_TOKENIZER_BYTES:,}"
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:

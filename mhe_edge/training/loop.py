@@ -5,13 +5,15 @@ Reproducible on the CPU: batch n is drawn from a generator seeded with (seed, n)
 checkpoint continues exactly as if it had never stopped. A run bounded by `minutes` decays its learning rate
 over the time allowed instead of the steps, so it is as long as the clock says, not reproducible step for step.
 """
+
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,13 +27,17 @@ DEFAULT_STEPS = 1000
 @dataclass
 class TrainOptions:
     steps: int | None = None  # optimizer steps; with neither steps nor minutes: DEFAULT_STEPS
-    minutes: float | None = None  # stop after this much training time (and decay the learning rate over it)
+    minutes: float | None = (
+        None  # stop after this much training time (and decay the learning rate over it)
+    )
     seq_len: int | None = None  # tokens per training row; None: min(the model's max_seq_len, 256)
     batch: int = 16  # rows per step
     lr: float = 2e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # the cosine decays to lr * this
     warmup: int | None = None  # linear warmup steps; None: 5% of the steps (at most 200)
-    weight_decay: float = 0.1  # AdamW decay, for weight matrices and embedding tables only (see param_groups)
+    weight_decay: float = (
+        0.1  # AdamW decay, for weight matrices and embedding tables only (see param_groups)
+    )
     grad_clip: float = 1.0  # clip the global gradient norm to this
     seed: int = 0  # weights, batches and everything random
     eval_every: int = 100  # validate on held-out text every this many steps (and at the end)
@@ -52,7 +58,11 @@ class TrainOptions:
 
     @property
     def total_steps(self) -> int:
-        return self.steps if self.steps is not None else (10_000_000 if self.minutes else DEFAULT_STEPS)
+        return (
+            self.steps
+            if self.steps is not None
+            else (10_000_000 if self.minutes else DEFAULT_STEPS)
+        )
 
 
 @dataclass
@@ -70,7 +80,9 @@ class StepInfo:
 def device_for(provider: str) -> torch.device:
     if provider == "cuda":
         if not torch.cuda.is_available():
-            raise ProviderError("--provider cuda was asked for, but this PyTorch has no CUDA device (install a CUDA build of torch)")
+            raise ProviderError(
+                "--provider cuda was asked for, but this PyTorch has no CUDA device (install a CUDA build of torch)"
+            )
         return torch.device("cuda")
     return torch.device("cpu")
 
@@ -83,7 +95,9 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     """
     decay, keep = [], []
     for name, parameter in model.named_parameters():
-        (decay if parameter.dim() >= 2 and not name.endswith("head_embeddings") else keep).append(parameter)
+        (decay if parameter.dim() >= 2 and not name.endswith("head_embeddings") else keep).append(
+            parameter
+        )
     return [{"params": decay, "weight_decay": weight_decay}, {"params": keep, "weight_decay": 0.0}]
 
 
@@ -112,9 +126,17 @@ def validation_loss(model, windows: list[np.ndarray], device) -> float:
     return total / len(batch)
 
 
-def run_training(model, train_ids: np.ndarray, held_ids: np.ndarray, options: TrainOptions, run_folder: Path,
-                 resume_state: dict[str, Any] | None = None, optimizer=None,
-                 on_step: Callable[[StepInfo], None] | None = None, extra_state: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_training(
+    model,
+    train_ids: np.ndarray,
+    held_ids: np.ndarray,
+    options: TrainOptions,
+    run_folder: Path,
+    resume_state: dict[str, Any] | None = None,
+    optimizer=None,
+    on_step: Callable[[StepInfo], None] | None = None,
+    extra_state: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train `model` in place; returns the final state (step, elapsed, log). Ctrl-C saves a checkpoint first."""
     from mhe_edge.models.attention import fast_attention, use_attention_core
 
@@ -124,15 +146,21 @@ def run_training(model, train_ids: np.ndarray, held_ids: np.ndarray, options: Tr
         torch.set_num_threads(options.threads)
     seq_len = options.seq_len or min(model.config.max_seq_len, 256)
     if seq_len > model.config.max_seq_len:
-        raise RequestError(f"seq-len {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}")
+        raise RequestError(
+            f"seq-len {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}"
+        )
     if len(train_ids) <= seq_len:
-        raise RequestError(f"the training text has {len(train_ids)} tokens, fewer than one row of {seq_len}")
+        raise RequestError(
+            f"the training text has {len(train_ids)} tokens, fewer than one row of {seq_len}"
+        )
     model.to(device).train()
     if optimizer is None:
         optimizer = make_optimizer(model, options)
     total = options.total_steps
     warmup = options.warmup if options.warmup is not None else min(200, max(1, total // 20))
-    held = [held_ids[i : i + seq_len] for i in range(0, len(held_ids) - seq_len + 1, seq_len)][: options.eval_windows]
+    held = [held_ids[i : i + seq_len] for i in range(0, len(held_ids) - seq_len + 1, seq_len)][
+        : options.eval_windows
+    ]
     if not held:
         held = [held_ids] if len(held_ids) > 1 else []
     state = dict(resume_state or {"step": 0, "elapsed": 0.0, "log": []})
@@ -141,8 +169,13 @@ def run_training(model, train_ids: np.ndarray, held_ids: np.ndarray, options: Tr
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
 
     def save() -> None:
-        save_training_state(run_folder, step, model, optimizer,
-                            {"elapsed": elapsed, "log": log, "options": asdict(options), **(extra_state or {})})
+        save_training_state(
+            run_folder,
+            step,
+            model,
+            optimizer,
+            {"elapsed": elapsed, "log": log, "options": asdict(options), **(extra_state or {})},
+        )
 
     last_saved = step
     try:
@@ -165,8 +198,15 @@ def run_training(model, train_ids: np.ndarray, held_ids: np.ndarray, options: Tr
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - started
                 elapsed += seconds
-                info = StepInfo(step, None if budget else total, float(loss.detach()), lr, rows.numel() / seconds, elapsed,
-                                elapsed / budget if budget else step / total)
+                info = StepInfo(
+                    step,
+                    None if budget else total,
+                    float(loss.detach()),
+                    lr,
+                    rows.numel() / seconds,
+                    elapsed,
+                    elapsed / budget if budget else step / total,
+                )
                 done = step >= total or (budget is not None and elapsed >= budget)
                 if held and (step % options.eval_every == 0 or done):
                     model.eval()
@@ -182,8 +222,10 @@ def run_training(model, train_ids: np.ndarray, held_ids: np.ndarray, options: Tr
     except KeyboardInterrupt as exc:
         if step > last_saved:
             save()
-        raise TrainingInterrupted(f"interrupted at step {step}; a checkpoint was saved in {run_folder.name}/checkpoints:"
-                                  f" continue with `mhe-edge train -o {run_folder} --resume`") from exc
+        raise TrainingInterrupted(
+            f"interrupted at step {step}; a checkpoint was saved in {run_folder.name}/checkpoints:"
+            f" continue with `mhe-edge train -o {run_folder} --resume`"
+        ) from exc
     save()
     model.eval()
     return {"step": step, "elapsed": elapsed, "log": log, "seq_len": seq_len}
@@ -191,7 +233,9 @@ def run_training(model, train_ids: np.ndarray, held_ids: np.ndarray, options: Tr
 
 def make_optimizer(model, options: TrainOptions):
     fused = {"fused": True} if next(model.parameters()).device.type == "cuda" else {}
-    return torch.optim.AdamW(param_groups(model, options.weight_decay), lr=options.lr, betas=(0.9, 0.95), **fused)
+    return torch.optim.AdamW(
+        param_groups(model, options.weight_decay), lr=options.lr, betas=(0.9, 0.95), **fused
+    )
 
 
 class _nothing:

@@ -5,15 +5,17 @@ Run folder, while training and after:
   .mhe-edge, training.json (corpus, tokenizer, options, results), tokenizer.json (+ its two config files),
   checkpoints/ (resumable), then config.json, model.safetensors, generation_config.json, train_log.jsonl, loss.png.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -37,7 +39,9 @@ class TrainReport(Result):
     steps: int
     seconds: float
     tokens_trained: int
-    held_out: dict[str, Any]  # bits_per_byte, cross_entropy, perplexity; unigram and bigram baselines
+    held_out: dict[
+        str, Any
+    ]  # bits_per_byte, cross_entropy, perplexity; unigram and bigram baselines
     sample: str  # greedy text from SAMPLE_PROMPT
     files: list[str] = field(default_factory=list)
 
@@ -66,7 +70,6 @@ def train(
 
     Example: `mhe_edge.train("my-model", attention="mhe-mul", preset="tiny", options=TrainOptions(steps=300))`
     """
-    import torch
 
     from mhe_edge.models import build_model
     from mhe_edge.text.corpus import corpus_from_record, load_corpus
@@ -80,18 +83,25 @@ def train(
     folder = Path(output)
     if resume:
         record = _read_record(folder)
-        saved = dict(record["options"], steps=options.steps or record["options"]["steps"],
-                     minutes=options.minutes or record["options"]["minutes"])
+        saved = dict(
+            record["options"],
+            steps=options.steps or record["options"]["steps"],
+            minutes=options.minutes or record["options"]["minutes"],
+        )
         options = TrainOptions(**saved)
         stage("text")
-        corpus = corpus_from_record(record["corpus"])  # refused if the files changed since the run started
+        corpus = corpus_from_record(
+            record["corpus"]
+        )  # refused if the files changed since the run started
         text_tokenizer = load_tokenizer(folder)
         config = ModelConfig.from_dict(record["config"])
     else:
         if text_files is not None and not text_files:
             text_files = None
         target = check_output(folder, force=force, folder=True)
-        requested = preset_config(preset, attention=attention, **overrides)  # a bad config is refused before any text is read
+        requested = preset_config(
+            preset, attention=attention, **overrides
+        )  # a bad config is refused before any text is read
         stage("text")
         corpus = load_corpus(text_files)
         stage("tokenizer")
@@ -101,17 +111,35 @@ def train(
             text_tokenizer = byte_tokenizer()
         else:
             text_tokenizer = load_tokenizer(tokenizer)
-        config = preset_config(preset, attention=attention, **{**overrides, "vocab_size": text_tokenizer.vocab_size,
-                               "bos_token_id": text_tokenizer.bos_token_id, "eos_token_id": text_tokenizer.eos_token_id})
+        config = preset_config(
+            preset,
+            attention=attention,
+            **{
+                **overrides,
+                "vocab_size": text_tokenizer.vocab_size,
+                "bos_token_id": text_tokenizer.bos_token_id,
+                "eos_token_id": text_tokenizer.eos_token_id,
+            },
+        )
         _fresh_run_folder(target, force)
         text_tokenizer.save(folder)
-        record = {"config": config.to_dict(), "corpus": corpus.record(), "options": _options_dict(options),
-                  "tokenizer": {"kind": tokenizer if tokenizer in ("bpe", "bytes") else "file", "vocab_size": text_tokenizer.vocab_size}}
+        record = {
+            "config": config.to_dict(),
+            "corpus": corpus.record(),
+            "options": _options_dict(options),
+            "tokenizer": {
+                "kind": tokenizer if tokenizer in ("bpe", "bytes") else "file",
+                "vocab_size": text_tokenizer.vocab_size,
+            },
+        }
         _write_json(folder / RECORD_FILE, record)
 
     stage("encode")
     eos = text_tokenizer.eos_token_id
-    train_ids = np.fromiter((i for doc in text_tokenizer.encode_batch(corpus.documents) for i in [*doc, eos]), dtype=np.int64)
+    train_ids = np.fromiter(
+        (i for doc in text_tokenizer.encode_batch(corpus.documents) for i in [*doc, eos]),
+        dtype=np.int64,
+    )
     held_ids = np.asarray(text_tokenizer.encode(corpus.held_out), dtype=np.int64)
     model = build_model(config, seed=options.seed)
     if options.provider == "cuda":
@@ -121,22 +149,43 @@ def train(
     optimizer = make_optimizer(model, options)
     resume_state = load_training_state(folder, model, optimizer) if resume else None
     stage("train")
-    result = run_training(model, train_ids, held_ids, options, folder, resume_state, optimizer, on_step)
+    result = run_training(
+        model, train_ids, held_ids, options, folder, resume_state, optimizer, on_step
+    )
     model.to("cpu")
 
     stage("evaluate")
     held_out = evaluate_held_out(model, text_tokenizer, corpus, train_ids, result["seq_len"])
     sample = sample_text(model, text_tokenizer, SAMPLE_PROMPT, 48)
     files = _publish_outputs(folder, model, result["log"])
-    record.update(options=_options_dict(options), results={"steps": result["step"], "seconds": result["elapsed"],
-                  "held_out": held_out, "sample": sample})
+    record.update(
+        options=_options_dict(options),
+        results={
+            "steps": result["step"],
+            "seconds": result["elapsed"],
+            "held_out": held_out,
+            "sample": sample,
+        },
+    )
     _write_json(folder / RECORD_FILE, record)
     tokens = result["step"] * options.batch * result["seq_len"]
-    return TrainReport(str(folder), config.to_dict(), corpus.record(), record["tokenizer"], result["step"], result["elapsed"],
-                       tokens, held_out, sample, files)
+    return TrainReport(
+        str(folder),
+        config.to_dict(),
+        corpus.record(),
+        record["tokenizer"],
+        result["step"],
+        result["elapsed"],
+        tokens,
+        held_out,
+        sample,
+        files,
+    )
 
 
-def evaluate_held_out(model, tokenizer, corpus, train_ids: np.ndarray, window: int) -> dict[str, Any]:
+def evaluate_held_out(
+    model, tokenizer, corpus, train_ids: np.ndarray, window: int
+) -> dict[str, Any]:
     """The model's bits per byte on the held-out text, beside a unigram and a bigram model of the same text."""
     from mhe_edge.text.scoring import bigram_score, score, unigram_bits_per_byte
 
@@ -144,7 +193,9 @@ def evaluate_held_out(model, tokenizer, corpus, train_ids: np.ndarray, window: i
     n_bytes = len(corpus.held_out.encode("utf-8"))
     result = score(torch_logits(model), ids, n_bytes, tokenizer.bos_token_id, window).to_dict()
     result["unigram_bits_per_byte"] = unigram_bits_per_byte(corpus.held_out)
-    result["bigram_bits_per_byte"] = bigram_score(train_ids.tolist(), ids, n_bytes, tokenizer.bos_token_id, tokenizer.vocab_size).bits_per_byte
+    result["bigram_bits_per_byte"] = bigram_score(
+        train_ids.tolist(), ids, n_bytes, tokenizer.bos_token_id, tokenizer.vocab_size
+    ).bits_per_byte
     return result
 
 
@@ -177,7 +228,9 @@ def _fresh_run_folder(target: Path, force: bool) -> None:
 def _read_record(folder: Path) -> dict[str, Any]:
     path = folder / RECORD_FILE
     if not path.is_file():
-        raise RequestError(f"{str(folder)!r} is not a training run folder (no {RECORD_FILE}); drop --resume to start one")
+        raise RequestError(
+            f"{str(folder)!r} is not a training run folder (no {RECORD_FILE}); drop --resume to start one"
+        )
     if path.stat().st_size > 50_000_000:
         raise CheckpointError(f"{RECORD_FILE} is too large to be a training record")
     try:
@@ -230,7 +283,12 @@ def plot_losses(log: list[dict[str, Any]], path: Path) -> None:
     axis.plot([e["step"] for e in log], [e["loss"] for e in log], lw=0.8, label="training loss")
     validated = [e for e in log if "val_loss" in e]
     if validated:
-        axis.plot([e["step"] for e in validated], [e["val_loss"] for e in validated], "o-", label="held-out loss")
+        axis.plot(
+            [e["step"] for e in validated],
+            [e["val_loss"] for e in validated],
+            "o-",
+            label="held-out loss",
+        )
     axis.set_xlabel("step")
     axis.set_ylabel("cross-entropy (nats per token)")
     axis.legend()

@@ -1,12 +1,14 @@
 """`eval`: how well models predict held-out text, in one table: a trained folder in PyTorch beside any ONNX
 files made from it (fp32, fp16, int8; any target), scored on identical windows, so each step's cost shows."""
+
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mhe_edge.errors import RequestError
 from mhe_edge.results import Result
@@ -30,13 +32,22 @@ class EvalReport(Result):
     text: str  # what was scored
     bytes: int
     window: int  # tokens of context per scoring window
-    unigram_bits_per_byte: float  # the text's own byte entropy: the best a model without context does
+    unigram_bits_per_byte: (
+        float  # the text's own byte entropy: the best a model without context does
+    )
     rows: list[EvalRow] = field(default_factory=list)
 
 
-def evaluate(models: list[str | os.PathLike], text: list[str | os.PathLike] | None = None, *, window: int | None = None,
-             batch: int = 8, provider: str = "cpu", threads: int | None = None,
-             on_progress: Callable[[str, int, int], None] | None = None) -> EvalReport:
+def evaluate(
+    models: list[str | os.PathLike],
+    text: list[str | os.PathLike] | None = None,
+    *,
+    window: int | None = None,
+    batch: int = 8,
+    provider: str = "cpu",
+    threads: int | None = None,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> EvalReport:
     """Score each model (a model folder with tokenizer.json, or an ONNX file that carries its tokenizer) on
     the `text` files, or by default on the held-out split of the training text the first model records.
 
@@ -62,11 +73,34 @@ def evaluate(models: list[str | os.PathLike], text: list[str | os.PathLike] | No
     rows: list[EvalRow] = []
     for item in loaded:
         tokenizer = item["tokenizer"]
-        progress = (lambda done, total, name=item["name"]: on_progress(name, done, total)) if on_progress else None
-        result = score(item["logits"], tokenizer.encode(body), n_bytes, tokenizer.bos_token_id, window, batch, progress)
+        progress = (
+            (lambda done, total, name=item["name"]: on_progress(name, done, total))
+            if on_progress
+            else None
+        )
+        result = score(
+            item["logits"],
+            tokenizer.encode(body),
+            n_bytes,
+            tokenizer.bos_token_id,
+            window,
+            batch,
+            progress,
+        )
         first = rows[0].bits_per_byte if rows else result.bits_per_byte
-        rows.append(EvalRow(item["name"], item["runtime"], item["target"], item["precision"], result.tokens,
-                            result.cross_entropy, result.perplexity, result.bits_per_byte, result.bits_per_byte - first))
+        rows.append(
+            EvalRow(
+                item["name"],
+                item["runtime"],
+                item["target"],
+                item["precision"],
+                result.tokens,
+                result.cross_entropy,
+                result.perplexity,
+                result.bits_per_byte,
+                result.bits_per_byte - first,
+            )
+        )
     return EvalReport(described, n_bytes, window, unigram_bits_per_byte(body), rows)
 
 
@@ -81,25 +115,47 @@ def _load(path: Path, provider: str, threads: int | None) -> dict[str, Any]:
         runner._require("decoder", "evaluation on text")
         tokenizer = tokenizer_of_export(runner.metadata, path.name)
         if tokenizer is None:
-            raise RequestError(f"{path.name} carries no tokenizer: export it from a trained model folder")
+            raise RequestError(
+                f"{path.name} carries no tokenizer: export it from a trained model folder"
+            )
         header = runner.metadata
-        return {"name": str(path), "runtime": "onnxruntime", "config": runner.config, "tokenizer": tokenizer,
-                "logits": session_logits(runner.session, runner.config), "target": header.get("mhe_edge.target"),
-                "precision": header.get("mhe_edge.precision", "fp32"), "metadata": header, "path": path}
+        return {
+            "name": str(path),
+            "runtime": "onnxruntime",
+            "config": runner.config,
+            "tokenizer": tokenizer,
+            "logits": session_logits(runner.session, runner.config),
+            "target": header.get("mhe_edge.target"),
+            "precision": header.get("mhe_edge.precision", "fp32"),
+            "metadata": header,
+            "path": path,
+        }
     if not path.is_dir():
         raise RequestError(f"{str(path)!r} is neither a model folder nor an .onnx file")
     if not has_tokenizer(path):
-        raise RequestError(f"{path.name} has no tokenizer.json: evaluate trained folders (mhe-edge train)")
+        raise RequestError(
+            f"{path.name} has no tokenizer.json: evaluate trained folders (mhe-edge train)"
+        )
     if provider != "cpu":
-        raise RequestError("PyTorch rows are scored on the CPU; use --provider cpu (ONNX files alone may use cuda)")
+        raise RequestError(
+            "PyTorch rows are scored on the CPU; use --provider cpu (ONNX files alone may use cuda)"
+        )
     from mhe_edge.models import load_model
     from mhe_edge.training.workflow import torch_logits
 
     model = load_model(path)
     if model.config.arch != "decoder":
         raise RequestError(f"{path.name} is an encoder; evaluation on text is for decoders")
-    return {"name": str(path), "runtime": "pytorch", "config": model.config, "tokenizer": load_tokenizer(path),
-            "logits": torch_logits(model), "target": None, "precision": "fp32", "path": path}
+    return {
+        "name": str(path),
+        "runtime": "pytorch",
+        "config": model.config,
+        "tokenizer": load_tokenizer(path),
+        "logits": torch_logits(model),
+        "target": None,
+        "precision": "fp32",
+        "path": path,
+    }
 
 
 def _default_text(item: dict[str, Any]) -> tuple[str, str]:
@@ -108,7 +164,11 @@ def _default_text(item: dict[str, Any]) -> tuple[str, str]:
 
     if item["runtime"] == "pytorch":
         record_path = item["path"] / RECORD_FILE
-        found = held_out_from_record(json.loads(record_path.read_text())["corpus"]) if record_path.is_file() else None
+        found = (
+            held_out_from_record(json.loads(record_path.read_text())["corpus"])
+            if record_path.is_file()
+            else None
+        )
     else:
         found = held_out_text(item["metadata"], None)
     if found is None:

@@ -3,6 +3,7 @@ if any, a genai_config.json written from the export's metadata, and the tokenize
 carries a tokenizer), checked token for token against `mhe-edge generate` when onnxruntime-genai is
 installed, and for a model with a tokenizer text for text (og.Tokenizer and og.Generator against
 `mhe-edge generate --text`), before the folder appears."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -52,7 +53,13 @@ def package(
     """
     import onnx_ir as ir
 
-    from mhe_edge.edge.genai import CHECK_NEW_TOKENS, CHECK_PROMPT, genai_config, genai_greedy, share_cache_buffer
+    from mhe_edge.edge.genai import (
+        CHECK_NEW_TOKENS,
+        CHECK_PROMPT,
+        genai_config,
+        genai_greedy,
+        share_cache_buffer,
+    )
     from mhe_edge.passes import TARGETS, optimize
     from mhe_edge.runtime import ExportedModel
     from mhe_edge.text.tokenizer import tokenizer_of_export
@@ -65,10 +72,14 @@ def package(
     header = read_header(source)
     config = header.config
     if config.arch != "decoder":
-        raise RequestError(f"{source.name} is an encoder; onnxruntime-genai generates with decoders")
+        raise RequestError(
+            f"{source.name} is an encoder; onnxruntime-genai generates with decoders"
+        )
     packaged_target = header.target or target
     if share_buffer and packaged_target != "ort":
-        raise RequestError("a shared cache buffer needs --target ort (GroupQueryAttention updates the cache in place)")
+        raise RequestError(
+            "a shared cache buffer needs --target ort (GroupQueryAttention updates the cache in place)"
+        )
     folder = check_output(output, force=force, folder=True, inputs=[source])
     if eos_token_id is not None:
         eos = eos_token_id
@@ -93,28 +104,48 @@ def package(
             check_full(rewritten)
             os.replace(rewritten, onnx_path)
         has_mask = ATTENTION_MASK in header.io.get("inputs", []) or share_buffer
-        (stage / "genai_config.json").write_text(json.dumps(genai_config(config, share_buffer, eos, MODEL_FILE, has_mask), indent=2))
+        (stage / "genai_config.json").write_text(
+            json.dumps(genai_config(config, share_buffer, eos, MODEL_FILE, has_mask), indent=2)
+        )
         tokenizer = tokenizer_of_export(header.metadata, source.name)
         if tokenizer is not None:
             tokenizer.save(stage)
 
         check: dict[str, Any] = {"prompt": CHECK_PROMPT, "new_tokens": CHECK_NEW_TOKENS}
         if importlib.util.find_spec("onnxruntime_genai") is None:
-            check["status"] = "skipped: onnxruntime-genai is not installed (pip install 'mhe-edge[genai]')"
+            check["status"] = (
+                "skipped: onnxruntime-genai is not installed (pip install 'mhe-edge[genai]')"
+            )
         else:
-            expected = ExportedModel(source).generate(np.array([CHECK_PROMPT]), CHECK_NEW_TOKENS)[0].tolist()
+            expected = (
+                ExportedModel(source)
+                .generate(np.array([CHECK_PROMPT]), CHECK_NEW_TOKENS)[0]
+                .tolist()
+            )
             if eos in expected:  # onnxruntime-genai stops at EOS and does not append it
                 expected = expected[: expected.index(eos)]
             got = genai_greedy(stage, CHECK_PROMPT, CHECK_NEW_TOKENS)
-            check.update(status="passed" if got == expected else "failed", genai_tokens=got, mhe_edge_tokens=expected)
+            check.update(
+                status="passed" if got == expected else "failed",
+                genai_tokens=got,
+                mhe_edge_tokens=expected,
+            )
             if got != expected:
-                raise ParityError(f"onnxruntime-genai generated {got}, mhe-edge generate {expected}")
+                raise ParityError(
+                    f"onnxruntime-genai generated {got}, mhe-edge generate {expected}"
+                )
             if tokenizer is not None:
                 check["text"] = _check_text(source, stage, tokenizer)
         model_bytes = onnx_path.stat().st_size
     return PackageReport(
-        folder=str(folder), model=str(folder / MODEL_FILE), config=str(folder / "genai_config.json"), target=packaged_target,
-        share_buffer=share_buffer, eos_token_id=eos, model_bytes=model_bytes, check=check,
+        folder=str(folder),
+        model=str(folder / MODEL_FILE),
+        config=str(folder / "genai_config.json"),
+        target=packaged_target,
+        share_buffer=share_buffer,
+        eos_token_id=eos,
+        model_bytes=model_bytes,
+        check=check,
     )
 
 
@@ -125,8 +156,12 @@ def _check_text(source: Path, stage: Path, tokenizer) -> dict[str, Any]:
 
     ids, text = genai_text(stage, CHECK_TEXT, CHECK_NEW_TOKENS)
     if ids != tokenizer.encode(CHECK_TEXT):
-        raise ParityError(f"onnxruntime-genai's tokenizer encodes {CHECK_TEXT!r} as {ids}, mhe-edge's as {tokenizer.encode(CHECK_TEXT)}")
+        raise ParityError(
+            f"onnxruntime-genai's tokenizer encodes {CHECK_TEXT!r} as {ids}, mhe-edge's as {tokenizer.encode(CHECK_TEXT)}"
+        )
     ours = generate_text(source, CHECK_TEXT, max_new_tokens=CHECK_NEW_TOKENS).generations[0].text
     if text != ours:
-        raise ParityError(f"onnxruntime-genai generated {text!r}, mhe-edge generate --text {ours!r}")
+        raise ParityError(
+            f"onnxruntime-genai generated {text!r}, mhe-edge generate --text {ours!r}"
+        )
     return {"prompt": CHECK_TEXT, "genai_text": text, "mhe_edge_text": ours, "status": "passed"}
