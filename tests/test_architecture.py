@@ -46,6 +46,7 @@ ALLOWED = {
     "cli": BASE
     | {
         "files",
+        "verification",  # the parity tolerances' defaults, shown in --help
         "workflows",
         "edge",
         "runtime",

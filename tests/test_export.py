@@ -212,8 +212,13 @@ def test_cli_export_json(tmp_path, cli):
         (lambda d: [d / "m.pt", "--opset", "18"], 2, "Invalid value for '--opset'"),
         (lambda d: [d / "m.pt", "-o", d / "missing" / "m.onnx"], 2, "does not exist"),
         (lambda d: [d / "m.pt", "-o", d / "m.txt"], 2, "must end in .onnx"),
-        (lambda d: [d / "m.pt", "--atol", "1e-12"], 6, "ONNX Runtime disagrees with PyTorch"),
+        (
+            lambda d: [d / "m.pt", "--atol", "1e-12", "--rtol", "0"],
+            6,
+            "ONNX Runtime disagrees with PyTorch",
+        ),
         (lambda d: [d / "m.pt", "--atol", "0"], 2, "Invalid value for '--atol'"),
+        (lambda d: [d / "m.pt", "--rtol", "-1"], 2, "Invalid value for '--rtol'"),
     ],
 )
 def test_bad_export_requests(tmp_path, cli, make_args, code, fragment):

@@ -135,6 +135,13 @@ def _plain_onnx(path):
         (lambda d, p: None, lambda d, p: [p, "--target", "ort"], 2, "multiple of 8"),
         (lambda d, p: None, lambda d, p: [p, "-o", p], 2, "would overwrite an input"),
         (lambda d, p: None, lambda d, p: [d / "nothing.onnx"], 4, "is not a file"),
+        (
+            lambda d, p: None,
+            lambda d, p: [p, "--atol", "1e-12", "--rtol", "0"],
+            6,
+            "the optimized model disagrees with its input",
+        ),
+        (lambda d, p: None, lambda d, p: [p, "--rtol", "2"], 2, "Invalid value for '--rtol'"),
     ],
 )
 def test_optimize_refusals(tmp_path, cli, setup, args, code, fragment):

@@ -9,10 +9,11 @@ import typer
 from rich.table import Table
 
 from mhe_edge.cli import command
-from mhe_edge.cli.options import Force, Json, OnnxModel, OutputFile, flag
+from mhe_edge.cli.options import Atol, Force, Json, OnnxModel, OutputFile, Rtol, flag
 from mhe_edge.cli.output import emit, literal, out, print_optimize, steps, worst_per_case
 from mhe_edge.contract import MAX_OPSET, MIN_OPSET
 from mhe_edge.files import EXTERNAL_DATA_THRESHOLD_TEXT
+from mhe_edge.verification import DEFAULT_ATOL, DEFAULT_RTOL
 
 
 @command()
@@ -33,12 +34,8 @@ def export(
             help="ONNX opset; 23 is the first with the standard Attention op.",
         ),
     ] = 23,
-    atol: Annotated[
-        float,
-        typer.Option(
-            min=1e-12, max=1.0, help="Largest allowed |ONNX Runtime - PyTorch| on any output."
-        ),
-    ] = 1e-4,
+    atol: Atol = DEFAULT_ATOL,
+    rtol: Rtol = DEFAULT_RTOL,
     external_data: Annotated[
         bool,
         flag(
@@ -76,6 +73,7 @@ def export(
             output,
             opset=opset,
             atol=atol,
+            rtol=rtol,
             external_data=external_data,
             optimize=optimize,
             target=target,
@@ -102,7 +100,8 @@ def export(
         fused = {k: v for k, v in report.op_counts.items() if "Attention" in k}
         out.print(
             f"{report.file_bytes:,} bytes, opset {report.opset}, fused attention {fused}, "
-            f"max |ORT - PyTorch| {report.max_abs_diff:.2e} (atol {atol:g}), {sum(report.seconds.values()):.1f} s",
+            f"max |ORT - PyTorch| {report.max_abs_diff:.2e} (atol {atol:g}, rtol {rtol:g}), "
+            f"{sum(report.seconds.values()):.1f} s",
             highlight=False,
             markup=False,
         )
@@ -157,6 +156,8 @@ def optimize(
         bool,
         flag("--int4-asymmetric", "With --int4: a zero point per block too (default symmetric)."),
     ] = False,
+    atol: Atol = DEFAULT_ATOL,
+    rtol: Rtol = DEFAULT_RTOL,
     eval_text: Annotated[
         Optional[list[Path]],
         typer.Option(
@@ -183,7 +184,7 @@ def optimize(
 ) -> None:
     """Fold MHE head embeddings into constants and lower attention to fused single-KV-head kernels, then
     clean up; optionally fp16, int8 or int4. The result is compared with the input on ONNX Runtime before it is
-    written: fp32 within 1e-4; fp16, int8 and int4 by bits per byte on held-out text for a trained model (refused
+    written: fp32 within --atol + --rtol x each output's largest magnitude; fp16, int8 and int4 by bits per byte on held-out text for a trained model (refused
     beyond a threshold), by closeness alone (fp16) for random weights, whose quality cannot be judged.
 
     Example: `mhe-edge optimize model.onnx -o model.portable.onnx --target portable`
@@ -202,6 +203,8 @@ def optimize(
             int4_symmetric=not int4_asymmetric,
             opset=opset,
             ort_query_seqlens=ort_query_seqlens,
+            atol=atol,
+            rtol=rtol,
             force=force,
             eval_text=eval_text,
             max_quality_loss=max_quality_loss,

@@ -47,6 +47,19 @@ Runs = Annotated[int, typer.Option(min=1, max=10_000, help="Measured runs per po
 NewTokens = Annotated[
     int, typer.Option(min=0, max=1_000_000, help="Decode steps after the prefill (decoders).")
 ]
+# Parity of fp32 files: `export` (against PyTorch) and `optimize` (against its input) take the same two.
+Atol = Annotated[
+    float,
+    typer.Option(min=1e-12, max=1.0, help="Allowed |difference| on any output, plus rtol's share."),
+]
+Rtol = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="Allowed |difference| per unit of the output's largest magnitude (fp32 rounding grows with it).",
+    ),
+]
 Target = Annotated[
     str,
     typer.Option(

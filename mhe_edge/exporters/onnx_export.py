@@ -23,8 +23,11 @@ from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
 from mhe_edge.verification import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
     ParityChecked,
     ParityRecord,
+    check_tolerance,
     compare_runners,
     ort_runner,
     raise_on_failures,
@@ -75,7 +78,8 @@ def export(
     output: str | os.PathLike | None = None,
     *,
     opset: int = MIN_OPSET,
-    atol: float = 1e-4,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
     external_data: bool = False,
     force: bool = False,
     tokenizer: str | os.PathLike | None = None,
@@ -84,7 +88,7 @@ def export(
     """Export a model (or a checkpoint path) to ONNX and check it against PyTorch.
 
     Nothing appears at `output` unless the full ONNX check and the parity check (ONNX Runtime vs PyTorch
-    within `atol`) pass; raises an `MheEdgeError` subclass otherwise. Weights go to `OUTPUT.data` with
+    within `atol + rtol * scale` per output, scale being PyTorch's largest magnitude there) pass; raises an `MheEdgeError` subclass otherwise. Weights go to `OUTPUT.data` with
     `external_data`, and by themselves past the protobuf limit. The tokenizer (a model folder's own
     `tokenizer.json`, or `tokenizer`) travels in the file's metadata, so `generate --text` works on the
     file alone; so does a trained folder's record of its training text, for `eval`.
@@ -96,8 +100,7 @@ def export(
             f"opset {opset} is not supported: use {MIN_OPSET} (the first with the standard Attention op)"
             f" to {supported_opsets()[-1]}"
         )
-    if not atol > 0:
-        raise RequestError(f"atol must be positive, not {atol}")
+    check_tolerance(atol, rtol)
     from_path = isinstance(model, (str, os.PathLike))
     if output is None:
         if not from_path:
@@ -149,7 +152,11 @@ def export(
             check_full(staged)
         with step("validate"):
             records = compare_runners(
-                config, ort_runner(create_session(staged, "cpu")), torch_runner(model), atol
+                config,
+                ort_runner(create_session(staged, "cpu")),
+                torch_runner(model),
+                atol,
+                rtol=rtol,
             )
             raise_on_failures(records, "ONNX Runtime disagrees with PyTorch")
         size = file_bytes(staged)

@@ -34,15 +34,19 @@ from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
 from mhe_edge.verification import (
+    DEFAULT_ATOL,
+    DEFAULT_RTOL,
     ParityChecked,
     ParityRecord,
     argmax_agreement,
+    check_tolerance,
     compare_runners,
     ort_runner,
     raise_on_failures,
 )
 
-FP32_ATOL, FP16_ATOL, FP16_MIN_ARGMAX = 1e-4, 1e-2, 0.99
+# fp16 without text to judge by: close to the input (per unit of each output's largest magnitude too)
+FP16_ATOL, FP16_RTOL, FP16_MIN_ARGMAX = 1e-2, 1e-3, 0.99
 
 
 @dataclass
@@ -95,6 +99,8 @@ def optimize(
     int4_symmetric: bool = True,
     opset: int | None = None,
     ort_query_seqlens: bool = False,
+    atol: float = DEFAULT_ATOL,
+    rtol: float = DEFAULT_RTOL,
     force: bool = False,
     eval_text: list[str | os.PathLike] | None = None,
     max_quality_loss: float | None = None,
@@ -102,7 +108,7 @@ def optimize(
     on_step: Callable[[str], None] | None = None,
 ) -> OptimizeReport:
     """Run the passes on an mhe-edge export and write the result if ONNX Runtime agrees with the input:
-    fp32 within 1e-4. Lossy steps (fp16, int8, int4: ONNX Runtime's MatMulNBits, `int4_block_size` weights per
+    fp32 within `atol + rtol * scale` per output (scale: the input's largest magnitude there). Lossy steps (fp16, int8, int4: ONNX Runtime's MatMulNBits, `int4_block_size` weights per
     scale, symmetric unless `int4_symmetric=False`) are judged on text: for a model that carries a tokenizer (a
     trained folder's export) the held-out text's bits per byte before and after, refused beyond
     `max_quality_loss` (default per step: text/quality.py) unless `allow_quality_loss`; `eval_text` files
@@ -116,6 +122,7 @@ def optimize(
     """
     import onnx_ir as ir
 
+    check_tolerance(atol, rtol)
     source = Path(source)
     passes = build_passes(
         target, fp16, int8, opset, ort_query_seqlens, int4, int4_block_size, int4_symmetric
@@ -194,14 +201,14 @@ def optimize(
                     allow_loss=allow_quality_loss,
                 )
             if fp16 and not quality.judged:  # no text to judge by: the numbers must stay close
-                records = check(FP16_ATOL, min_argmax_agreement=FP16_MIN_ARGMAX)
+                records = check(FP16_ATOL, rtol=FP16_RTOL, min_argmax_agreement=FP16_MIN_ARGMAX)
                 raise_on_failures(records, "the fp16 model disagrees with its input")
             elif (
                 fp16 or int8 or int4
             ):  # quantization error is expected; quality was judged on text (or cannot be)
                 records = check(float("inf"))
             else:
-                records = check(FP32_ATOL)
+                records = check(atol, rtol=rtol)
                 raise_on_failures(records, "the optimized model disagrees with its input")
         written = file_bytes(staged)
     return OptimizeReport(

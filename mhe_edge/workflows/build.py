@@ -87,6 +87,7 @@ def export_and_optimize(
     from mhe_edge.files import check_output
     from mhe_edge.passes import build_passes
     from mhe_edge.passes import optimize as optimize_model
+    from mhe_edge.verification import DEFAULT_ATOL, DEFAULT_RTOL
 
     if (target is not None or ort_query_seqlens) and not optimize:
         raise RequestError(
@@ -108,6 +109,8 @@ def export_and_optimize(
             exported.path,
             target=target,
             ort_query_seqlens=ort_query_seqlens,
+            atol=export_options.get("atol", DEFAULT_ATOL),
+            rtol=export_options.get("rtol", DEFAULT_RTOL),
             force=force,
             on_step=on_optimize_step,
         )
