@@ -17,6 +17,16 @@ class TargetRefused(RequestError, ir.passes.PreconditionError):
     """A model the requested target cannot take (e.g. a head size a fused kernel refuses)."""
 
 
+def proto_with_weights(model: ir.Model):
+    """The model as a ModelProto holding every weight in memory. onnx_ir reads external data from the
+    model's own folder; a proto that still pointed at `MODEL.onnx.data` would be resolved by ONNX Runtime's
+    quantizers against the current directory, and pick up whatever file of that name is there."""
+    ir.external_data.load_to_model(
+        model
+    )  # tensors stay the same values: only where they live changes
+    return ir.to_proto(model)
+
+
 def signature(model: ir.Model) -> tuple:
     """What a clean-up can change, cheaply: nodes (type, inputs, outputs), initializers, functions, opsets,
     per-node metadata. Equal before and after means the pass changed nothing."""

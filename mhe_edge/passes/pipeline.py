@@ -173,7 +173,8 @@ def optimize(
             model.metadata_props[KEY_IO] = json.dumps({**io, "float_dtype": "float16"})
     with staged_output(target_path, force=force) as staged:
         with step("check"):
-            save_ir_model(model, staged)
+            # weights stay external when the input's were (and always past the protobuf limit)
+            save_ir_model(model, staged, True if header.external_files else None)
             check_full(staged)
         with step("validate"):
             candidate = ort_runner(create_session(staged, "cpu"))

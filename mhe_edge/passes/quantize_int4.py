@@ -18,7 +18,7 @@ import logging
 import onnx_ir as ir
 
 from mhe_edge.contract import MS_DOMAIN
-from mhe_edge.passes._graph import GraphRefused
+from mhe_edge.passes._graph import GraphRefused, proto_with_weights
 from mhe_edge.passes.quantize_int8 import _quantizable
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -59,7 +59,7 @@ class QuantizeInt4Pass(ir.passes.FunctionalPass):
         logging.disable(logging.WARNING)  # the quantizer logs every node it visits
         try:
             quantizer = MatMulNBitsQuantizer(
-                ir.to_proto(model),
+                proto_with_weights(model),
                 bits=4,
                 block_size=self.block_size,
                 is_symmetric=self.symmetric,

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import onnx_ir as ir
 
-from mhe_edge.passes._graph import GraphRefused
+from mhe_edge.files import EXTERNAL_DATA_THRESHOLD, initializer_bytes
+from mhe_edge.passes._graph import GraphRefused, proto_with_weights
 
 
 def _quantizable(model: ir.Model) -> list[ir.Node]:
@@ -46,13 +47,17 @@ class DynamicQuantizeInt8Pass(ir.passes.FunctionalPass):
         try:
             with tempfile.TemporaryDirectory() as tmp:
                 quantized = Path(tmp) / "int8.onnx"
+                proto = proto_with_weights(model)
                 quantize_dynamic(
-                    ir.to_proto(model),
+                    proto,
                     quantized,
                     op_types_to_quantize=["MatMul"],
                     weight_type=QuantType.QInt8,
+                    use_external_data_format=initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD,
                 )
+                del proto
                 result = ir.load(quantized)
+                ir.external_data.load_to_model(result)  # before the temporary folder goes
         finally:
             logging.disable(previous)
         result.metadata_props.update(model.metadata_props)
