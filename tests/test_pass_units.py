@@ -10,6 +10,7 @@ import pytest
 
 from mhe_edge.contract import OP_TYPES
 from mhe_edge.exporters.mhe_function import mhe_attention_function
+from mhe_edge.errors import RequestError
 from mhe_edge.passes._graph import GraphRefused, TargetRefused
 from mhe_edge.passes.cleanup import CleanupPass
 from mhe_edge.passes.float16 import ConvertToFloat16Pass
@@ -386,3 +387,38 @@ def test_int4_on_a_hand_built_graph(tmp_path):
     )  # 4 bits cost a little
     with pytest.raises(GraphRefused, match="block size"):
         QuantizeInt4Pass(block_size=48)
+
+
+@pytest.mark.parametrize("algorithm", ["rtn", "hqq", "k-quant"])
+def test_int4_quantizes_a_tied_head_and_its_table(tmp_path, algorithm):
+    """ids -> Gather(E) -> MatMul(., Transpose(E)): the head becomes a MatMulNBits, the table a
+    GatherBlockQuantized, and no float32 copy of E is left."""
+    from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass
+
+    ids = _value("ids", ["B"], ir.DataType.INT64)
+    graph = ir.Graph([ids], [], nodes=[], name="tied")
+    table = _const(graph, "E", RNG.standard_normal((WIDTH, 64)).astype(np.float32))
+    gather = ir.node("Gather", [table, ids])
+    transpose = ir.node("Transpose", [table], {"perm": [1, 0]})
+    head = ir.node("MatMul", [gather.outputs[0], transpose.outputs[0]])
+    for node in (gather, transpose, head):
+        graph.append(node)
+    head.outputs[0].name = "logits"
+    graph.outputs.append(head.outputs[0])
+    model = _model(graph)
+    feeds = {"ids": np.array([0, 5, 7], dtype=np.int64)}
+    before = _run(model, feeds, tmp_path, "before")
+    result = QuantizeInt4Pass(block_size=32, algorithm=algorithm)(model)
+    ops = sorted(f"{n.domain}.{n.op_type}" for n in result.model.graph)
+    assert result.modified
+    assert ops == ["com.microsoft.GatherBlockQuantized", "com.microsoft.MatMulNBits"]
+    floats = [
+        v.name
+        for v in result.model.graph.initializers.values()
+        if v.dtype == F32 and v.const_value is not None and v.const_value.size >= WIDTH * 64
+    ]
+    assert not floats, f"a float32 copy of the table is left: {floats}"
+    after = _run(result.model, feeds, tmp_path, "after")
+    assert np.abs(after["logits"] - before["logits"]).max() < 0.2 * np.abs(before["logits"]).max()
+    with pytest.raises(RequestError, match="algorithm"):
+        QuantizeInt4Pass(algorithm="gptq-without-text")

@@ -340,6 +340,33 @@ def test_int4_is_small_generates_and_reports_its_quality(trained, cli):
     assert refused.code == 2 and "MatMulNBits" in refused.stderr
 
 
+@pytest.mark.parametrize("algorithm", ["hqq", "k-quant"])
+def test_int4_algorithms_are_judged_on_text(trained, cli, algorithm):
+    _, root = trained
+    out = root / f"model.int4-{algorithm}.onnx"
+    result = cli(
+        "optimize",
+        root / "model.onnx",
+        "-o",
+        out,
+        "--target",
+        "ort",
+        "--int4",
+        "--int4-algorithm",
+        algorithm,
+        "--int4-block-size",
+        "32",
+        "--int4-accuracy-level",
+        "4",
+        "--json",
+    )
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)  # stdout is the JSON alone: no quantizer progress bars
+    assert report["op_counts"]["after"].get("com.microsoft.MatMulNBits", 0) > 0
+    quality = report["quality"]
+    assert quality["judged"] and 0 <= quality["bits_per_byte_change"] < 0.1
+
+
 def test_a_foreign_tokenizer_does_not_stop_an_export(tmp_path):
     """A folder from elsewhere may hold a tokenizer.json mhe-edge cannot drive (no <|endoftext|>): the model
     still exports, without text support; asked for explicitly, the same tokenizer is refused."""

@@ -156,6 +156,20 @@ def optimize(
         bool,
         flag("--int4-asymmetric", "With --int4: a zero point per block too (default symmetric)."),
     ] = False,
+    int4_accuracy_level: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=4,
+            help="With --int4: MatMulNBits compute (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8).",
+        ),
+    ] = 4,
+    int4_algorithm: Annotated[
+        str,
+        typer.Option(
+            help="With --int4: rtn (round to nearest), hqq (half-quadratic, zero points) or k-quant."
+        ),
+    ] = "rtn",
     atol: Atol = DEFAULT_ATOL,
     rtol: Rtol = DEFAULT_RTOL,
     eval_text: Annotated[
@@ -201,6 +215,8 @@ def optimize(
             int4=int4,
             int4_block_size=int4_block_size,
             int4_symmetric=not int4_asymmetric,
+            int4_accuracy_level=int4_accuracy_level,
+            int4_algorithm=int4_algorithm,
             opset=opset,
             ort_query_seqlens=ort_query_seqlens,
             atol=atol,

@@ -97,6 +97,8 @@ def optimize(
     int4: bool = False,
     int4_block_size: int = 32,
     int4_symmetric: bool = True,
+    int4_accuracy_level: int = 4,
+    int4_algorithm: str = "rtn",
     opset: int | None = None,
     ort_query_seqlens: bool = False,
     atol: float = DEFAULT_ATOL,
@@ -109,7 +111,8 @@ def optimize(
 ) -> OptimizeReport:
     """Run the passes on an mhe-edge export and write the result if ONNX Runtime agrees with the input:
     fp32 within `atol + rtol * scale` per output (scale: the input's largest magnitude there). Lossy steps (fp16, int8, int4: ONNX Runtime's MatMulNBits, `int4_block_size` weights per
-    scale, symmetric unless `int4_symmetric=False`) are judged on text: for a model that carries a tokenizer (a
+    scale, symmetric unless `int4_symmetric=False`, compute per `int4_accuracy_level`, weights by
+    `int4_algorithm`: rtn, hqq or k-quant; the tied head and the embedding table included) are judged on text: for a model that carries a tokenizer (a
     trained folder's export) the held-out text's bits per byte before and after, refused beyond
     `max_quality_loss` (default per step: text/quality.py) unless `allow_quality_loss`; `eval_text` files
     replace the held-out text. A random-weight model's quality cannot be judged (the report says so); its
@@ -125,7 +128,16 @@ def optimize(
     check_tolerance(atol, rtol)
     source = Path(source)
     passes = build_passes(
-        target, fp16, int8, opset, ort_query_seqlens, int4, int4_block_size, int4_symmetric
+        target,
+        fp16,
+        int8,
+        opset,
+        ort_query_seqlens,
+        int4,
+        int4_block_size,
+        int4_symmetric,
+        int4_accuracy_level,
+        int4_algorithm,
     )
     opset = check_target(target, opset, ort_query_seqlens)
     default = source.with_name(source.stem + ".opt.onnx")

@@ -9,16 +9,29 @@ tables (Gather) become `com.microsoft.GatherBlockQuantized`, blocks along the em
 model they are a third of the weights, and left in float32 they alone would keep the file above a third of
 its fp32 size. Precondition: a MatMul with a float32 2-D constant weight whose input size is a
 multiple of the block size. `modified` says whether any MatMul became MatMulNBits.
+
+A tied head (`MatMul(x, Transpose(E))`, E the embedding table) is quantized too: the transpose becomes a
+constant first, so the head is a MatMulNBits and E a GatherBlockQuantized, and no float32 copy of the
+table is left (two 4-bit copies, a quarter of the float32 table, instead of the table plus one).
+
+`algorithm` is the quantizer's: "rtn" (ONNX Runtime's block-wise round-to-nearest, the default), "hqq"
+(half-quadratic, zero points always), "k-quant" (k-means-like scale search). Embedding tables are always
+quantized by round-to-nearest: ONNX Runtime's GatherBlockQuantized takes no float zero points (HQQ's).
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
+import warnings
 
+import numpy as np
 import onnx_ir as ir
 
 from mhe_edge.contract import MS_DOMAIN
-from mhe_edge.passes._graph import GraphRefused, proto_with_weights
+from mhe_edge.errors import RequestError
+from mhe_edge.passes._graph import GraphRefused, add_initializer, proto_with_weights
 from mhe_edge.passes.quantize_int8 import _quantizable
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
@@ -37,41 +50,122 @@ def _import_quantizer():
     return MatMulNBitsQuantizer
 
 
+ALGORITHMS = ("rtn", "hqq", "k-quant")
+ACCURACY_LEVELS = (
+    0,
+    1,
+    2,
+    3,
+    4,
+)  # MatMulNBits' compute type: 0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8
+
+
 class QuantizeInt4Pass(ir.passes.FunctionalPass):
-    def __init__(self, block_size: int = 32, symmetric: bool = True, accuracy_level: int = 4):
+    def __init__(
+        self,
+        block_size: int = 32,
+        symmetric: bool = True,
+        accuracy_level: int = 4,
+        algorithm: str = "rtn",
+    ):
         super().__init__()
         if block_size not in BLOCK_SIZES:
             raise GraphRefused(
                 f"int4 block size must be one of {', '.join(map(str, BLOCK_SIZES))}, not {block_size}"
             )
-        self.block_size, self.symmetric, self.accuracy_level = block_size, symmetric, accuracy_level
+        if algorithm not in ALGORITHMS:
+            raise RequestError(
+                f"int4 algorithm must be one of {', '.join(ALGORITHMS)}, not {algorithm!r}"
+            )
+        if accuracy_level not in ACCURACY_LEVELS:
+            raise RequestError(f"int4 accuracy level must be 0 to 4, not {accuracy_level}")
+        self.block_size, self.symmetric = block_size, symmetric
+        self.accuracy_level, self.algorithm = accuracy_level, algorithm
 
     def requires(self, model: ir.Model) -> None:
-        if not _quantizable(model):
+        if not _quantizable(model) and not _tied_heads(model):
             raise GraphRefused(
                 "no MatMul with a float32 weight to quantize (is the graph float16 or already quantized?)"
             )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        MatMulNBitsQuantizer = _import_quantizer()
-
+        _untie_heads(model)
         previous = logging.root.manager.disable
         logging.disable(logging.WARNING)  # the quantizer logs every node it visits
         try:
-            quantizer = MatMulNBitsQuantizer(
-                proto_with_weights(model),
-                bits=4,
-                block_size=self.block_size,
-                is_symmetric=self.symmetric,
-                accuracy_level=self.accuracy_level,
-                op_types_to_quantize=("MatMul", "Gather"),
-                quant_axes=(("MatMul", 0), ("Gather", 1)),
-            )
-            quantizer.process()
-            result = ir.serde.deserialize_model(quantizer.model.model)
+            with warnings.catch_warnings():
+                # HQQ warns about reading a read-only array through torch
+                warnings.simplefilter("ignore")
+                proto = proto_with_weights(model)
+                if self.algorithm == "rtn":
+                    proto = self._quantize(proto, ("MatMul", "Gather"), None)
+                else:  # MatMuls by the chosen algorithm, then the embedding tables by round-to-nearest
+                    proto = self._quantize(proto, ("MatMul",), self._algorithm_config())
+                    proto = self._quantize(proto, ("Gather",), None)
+                result = ir.serde.deserialize_model(proto)
         finally:
             logging.disable(previous)
         result.metadata_props.update(model.metadata_props)
         result.opset_imports.setdefault(MS_DOMAIN, 1)
         modified = any(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in result.graph)
         return ir.passes.PassResult(result, modified=modified)
+
+    def _algorithm_config(self):
+        from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+        if self.algorithm == "hqq":
+            return nbits.HQQWeightOnlyQuantConfig(
+                block_size=self.block_size, bits=4, op_types_to_quantize=("MatMul",)
+            )
+        return nbits.KQuantWeightOnlyQuantConfig(op_types_to_quantize=("MatMul",))
+
+    def _quantize(self, proto, op_types, algo_config):
+        MatMulNBitsQuantizer = _import_quantizer()
+        quantizer = MatMulNBitsQuantizer(
+            proto,
+            bits=4,
+            block_size=self.block_size,
+            is_symmetric=self.symmetric,
+            accuracy_level=self.accuracy_level,
+            op_types_to_quantize=op_types,
+            quant_axes=(("MatMul", 0), ("Gather", 1)),
+            algo_config=algo_config,
+        )
+        with contextlib.redirect_stdout(io.StringIO()):  # k-quant draws a progress bar on stdout
+            quantizer.process()
+        model = quantizer.model
+        return model.model if hasattr(model, "model") else model  # ONNXModel, or a bare ModelProto
+
+
+def _tied_heads(model: ir.Model) -> list[tuple[ir.Node, ir.Node]]:
+    """(MatMul, Transpose) pairs where the MatMul's weight is a 2-D float32 initializer transposed."""
+    pairs = []
+    for node in model.graph:
+        if node.op_type != "MatMul" or node.domain != "" or node.inputs[1] is None:
+            continue
+        producer = node.inputs[1].producer()
+        if producer is None or producer.op_type != "Transpose" or producer.domain != "":
+            continue
+        perm = producer.attributes.get("perm")
+        source = producer.inputs[0]
+        tensor = None if source is None else ir.convenience.get_const_tensor(source)
+        if (
+            tensor is not None
+            and tensor.dtype == ir.DataType.FLOAT
+            and len(tensor.shape) == 2
+            and (perm is None or list(perm.as_ints()) == [1, 0])
+        ):
+            pairs.append((node, producer))
+    return pairs
+
+
+def _untie_heads(model: ir.Model) -> None:
+    """Give each tied head its own constant weight (E transposed), so the quantizer sees a MatMul it can
+    take; the Transpose goes once nothing reads it."""
+    graph = model.graph
+    for matmul, transpose in _tied_heads(model):
+        table = transpose.inputs[0]
+        weight = np.ascontiguousarray(table.const_value.numpy().T)
+        matmul.replace_input_with(1, add_initializer(graph, f"{table.name}_transposed", weight))
+        if not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
+            graph.remove(transpose, safe=True)

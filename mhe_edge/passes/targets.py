@@ -64,6 +64,8 @@ def build_passes(
     int4: bool = False,
     int4_block_size: int = 32,
     int4_symmetric: bool = True,
+    int4_accuracy_level: int = 4,
+    int4_algorithm: str = "rtn",
 ) -> list:
     """The pass list for a target and precision, in order (each pass one file in mhe_edge/passes/)."""
     from mhe_edge.passes.cleanup import CleanupPass
@@ -72,6 +74,10 @@ def build_passes(
     opset = check_target(target, opset, query_seqlens)
     if fp16 + int8 + int4 > 1:
         raise RequestError("choose one of --fp16, --int8 and --int4")
+    if not int4 and (int4_algorithm, int4_accuracy_level, int4_block_size) != ("rtn", 4, 32):
+        raise RequestError(
+            "--int4-algorithm, --int4-accuracy-level and --int4-block-size need --int4"
+        )
     if int4 and target == "portable":
         raise RequestError(
             "--int4 writes com.microsoft.MatMulNBits (ONNX Runtime only): use --target ort or std, not portable"
@@ -100,7 +106,9 @@ def build_passes(
     if int4:
         from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass
 
-        passes.append(QuantizeInt4Pass(int4_block_size, int4_symmetric))
+        passes.append(
+            QuantizeInt4Pass(int4_block_size, int4_symmetric, int4_accuracy_level, int4_algorithm)
+        )
     if target in IR_VERSION:
         from mhe_edge.passes.to_opset import ConvertToOpsetPass
 
