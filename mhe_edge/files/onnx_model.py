@@ -105,28 +105,31 @@ class OnnxHeader:
         return op_counts(self.proto.graph.node)
 
 
-def load_onnx_header(path: str | os.PathLike):
-    """The ModelProto without external tensor data (cheap), or one clear error."""
-    import onnx
+def load_onnx_header(path: str | os.PathLike, with_raw_data: bool = False):
+    """The ModelProto without weights (neither external data nor inline raw_data: the graph's size, not
+    the weights'), or one clear error. With `with_raw_data`, also where each inline tensor's bytes lie."""
+    from mhe_edge.files.lean_proto import read_model_without_weights
 
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"{str(path)!r} is not a file")
     try:
-        return onnx.load(str(path), load_external_data=False)
-    except Exception as exc:  # protobuf DecodeError and friends
+        proto, raw_data = read_model_without_weights(path)
+    except Exception as exc:  # a malformed wire format, protobuf DecodeError and friends
         raise ModelFileError(
             f"{path.name} is not a readable ONNX file: {first_line(exc, 200)}"
         ) from exc
+    return (proto, raw_data) if with_raw_data else proto
 
 
 def read_header(path: str | os.PathLike) -> OnnxHeader:
-    """Config, metadata and header of an mhe-edge export, its tensors vetted."""
+    """Config, metadata and header of an mhe-edge export, its tensors vetted (read from the file in
+    chunks: the header never holds the weights)."""
     path = Path(path)
-    proto = load_onnx_header(path)
+    proto, raw_data = load_onnx_header(path, with_raw_data=True)
     props = {p.key: p.value for p in proto.metadata_props}
     config = config_from_metadata(props, path.name)
-    check_tensor_sizes(proto, path)
+    check_tensor_sizes(proto, path, raw_data)
     check_io_matches_config(proto, config, path.name)
     header = OnnxHeader(path, config, props, proto)
     header.float_dtype  # parses and checks the I/O layout now, not in the middle of a command
@@ -209,9 +212,12 @@ def check_io_matches_config(proto, config: ModelConfig, name: str) -> None:
             )
 
 
-def check_tensor_sizes(proto, path: Path) -> None:
+def check_tensor_sizes(proto, path: Path, raw_data: dict | None = None) -> None:
     """Refuse tensors whose declared size does not match the bytes behind them (a small file declaring a
-    huge tensor would otherwise make a loader allocate it), and external data outside the model's folder."""
+    huge tensor would otherwise make a loader allocate it), and external data outside the model's folder.
+    `raw_data` (from `load_onnx_header`) says where inline tensors' bytes lie in `path` when the proto
+    holds none."""
+    raw_data = raw_data or {}
     external_data_files(proto, path)
     sparse = [t.values.name or "unnamed" for t in proto.graph.sparse_initializer]
     sparse += [
@@ -235,6 +241,18 @@ def check_tensor_sizes(proto, path: Path) -> None:
                 raise ModelFileError(
                     f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes its external data does not hold"
                 )
+        elif tensor.name in raw_data and not tensor.raw_data:
+            where = raw_data[tensor.name]
+            if where.length != declared:
+                raise ModelFileError(
+                    f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes but holds {where.length:,}"
+                )
+            if tensor.data_type in _FLOAT_TYPES and not _finite_in_file(
+                path, where, _FLOAT_TYPES[tensor.data_type]
+            ):
+                raise ModelFileError(
+                    f"{path.name}: tensor {tensor.name!r} holds NaN or infinite values"
+                )
         elif tensor.raw_data and len(tensor.raw_data) != declared:
             raise ModelFileError(
                 f"{path.name}: tensor {tensor.name!r} declares {declared:,} bytes but holds {len(tensor.raw_data):,}"
@@ -248,6 +266,24 @@ def check_tensor_sizes(proto, path: Path) -> None:
 
 
 _FLOAT_TYPES = {1: np.float32, 10: np.float16, 11: np.float64}  # TensorProto FLOAT, FLOAT16, DOUBLE
+CHECK_CHUNK_BYTES = 4 << 20  # the finite-values check reads weights in chunks of this size
+
+
+def _finite_in_file(path: Path, where, dtype) -> bool:
+    """Whether the `where.length` bytes at `where.offset` of `path` hold only finite `dtype` values."""
+    item = np.dtype(dtype).itemsize
+    chunk = CHECK_CHUNK_BYTES - CHECK_CHUNK_BYTES % item
+    with open(path, "rb") as stream:
+        stream.seek(where.offset)
+        left = where.length
+        while left > 0:
+            data = stream.read(min(chunk, left))
+            if not data:
+                return False
+            left -= len(data)
+            if not np.isfinite(np.frombuffer(data, dtype=dtype)).all():
+                return False
+    return True
 
 
 def external_locations(proto) -> set[str]:

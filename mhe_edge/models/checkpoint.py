@@ -82,8 +82,25 @@ def load_model(path: str | os.PathLike) -> Transformer:
     Example: `model = mhe_edge.load_model("model.pt"); model.config.attention`
     """
     config, state = read_checkpoint(path)
-    model = build_model(config)
-    model.load_state_dict(state, strict=True)
+    return model_from_state(config, state)
+
+
+def model_from_state(config: ModelConfig, state: dict[str, torch.Tensor]) -> Transformer:
+    """The model built straight from its weights: modules made on the meta device (no memory, no random
+    initialisation), then the checked state assigned as their parameters, float32 (a bf16 or fp16 folder
+    is widened once, here), so the weights are held once, not as a random model plus the state."""
+    with torch.device("meta"):
+        model = build_model(config)
+    state = {
+        name: t.float() if t.is_floating_point() and t.dtype != torch.float32 else t
+        for name, t in state.items()
+    }
+    model.load_state_dict(state, strict=True, assign=True)
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if (
+        left
+    ):  # read_checkpoint checked every name; a module that made its own tensor would land here
+        raise CheckpointError(f"{left[0]} was not in the checkpoint")
     return model.eval()
 
 

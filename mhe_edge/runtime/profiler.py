@@ -20,10 +20,15 @@ import numpy as np
 from mhe_edge.accounting import kv_cache_bytes
 from mhe_edge.contract import KEY_GRAPH
 from mhe_edge.errors import RequestError
-from mhe_edge.files import check_output, staged_output
+from mhe_edge.files import check_output, read_header, staged_output
 from mhe_edge.results import Result
 from mhe_edge.runtime.driver import ExportedModel
-from mhe_edge.runtime.memory import DevicePeakMemory, peak_rss_bytes, reset_peak_rss
+from mhe_edge.runtime.memory import (
+    DevicePeakMemory,
+    peak_rss_bytes,
+    read_bandwidth_bytes_per_s,
+    reset_peak_rss,
+)
 
 
 @dataclass
@@ -97,7 +102,7 @@ def profile(
     `new_tokens` one at a time; encoders run one forward pass of `seq_len` tokens (default: 128, or what
     fits the model's max_seq_len). Latencies are min/median/p90 over `runs` runs after `warmup` runs (every
     decode step is a sample), flagged in `unstable` when (p90 - min) / median exceeds 10%; memory is the
-    peak over the measured runs. A `--target ort` decoder updates its cache in place unless `in_place` is
+    peak from loading the session through the measured runs (what a device must hold). A `--target ort` decoder updates its cache in place unless `in_place` is
     False. On the CPU, decoders also report their bandwidth floor: the bytes a decode step must read (every
     weight, and the cache) at this machine's measured bandwidth, and which fraction of it the decode reached.
     `trace` keeps ONNX Runtime's Chrome trace (a .json file, never over an existing one unless `force`).
@@ -113,9 +118,19 @@ def profile(
     ):
         if value is not None and value < least:
             raise RequestError(f"{name} must be at least {least}, not {value}")
-    start = time.perf_counter()
     if trace is not None:
         check_output(trace, force=force, suffixes=(".json",), inputs=[path])
+    # The bandwidth probe allocates about the weights' size: run it before the session exists, so the
+    # process never holds both, and leave it out of the peak, which is the session's alone.
+    header = read_header(path)
+    bandwidth = (
+        read_bandwidth_bytes_per_s(_probe_bytes(header.parameter_bytes))
+        if provider == "cpu" and header.config.arch == "decoder" and new_tokens > 0
+        else None
+    )
+    del header
+    reset_peak_rss()
+    start = time.perf_counter()
     model = ExportedModel(path, provider, threads)
     load_s = time.perf_counter() - start
     cfg = model.config
@@ -132,7 +147,7 @@ def profile(
     prefill_s: list[float] = []
     decode_s: list[float] = []
 
-    def one_run(record: bool) -> None:
+    def one_run(model: ExportedModel, record: bool) -> None:
         t0 = time.perf_counter()
         if not is_decoder:
             model.encode(ids)
@@ -152,13 +167,12 @@ def profile(
 
     total = warmup + runs
     for i in range(warmup):
-        one_run(record=False)
+        one_run(model, record=False)
         if on_progress:
             on_progress("warm-up", i + 1, total)
-    reset_peak_rss()
     with DevicePeakMemory() if provider == "cuda" else contextlib.nullcontext() as device_memory:
         for i in range(runs):
-            one_run(record=True)
+            one_run(model, record=True)
             if on_progress:
                 on_progress("measure", warmup + i + 1, total)
     if provider == "cuda":
@@ -171,7 +185,7 @@ def profile(
     else:
         peak = peak_rss_bytes()
         source = (
-            "process VmHWM (run phase)"
+            "process VmHWM (session load and runs)"
             if peak is not None
             else "unavailable: /proc/self/status not readable"
         )
@@ -190,19 +204,24 @@ def profile(
         if isinstance(stats, dict) and stats["spread"] > UNSTABLE_SPREAD
     ]
     floor = None
-    if decode and provider == "cpu":
+    if decode and bandwidth is not None:
         floor = _bandwidth_floor(
             model.parameter_bytes,
             kv_cache_bytes(cfg, batch, seq_len + new_tokens // 2, bytes_per_element),
             decode["min"],
+            bandwidth,
         )
+    providers = model.session.get_providers()
+    metadata, parameter_bytes, file_size = model.metadata, model.parameter_bytes, model.file_bytes
+    in_place = is_decoder and model.cache_in_place
+    del model  # the op profile below loads its own session; never two at once
     return ProfileReport(
         path=str(path),
         provider=provider,
-        providers=model.session.get_providers(),
+        providers=providers,
         arch=cfg.arch,
         attention=cfg.attention,
-        graph=model.metadata.get(KEY_GRAPH),
+        graph=metadata.get(KEY_GRAPH),
         batch=batch,
         seq_len=seq_len,
         prefill_chunk=prefill_chunk,
@@ -217,9 +236,9 @@ def profile(
         kv_cache_bytes=kv_cache_bytes(cfg, batch, final_len, bytes_per_element)
         if is_decoder
         else 0,
-        model_file_bytes=model.file_bytes,
-        parameter_bytes=model.parameter_bytes,
-        cache="in place" if is_decoder and model.cache_in_place else "copied",
+        model_file_bytes=file_size,
+        parameter_bytes=parameter_bytes,
+        cache="in place" if in_place else "copied",
         bandwidth_floor=floor,
         unstable=unstable,
         top_ops=_top_ops(
@@ -239,12 +258,20 @@ def profile(
     )
 
 
-def _bandwidth_floor(weight_bytes: int, cache_bytes: int, decode_min_ms: float) -> dict[str, Any]:
-    """The least time a decode step can take on this machine: every weight and the cache (at its mean length
-    over the decode) read once, at the measured read bandwidth; `fraction` is that floor over the fastest step."""
-    from mhe_edge.runtime.memory import read_bandwidth_bytes_per_s
+PROBE_MIN_BYTES, PROBE_MAX_BYTES = 32 << 20, 256 << 20
 
-    bandwidth = read_bandwidth_bytes_per_s()
+
+def _probe_bytes(weight_bytes: int) -> int:
+    """The bandwidth probe reads what a decode step reads (the weights), past the caches, at most 256 MiB."""
+    return max(PROBE_MIN_BYTES, min(PROBE_MAX_BYTES, weight_bytes))
+
+
+def _bandwidth_floor(
+    weight_bytes: int, cache_bytes: int, decode_min_ms: float, bandwidth: float
+) -> dict[str, Any]:
+    """The least time a decode step can take on this machine: every weight and the cache (at its mean length
+    over the decode) read once, at the measured read `bandwidth` (bytes/s); `fraction` is that floor over
+    the fastest step."""
     floor_ms = (weight_bytes + cache_bytes) / bandwidth * 1000.0
     return {
         "bytes_per_step": weight_bytes + cache_bytes,
