@@ -422,3 +422,39 @@ def test_int4_quantizes_a_tied_head_and_its_table(tmp_path, algorithm):
     assert np.abs(after["logits"] - before["logits"]).max() < 0.2 * np.abs(before["logits"]).max()
     with pytest.raises(RequestError, match="algorithm"):
         QuantizeInt4Pass(algorithm="gptq-without-text")
+
+
+# --- FuseSkipRmsNormPass
+
+
+def test_skip_rms_norm_fuses_a_residual_add_and_keeps_the_sum(tmp_path):
+    from mhe_edge.passes.fuse_skip_norm import FuseSkipRmsNormPass
+
+    a, b = _value("a", ["B", "T", 8]), _value("b", ["B", "T", 8])
+    graph = ir.Graph([a, b], [], nodes=[], name="skip")
+    scale = _const(graph, "scale", RNG.standard_normal(8).astype(np.float32))
+    add = ir.node("Add", [a, b])
+    norm = ir.node("RMSNormalization", [add.outputs[0], scale], {"axis": -1, "epsilon": 1e-6})
+    later = ir.node("Mul", [add.outputs[0], _const(graph, "two", np.float32(2.0))])  # the stream
+    biased = ir.node("Add", [norm.outputs[0], _const(graph, "bias", np.ones(8, np.float32))])
+    for node in (add, norm, later, biased):
+        graph.append(node)
+    for node, name in ((biased, "y"), (later, "z")):
+        node.outputs[0].name = name
+        node.outputs[0].shape, node.outputs[0].type = ir.Shape(["B", "T", 8]), ir.TensorType(F32)
+        graph.outputs.append(node.outputs[0])
+    add.outputs[0].shape, add.outputs[0].type = ir.Shape(["B", "T", 8]), ir.TensorType(F32)
+    model = _model(graph)
+    feeds = {n: RNG.standard_normal((2, 3, 8)).astype(np.float32) for n in ("a", "b")}
+    before = _run(model, feeds, tmp_path, "before")
+    result = FuseSkipRmsNormPass()(model)
+    ops = [f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in result.model.graph]
+    assert result.modified and sorted(ops) == [
+        "Add",  # the bias: a constant input, not a residual
+        "Mul",
+        "com.microsoft.SkipSimplifiedLayerNormalization",
+    ]
+    after = _run(result.model, feeds, tmp_path, "after")
+    for name in ("y", "z"):
+        assert np.abs(after[name] - before[name]).max() < 1e-5
+    assert not FuseSkipRmsNormPass()(result.model).modified  # nothing left to fuse

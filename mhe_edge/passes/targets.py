@@ -95,6 +95,10 @@ def build_passes(
 
         passes.append(DecomposeAttentionPass())
     passes.append(CleanupPass())
+    if target == "ort":  # residual add + RMSNorm -> ONNX Runtime's SkipSimplifiedLayerNormalization
+        from mhe_edge.passes.fuse_skip_norm import FuseSkipRmsNormPass
+
+        passes.append(FuseSkipRmsNormPass())
     if fp16:
         from mhe_edge.passes.float16 import ConvertToFloat16Pass
 
