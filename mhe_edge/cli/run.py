@@ -65,13 +65,12 @@ def generate(
     as_json: Json = False,
 ) -> None:
     """Generate with the KV cache: text (`--text`, streamed as it comes) with the tokenizer the export
-    carries, or token ids (`--prompt`). `--json` prints {"text", "tokens"} per prompt (a list for several).
+    carries, or token ids (`--prompt`). `--json` prints the report: the model, the provider and one
+    {"prompt", "text", "tokens", "stopped_by"} per prompt under "generations".
 
     Examples: `mhe-edge generate my-model.onnx --text "The module" --max-new-tokens 40`;
     `mhe-edge generate model.onnx --prompt 3,1,4 --max-new-tokens 8` (prints `tokens:` and the new ids).
     """
-    import json
-
     from mhe_edge.text.sampling import SamplingOptions
 
     if (text is None) == (prompt is None):
@@ -117,15 +116,16 @@ def generate(
         if streaming
         else None,
     )
-    if as_json:
-        items = [g.to_dict() for g in report.generations]
-        print(json.dumps(items[0] if len(items) == 1 else items, allow_nan=False))
-    elif streaming:
-        out.print()
-    else:
+
+    def render(report) -> None:
+        if streaming:
+            out.print()
+            return
         for g in report.generations:
             out.print(f"{literal(g.prompt)}{literal(g.text)}", highlight=False)
             out.print("---", highlight=False)
+
+    emit(report, as_json, render)
 
 
 @command()

@@ -236,6 +236,7 @@ def profile(
             trace,
             force,
             top_ops,
+            in_place=model.cache_in_place,
         )
         if top_ops or trace
         else [],
@@ -258,13 +259,15 @@ def _bandwidth_floor(weight_bytes: int, cache_bytes: int, decode_min_ms: float) 
 
 
 def _top_ops(
-    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit
+    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit, in_place
 ) -> list[dict[str, Any]]:
-    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps."""
+    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps,
+    with the cache handled as the measured runs handled it (`in_place`, or copied present -> past)."""
     with tempfile.TemporaryDirectory() as tmp:
         model = ExportedModel(
             path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile")
         )
+        model.cache_in_place = model.cache_in_place and in_place
         if is_decoder:
             last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
             token = last.argmax(-1)[:, None]
