@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from mhe_edge import options
 from mhe_edge.contract import ATTENTION_MASK, INPUT_IDS, output_names, past_names, present_for
 from mhe_edge.errors import ParityError
 
@@ -49,18 +50,8 @@ class ParityRecord:
         return {**asdict(self), "allowed": self.allowed, "passed": self.passed}
 
 
-DEFAULT_ATOL = 1e-4  # fp32: absolute, for outputs near zero
-DEFAULT_RTOL = 1e-5  # fp32: per unit of the output's largest magnitude
-
-
-def check_tolerance(atol: float, rtol: float) -> None:
-    """A RequestError unless atol > 0 and rtol >= 0 (both finite)."""
-    from mhe_edge.errors import RequestError
-
-    if not (np.isfinite(atol) and atol > 0):
-        raise RequestError(f"atol must be positive, not {atol}")
-    if not (np.isfinite(rtol) and rtol >= 0):
-        raise RequestError(f"rtol must be zero or positive, not {rtol}")
+DEFAULT_ATOL = options.ATOL.default  # fp32: absolute, for outputs near zero (1e-4)
+DEFAULT_RTOL = options.RTOL.default  # fp32: per unit of the output's largest magnitude (1e-5)
 
 
 def compare(

@@ -8,12 +8,11 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from mhe_edge import options
 from mhe_edge.cli import command
-from mhe_edge.cli.options import Atol, Force, Json, OnnxModel, OutputFile, Rtol, flag
+from mhe_edge.cli.options import Force, Json, OnnxModel, OutputFile, cli_option, flag
 from mhe_edge.cli.output import emit, literal, out, print_optimize, steps, worst_per_case
-from mhe_edge.contract import MAX_OPSET, MIN_OPSET
 from mhe_edge.files import EXTERNAL_DATA_THRESHOLD_TEXT
-from mhe_edge.verification import DEFAULT_ATOL, DEFAULT_RTOL
 
 
 @command()
@@ -26,16 +25,9 @@ def export(
         ),
     ],
     output: OutputFile = None,
-    opset: Annotated[
-        int,
-        typer.Option(
-            min=MIN_OPSET,
-            max=MAX_OPSET,
-            help="ONNX opset; 23 is the first with the standard Attention op.",
-        ),
-    ] = 23,
-    atol: Atol = DEFAULT_ATOL,
-    rtol: Rtol = DEFAULT_RTOL,
+    opset: cli_option(options.OPSET) = options.OPSET.default,
+    atol: cli_option(options.ATOL) = options.ATOL.default,
+    rtol: cli_option(options.RTOL) = options.RTOL.default,
     external_data: Annotated[
         bool,
         flag(
@@ -115,20 +107,13 @@ def export(
 def optimize(
     model: OnnxModel,
     output: OutputFile = None,
-    target: Annotated[
-        str,
-        typer.Option(
-            help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-node, OpenVINO)."
-        ),
-    ] = "std",
-    opset: Annotated[
-        Optional[int],
-        typer.Option(
-            min=17,
-            max=23,
-            help="Target opset: ort 17-21 (default 21), portable 17-22 (default 17).",
-        ),
-    ] = None,
+    target: cli_option(
+        options.TARGET,
+        help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention"
+        " (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-node,"
+        " OpenVINO).",
+    ) = options.TARGET.default,
+    opset: cli_option(options.TARGET_OPSET) = None,
     ort_query_seqlens: Annotated[
         bool,
         flag(
@@ -149,43 +134,24 @@ def optimize(
             "--int4", "Weight-only 4-bit MatMul weights (ONNX Runtime's MatMulNBits; std or ort)."
         ),
     ] = False,
-    int4_block_size: Annotated[
-        int, typer.Option(help="With --int4: weights per scale (16, 32, 64, 128 or 256).")
-    ] = 32,
+    int4_block_size: cli_option(options.INT4_BLOCK_SIZE) = options.INT4_BLOCK_SIZE.default,
     int4_asymmetric: Annotated[
         bool,
         flag("--int4-asymmetric", "With --int4: a zero point per block too (default symmetric)."),
     ] = False,
-    int4_accuracy_level: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=4,
-            help="With --int4: MatMulNBits compute (0 unset, 1 fp32, 2 fp16, 3 bf16, 4 int8).",
-        ),
-    ] = 4,
-    int4_algorithm: Annotated[
-        str,
-        typer.Option(
-            help="With --int4: rtn (round to nearest), hqq (half-quadratic, zero points) or k-quant."
-        ),
-    ] = "rtn",
-    atol: Atol = DEFAULT_ATOL,
-    rtol: Rtol = DEFAULT_RTOL,
+    int4_accuracy_level: cli_option(
+        options.INT4_ACCURACY_LEVEL
+    ) = options.INT4_ACCURACY_LEVEL.default,
+    int4_algorithm: cli_option(options.INT4_ALGORITHM) = options.INT4_ALGORITHM.default,
+    atol: cli_option(options.ATOL) = options.ATOL.default,
+    rtol: cli_option(options.RTOL) = options.RTOL.default,
     eval_text: Annotated[
         Optional[list[Path]],
         typer.Option(
             help="Judge --fp16/--int8/--int4 on these text files (default: the held-out text a trained model records)."
         ),
     ] = None,
-    max_quality_loss: Annotated[
-        Optional[float],
-        typer.Option(
-            min=0.0,
-            max=100.0,
-            help="Refuse --fp16/--int8/--int4 beyond this many bits per byte lost (defaults: fp16 0.005, int8 0.02, int4 0.1).",
-        ),
-    ] = None,
+    max_quality_loss: cli_option(options.MAX_QUALITY_LOSS) = None,
     allow_quality_loss: Annotated[
         bool,
         flag(
@@ -197,9 +163,9 @@ def optimize(
     as_json: Json = False,
 ) -> None:
     """Fold MHE head embeddings into constants and lower attention to fused single-KV-head kernels, then
-    clean up; optionally fp16, int8 or int4. The result is compared with the input on ONNX Runtime before it is
-    written: fp32 within --atol + --rtol x each output's largest magnitude; fp16, int8 and int4 by bits per byte on held-out text for a trained model (refused
-    beyond a threshold), by closeness alone (fp16) for random weights, whose quality cannot be judged.
+    clean up; optionally fp16, int8 or int4. The result is compared with the input on ONNX Runtime before
+    it is written: fp32 within --atol + --rtol x each output's largest magnitude; fp16, int8 and int4 by
+    bits per byte on held-out text for a trained model (refused beyond a threshold), by closeness alone (fp16) for random weights, whose quality cannot be judged.
 
     Example: `mhe-edge optimize model.onnx -o model.portable.onnx --target portable`
     """
@@ -217,10 +183,10 @@ def optimize(
             int4_symmetric=not int4_asymmetric,
             int4_accuracy_level=int4_accuracy_level,
             int4_algorithm=int4_algorithm,
-            opset=opset,
-            ort_query_seqlens=ort_query_seqlens,
             atol=atol,
             rtol=rtol,
+            opset=opset,
+            ort_query_seqlens=ort_query_seqlens,
             force=force,
             eval_text=eval_text,
             max_quality_loss=max_quality_loss,

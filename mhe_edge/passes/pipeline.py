@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mhe_edge import options
 from mhe_edge.contract import (
     KEY_GRAPH,
     KEY_IO,
@@ -29,17 +30,15 @@ from mhe_edge.files import (
     save_ir_model,
     staged_output,
 )
+from mhe_edge.options import check_all
 from mhe_edge.passes.targets import build_passes, check_target, min_onnxruntime
 from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
 from mhe_edge.verification import (
-    DEFAULT_ATOL,
-    DEFAULT_RTOL,
     ParityChecked,
     ParityRecord,
     argmax_agreement,
-    check_tolerance,
     compare_runners,
     ort_runner,
     raise_on_failures,
@@ -101,8 +100,8 @@ def optimize(
     int4_algorithm: str = "rtn",
     opset: int | None = None,
     ort_query_seqlens: bool = False,
-    atol: float = DEFAULT_ATOL,
-    rtol: float = DEFAULT_RTOL,
+    atol: float = options.ATOL.default,
+    rtol: float = options.RTOL.default,
     force: bool = False,
     eval_text: list[str | os.PathLike] | None = None,
     max_quality_loss: float | None = None,
@@ -125,7 +124,16 @@ def optimize(
     """
     import onnx_ir as ir
 
-    check_tolerance(atol, rtol)
+    check_all(
+        (options.TARGET, target),
+        (options.TARGET_OPSET, opset),
+        (options.INT4_BLOCK_SIZE, int4_block_size),
+        (options.INT4_ACCURACY_LEVEL, int4_accuracy_level),
+        (options.INT4_ALGORITHM, int4_algorithm),
+        (options.ATOL, atol),
+        (options.RTOL, rtol),
+        (options.MAX_QUALITY_LOSS, max_quality_loss),
+    )
     source = Path(source)
     passes = build_passes(
         target,

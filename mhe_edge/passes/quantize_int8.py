@@ -8,7 +8,6 @@ quantizer takes float32). `modified` says whether any MatMul was quantized.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import onnx_ir as ir
 
 from mhe_edge.files import EXTERNAL_DATA_THRESHOLD, initializer_bytes
 from mhe_edge.passes._graph import GraphRefused, proto_with_weights
+from mhe_edge.sessions import quiet_ort_tools
 
 
 def _quantizable(model: ir.Model) -> list[ir.Node]:
@@ -40,26 +40,20 @@ class DynamicQuantizeInt8Pass(ir.passes.FunctionalPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        previous = logging.root.manager.disable
-        logging.disable(
-            logging.WARNING
-        )  # the quantizer logs advice about static pre-processing to the root logger
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                quantized = Path(tmp) / "int8.onnx"
-                proto = proto_with_weights(model)
-                quantize_dynamic(
-                    proto,
-                    quantized,
-                    op_types_to_quantize=["MatMul"],
-                    weight_type=QuantType.QInt8,
-                    use_external_data_format=initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD,
-                )
-                del proto
-                result = ir.load(quantized)
-                ir.external_data.load_to_model(result)  # before the temporary folder goes
-        finally:
-            logging.disable(previous)
+        # the quantizer logs advice about static pre-processing to the root logger
+        with quiet_ort_tools(), tempfile.TemporaryDirectory() as tmp:
+            quantized = Path(tmp) / "int8.onnx"
+            proto = proto_with_weights(model)
+            quantize_dynamic(
+                proto,
+                quantized,
+                op_types_to_quantize=["MatMul"],
+                weight_type=QuantType.QInt8,
+                use_external_data_format=initializer_bytes(model) > EXTERNAL_DATA_THRESHOLD,
+            )
+            del proto
+            result = ir.load(quantized)
+            ir.external_data.load_to_model(result)  # before the temporary folder goes
         result.metadata_props.update(model.metadata_props)
         modified = any(
             n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in result.graph

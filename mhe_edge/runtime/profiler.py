@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from mhe_edge import options
 from mhe_edge.accounting import kv_cache_bytes
 from mhe_edge.contract import KEY_GRAPH
 from mhe_edge.errors import RequestError
 from mhe_edge.files import check_output, read_header, staged_output
+from mhe_edge.options import check_all
 from mhe_edge.results import Result
 from mhe_edge.runtime.driver import ExportedModel
 from mhe_edge.runtime.memory import (
@@ -109,15 +111,16 @@ def profile(
 
     Example: `mhe_edge.profile("model.opt.onnx", seq_len=512, new_tokens=32).latency_ms["decode_per_token"]`
     """
-    for name, value, least in (
-        ("batch", batch, 1),
-        ("seq_len", seq_len, 1),
-        ("runs", runs, 1),
-        ("warmup", warmup, 0),
-        ("new_tokens", new_tokens, 0),
-    ):
-        if value is not None and value < least:
-            raise RequestError(f"{name} must be at least {least}, not {value}")
+    check_all(
+        (options.PROVIDER, provider),
+        (options.BATCH, batch),
+        (options.SEQ_LEN, seq_len),
+        (options.PREFILL_CHUNK, prefill_chunk),
+        (options.NEW_TOKENS, new_tokens),
+        (options.RUNS, runs),
+        (options.WARMUP, warmup),
+        (options.THREADS, threads),
+    )
     if trace is not None:
         check_output(trace, force=force, suffixes=(".json",), inputs=[path])
     # The bandwidth probe allocates about the weights' size: run it before the session exists, so the
@@ -213,7 +216,7 @@ def profile(
         )
     providers = model.session.get_providers()
     metadata, parameter_bytes, file_size = model.metadata, model.parameter_bytes, model.file_bytes
-    in_place = is_decoder and model.cache_in_place
+    cache_in_place = model.cache_in_place
     del model  # the op profile below loads its own session; never two at once
     return ProfileReport(
         path=str(path),
@@ -238,7 +241,7 @@ def profile(
         else 0,
         model_file_bytes=file_size,
         parameter_bytes=parameter_bytes,
-        cache="in place" if in_place else "copied",
+        cache="in place" if is_decoder and cache_in_place else "copied",
         bandwidth_floor=floor,
         unstable=unstable,
         top_ops=_top_ops(
@@ -252,6 +255,7 @@ def profile(
             trace,
             force,
             top_ops,
+            in_place=cache_in_place,
         )
         if top_ops or trace
         else [],
@@ -282,13 +286,15 @@ def _bandwidth_floor(
 
 
 def _top_ops(
-    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit
+    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit, in_place
 ) -> list[dict[str, Any]]:
-    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps."""
+    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps,
+    with the cache handled as the measured runs handled it (`in_place`, or copied present -> past)."""
     with tempfile.TemporaryDirectory() as tmp:
         model = ExportedModel(
             path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile")
         )
+        model.cache_in_place = model.cache_in_place and in_place
         if is_decoder:
             last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
             token = last.argmax(-1)[:, None]
