@@ -185,10 +185,11 @@ INT4_ACCURACY_LEVEL = Option(
 )
 INT4_ALGORITHM = Option(
     "int4_algorithm",
-    "With --int4: rtn (round to nearest), hqq (half-quadratic, zero points) or k-quant.",
+    "With --int4: rtn (round to nearest), hqq (half-quadratic, zero points), k-quant, or gptq"
+    " (with --int4-calibration-text).",
     "rtn",
     str,
-    choices=("rtn", "hqq", "k-quant"),
+    choices=("rtn", "hqq", "k-quant", "gptq"),
 )
 MAX_QUALITY_LOSS = Option(
     "max_quality_loss",

@@ -390,13 +390,13 @@ def test_int4_on_a_hand_built_graph(tmp_path):
         QuantizeInt4Pass(block_size=48)
 
 
-@pytest.mark.parametrize("algorithm", ["rtn", "hqq", "k-quant"])
+@pytest.mark.parametrize("algorithm", ["rtn", "hqq", "k-quant", "gptq"])
 def test_int4_quantizes_a_tied_head_and_its_table(tmp_path, algorithm):
     """ids -> Gather(E) -> MatMul(., Transpose(E)): the head becomes a MatMulNBits, the table a
     GatherBlockQuantized, and no float32 copy of E is left."""
     from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass
 
-    ids = _value("ids", ["B"], ir.DataType.INT64)
+    ids = _value("input_ids", ["B", "T"], ir.DataType.INT64)
     graph = ir.Graph([ids], [], nodes=[], name="tied")
     table = _const(graph, "E", RNG.standard_normal((WIDTH, 64)).astype(np.float32))
     gather = ir.node("Gather", [table, ids])
@@ -407,9 +407,14 @@ def test_int4_quantizes_a_tied_head_and_its_table(tmp_path, algorithm):
     head.outputs[0].name = "logits"
     graph.outputs.append(head.outputs[0])
     model = _model(graph)
-    feeds = {"ids": np.array([0, 5, 7], dtype=np.int64)}
+    feeds = {"input_ids": np.array([[0, 5, 7]], dtype=np.int64)}
     before = _run(model, feeds, tmp_path, "before")
-    result = QuantizeInt4Pass(block_size=32, algorithm=algorithm)(model)
+    calibration = (
+        [RNG.integers(0, WIDTH, (1, 8)) for _ in range(3)] if algorithm == "gptq" else None
+    )
+    result = QuantizeInt4Pass(block_size=32, algorithm=algorithm, calibration_ids=calibration)(
+        model
+    )
     ops = sorted(f"{n.domain}.{n.op_type}" for n in result.model.graph)
     assert result.modified
     assert ops == ["com.microsoft.GatherBlockQuantized", "com.microsoft.MatMulNBits"]
@@ -423,6 +428,8 @@ def test_int4_quantizes_a_tied_head_and_its_table(tmp_path, algorithm):
     assert np.abs(after["logits"] - before["logits"]).max() < 0.2 * np.abs(before["logits"]).max()
     with pytest.raises(RequestError, match="algorithm"):
         QuantizeInt4Pass(algorithm="gptq-without-text")
+    with pytest.raises(RequestError, match="calibration"):
+        QuantizeInt4Pass(algorithm="gptq")
 
 
 # --- FuseSkipRmsNormPass

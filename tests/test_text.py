@@ -341,10 +341,15 @@ def test_int4_is_small_generates_and_reports_its_quality(trained, cli):
     assert refused.code == 2 and "MatMulNBits" in refused.stderr
 
 
-@pytest.mark.parametrize("algorithm", ["hqq", "k-quant"])
+@pytest.mark.parametrize("algorithm", ["hqq", "k-quant", "gptq"])
 def test_int4_algorithms_are_judged_on_text(trained, cli, algorithm):
+    from pydoc_data.topics import topics
+
     _, root = trained
     out = root / f"model.int4-{algorithm}.onnx"
+    calibration = root / "calibration.txt"  # the head of a training document, not held-out text
+    calibration.write_text(topics["specialnames"][:4000])
+    extra = ["--int4-calibration-text", calibration] if algorithm == "gptq" else []
     result = cli(
         "optimize",
         root / "model.onnx",
@@ -359,6 +364,7 @@ def test_int4_algorithms_are_judged_on_text(trained, cli, algorithm):
         "32",
         "--int4-accuracy-level",
         "4",
+        *extra,
         "--json",
     )
     assert result.code == 0, result.stderr

@@ -143,6 +143,10 @@ def optimize(
         options.INT4_ACCURACY_LEVEL
     ) = options.INT4_ACCURACY_LEVEL.default,
     int4_algorithm: cli_option(options.INT4_ALGORITHM) = options.INT4_ALGORITHM.default,
+    int4_calibration_text: Annotated[
+        Optional[list[Path]],
+        typer.Option(help="With --int4-algorithm gptq: text files to calibrate on."),
+    ] = None,
     atol: cli_option(options.ATOL) = options.ATOL.default,
     rtol: cli_option(options.RTOL) = options.RTOL.default,
     eval_text: Annotated[
@@ -183,6 +187,7 @@ def optimize(
             int4_symmetric=not int4_asymmetric,
             int4_accuracy_level=int4_accuracy_level,
             int4_algorithm=int4_algorithm,
+            int4_calibration_text=int4_calibration_text,
             atol=atol,
             rtol=rtol,
             opset=opset,

@@ -98,6 +98,7 @@ def optimize(
     int4_symmetric: bool = True,
     int4_accuracy_level: int = 4,
     int4_algorithm: str = "rtn",
+    int4_calibration_text: list[str | os.PathLike] | None = None,
     opset: int | None = None,
     ort_query_seqlens: bool = False,
     atol: float = options.ATOL.default,
@@ -111,7 +112,8 @@ def optimize(
     """Run the passes on an mhe-edge export and write the result if ONNX Runtime agrees with the input:
     fp32 within `atol + rtol * scale` per output (scale: the input's largest magnitude there). Lossy steps (fp16, int8, int4: ONNX Runtime's MatMulNBits, `int4_block_size` weights per
     scale, symmetric unless `int4_symmetric=False`, compute per `int4_accuracy_level`, weights by
-    `int4_algorithm`: rtn, hqq or k-quant; the tied head and the embedding table included) are judged on text: for a model that carries a tokenizer (a
+    `int4_algorithm`: rtn, hqq, k-quant or gptq (calibrated on `int4_calibration_text` files, tokenized by
+    the model's own tokenizer); the tied head and the embedding table included) are judged on text: for a model that carries a tokenizer (a
     trained folder's export) the held-out text's bits per byte before and after, refused beyond
     `max_quality_loss` (default per step: text/quality.py) unless `allow_quality_loss`; `eval_text` files
     replace the held-out text. A random-weight model's quality cannot be judged (the report says so); its
@@ -135,6 +137,7 @@ def optimize(
         (options.MAX_QUALITY_LOSS, max_quality_loss),
     )
     source = Path(source)
+    calibration = _calibration_ids(source, int4_calibration_text) if int4_calibration_text else None
     passes = build_passes(
         target,
         fp16,
@@ -146,6 +149,7 @@ def optimize(
         int4_symmetric,
         int4_accuracy_level,
         int4_algorithm,
+        calibration,
     )
     opset = check_target(target, opset, ort_query_seqlens)
     default = source.with_name(source.stem + ".opt.onnx")
@@ -246,6 +250,30 @@ def optimize(
         seconds,
         quality,
     )
+
+
+CALIBRATION_ROWS, CALIBRATION_TOKENS = 16, 128  # GPTQ's sample: at most 16 windows of 128 tokens
+
+
+def _calibration_ids(source: Path, files: list[str | os.PathLike]) -> list:
+    """Token windows of the calibration text, by the export's own tokenizer (a refusal without one)."""
+    import numpy as np
+
+    from mhe_edge.text.quality import read_eval_text
+    from mhe_edge.text.tokenizer import tokenizer_of_export
+
+    header = read_header(source)
+    tokenizer = tokenizer_of_export(header.metadata, source.name)
+    if tokenizer is None:
+        raise RequestError(
+            f"{source.name} carries no tokenizer, so calibration text cannot be read for it"
+        )
+    ids = tokenizer.encode(read_eval_text(files))
+    length = min(CALIBRATION_TOKENS, header.config.max_seq_len)
+    rows = [ids[i : i + length] for i in range(0, len(ids) - length + 1, length)]
+    if not rows:
+        raise RequestError(f"the calibration text holds fewer than {length} tokens")
+    return [np.array([row], dtype=np.int64) for row in rows[:CALIBRATION_ROWS]]
 
 
 def _own_error(exc: BaseException) -> BaseException:

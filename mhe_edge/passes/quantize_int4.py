@@ -15,7 +15,8 @@ constant first, so the head is a MatMulNBits and E a GatherBlockQuantized, and n
 table is left (two 4-bit copies, a quarter of the float32 table, instead of the table plus one).
 
 `algorithm` is the quantizer's: "rtn" (ONNX Runtime's block-wise round-to-nearest, the default), "hqq"
-(half-quadratic, zero points always), "k-quant" (k-means-like scale search). Embedding tables are always
+(half-quadratic, zero points always), "k-quant" (k-means-like scale search), "gptq" (error-compensating,
+from the activations of `calibration_ids`: rows of token ids run through the model with an empty cache). Embedding tables are always
 quantized by round-to-nearest: ONNX Runtime's GatherBlockQuantized takes no float zero points (HQQ's).
 """
 
@@ -50,7 +51,7 @@ def _import_quantizer():
     return MatMulNBitsQuantizer
 
 
-ALGORITHMS = ("rtn", "hqq", "k-quant")
+ALGORITHMS = ("rtn", "hqq", "k-quant", "gptq")
 ACCURACY_LEVELS = (
     0,
     1,
@@ -67,6 +68,7 @@ class QuantizeInt4Pass(ir.passes.FunctionalPass):
         symmetric: bool = True,
         accuracy_level: int = 4,
         algorithm: str = "rtn",
+        calibration_ids: list[np.ndarray] | None = None,
     ):
         super().__init__()
         if block_size not in BLOCK_SIZES:
@@ -79,6 +81,13 @@ class QuantizeInt4Pass(ir.passes.FunctionalPass):
             )
         if accuracy_level not in ACCURACY_LEVELS:
             raise RequestError(f"int4 accuracy level must be 0 to 4, not {accuracy_level}")
+        if algorithm == "gptq" and not calibration_ids:
+            raise RequestError(
+                "int4 algorithm gptq needs calibration text (--int4-calibration-text)"
+            )
+        if calibration_ids and algorithm != "gptq":
+            raise RequestError("calibration text is for int4 algorithm gptq")
+        self.calibration_ids = calibration_ids or []
         self.block_size, self.symmetric = block_size, symmetric
         self.accuracy_level, self.algorithm = accuracy_level, algorithm
 
@@ -100,7 +109,7 @@ class QuantizeInt4Pass(ir.passes.FunctionalPass):
                 if self.algorithm == "rtn":
                     proto = self._quantize(proto, ("MatMul", "Gather"), None)
                 else:  # MatMuls by the chosen algorithm, then the embedding tables by round-to-nearest
-                    proto = self._quantize(proto, ("MatMul",), self._algorithm_config())
+                    proto = self._quantize(proto, ("MatMul",), self._algorithm_config(model))
                     proto = self._quantize(proto, ("Gather",), None)
                 result = ir.serde.deserialize_model(proto)
         finally:
@@ -110,9 +119,16 @@ class QuantizeInt4Pass(ir.passes.FunctionalPass):
         modified = any(n.op_type in ("MatMulNBits", "GatherBlockQuantized") for n in result.graph)
         return ir.passes.PassResult(result, modified=modified)
 
-    def _algorithm_config(self):
+    def _algorithm_config(self, model: ir.Model):
         from onnxruntime.quantization import matmul_nbits_quantizer as nbits
 
+        if self.algorithm == "gptq":
+            return nbits.GPTQWeightOnlyQuantConfig(
+                calibration_data_reader=_Feeds(
+                    [_feeds(model, ids) for ids in self.calibration_ids]
+                ),
+                op_types_to_quantize=("MatMul",),
+            )
         if self.algorithm == "hqq":
             return nbits.HQQWeightOnlyQuantConfig(
                 block_size=self.block_size, bits=4, op_types_to_quantize=("MatMul",)
@@ -135,6 +151,40 @@ class QuantizeInt4Pass(ir.passes.FunctionalPass):
             quantizer.process()
         model = quantizer.model
         return model.model if hasattr(model, "model") else model  # ONNXModel, or a bare ModelProto
+
+
+class _Feeds:
+    """ONNX Runtime's CalibrationDataReader protocol over a list of feeds (GPTQ copies it per pass)."""
+
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+        self._next = iter(rows)
+
+    def get_next(self) -> dict | None:
+        return next(self._next, None)
+
+    def __iter__(self):
+        return iter(self.rows)
+
+    def __deepcopy__(self, memo):
+        return _Feeds(self.rows)
+
+
+def _feeds(model: ir.Model, ids: np.ndarray) -> dict[str, np.ndarray]:
+    """Inputs for one calibration row: the ids, a mask of ones, an empty cache; anything else refused."""
+    feeds: dict[str, np.ndarray] = {}
+    for value in model.graph.inputs:
+        if value.name == "input_ids":
+            feeds[value.name] = ids.astype(np.int64)
+        elif value.name == "attention_mask":
+            feeds[value.name] = np.ones_like(ids, dtype=np.int64)
+        elif value.name.startswith("past_key_values.") and value.shape is not None:
+            _, heads, _, size = value.shape
+            dtype = np.float16 if value.dtype == ir.DataType.FLOAT16 else np.float32
+            feeds[value.name] = np.zeros((ids.shape[0], heads, 0, size), dtype)
+        else:
+            raise GraphRefused(f"gptq cannot calibrate a graph with input {value.name!r}")
+    return feeds
 
 
 def _tied_heads(model: ir.Model) -> list[tuple[ir.Node, ir.Node]]:

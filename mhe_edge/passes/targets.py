@@ -66,6 +66,7 @@ def build_passes(
     int4_symmetric: bool = True,
     int4_accuracy_level: int = 4,
     int4_algorithm: str = "rtn",
+    int4_calibration_ids: list | None = None,
 ) -> list:
     """The pass list for a target and precision, in order (each pass one file in mhe_edge/passes/)."""
     from mhe_edge.passes.cleanup import CleanupPass
@@ -74,9 +75,13 @@ def build_passes(
     opset = check_target(target, opset, query_seqlens)
     if fp16 + int8 + int4 > 1:
         raise RequestError("choose one of --fp16, --int8 and --int4")
-    if not int4 and (int4_algorithm, int4_accuracy_level, int4_block_size) != ("rtn", 4, 32):
+    if not int4 and (
+        (int4_algorithm, int4_accuracy_level, int4_block_size) != ("rtn", 4, 32)
+        or int4_calibration_ids
+    ):
         raise RequestError(
-            "--int4-algorithm, --int4-accuracy-level and --int4-block-size need --int4"
+            "--int4-algorithm, --int4-accuracy-level, --int4-block-size and"
+            " --int4-calibration-text need --int4"
         )
     if int4 and target == "portable":
         raise RequestError(
@@ -111,7 +116,13 @@ def build_passes(
         from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass
 
         passes.append(
-            QuantizeInt4Pass(int4_block_size, int4_symmetric, int4_accuracy_level, int4_algorithm)
+            QuantizeInt4Pass(
+                int4_block_size,
+                int4_symmetric,
+                int4_accuracy_level,
+                int4_algorithm,
+                int4_calibration_ids,
+            )
         )
     if target in TARGET_IR_VERSION:
         from mhe_edge.passes.to_opset import ConvertToOpsetPass
