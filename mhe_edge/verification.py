@@ -54,7 +54,7 @@ DEFAULT_ATOL = options.ATOL.default  # fp32: absolute, for outputs near zero (1e
 DEFAULT_RTOL = options.RTOL.default  # fp32: per unit of the output's largest magnitude (1e-5)
 
 
-def compare(
+def compare_output(
     case: str,
     name: str,
     got,
@@ -224,7 +224,7 @@ def compare_runners(
             }
             got, want = candidate(feeds), reference(feeds)
             records += [
-                compare(case, name, got[name], want[name], atol, min_argmax_agreement, rtol)
+                compare_output(case, name, got[name], want[name], atol, min_argmax_agreement, rtol)
                 for name in want
             ]
             continue
@@ -247,7 +247,7 @@ def compare_runners(
                 caches[who] = {p: outputs[who][present_for(p)] for p in pasts}
             label = f"{case} (step {step})" if len(chunks) > 1 else case
             records += [
-                compare(
+                compare_output(
                     label,
                     name,
                     outputs["candidate"][name],

@@ -214,7 +214,7 @@ def test_cli_export_json(tmp_path, cli):
     "make_args,code,fragment",
     [
         (lambda d: [d / "notes.pt"], 3, "not an mhe-edge checkpoint"),
-        (lambda d: [d / "m.pt", "--opset", "18"], 2, "Invalid value for '--opset'"),
+        (lambda d: [d / "m.pt", "--opset", "18"], 2, "--opset must be 23 to 25, not 18"),
         (lambda d: [d / "m.pt", "-o", d / "missing" / "m.onnx"], 2, "does not exist"),
         (lambda d: [d / "m.pt", "-o", d / "m.txt"], 2, "must end in .onnx"),
         (
@@ -222,8 +222,8 @@ def test_cli_export_json(tmp_path, cli):
             6,
             "ONNX Runtime disagrees with PyTorch",
         ),
-        (lambda d: [d / "m.pt", "--atol", "0"], 2, "Invalid value for '--atol'"),
-        (lambda d: [d / "m.pt", "--rtol", "-1"], 2, "Invalid value for '--rtol'"),
+        (lambda d: [d / "m.pt", "--atol", "0"], 2, "--atol must be 1e-12 to 1, not 0.0"),
+        (lambda d: [d / "m.pt", "--rtol", "-1"], 2, "--rtol must be 0 to 1, not -1.0"),
     ],
 )
 def test_bad_export_requests(tmp_path, cli, make_args, code, fragment):

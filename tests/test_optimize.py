@@ -141,7 +141,7 @@ def _plain_onnx(path):
             6,
             "the optimized model disagrees with its input",
         ),
-        (lambda d, p: None, lambda d, p: [p, "--rtol", "2"], 2, "Invalid value for '--rtol'"),
+        (lambda d, p: None, lambda d, p: [p, "--rtol", "2"], 2, "--rtol must be 0 to 1, not 2.0"),
     ],
 )
 def test_optimize_refusals(tmp_path, cli, setup, args, code, fragment):

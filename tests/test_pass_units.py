@@ -9,8 +9,8 @@ import onnx_ir as ir
 import pytest
 
 from mhe_edge.contract import OP_TYPES
-from mhe_edge.exporters.mhe_function import mhe_attention_function
 from mhe_edge.errors import RequestError
+from mhe_edge.exporters.mhe_function import mhe_attention_function
 from mhe_edge.passes._graph import GraphRefused, TargetRefused
 from mhe_edge.passes.cleanup import CleanupPass
 from mhe_edge.passes.float16 import ConvertToFloat16Pass

@@ -15,7 +15,7 @@ from mhe_edge.exporters import export
 from mhe_edge.models import build_model
 from mhe_edge.passes import optimize
 from mhe_edge.passes.fold_head_embeddings import FoldHeadEmbeddingsPass
-from mhe_edge.verification import DEFAULT_ATOL, DEFAULT_RTOL, compare, raise_on_failures
+from mhe_edge.verification import DEFAULT_ATOL, DEFAULT_RTOL, compare_output, raise_on_failures
 
 
 def large_logit_model():
@@ -58,13 +58,13 @@ def large_export(tmp_path_factory):
 def test_record_tolerance_is_relative_to_the_reference_scale():
     want = np.array([500.0, -800.0, 1.0], dtype=np.float32)
     got = want + np.float32(2e-3)
-    record = compare("c", "logits", got, want, atol=1e-4, rtol=1e-5)
+    record = compare_output("c", "logits", got, want, atol=1e-4, rtol=1e-5)
     assert record.scale == 800.0 and record.allowed == pytest.approx(1e-4 + 8e-3)
     assert record.passed
-    assert not compare("c", "logits", got, want, atol=1e-4, rtol=0.0).passed
-    assert not compare("c", "logits", want + 1e-2, want, atol=1e-4, rtol=1e-5).passed
+    assert not compare_output("c", "logits", got, want, atol=1e-4, rtol=0.0).passed
+    assert not compare_output("c", "logits", want + 1e-2, want, atol=1e-4, rtol=1e-5).passed
     with pytest.raises(ParityError, match="allowed"):
-        raise_on_failures([compare("c", "x", want + 1.0, want, 1e-4, rtol=1e-5)], "test")
+        raise_on_failures([compare_output("c", "x", want + 1.0, want, 1e-4, rtol=1e-5)], "test")
 
 
 def test_large_logit_export_passes_at_default_beyond_any_fixed_atol(large_export):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,23 +98,24 @@ def optimize(
     int4_symmetric: bool = True,
     int4_accuracy_level: int = 4,
     int4_algorithm: str = "rtn",
-    int4_calibration_text: list[str | os.PathLike] | None = None,
+    int4_calibration_text: Sequence[str | os.PathLike] | None = None,
     opset: int | None = None,
     ort_query_seqlens: bool = False,
     atol: float = options.ATOL.default,
     rtol: float = options.RTOL.default,
     force: bool = False,
-    eval_text: list[str | os.PathLike] | None = None,
+    eval_text: Sequence[str | os.PathLike] | None = None,
     max_quality_loss: float | None = None,
     allow_quality_loss: bool = False,
     on_step: Callable[[str], None] | None = None,
 ) -> OptimizeReport:
     """Run the passes on an mhe-edge export and write the result if ONNX Runtime agrees with the input:
-    fp32 within `atol + rtol * scale` per output (scale: the input's largest magnitude there). Lossy steps (fp16, int8, int4: ONNX Runtime's MatMulNBits, `int4_block_size` weights per
-    scale, symmetric unless `int4_symmetric=False`, compute per `int4_accuracy_level`, weights by
-    `int4_algorithm`: rtn, hqq, k-quant or gptq (calibrated on `int4_calibration_text` files, tokenized by
-    the model's own tokenizer); the tied head and the embedding table included) are judged on text: for a model that carries a tokenizer (a
-    trained folder's export) the held-out text's bits per byte before and after, refused beyond
+    fp32 within `atol + rtol * scale` per output (scale: the input's largest magnitude there). Lossy
+    steps (fp16, int8, int4: ONNX Runtime's MatMulNBits, `int4_block_size` weights per scale, symmetric
+    unless `int4_symmetric=False`, compute per `int4_accuracy_level`, weights by `int4_algorithm`: rtn,
+    hqq, k-quant or gptq (calibrated on `int4_calibration_text` files, tokenized by the model's own
+    tokenizer); the tied head and the embedding table included) are judged on text: for a model that
+    carries a tokenizer (a trained folder's export) the held-out text's bits per byte before and after, refused beyond
     `max_quality_loss` (default per step: text/quality.py) unless `allow_quality_loss`; `eval_text` files
     replace the held-out text. A random-weight model's quality cannot be judged (the report says so); its
     fp16 file must still agree within 1e-2 with the same argmax on 99% of positions.
@@ -225,7 +226,9 @@ def optimize(
                     max_loss=max_quality_loss,
                     allow_loss=allow_quality_loss,
                 )
-            if fp16 and not quality.judged:  # no text to judge by: the numbers must stay close
+            if (
+                fp16 and quality is not None and not quality.judged
+            ):  # no text to judge by: the numbers must stay close
                 records = check(FP16_ATOL, rtol=FP16_RTOL, min_argmax_agreement=FP16_MIN_ARGMAX)
                 raise_on_failures(records, "the fp16 model disagrees with its input")
             elif (
@@ -255,7 +258,7 @@ def optimize(
 CALIBRATION_ROWS, CALIBRATION_TOKENS = 16, 128  # GPTQ's sample: at most 16 windows of 128 tokens
 
 
-def _calibration_ids(source: Path, files: list[str | os.PathLike]) -> list:
+def _calibration_ids(source: Path, files: Sequence[str | os.PathLike]) -> list:
     """Token windows of the calibration text, by the export's own tokenizer (a refusal without one)."""
     import numpy as np
 
@@ -278,7 +281,7 @@ def _calibration_ids(source: Path, files: list[str | os.PathLike]) -> list:
 
 def _own_error(exc: BaseException) -> BaseException:
     """The pass manager wraps errors twice; surface ours (one clear line) when it is the cause."""
-    cause = exc
+    cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, MheEdgeError):
         cause = cause.__cause__ or cause.__context__
     return cause if cause is not None else ModelFileError(f"a graph pass failed: {exc}")

@@ -16,8 +16,9 @@ table is left (two 4-bit copies, a quarter of the float32 table, instead of the 
 
 `algorithm` is the quantizer's: "rtn" (ONNX Runtime's block-wise round-to-nearest, the default), "hqq"
 (half-quadratic, zero points always), "k-quant" (k-means-like scale search), "gptq" (error-compensating,
-from the activations of `calibration_ids`: rows of token ids run through the model with an empty cache). Embedding tables are always
-quantized by round-to-nearest: ONNX Runtime's GatherBlockQuantized takes no float zero points (HQQ's).
+from the activations of `calibration_ids`: rows of token ids run through the model with an empty
+cache). Embedding tables are always quantized by round-to-nearest: ONNX Runtime's
+GatherBlockQuantized takes no float zero points (HQQ's).
 """
 
 from __future__ import annotations
@@ -174,16 +175,19 @@ def _feeds(model: ir.Model, ids: np.ndarray) -> dict[str, np.ndarray]:
     """Inputs for one calibration row: the ids, a mask of ones, an empty cache; anything else refused."""
     feeds: dict[str, np.ndarray] = {}
     for value in model.graph.inputs:
-        if value.name == "input_ids":
-            feeds[value.name] = ids.astype(np.int64)
-        elif value.name == "attention_mask":
-            feeds[value.name] = np.ones_like(ids, dtype=np.int64)
-        elif value.name.startswith("past_key_values.") and value.shape is not None:
+        name = value.name or ""
+        if name == "input_ids":
+            feeds[name] = ids.astype(np.int64)
+        elif name == "attention_mask":
+            feeds[name] = np.ones_like(ids, dtype=np.int64)
+        elif name.startswith("past_key_values.") and value.shape is not None:
             _, heads, _, size = value.shape
+            if not isinstance(heads, int) or not isinstance(size, int):
+                raise GraphRefused(f"gptq needs {name}'s heads and head size fixed")
             dtype = np.float16 if value.dtype == ir.DataType.FLOAT16 else np.float32
-            feeds[value.name] = np.zeros((ids.shape[0], heads, 0, size), dtype)
+            feeds[name] = np.zeros((ids.shape[0], heads, 0, size), dtype)
         else:
-            raise GraphRefused(f"gptq cannot calibrate a graph with input {value.name!r}")
+            raise GraphRefused(f"gptq cannot calibrate a graph with input {name!r}")
     return feeds
 
 
@@ -215,7 +219,10 @@ def _untie_heads(model: ir.Model) -> None:
     graph = model.graph
     for matmul, transpose in _tied_heads(model):
         table = transpose.inputs[0]
-        weight = np.ascontiguousarray(table.const_value.numpy().T)
+        tensor = None if table is None else ir.convenience.get_const_tensor(table)
+        if table is None or tensor is None:  # _tied_heads only returns constant tables
+            continue
+        weight = np.ascontiguousarray(tensor.numpy().T)
         matmul.replace_input_with(1, add_initializer(graph, f"{table.name}_transposed", weight))
         if not transpose.outputs[0].uses() and not transpose.outputs[0].is_graph_output():
             graph.remove(transpose, safe=True)

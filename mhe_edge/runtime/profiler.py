@@ -27,6 +27,7 @@ from mhe_edge.results import Result
 from mhe_edge.runtime.driver import ExportedModel
 from mhe_edge.runtime.memory import (
     DevicePeakMemory,
+    check_fits,
     peak_rss_bytes,
     read_bandwidth_bytes_per_s,
     reset_peak_rss,
@@ -55,7 +56,8 @@ class ProfileReport(Result):
     kv_cache_bytes: int  # the cache at its final length
     model_file_bytes: int
     parameter_bytes: int
-    cache: str = "copied"  # "in place": one preallocated buffer per layer (GroupQueryAttention); "copied": present -> past
+    # "in place": one preallocated buffer per layer (GroupQueryAttention); "copied": present -> past
+    cache: str = "copied"
     bandwidth_floor: dict[str, Any] | None = (
         None  # decoders on the CPU: the bytes a step must read, at the measured bandwidth
     )
@@ -104,9 +106,10 @@ def profile(
     `new_tokens` one at a time; encoders run one forward pass of `seq_len` tokens (default: 128, or what
     fits the model's max_seq_len). Latencies are min/median/p90 over `runs` runs after `warmup` runs (every
     decode step is a sample), flagged in `unstable` when (p90 - min) / median exceeds 10%; memory is the
-    peak from loading the session through the measured runs (what a device must hold). A `--target ort` decoder updates its cache in place unless `in_place` is
-    False. On the CPU, decoders also report their bandwidth floor: the bytes a decode step must read (every
-    weight, and the cache) at this machine's measured bandwidth, and which fraction of it the decode reached.
+    peak from loading the session through the measured runs (what a device must hold). A `--target ort`
+    decoder updates its cache in place unless `in_place` is False. On the CPU, decoders also report
+    their bandwidth floor: the bytes a decode step must read (every weight, and the cache) at this
+    machine's measured bandwidth, and which fraction of it the decode reached.
     `trace` keeps ONNX Runtime's Chrome trace (a .json file, never over an existing one unless `force`).
 
     Example: `mhe_edge.profile("model.opt.onnx", seq_len=512, new_tokens=32).latency_ms["decode_per_token"]`
@@ -141,10 +144,23 @@ def profile(
     if seq_len is None:  # a default that fits the model: 128 tokens, fewer for short contexts
         seq_len = max(1, min(128, cfg.max_seq_len - (new_tokens if is_decoder else 0)))
     model.cache_in_place = model.cache_in_place and in_place
-    if is_decoder:
-        model.check_ids(np.zeros((batch, seq_len), np.int64), new_tokens)
-    elif seq_len > cfg.max_seq_len:
-        raise RequestError(f"seq_len {seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+    if seq_len + (new_tokens if is_decoder else 0) > cfg.max_seq_len:
+        raise RequestError(
+            f"{seq_len} prompt + {new_tokens if is_decoder else 0} new tokens exceed the model's"
+            f" max_seq_len {cfg.max_seq_len}"
+        )
+    width = np.dtype(model.float_dtype).itemsize
+    chunk = min(seq_len, prefill_chunk or seq_len)
+    check_fits(
+        {
+            "the KV cache": kv_cache_bytes(cfg, batch, seq_len + new_tokens, width)
+            if is_decoder
+            else 0,
+            "the logits": batch * chunk * cfg.vocab_size * width,
+            "the ids": batch * seq_len * 8,
+        },
+        f"profiling batch {batch} x {seq_len} tokens",
+    )
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len))
 
     prefill_s: list[float] = []
@@ -178,7 +194,7 @@ def profile(
             one_run(model, record=True)
             if on_progress:
                 on_progress("measure", warmup + i + 1, total)
-    if provider == "cuda":
+    if device_memory is not None:
         peak = device_memory.peak
         source = (
             "NVML device memory"
