@@ -12,8 +12,8 @@ Every step runs under `nice -n 10` in its own process; peaks are each process's 
 
     python benchmarks/scale.py [--shapes tiny,A] [--rounds 1] [--batches 1] [--work DIR]
 
-Writes benchmarks/results/scale.json and prints Markdown tables. The big shapes take tens of minutes and
-up to ~8 GiB (B's export) on 2 cores: run each once.
+Writes benchmarks/results/scale.json and prints Markdown tables. The big shapes take tens of minutes on
+2 cores and much memory (A's int4 step peaks at ~10 GiB, B's steps at more): run each once.
 """
 
 from __future__ import annotations

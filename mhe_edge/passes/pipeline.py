@@ -201,9 +201,16 @@ def optimize(
             # weights stay external when the input's were (and always past the protobuf limit)
             save_ir_model(model, staged, True if header.external_files else None)
             check_full(staged)
+            after = op_counts(model.graph)
+            del model  # its weights are on disk now; the sessions below load their own
         with step("validate"):
-            candidate = ort_runner(create_session(staged, "cpu"))
-            reference = ort_runner(create_session(source, "cpu"))
+            # one session per file, for the parity and the text check alike: a large model's process
+            # holds each file's weights once, not twice
+            staged_session, source_session = (
+                create_session(staged, "cpu"),
+                create_session(source, "cpu"),
+            )
+            candidate, reference = ort_runner(staged_session), ort_runner(source_session)
             config = header.config
             batched = target != "ort" or ort_query_seqlens
 
@@ -216,12 +223,12 @@ def optimize(
             if fp16 or int8 or int4:
                 from mhe_edge.text.quality import judge_quality
 
-                sessions = create_session(source, "cpu"), create_session(staged, "cpu")
                 quality = judge_quality(
                     precision,
                     config,
                     header.metadata,
-                    *sessions,
+                    source_session,
+                    staged_session,
                     eval_text=eval_text,
                     max_loss=max_quality_loss,
                     allow_loss=allow_quality_loss,
@@ -246,7 +253,7 @@ def optimize(
         precision,
         applied,
         before,
-        op_counts(model.graph),
+        after,
         header.file_bytes,
         written,
         records,
