@@ -1,4 +1,5 @@
-"""Commands that make files for apps: `to-ort` (ONNX Runtime mobile) and `package` (onnxruntime-genai)."""
+"""Commands that make files for apps: `to-ort` (ONNX Runtime mobile), `package` (onnxruntime-genai,
+transformers.js, Optimum) and `fold` (a standard transformers checkpoint with one KV head)."""
 
 from __future__ import annotations
 
@@ -100,6 +101,46 @@ def package(
             f"wrote {literal(report.folder)}: model.onnx ({report.model_bytes:,} bytes), genai_config.json"
             f" (target {report.target}, share buffer {report.share_buffer}, eos {report.eos_token_id});"
             f" onnxruntime-genai check: {literal(report.check['status'])}",
+            highlight=False,
+        )
+
+    emit(report, as_json, render)
+
+
+@command()
+def fold(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint (.pt, .safetensors) or model folder.", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder to write.", show_default=False)
+    ],
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Write an MHE model as a standard transformers checkpoint with one KV head, exactly: learned positions,
+    LayerNorm and GELU as GPTBigCode (multi_query); RoPE, RMSNorm and SwiGLU as Llama (num_key_value_heads 1).
+    Checked in float64 against the MHE model, then in float32 and by greedy tokens in transformers; what no
+    family represents exactly (MHE-ADD with RoPE; MHE-MUL with RoPE whose query scale differs within a
+    rotation pair) is refused, and nothing is written. The tokenizer and generation config come along.
+
+    Example: `mhe-edge fold my-model -o my-model-mqa/`, then
+    `AutoModelForCausalLM.from_pretrained("my-model-mqa")`
+    """
+    from mhe_edge.workflows.fold import fold as fold_model
+
+    with err.status("fold: folding, checking in float64, float32 and transformers' greedy tokens"):
+        report = fold_model(model, output, force=force)
+
+    def render(report) -> None:
+        out.print(
+            f"wrote {literal(report.folder)}: {literal(report.model_type)} with"
+            f" {report.num_key_value_heads} KV head(s) from {report.attention};"
+            f" max |logits diff| float64 {report.float64_max_abs_diff:.1e},"
+            f" float32 {report.float32_max_abs_diff:.1e}; transformers' greedy tokens equal mhe-edge's",
             highlight=False,
         )
 
