@@ -53,7 +53,11 @@ def package(
         Path, typer.Option("-o", "--output", help="Folder to write.", show_default=False)
     ],
     format: Annotated[
-        str, typer.Option("--format", help="genai: a folder onnxruntime-genai loads as it is.")
+        str,
+        typer.Option(
+            "--format",
+            help="genai (onnxruntime-genai), transformers-js or optimum: a folder that client loads as it is.",
+        ),
     ] = "genai",
     target: Annotated[
         str,
@@ -74,6 +78,13 @@ def package(
             help="End-of-sequence id for the generator (default: the model's own, else vocab_size - 1).",
         ),
     ] = None,
+    precisions: Annotated[
+        str,
+        typer.Option(
+            help="transformers-js, optimum: the files to write, of fp32, fp16, int8, int4"
+            " (model.onnx, model_fp16.onnx, model_quantized.onnx, model_q4.onnx)."
+        ),
+    ] = "fp32",
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -81,7 +92,12 @@ def package(
     metadata (layers, heads, KV heads, head size, vocab, context length, I/O names, greedy defaults). With
     onnxruntime-genai installed, its greedy tokens are checked against `mhe-edge generate` first.
 
-    Example: `mhe-edge package model.onnx --format genai -o model-genai/`
+    For transformers.js and Optimum: config.json as `mhe-edge fold` writes it (model_type gpt_bigcode or
+    llama), the dimension and cache names they expect, left padding taken (ort files are rewritten for
+    it), each file checked as the client drives it against `mhe-edge generate`.
+
+    Example: `mhe-edge package model.onnx --format genai -o model-genai/`, or
+    `mhe-edge package model.onnx --format transformers-js --precisions fp32,int4 -o model-js/`
     """
     from mhe_edge.workflows.package import package as package_model
 
@@ -93,10 +109,20 @@ def package(
             target=target,
             share_buffer=share_buffer,
             eos_token_id=eos_token_id,
+            precisions=precisions,
             force=force,
         )
 
     def render(report) -> None:
+        if format != "genai":
+            files = ", ".join(f"{p} {literal(f)}" for p, f in report.files.items())
+            out.print(
+                f"wrote {literal(report.folder)} for {format}: model_type {report.model_type},"
+                f" target {report.target}; {files}; left-padded batches checked: each row equals its"
+                " prompt alone and mhe-edge generate",
+                highlight=False,
+            )
+            return
         out.print(
             f"wrote {literal(report.folder)}: model.onnx ({report.model_bytes:,} bytes), genai_config.json"
             f" (target {report.target}, share buffer {report.share_buffer}, eos {report.eos_token_id});"

@@ -133,13 +133,11 @@ def _folded_attention(attn, config) -> dict[str, torch.Tensor]:
     return dict(wq=wq_heads, bq=bq_heads, wk=wk, bk=bk, wv=wv, bv=bv, wo=wo, bo=bo)
 
 
-def folded_checkpoint(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """(config.json fields, float64 state dict in the family's names) for our model."""
-    config = model.config
+def family_config(config) -> dict[str, Any]:
+    """config.json of the family a model folds to (model_type, sizes, the context length as
+    max_position_embeddings); FoldRefused where no family represents it."""
     family = family_of(config)
-    state: dict[str, torch.Tensor] = {}
-    sd = {k: v.detach().double() for k, v in model.state_dict().items()}
-    common = {
+    common: dict[str, Any] = {
         "vocab_size": config.vocab_size,
         "max_position_embeddings": config.max_seq_len,
         "tie_word_embeddings": config.tie_embeddings,
@@ -148,7 +146,7 @@ def folded_checkpoint(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         "torch_dtype": "float32",
     }
     if family == "gpt_bigcode":
-        hf = dict(
+        return dict(
             model_type="gpt_bigcode",
             architectures=["GPTBigCodeForCausalLM"],
             n_embd=config.d_model,
@@ -167,6 +165,35 @@ def folded_checkpoint(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             attn_pdrop=0.0,
             **common,
         )
+    attention_bias = config.qkv_bias or config.out_bias or config.attention == "mhe-add"
+    return dict(
+        model_type="llama",
+        architectures=["LlamaForCausalLM"],
+        hidden_size=config.d_model,
+        intermediate_size=config.d_ff,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.kv_heads,
+        head_dim=config.head_dim,
+        hidden_act="silu",
+        rms_norm_eps=config.layer_norm_eps,
+        rope_theta=config.rope_theta,
+        rope_scaling=None,
+        attention_bias=attention_bias,
+        mlp_bias=config.mlp_bias,
+        attention_dropout=0.0,
+        **common,
+    )
+
+
+def folded_checkpoint(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(config.json fields, float64 state dict in the family's names) for our model."""
+    config = model.config
+    family = family_of(config)
+    state: dict[str, torch.Tensor] = {}
+    sd = {k: v.detach().double() for k, v in model.state_dict().items()}
+    hf = family_config(config)
+    if family == "gpt_bigcode":
         state["transformer.wte.weight"] = sd["tok_emb.weight"]
         state["transformer.wpe.weight"] = sd["pos_emb.weight"]
         for i, block in enumerate(model.blocks):
@@ -188,25 +215,7 @@ def folded_checkpoint(model) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             sd["ln_f.bias"],
         )
     else:
-        attention_bias = config.qkv_bias or config.out_bias or config.attention == "mhe-add"
-        hf = dict(
-            model_type="llama",
-            architectures=["LlamaForCausalLM"],
-            hidden_size=config.d_model,
-            intermediate_size=config.d_ff,
-            num_hidden_layers=config.n_layers,
-            num_attention_heads=config.n_heads,
-            num_key_value_heads=config.kv_heads,
-            head_dim=config.head_dim,
-            hidden_act="silu",
-            rms_norm_eps=config.layer_norm_eps,
-            rope_theta=config.rope_theta,
-            rope_scaling=None,
-            attention_bias=attention_bias,
-            mlp_bias=config.mlp_bias,
-            attention_dropout=0.0,
-            **common,
-        )
+        attention_bias = hf["attention_bias"]
         state["model.embed_tokens.weight"] = sd["tok_emb.weight"]
         for i, block in enumerate(model.blocks):
             p, a = f"model.layers.{i}.", _folded_attention(block.attn, config)

@@ -21,7 +21,7 @@ from mhe_edge.errors import ParityError, RequestError
 from mhe_edge.files import check_full, check_output, read_header, save_ir_model, staged_output
 from mhe_edge.results import Result
 
-FORMATS = ("genai",)
+FORMATS = ("genai", "transformers-js", "optimum")  # the last two: workflows/client_package.py
 MODEL_FILE = "model.onnx"
 
 
@@ -45,11 +45,15 @@ def package(
     target: str = "ort",
     share_buffer: bool = False,
     eos_token_id: int | None = None,
+    precisions: str | list[str] = "fp32",
     force: bool = False,
-) -> PackageReport:
+):
     """Package a decoder export for onnxruntime-genai (optimizing it for `target` first unless it is optimized).
 
     Example: `mhe_edge.package("model.onnx", "model-genai", share_buffer=True).check["status"]`
+
+    `format="transformers-js"` or `"optimum"` writes a folder for those clients instead, one file per
+    precision in `precisions` (fp32, fp16, int8, int4), and returns a ClientPackageReport.
     """
     import onnx_ir as ir
 
@@ -66,6 +70,16 @@ def package(
 
     if format not in FORMATS:
         raise RequestError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    if format != "genai":
+        from mhe_edge.workflows.client_package import package_for_client
+
+        if share_buffer or eos_token_id is not None:
+            raise RequestError("--share-buffer and --eos-token-id are for --format genai")
+        return package_for_client(
+            model, output, format=format, target=target, precisions=precisions, force=force
+        )
+    if precisions not in ("fp32", ["fp32"]):
+        raise RequestError("--precisions is for --format transformers-js and optimum")
     if target not in TARGETS:
         raise RequestError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
     source = Path(model)
@@ -157,7 +171,8 @@ def _check_text(source: Path, stage: Path, tokenizer) -> dict[str, Any]:
     ids, text = genai_text(stage, CHECK_TEXT, CHECK_NEW_TOKENS)
     if ids != tokenizer.encode(CHECK_TEXT):
         raise ParityError(
-            f"onnxruntime-genai's tokenizer encodes {CHECK_TEXT!r} as {ids}, mhe-edge's as {tokenizer.encode(CHECK_TEXT)}"
+            f"onnxruntime-genai's tokenizer encodes {CHECK_TEXT!r} as {ids},"
+            f" mhe-edge's as {tokenizer.encode(CHECK_TEXT)}"
         )
     ours = generate_text(source, CHECK_TEXT, max_new_tokens=CHECK_NEW_TOKENS).generations[0].text
     if text != ours:
