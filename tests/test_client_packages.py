@@ -88,9 +88,7 @@ def test_refusals(tmp_path, cli):
 
 def _packages(tmp_path, fmt):
     model, path = exported(tmp_path, attention="mhe-mul", d_model=64)
-    want = [
-        ExportedModel(path).generate(__import__("numpy").array([p]), 8)[0].tolist() for p in PROMPTS
-    ]
+    want = [ExportedModel(path).generate(np.array([p]), 8)[0].tolist() for p in PROMPTS]
     for target in ("std", "ort"):
         yield target, package(path, tmp_path / f"{fmt}-{target}", format=fmt, target=target), want
 
