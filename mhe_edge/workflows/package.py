@@ -175,8 +175,14 @@ def _check_text(source: Path, stage: Path, tokenizer) -> dict[str, Any]:
             f" mhe-edge's as {tokenizer.encode(CHECK_TEXT)}"
         )
     ours = generate_text(source, CHECK_TEXT, max_new_tokens=CHECK_NEW_TOKENS).generations[0].text
-    if text != ours:
+    record = {"prompt": CHECK_TEXT, "genai_text": text, "mhe_edge_text": ours, "status": "passed"}
+    compared_ours, compared_theirs = ours, text
+    if "\ufffd" in ours:  # bytes that are not UTF-8 (random weights): the two decoders replace them
+        cut = ours.index("\ufffd")  # differently, so the texts are compared up to the first one
+        compared_ours, compared_theirs = ours[:cut], text[:cut]
+        record["compared"] = f"the first {cut} characters (then bytes that are not UTF-8)"
+    if compared_theirs != compared_ours:
         raise ParityError(
             f"onnxruntime-genai generated {text!r}, mhe-edge generate --text {ours!r}"
         )
-    return {"prompt": CHECK_TEXT, "genai_text": text, "mhe_edge_text": ours, "status": "passed"}
+    return record
