@@ -141,3 +141,21 @@ def test_optimum_for_real(tmp_path):
         assert run.returncode == 0, run.stderr[-2000:]
         result = json.loads(run.stdout.strip().splitlines()[-1])
         assert result["alone"] == want and result["batch"] == want, target
+
+
+def test_genai_text_check_stops_at_bytes_that_are_not_utf8(tmp_path):
+    pytest.importorskip("onnxruntime_genai")
+    from conftest import tiny_model
+
+    from mhe_edge.exporters import export
+    from mhe_edge.models.folder import save_folder
+    from mhe_edge.text.tokenizer import byte_tokenizer
+
+    model = tiny_model(attention="mhe-mul", seed=1, d_model=64, vocab_size=300, eos_token_id=0)
+    folder = save_folder(model, tmp_path / "model")
+    byte_tokenizer().save(folder)  # random weights: the continuation is arbitrary bytes
+    export(folder, tmp_path / "model.onnx")
+    report = package(tmp_path / "model.onnx", tmp_path / "genai", format="genai")
+    text = report.check["text"]
+    assert text["status"] == "passed"
+    assert "\ufffd" in text["mhe_edge_text"] and "compared" in text  # seed 1: bytes that are not UTF-8
