@@ -37,7 +37,9 @@ def rename_dims(ir_model) -> None:
         if value.shape is None:
             continue
         dims = [
-            ir.SymbolicDim(DIM_NAMES.get(d.value, d.value)) if isinstance(d, ir.SymbolicDim) else d
+            ir.SymbolicDim(DIM_NAMES.get(d.value, d.value))
+            if isinstance(d, ir.SymbolicDim) and d.value is not None
+            else d
             for d in value.shape
         ]
         value.shape = ir.Shape(dims)

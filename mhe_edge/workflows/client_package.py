@@ -124,7 +124,7 @@ def package_for_client(
                 take_any_padding(graph)
             rename_dims(graph)
             if merged:
-                merge_key_value(graph, config.n_layers, config.head_dim)
+                merge_key_value(graph, config.n_layers, config.d_model // config.n_heads)
             packaged = onnx_dir / FILE_NAMES[precision]
             save_ir_model(graph, packaged)
             check_full(packaged)

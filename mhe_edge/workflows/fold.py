@@ -359,7 +359,7 @@ def _fold(source: Path, output, force: bool) -> FoldReport:
                 f"transformers' {hf['model_type']} differs from the MHE model by {diff32:.3g} (fp32)"
             )
         eos = config.eos_token_id
-        want = _until_eos(ours.generate(ids, CHECK_NEW_TOKENS).tolist(), eos)
+        want = _until_eos(ours.generate(ids, CHECK_NEW_TOKENS).tolist(), eos)  # type: ignore[operator]
         got = _greedy_hf(theirs, ids, CHECK_NEW_TOKENS, eos)
         if got != want:
             raise ParityError(f"transformers generated {got}, the MHE model {want}")
