@@ -14,7 +14,8 @@ how each client's overhead compares, not how fast a large model decodes).
 
 `--install` puts the npm packages (@huggingface/transformers with ONNXRUNTIME_NODE_INSTALL=skip, whose
 install script would fetch CUDA binaries; playwright-core) in benchmarks/results/clients/node and creates
-benchmarks/results/clients/optimum (optimum-onnx, onnxruntime). Chromium is Debian's `chromium` package.
+benchmarks/results/clients/optimum (optimum-onnx, onnxruntime, and torch as constraints.txt pins it: pip's
+default Linux torch is the CUDA build). Chromium is Debian's `chromium` package.
 A client that is not installed gets a row saying so.
 """
 
@@ -54,8 +55,16 @@ def install() -> None:
     )
     if not (OPTIMUM / "bin" / "python").exists():
         subprocess.run([sys.executable, "-m", "venv", str(OPTIMUM)], check=True)
+        # torch as constraints.txt pins it (the CPU build here): pip's default Linux torch is the CUDA
+        # build, gigabytes of libraries a CPU check never loads. Only that pin: Optimum pins its own
+        # transformers, older than ours.
+        torch = next(
+            line.strip()
+            for line in (ROOT / "constraints.txt").read_text().splitlines()
+            if line.startswith("torch==")
+        )
         subprocess.run(
-            [str(OPTIMUM / "bin" / "pip"), "install", "-q", "optimum-onnx", "onnxruntime"],
+            [str(OPTIMUM / "bin" / "pip"), "install", "-q", torch, "optimum-onnx", "onnxruntime"],
             check=True,
         )
 
