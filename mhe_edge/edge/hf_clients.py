@@ -13,7 +13,9 @@ What changes in a packaged graph (nothing numerical; the rewrite is checked by `
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -132,3 +134,29 @@ def client_greedy(
         past = {name: present[name.replace("past_key_values.", "present.", 1)] for name in past}
         ids, mask = token[:, None], np.concatenate([mask, np.ones((len(prompts), 1), np.int64)], 1)
     return np.stack(steps, 1).tolist()
+
+
+def write_generation_config(folder: Path, config) -> None:
+    """generation_config.json: greedy, with the special ids (the context length is config.json's
+    max_position_embeddings)."""
+    generation = {
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id,
+        "pad_token_id": config.eos_token_id,
+        "do_sample": False,
+    }
+    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
+
+
+def write_tokenizer(folder: Path, tokenizer, max_seq_len: int) -> None:
+    """tokenizer.json, special_tokens_map.json and a tokenizer_config.json clients read as it is: only the
+    inputs the model takes (no token_type_ids), left padding, and the context length."""
+    tokenizer.save(folder)
+    path = folder / "tokenizer_config.json"
+    settings = json.loads(path.read_text())
+    settings.update(
+        model_input_names=["input_ids", "attention_mask"],
+        padding_side="left",
+        model_max_length=max_seq_len,
+    )
+    path.write_text(json.dumps(settings, indent=2) + "\n")

@@ -74,12 +74,17 @@ def package_for_client(
     """
     import onnx_ir as ir
 
-    from mhe_edge.edge.hf_clients import merge_key_value, rename_dims
+    from mhe_edge.edge.hf_clients import (
+        merge_key_value,
+        rename_dims,
+        write_generation_config,
+        write_tokenizer,
+    )
     from mhe_edge.edge.padding import take_any_padding
     from mhe_edge.files import check_full, check_output, read_header, save_ir_model, staged_output
     from mhe_edge.passes import TARGETS, optimize
     from mhe_edge.text.tokenizer import tokenizer_of_export
-    from mhe_edge.workflows.fold import family_config, write_generation_config, write_tokenizer
+    from mhe_edge.workflows.fold import family_config
 
     if format not in CLIENT_FORMATS:
         raise RequestError(f"format must be one of {', '.join(CLIENT_FORMATS)}, not {format!r}")

@@ -325,6 +325,7 @@ def _fold(source: Path, output, force: bool) -> FoldReport:
 
     from transformers import AutoModelForCausalLM
 
+    from mhe_edge.edge.hf_clients import write_generation_config, write_tokenizer
     from mhe_edge.files import check_output, staged_output
     from mhe_edge.models.checkpoint import load_model
     from mhe_edge.text.tokenizer import has_tokenizer, load_tokenizer
@@ -345,9 +346,7 @@ def _fold(source: Path, output, force: bool) -> FoldReport:
         _hf_model(hf, state, torch.float32).save_pretrained(stage)
         config_file = stage / "config.json"
         saved = json.loads(config_file.read_text())
-        saved["max_position_embeddings"] = (
-            config.max_seq_len
-        )  # where clients read the context length
+        saved["max_position_embeddings"] = config.max_seq_len  # where clients read the context
         config_file.write_text(json.dumps(saved, indent=2) + "\n")
         write_generation_config(stage, config)
         if tokenizer is not None:
@@ -374,29 +373,3 @@ def _fold(source: Path, output, force: bool) -> FoldReport:
         greedy_tokens=got[0],
         files=files,
     )
-
-
-def write_generation_config(folder: Path, config) -> None:
-    """generation_config.json: greedy, with the special ids (the context length is config.json's
-    max_position_embeddings)."""
-    generation = {
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": config.eos_token_id,
-        "pad_token_id": config.eos_token_id,
-        "do_sample": False,
-    }
-    (folder / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-
-
-def write_tokenizer(folder: Path, tokenizer, max_seq_len: int) -> None:
-    """tokenizer.json, special_tokens_map.json and a tokenizer_config.json clients read as it is: only the
-    inputs the model takes (no token_type_ids), left padding, and the context length."""
-    tokenizer.save(folder)
-    path = folder / "tokenizer_config.json"
-    settings = json.loads(path.read_text())
-    settings.update(
-        model_input_names=["input_ids", "attention_mask"],
-        padding_side="left",
-        model_max_length=max_seq_len,
-    )
-    path.write_text(json.dumps(settings, indent=2) + "\n")
