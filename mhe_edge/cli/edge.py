@@ -4,12 +4,21 @@ transformers.js, Optimum) and `fold` (a standard transformers checkpoint with on
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from mhe_edge import options
 from mhe_edge.cli import command
-from mhe_edge.cli.options import DecoderModel, Force, Json, OnnxModel, OutputFile, flag
+from mhe_edge.cli.options import (
+    DecoderModel,
+    Force,
+    Json,
+    OnnxModel,
+    OutputFile,
+    cli_option,
+    flag,
+)
 from mhe_edge.cli.output import emit, err, literal, out, print_mobile_coverage
 
 
@@ -52,13 +61,7 @@ def package(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Folder to write.", show_default=False)
     ],
-    format: Annotated[
-        str,
-        typer.Option(
-            "--format",
-            help="genai (onnxruntime-genai), transformers-js or optimum: a folder that client loads as it is.",
-        ),
-    ] = "genai",
+    format: cli_option(options.PACKAGE_FORMAT) = options.PACKAGE_FORMAT.default,
     target: Annotated[
         str,
         typer.Option(help="optimize target when MODEL is not optimized yet: ort, std or portable."),
@@ -70,21 +73,8 @@ def package(
             "past_present_share_buffer: update the cache in place (needs --target ort).",
         ),
     ] = False,
-    eos_token_id: Annotated[
-        Optional[int],
-        typer.Option(
-            min=0,
-            max=2**31 - 1,
-            help="End-of-sequence id for the generator (default: the model's own, else vocab_size - 1).",
-        ),
-    ] = None,
-    precisions: Annotated[
-        str,
-        typer.Option(
-            help="transformers-js, optimum: the files to write, of fp32, fp16, int8, int4"
-            " (model.onnx, model_fp16.onnx, model_quantized.onnx, model_q4.onnx)."
-        ),
-    ] = "fp32",
+    eos_token_id: cli_option(options.EOS_TOKEN_ID) = None,
+    precisions: cli_option(options.PRECISIONS) = options.PRECISIONS.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:

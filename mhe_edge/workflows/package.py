@@ -19,9 +19,10 @@ import numpy as np
 from mhe_edge.contract import ATTENTION_MASK
 from mhe_edge.errors import ParityError, RequestError
 from mhe_edge.files import check_full, check_output, read_header, save_ir_model, staged_output
+from mhe_edge.options import PACKAGE_FORMAT, TARGET
 from mhe_edge.results import Result
 
-FORMATS = ("genai", "transformers-js", "optimum")  # the last two: workflows/client_package.py
+FORMATS = PACKAGE_FORMAT.choices  # transformers-js and optimum: workflows/client_package.py
 MODEL_FILE = "model.onnx"
 
 
@@ -64,12 +65,11 @@ def package(
         genai_greedy,
         share_cache_buffer,
     )
-    from mhe_edge.passes import TARGETS, optimize
+    from mhe_edge.passes import optimize
     from mhe_edge.runtime import ExportedModel
     from mhe_edge.text.tokenizer import tokenizer_of_export
 
-    if format not in FORMATS:
-        raise RequestError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
+    PACKAGE_FORMAT.check(format)
     if format != "genai":
         from mhe_edge.workflows.client_package import package_for_client
 
@@ -80,8 +80,7 @@ def package(
         )
     if precisions not in ("fp32", ["fp32"]):
         raise RequestError("--precisions is for --format transformers-js and optimum")
-    if target not in TARGETS:
-        raise RequestError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    TARGET.check(target)
     source = Path(model)
     header = read_header(source)
     config = header.config
