@@ -9,9 +9,9 @@ import torch
 from conftest import tiny_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from mhe_edge.workflows.fold import FoldRefused, fold
 from mhe_edge.models.folder import save_folder
 from mhe_edge.text.tokenizer import byte_tokenizer
+from mhe_edge.workflows.fold import FoldRefused, fold
 
 LLAMA_SHAPE = dict(position="rope", norm="rmsnorm", mlp="swiglu", d_model=64, max_seq_len=64)
 
@@ -46,6 +46,7 @@ def test_learned_mhe_mul_folds_to_gpt_bigcode_that_transformers_runs(tmp_path, c
     report = json.loads(result.stdout)
     assert report["model_type"] == "gpt_bigcode" and report["num_key_value_heads"] == 1
     assert report["float64_max_abs_diff"] < 1e-12 and report["float32_max_abs_diff"] < 1e-4
+    assert report["reread_max_abs_diff"] < 1e-4  # mhe-edge reads it back as gpt_bigcode (MQA)
     folder = tmp_path / "mqa"
     config = json.loads((folder / "config.json").read_text())
     assert config["multi_query"] is True and config["max_position_embeddings"] == 64
@@ -94,3 +95,28 @@ def test_what_no_family_represents_is_refused_with_nothing_written(tmp_path, cli
     assert result.code == FoldRefused.exit_code and why in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_transformers_gpt_bigcode_folders_read_as_multi_query(tmp_path):
+    from transformers import GPTBigCodeConfig, GPTBigCodeForCausalLM
+
+    from mhe_edge.errors import CheckpointError
+    from mhe_edge.models.checkpoint import load_model
+
+    torch.manual_seed(0)
+    hf = GPTBigCodeForCausalLM(
+        GPTBigCodeConfig(
+            n_embd=32, n_layer=2, n_head=4, n_inner=64, n_positions=32, vocab_size=50,
+            multi_query=True, activation_function="gelu_pytorch_tanh", tie_word_embeddings=False,
+        )
+    ).eval()  # fmt: skip
+    hf.save_pretrained(tmp_path / "bigcode")
+    ours = load_model(tmp_path / "bigcode")
+    assert ours.config.attention == "mqa" and ours.config.kv_heads == 1
+    ids = torch.randint(0, 50, (2, 12))
+    with torch.no_grad():
+        assert (ours(ids).logits - hf(ids).logits).abs().max() < 1e-5
+    config = json.loads((tmp_path / "bigcode" / "config.json").read_text())
+    (tmp_path / "bigcode" / "config.json").write_text(json.dumps({**config, "multi_query": False}))
+    with pytest.raises(CheckpointError, match="multi_query=False is not supported"):
+        load_model(tmp_path / "bigcode")

@@ -49,6 +49,9 @@ class FoldReport(Result):
     num_key_value_heads: int
     float64_max_abs_diff: float  # logits, transformers against the MHE model
     float32_max_abs_diff: float
+    reread_max_abs_diff: (
+        float  # the folder read back by mhe-edge (registry family) against the MHE model
+    )
     greedy_tokens: list[int]  # transformers' greedy ids, equal to mhe-edge's
     files: list[str] = field(default_factory=list)
 
@@ -357,6 +360,10 @@ def _fold(source: Path, output, force: bool) -> FoldReport:
             raise ParityError(
                 f"transformers' {hf['model_type']} differs from the MHE model by {diff32:.3g} (fp32)"
             )
+        # and mhe-edge reads the folder back, through the model-family registry, as the MQA model it is
+        reread = _max_diff(ours, load_model(stage), ids)
+        if not reread <= FLOAT32_ATOL:
+            raise ParityError(f"the folded folder, read back, differs by {reread:.3g}")
         eos = config.eos_token_id
         want = _until_eos(ours.generate(ids, CHECK_NEW_TOKENS).tolist(), eos)  # type: ignore[operator]
         got = _greedy_hf(theirs, ids, CHECK_NEW_TOKENS, eos)
@@ -370,6 +377,7 @@ def _fold(source: Path, output, force: bool) -> FoldReport:
         num_key_value_heads=1 if config.is_mhe else config.kv_heads,
         float64_max_abs_diff=diff64,
         float32_max_abs_diff=diff32,
+        reread_max_abs_diff=reread,
         greedy_tokens=got[0],
         files=files,
     )
