@@ -105,13 +105,17 @@ def package(
 
     def render(report) -> None:
         if format != "genai":
-            files = ", ".join(f"{p} {literal(f)}" for p, f in report.files.items())
             out.print(
                 f"wrote {literal(report.folder)} for {format}: model_type {report.model_type},"
-                f" target {report.target}; {files}; left-padded batches checked: each row equals its"
-                " prompt alone and mhe-edge generate",
+                f" target {report.target}; each file driven as the client drives it equals"
+                " mhe-edge generate",
                 highlight=False,
             )
+            for precision, path in report.files.items():
+                batch = report.check[precision]["left_padded_batch"]
+                out.print(
+                    f"  {precision}: {literal(path)}; left-padded batch {batch}", highlight=False
+                )
             return
         out.print(
             f"wrote {literal(report.folder)}: model.onnx ({report.model_bytes:,} bytes), genai_config.json"
