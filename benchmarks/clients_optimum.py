@@ -41,7 +41,11 @@ for prompt in prompts:
     alone.append(tokens[0])
     seconds += took
 batch, _ = greedy(prompts)
-result = {"alone": alone, "batch": batch, "ms_per_token": 1000 * seconds / (len(prompts) * new_tokens)}
+result = {
+    "alone": alone,
+    "batch": batch,
+    "ms_per_token": 1000 * seconds / (len(prompts) * new_tokens),
+}
 if text:
     from transformers import AutoTokenizer, pipeline
 

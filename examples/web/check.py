@@ -39,7 +39,9 @@ def build_site(site: Path, package: Path, node_modules: Path) -> None:
     )
     ort_dist = node_modules / "onnxruntime-web" / "dist"
     for path in ort_dist.iterdir():
-        if path.name == "ort.webgpu.bundle.min.mjs" or path.name.startswith("ort-wasm-simd-threaded"):
+        if path.name == "ort.webgpu.bundle.min.mjs" or path.name.startswith(
+            "ort-wasm-simd-threaded"
+        ):
             shutil.copyfile(path, vendor / path.name)
     shutil.copytree(package, site / "models" / "model")
 

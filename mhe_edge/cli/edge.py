@@ -61,7 +61,7 @@ def package(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Folder to write.", show_default=False)
     ],
-    format: cli_option(options.PACKAGE_FORMAT) = options.PACKAGE_FORMAT.default,
+    format: Annotated[str, cli_option(options.PACKAGE_FORMAT)] = options.PACKAGE_FORMAT.default,
     target: Annotated[
         str,
         typer.Option(help="optimize target when MODEL is not optimized yet: ort, std or portable."),
@@ -73,8 +73,8 @@ def package(
             "past_present_share_buffer: update the cache in place (needs --target ort).",
         ),
     ] = False,
-    eos_token_id: cli_option(options.EOS_TOKEN_ID) = None,
-    precisions: cli_option(options.PRECISIONS) = options.PRECISIONS.default,
+    eos_token_id: Annotated[int | None, cli_option(options.EOS_TOKEN_ID)] = None,
+    precisions: Annotated[str, cli_option(options.PRECISIONS)] = options.PRECISIONS.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:

@@ -34,6 +34,22 @@ def _expected(ours: dict[str, torch.Size]) -> set[str]:
     return names
 
 
+def _shapes(ours: dict[str, torch.Size]) -> dict[str, tuple[int | None, ...]]:
+    """Linear layers as ours, but Q, K and V fused into one: (n*d + 2*d, d_model) and its bias."""
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for name, shape in ours.items():
+        qkv = re.match(r"blocks\.(\d+)\.attn\.q_proj\.(weight|bias)$", name)
+        if qkv:
+            i, kind = qkv.groups()
+            rows = shape[0] + 2 * ours[name.replace("q_proj", "k_proj")][0]
+            shapes[f"transformer.h.{i}.attn.c_attn.{kind}"] = (
+                (rows, shape[1]) if kind == "weight" else (rows,)
+            )
+        elif not re.search(r"\.attn\.[kv]_proj\.", name):
+            shapes[rename(name, BIGCODE_NAMES)] = tuple(shape)
+    return shapes
+
+
 def _to_ours(source: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     state = {}
     sizes = (config.n_heads * config.head_dim, config.head_dim, config.head_dim)
@@ -53,9 +69,30 @@ def _to_ours(source: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, 
     BIGCODE_NAMES,
     ignored=re.compile(r"^transformer\.h\.\d+\.attn\.masked_bias$"),
     stores_our_shapes=False,
+    shapes=_shapes,
     tied_head="lm_head.weight",
     expected=_expected,
     to_ours=_to_ours,
+    schema={
+        **{
+            name: "positive int, required"
+            for name in ("n_embd", "n_layer", "n_head", "vocab_size", "n_positions")
+        },
+        "n_inner": "positive int",
+        "layer_norm_epsilon": "positive number",
+        "activation_function": "text",
+        **{
+            name: "bool"
+            for name in (
+                "multi_query",
+                "tie_word_embeddings",
+                "scale_attn_weights",
+                "add_cross_attention",
+            )
+        },
+        "bos_token_id": "token ids",
+        "eos_token_id": "token ids",
+    },
 )
 def gpt_bigcode(hf: dict) -> ModelConfig:
     require(
