@@ -88,7 +88,7 @@ class AnyPaddingFromAttentionMaskPass(ir.passes.InPlacePass):
     GroupQueryAttention keeps each row's tokens first: `seqlens_k` = sum(mask) - 1 says how many, so a
     left-padded row attends to its padding and misses its last tokens. Here every row's `seqlens_k` is the
     mask's length - 1 (every cache slot holds a position, padding or not) and the mask itself becomes the
-    kernel's `attention_bias` (B, 1, T, total): 0 for a token, the dtype's lowest finite value for
+    kernel's `attention_bias` (B, 1, T, total): 0 for a token, half the dtype's lowest finite value for
     padding, so a row of only padding stays finite. Positions already count the mask's 1s (the export's
     cumsum). Right padding stays right (its padding is masked the same way), and the in-place cache too:
     a step writes its tokens at the mask's last columns, which is where the runtime's mask puts them.
@@ -117,7 +117,9 @@ class AnyPaddingFromAttentionMaskPass(ir.passes.InPlacePass):
         mask = next(v for v in graph.inputs if v.name == ATTENTION_MASK)
         query = gqa[0].inputs[0]
         dtype = query.dtype if query is not None and query.dtype is not None else ir.DataType.FLOAT
-        lowest = float(np.finfo(dtype.numpy()).min)
+        # half the lowest finite value: added to any real score it stays finite (float16 included), so a row
+        # of only padding softmaxes to a finite uniform row and no NaN reaches the next layer's keys
+        lowest = float(np.finfo(dtype.numpy()).min) / 2
         nodes: list[ir.Node] = []
 
         def emit(op_type, inputs, attributes=None):
@@ -137,7 +139,9 @@ class AnyPaddingFromAttentionMaskPass(ir.passes.InPlacePass):
             "Cast", [emit("Equal", [mask, ints(graph, "padding_zero", [0])])], {"to": dtype}
         )
         lowest_value = add_initializer(graph, "padding_lowest", np.array(lowest, dtype.numpy()))
-        bias = emit("Mul", [padding, lowest_value])  # (B, total): 0 or the lowest finite value
+        bias = emit(
+            "Mul", [padding, lowest_value]
+        )  # (B, total): 0, or half the lowest finite value
         bias = emit("Unsqueeze", [bias, ints(graph, "padding_axes", [1, 2])])  # (B, 1, 1, total)
         shape = emit(
             "Concat", [batch, ints(graph, "padding_heads", [1]), new_len, total], {"axis": 0}
