@@ -27,6 +27,7 @@ KEY_MIN_ORT = "mhe_edge.min_onnxruntime"  # the oldest ONNX Runtime that loads t
 KEY_QUERY_SEQLENS = (
     "mhe_edge.ort_query_seqlens"  # "1": GroupQueryAttention takes batched chunks with a past
 )
+KEY_PADDING = "mhe_edge.padding"  # "any": batches may be padded left or right; absent: --target ort needs right
 KEY_TOKENIZER = (
     "mhe_edge.tokenizer"  # the model's tokenizer.json, verbatim (absent for random-weight models)
 )

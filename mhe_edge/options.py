@@ -263,6 +263,20 @@ SCORE_WINDOW = Option(
 SCORE_BATCH = Option("batch", "Windows per call.", 8, int, 1, MAX_BATCH)
 
 # -- packaging ------------------------------------------------------------------------------------------
+PACKAGE_FORMAT = Option(
+    "format",
+    "genai (onnxruntime-genai), transformers-js or optimum: a folder that client loads as it is.",
+    "genai",
+    str,
+    choices=("genai", "transformers-js", "optimum"),
+)
+PRECISIONS = Option(
+    "precisions",
+    "transformers-js, optimum: the files to write, a comma-separated list of fp32, fp16, int8, int4"
+    " (model.onnx, model_fp16.onnx, model_quantized.onnx, model_q4.onnx).",
+    "fp32",
+    str,
+)
 EOS_TOKEN_ID = Option(
     "eos_token_id",
     "End-of-sequence id for the generator (default: the model's own, else vocab_size - 1).",

@@ -15,7 +15,15 @@ from mhe_edge.models.transformer import build_model
 
 
 def test_every_family_registers_itself():
-    assert families.known() == ["mhe_edge", "bert", "gpt2", "llama", "mistral", "qwen2"]
+    assert families.known() == [
+        "mhe_edge",
+        "bert",
+        "gpt2",
+        "gpt_bigcode",
+        "llama",
+        "mistral",
+        "qwen2",
+    ]
     with pytest.raises(
         CheckpointError, match="model_type 'mamba' is not supported; mhe-edge reads"
     ):

@@ -1,4 +1,5 @@
-"""Commands that make files for apps: `to-ort` (ONNX Runtime mobile) and `package` (onnxruntime-genai)."""
+"""Commands that make files for apps: `to-ort` (ONNX Runtime mobile), `package` (onnxruntime-genai,
+transformers.js, Optimum) and `fold` (a standard transformers checkpoint with one KV head)."""
 
 from __future__ import annotations
 
@@ -60,9 +61,7 @@ def package(
     output: Annotated[
         Path, typer.Option("-o", "--output", help="Folder to write.", show_default=False)
     ],
-    format: Annotated[
-        str, typer.Option("--format", help="genai: a folder onnxruntime-genai loads as it is.")
-    ] = "genai",
+    format: Annotated[str, cli_option(options.PACKAGE_FORMAT)] = options.PACKAGE_FORMAT.default,
     target: Annotated[
         str,
         typer.Option(help="optimize target when MODEL is not optimized yet: ort, std or portable."),
@@ -75,6 +74,7 @@ def package(
         ),
     ] = False,
     eos_token_id: Annotated[int | None, cli_option(options.EOS_TOKEN_ID)] = None,
+    precisions: Annotated[str, cli_option(options.PRECISIONS)] = options.PRECISIONS.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -82,7 +82,12 @@ def package(
     metadata (layers, heads, KV heads, head size, vocab, context length, I/O names, greedy defaults). With
     onnxruntime-genai installed, its greedy tokens are checked against `mhe-edge generate` first.
 
-    Example: `mhe-edge package model.onnx --format genai -o model-genai/`
+    For transformers.js and Optimum: config.json as `mhe-edge fold` writes it (model_type gpt_bigcode or
+    llama), the dimension and cache names they expect, left padding taken (ort files are rewritten for
+    it), each file checked as the client drives it against `mhe-edge generate`.
+
+    Example: `mhe-edge package model.onnx --format genai -o model-genai/`, or
+    `mhe-edge package model.onnx --format transformers-js --precisions fp32,int4 -o model-js/`
     """
     from mhe_edge.workflows.package import package as package_model
 
@@ -94,14 +99,68 @@ def package(
             target=target,
             share_buffer=share_buffer,
             eos_token_id=eos_token_id,
+            precisions=precisions,
             force=force,
         )
 
     def render(report) -> None:
+        if format != "genai":
+            out.print(
+                f"wrote {literal(report.folder)} for {format}: model_type {report.model_type},"
+                f" target {report.target}; each file driven as the client drives it equals"
+                " mhe-edge generate",
+                highlight=False,
+            )
+            for precision, path in report.files.items():
+                batch = report.check[precision]["left_padded_batch"]
+                out.print(
+                    f"  {precision}: {literal(path)}; left-padded batch {batch}", highlight=False
+                )
+            return
         out.print(
             f"wrote {literal(report.folder)}: model.onnx ({report.model_bytes:,} bytes), genai_config.json"
             f" (target {report.target}, share buffer {report.share_buffer}, eos {report.eos_token_id});"
             f" onnxruntime-genai check: {literal(report.check['status'])}",
+            highlight=False,
+        )
+
+    emit(report, as_json, render)
+
+
+@command()
+def fold(
+    model: Annotated[
+        Path,
+        typer.Argument(
+            help="A checkpoint (.pt, .safetensors) or model folder.", show_default=False
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Folder to write.", show_default=False)
+    ],
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Write an MHE model as a standard transformers checkpoint with one KV head, exactly: learned positions,
+    LayerNorm and GELU as GPTBigCode (multi_query); RoPE, RMSNorm and SwiGLU as Llama (num_key_value_heads 1).
+    Checked in float64 against the MHE model, then in float32 and by greedy tokens in transformers; what no
+    family represents exactly (MHE-ADD with RoPE; MHE-MUL with RoPE whose query scale differs within a
+    rotation pair) is refused, and nothing is written. The tokenizer and generation config come along.
+
+    Example: `mhe-edge fold my-model -o my-model-mqa/`, then
+    `AutoModelForCausalLM.from_pretrained("my-model-mqa")`
+    """
+    from mhe_edge.workflows.fold import fold as fold_model
+
+    with err.status("fold: folding, checking in float64, float32 and transformers' greedy tokens"):
+        report = fold_model(model, output, force=force)
+
+    def render(report) -> None:
+        out.print(
+            f"wrote {literal(report.folder)}: {literal(report.model_type)} with"
+            f" {report.num_key_value_heads} KV head(s) from {report.attention};"
+            f" max |logits diff| float64 {report.float64_max_abs_diff:.1e},"
+            f" float32 {report.float32_max_abs_diff:.1e}; transformers' greedy tokens equal mhe-edge's",
             highlight=False,
         )
 

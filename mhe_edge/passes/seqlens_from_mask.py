@@ -11,11 +11,12 @@ share positions, so a batch must hold prompts of equal length.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from mhe_edge.contract import ATTENTION_MASK, MS_DOMAIN, PAST_PREFIX
-from mhe_edge.passes._graph import GraphRefused, ints
+from mhe_edge.passes._graph import GraphRefused, add_initializer, ints
 
 SEQLENS_K, TOTAL_SEQUENCE_LENGTH = 5, 6  # GroupQueryAttention's input positions
 
@@ -71,5 +72,99 @@ class SeqlensFromAttentionMaskPass(ir.passes.InPlacePass):
         for node in gqa:
             node.replace_input_with(SEQLENS_K, seqlens_k.outputs[0])
             node.replace_input_with(TOTAL_SEQUENCE_LENGTH, total.outputs[0])
+        common.RemoveUnusedNodesPass()(model)
+        return ir.passes.PassResult(model, modified=True)
+
+
+ATTENTION_BIAS, QUERY_SEQLENS = 10, 16  # GroupQueryAttention's input positions
+MIN_ORT_ATTENTION_BIAS = (
+    "1.22"  # the oldest ONNX Runtime whose GroupQueryAttention takes attention_bias
+)
+
+
+class AnyPaddingFromAttentionMaskPass(ir.passes.InPlacePass):
+    """Make an ort-target decoder right for left padding (transformers.js and Optimum pad on the left).
+
+    GroupQueryAttention keeps each row's tokens first: `seqlens_k` = sum(mask) - 1 says how many, so a
+    left-padded row attends to its padding and misses its last tokens. Here every row's `seqlens_k` is the
+    mask's length - 1 (every cache slot holds a position, padding or not) and the mask itself becomes the
+    kernel's `attention_bias` (B, 1, T, total): 0 for a token, half the dtype's lowest finite value for
+    padding, so a row of only padding stays finite. Positions already count the mask's 1s (the export's
+    cumsum). Right padding stays right (its padding is masked the same way), and the in-place cache too:
+    a step writes its tokens at the mask's last columns, which is where the runtime's mask puts them.
+    `query_seqlens`, where present, becomes T for every row (no row of a chunk is padding any more).
+    """
+
+    def requires(self, model: ir.Model) -> None:
+        gqa = _gqa_nodes(model.graph)
+        if not gqa:
+            raise GraphRefused(
+                "left padding is only wrong in GroupQueryAttention files (--target ort)"
+            )
+        if not any(v.name == ATTENTION_MASK for v in model.graph.inputs):
+            raise GraphRefused(
+                "this file has no attention_mask input (an older export): re-export it to take padding"
+            )
+        for node in gqa:
+            if len(node.inputs) > ATTENTION_BIAS and node.inputs[ATTENTION_BIAS] is not None:
+                raise GraphRefused(
+                    f"{node.name}: GroupQueryAttention already has an attention_bias"
+                )
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        graph = model.graph
+        gqa = _gqa_nodes(graph)
+        mask = next(v for v in graph.inputs if v.name == ATTENTION_MASK)
+        query = gqa[0].inputs[0]
+        dtype = query.dtype if query is not None and query.dtype is not None else ir.DataType.FLOAT
+        # half the lowest finite value: added to any real score it stays finite (float16 included), so a row
+        # of only padding softmaxes to a finite uniform row and no NaN reaches the next layer's keys
+        lowest = float(np.finfo(dtype.numpy()).min) / 2
+        nodes: list[ir.Node] = []
+
+        def emit(op_type, inputs, attributes=None):
+            nodes.append(ir.node(op_type, inputs, attributes))
+            return nodes[-1].outputs[0]
+
+        total = emit("Shape", [mask], {"start": 1, "end": 2})  # [total]
+        seqlens_k = emit(
+            "Cast",
+            [emit("Sub", [total, ints(graph, "padding_one", [1])])],
+            {"to": ir.DataType.INT32},
+        )  # [1]: every row's tokens - 1, padding included
+        batch = emit("Shape", [mask], {"start": 0, "end": 1})  # [B]
+        seqlens_k = emit("Expand", [seqlens_k, batch])  # (B,)
+        new_len = emit("Shape", [graph.inputs[0]], {"start": 1, "end": 2})  # input_ids: [T]
+        padding = emit(
+            "Cast", [emit("Equal", [mask, ints(graph, "padding_zero", [0])])], {"to": dtype}
+        )
+        lowest_value = add_initializer(graph, "padding_lowest", np.array(lowest, dtype.numpy()))
+        bias = emit(
+            "Mul", [padding, lowest_value]
+        )  # (B, total): 0, or half the lowest finite value
+        bias = emit("Unsqueeze", [bias, ints(graph, "padding_axes", [1, 2])])  # (B, 1, 1, total)
+        shape = emit(
+            "Concat", [batch, ints(graph, "padding_heads", [1]), new_len, total], {"axis": 0}
+        )
+        bias = emit("Expand", [bias, shape])  # (B, 1, T, total): the kernel wants T spelled out
+        query_seqlens = emit("Cast", [emit("Expand", [new_len, batch])], {"to": ir.DataType.INT32})
+        graph.insert_before(next(iter(graph)), nodes)
+        for node in gqa:
+            inputs = list(node.inputs) + [None] * (ATTENTION_BIAS + 1 - len(node.inputs))
+            inputs[SEQLENS_K] = seqlens_k
+            inputs[ATTENTION_BIAS] = bias
+            if len(inputs) > QUERY_SEQLENS and inputs[QUERY_SEQLENS] is not None:
+                inputs[QUERY_SEQLENS] = query_seqlens
+            replacement = ir.node(
+                node.op_type,
+                inputs,
+                node.attributes,
+                domain=node.domain,
+                num_outputs=len(node.outputs),
+                name=node.name,
+            )
+            ir.convenience.replace_nodes_and_values(
+                graph, node, [node], [replacement], list(node.outputs), list(replacement.outputs)
+            )
         common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=True)

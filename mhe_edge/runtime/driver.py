@@ -28,6 +28,7 @@ from mhe_edge.contract import (
     ATTENTION_MASK,
     INPUT_IDS,
     KEY_MIN_ORT,
+    KEY_PADDING,
     KEY_QUERY_SEQLENS,
     KEY_TARGET,
     LOGITS,
@@ -92,6 +93,10 @@ class ExportedModel:
             and self.metadata.get(KEY_TARGET) == "ort"
             and ATTENTION_MASK in self.input_names
         )
+        # GroupQueryAttention as lowered keeps each row's tokens first: left padding gives wrong tokens there
+        self.right_padding_only = (
+            self.metadata.get(KEY_TARGET) == "ort" and self.metadata.get(KEY_PADDING) != "any"
+        )
 
     @contextlib.contextmanager
     def _running(self):
@@ -131,7 +136,7 @@ class ExportedModel:
         if ids.shape[1] + new_tokens > self.config.max_seq_len:
             raise RequestError(
                 f"{ids.shape[1]} prompt + {new_tokens} new tokens exceed the model's max_seq_len"
-                f" {self.config.max_seq_len}"
+                f" {self.config.max_seq_len} (its max_position_embeddings)"
             )
         return ids.astype(np.int64)
 
@@ -208,6 +213,7 @@ class ExportedModel:
             )
         if mask is None and self.takes_mask:
             mask = np.ones((ids.shape[0], total), np.int64)
+        self._check_positions(ids, cache, mask, total)
         if cache.in_place:
             return self._step_in_place(ids, cache, mask, total)
         binding = self.session.io_binding()
@@ -225,6 +231,30 @@ class ExportedModel:
             self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()  # in binding order: logits, then one present per past
         return outputs[0].numpy(), SessionCache(dict(zip(self.past_names, outputs[1:])), total)
+
+    def _check_positions(self, ids: np.ndarray, cache: SessionCache, mask, total: int) -> None:
+        """Refuse, before running, a step the file would get wrong: a position past the model's table
+        (max_position_embeddings; a learned table would be read out of bounds), or left padding in a file
+        whose attention takes right padding only."""
+        mask = None if mask is None else np.asarray(mask)
+        if mask is not None and mask.shape != (ids.shape[0], total):
+            raise RequestError(
+                f"attention mask shape {mask.shape} does not match batch {ids.shape[0]} and"
+                f" past + new length {total}"
+            )
+        positions = total if mask is None else int(mask.sum(axis=1).max(initial=0))
+        if positions > self.config.max_seq_len:
+            raise RequestError(
+                f"position {positions - 1} is past the end of the model's position table"
+                f" (max_position_embeddings {self.config.max_seq_len}): shorten the prompt or generate fewer tokens"
+            )
+        if mask is not None and cache.length == 0 and self.right_padding_only:
+            if np.any(np.diff(mask.astype(np.int64), axis=1) > 0):  # a 0 before a 1: left padding
+                raise RequestError(
+                    f"{self.path.name} takes right padding only (a --target ort file's GroupQueryAttention"
+                    " keeps each row's tokens first): pad on the right, or use a std or portable file,"
+                    " or a package made for a client that pads left (--format transformers-js, optimum)"
+                )
 
     def _step_in_place(
         self, ids: np.ndarray, cache: SessionCache, mask: np.ndarray | None, total: int
