@@ -34,6 +34,8 @@ from mhe_edge.cli.options import (
 )
 from mhe_edge.cli.output import emit, err, literal, out
 
+# click's ParameterSource names (typer ships its own copy of click, so compare names, not members)
+_DEFAULTS = ("DEFAULT", "DEFAULT_MAP")
 TextFiles = Annotated[
     Optional[list[Path]],
     typer.Argument(
@@ -45,6 +47,7 @@ TextFiles = Annotated[
 
 @command()
 def train(
+    ctx: typer.Context,
     text: TextFiles = None,
     output: Annotated[
         Path,
@@ -117,7 +120,8 @@ def train(
         bool,
         typer.Option(
             "--resume",
-            help="Continue the run in OUTPUT from its newest checkpoint (--steps may extend it).",
+            help="Continue the run in OUTPUT from its newest checkpoint: --steps may extend it, --minutes,"
+            " --provider and --threads may change; any other option must match the recorded run.",
             metavar="",
         ),
     ] = False,
@@ -143,10 +147,16 @@ def train(
         TimeRemainingColumn,
     )
 
-    from mhe_edge.training.loop import TrainOptions
     from mhe_edge.training.workflow import train as train_model
 
-    options = TrainOptions(
+    # Only what was asked for: a resumed run checks each of these against its record (defaults are not
+    # requests), and a new run fills the rest with the same defaults.
+    given = {
+        name
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in _DEFAULTS
+    }
+    values = dict(
         steps=steps,
         minutes=minutes,
         seq_len=seq_len,
@@ -156,6 +166,11 @@ def train(
         provider=provider,
         threads=threads,
     )
+    options = {name: value for name, value in values.items() if name in given}
+
+    def asked(name: str, value):
+        return value if name in given else None
+
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -184,9 +199,9 @@ def train(
         report = train_model(
             output,
             text,
-            attention=attention,
-            preset=preset,
-            tokenizer=tokenizer,
+            attention=asked("attention", attention),
+            preset=asked("preset", preset),
+            tokenizer=asked("tokenizer", tokenizer),
             vocab_size=vocab_size,
             options=options,
             resume=resume,

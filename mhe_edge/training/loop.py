@@ -22,6 +22,7 @@ from mhe_edge.errors import ProviderError, RequestError, TrainingInterrupted
 from mhe_edge.training.checkpoints import save_training_state
 
 DEFAULT_STEPS = 1000
+MAX_STEPS = 10_000_000
 
 
 @dataclass
@@ -47,22 +48,47 @@ class TrainOptions:
     threads: int | None = None  # PyTorch threads on the CPU (default: PyTorch's choice)
 
     def check(self) -> None:
-        if self.steps is not None and not 1 <= self.steps <= 10_000_000:
-            raise RequestError(f"steps must be in [1, 10000000], not {self.steps}")
-        if self.minutes is not None and not 0 < self.minutes <= 100_000:
-            raise RequestError(f"minutes must be in (0, 100000], not {self.minutes}")
-        if not 0 < self.lr < 1:
-            raise RequestError(f"the learning rate must be in (0, 1), not {self.lr}")
+        """RequestError (exit 2) naming the first option out of its bounds; the CLI's bounds are these."""
+        for name, kind, low, high, optional in _BOUNDS:
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            number = (int,) if kind is int else (int, float)
+            if isinstance(value, bool) or not isinstance(value, number):
+                raise RequestError(f"--{name.replace('_', '-')} must be a number, not {value!r}")
+            if not (low <= value <= high) or (kind is float and not math.isfinite(value)):
+                raise RequestError(
+                    f"--{name.replace('_', '-')} must be in [{low:g}, {high:g}], not {value!r}"
+                )
+        if self.minutes is not None and self.minutes <= 0:
+            raise RequestError(f"--minutes must be above 0, not {self.minutes}")
         if self.provider not in ("cpu", "cuda"):
-            raise RequestError(f"provider must be cpu or cuda, not {self.provider!r}")
+            raise RequestError(f"--provider must be cpu or cuda, not {self.provider!r}")
 
     @property
     def total_steps(self) -> int:
         return (
-            self.steps
-            if self.steps is not None
-            else (10_000_000 if self.minutes else DEFAULT_STEPS)
+            self.steps if self.steps is not None else (MAX_STEPS if self.minutes else DEFAULT_STEPS)
         )
+
+
+# (field, type, low, high, may be None): every bound of TrainOptions, written once
+_BOUNDS = (
+    ("steps", int, 1, MAX_STEPS, True),
+    ("minutes", float, 0, 100_000, True),
+    ("seq_len", int, 2, 1_048_576, True),
+    ("batch", int, 1, 4096, False),
+    ("lr", float, 1e-7, 0.5, False),
+    ("min_lr_ratio", float, 0.0, 1.0, False),
+    ("warmup", int, 0, MAX_STEPS, True),
+    ("weight_decay", float, 0.0, 10.0, False),
+    ("grad_clip", float, 1e-6, 1e6, False),
+    ("seed", int, 0, 2**32 - 1, False),
+    ("eval_every", int, 1, MAX_STEPS, False),
+    ("eval_windows", int, 1, 1_000_000, False),
+    ("checkpoint_every", int, 1, MAX_STEPS, False),
+    ("threads", int, 1, 1024, True),
+)
 
 
 @dataclass
@@ -115,6 +141,21 @@ def batch_at(ids: np.ndarray, step: int, options: TrainOptions, seq_len: int) ->
     return np.stack([ids[s : s + seq_len] for s in starts])
 
 
+def row_length(options: TrainOptions, config, n_tokens: int) -> int:
+    """Tokens per training row: `options.seq_len`, or min(max_seq_len, 256); refused when the model or the
+    text cannot give one row."""
+    seq_len = options.seq_len or min(config.max_seq_len, 256)
+    if seq_len > config.max_seq_len:
+        raise RequestError(
+            f"--seq-len {seq_len} exceeds the model's max_seq_len {config.max_seq_len}"
+        )
+    if n_tokens <= seq_len:
+        raise RequestError(
+            f"the training text has {n_tokens} tokens, fewer than one row of {seq_len}"
+        )
+    return seq_len
+
+
 def validation_loss(model, windows: list[np.ndarray], device) -> float:
     """Mean cross-entropy per token over held-out windows (all the same length)."""
     with torch.no_grad():
@@ -144,15 +185,7 @@ def run_training(
     device = device_for(options.provider)
     if options.threads:
         torch.set_num_threads(options.threads)
-    seq_len = options.seq_len or min(model.config.max_seq_len, 256)
-    if seq_len > model.config.max_seq_len:
-        raise RequestError(
-            f"seq-len {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}"
-        )
-    if len(train_ids) <= seq_len:
-        raise RequestError(
-            f"the training text has {len(train_ids)} tokens, fewer than one row of {seq_len}"
-        )
+    seq_len = row_length(options, model.config, len(train_ids))
     model.to(device).train()
     if optimizer is None:
         optimizer = make_optimizer(model, options)
@@ -222,13 +255,32 @@ def run_training(
     except KeyboardInterrupt as exc:
         if step > last_saved:
             save()
-        raise TrainingInterrupted(
-            f"interrupted at step {step}; a checkpoint was saved in {run_folder.name}/checkpoints:"
-            f" continue with `mhe-edge train -o {run_folder} --resume`"
-        ) from exc
+            last_saved = step
+        raise _interrupted(step, last_saved if last_saved > 0 else None, run_folder) from exc
     save()
     model.eval()
     return {"step": step, "elapsed": elapsed, "log": log, "seq_len": seq_len}
+
+
+class RunInterrupted(TrainingInterrupted):
+    """Ctrl-C or SIGTERM during training, with where it stopped: `step` done, `checkpoint` the newest step
+    saved (None: none was)."""
+
+    def __init__(self, message: str, step: int, checkpoint: int | None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+def _interrupted(step: int, checkpoint: int | None, run_folder: Path) -> RunInterrupted:
+    """The error for Ctrl-C at `step`; it says that a checkpoint was saved only when one exists."""
+    if checkpoint is None:
+        message = f"interrupted at step {step}, before any checkpoint was saved"
+    else:
+        message = (
+            f"interrupted at step {step}; a checkpoint of step {checkpoint} was saved in"
+            f" {run_folder.name}/checkpoints: continue with `mhe-edge train -o {run_folder} --resume`"
+        )
+    return RunInterrupted(message, step, checkpoint)
 
 
 def make_optimizer(model, options: TrainOptions):
