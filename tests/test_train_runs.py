@@ -77,6 +77,15 @@ def test_api_resume_with_full_options_checks_every_field(tmp_path):
     assert report.steps == 4
 
 
+def test_resume_may_split_the_recorded_rows_differently(tmp_path, cli):
+    run, _ = _run(tmp_path)  # batch 2: two rows per step
+    result = cli("train", "-o", run, "--resume", "--steps", "5", "--grad-accum", "3")
+    assert result.code == 2 and "rows per step" in result.stderr
+    report = train(run, resume=True, options={"steps": 4, "batch": 1})  # 1 x grad-accum 2
+    assert report.steps == 4 and report.tokens_trained == 4 * 2 * 16
+    assert json.loads((run / "training.json").read_text())["options"]["grad_accum"] == 2
+
+
 def test_bad_options_are_usage_errors_in_the_api_as_in_the_cli(tmp_path, cli):
     for bad in (dict(batch=0), dict(lr=0.0), dict(seq_len=1), dict(steps=0), dict(batch=True)):
         with pytest.raises(RequestError):

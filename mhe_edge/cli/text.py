@@ -101,7 +101,17 @@ def train(
         Optional[int],
         typer.Option(min=2, max=1_048_576, help="Tokens per row (default: min(max_seq_len, 256))."),
     ] = None,
-    batch: Annotated[int, typer.Option(min=1, max=4096, help="Rows per step.")] = 16,
+    batch: Annotated[
+        int, typer.Option(min=1, max=4096, help="Rows per micro-batch, per process.")
+    ] = 16,
+    grad_accum: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=1024,
+            help="Micro-batches per optimizer step: a step trains on batch x grad-accum x processes rows.",
+        ),
+    ] = 1,
     lr: Annotated[
         float,
         typer.Option(
@@ -161,6 +171,7 @@ def train(
         minutes=minutes,
         seq_len=seq_len,
         batch=batch,
+        grad_accum=grad_accum,
         lr=lr,
         seed=seed,
         provider=provider,

@@ -20,6 +20,7 @@ import torch
 
 from mhe_edge.errors import ProviderError, RequestError, TrainingInterrupted
 from mhe_edge.training.checkpoints import save_training_state
+from mhe_edge.training.distributed import World
 
 DEFAULT_STEPS = 1000
 MAX_STEPS = 10_000_000
@@ -32,7 +33,10 @@ class TrainOptions:
         None  # stop after this much training time (and decay the learning rate over it)
     )
     seq_len: int | None = None  # tokens per training row; None: min(the model's max_seq_len, 256)
-    batch: int = 16  # rows per step
+    batch: int = 16  # rows per micro-batch, per process
+    grad_accum: int = (
+        1  # micro-batches per optimizer step: a step trains on batch * grad_accum * processes rows
+    )
     lr: float = 2e-3  # peak learning rate
     min_lr_ratio: float = 0.1  # the cosine decays to lr * this
     warmup: int | None = None  # linear warmup steps; None: 5% of the steps (at most 200)
@@ -78,6 +82,7 @@ _BOUNDS = (
     ("minutes", float, 0, 100_000, True),
     ("seq_len", int, 2, 1_048_576, True),
     ("batch", int, 1, 4096, False),
+    ("grad_accum", int, 1, 1024, False),
     ("lr", float, 1e-7, 0.5, False),
     ("min_lr_ratio", float, 0.0, 1.0, False),
     ("warmup", int, 0, MAX_STEPS, True),
@@ -109,7 +114,7 @@ def device_for(provider: str) -> torch.device:
             raise ProviderError(
                 "--provider cuda was asked for, but this PyTorch has no CUDA device (install a CUDA build of torch)"
             )
-        return torch.device("cuda")
+        return torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
     return torch.device("cpu")
 
 
@@ -134,11 +139,16 @@ def learning_rate(options: TrainOptions, fraction: float, step: int, warmup: int
     return options.lr * (options.min_lr_ratio + (1 - options.min_lr_ratio) * cosine)
 
 
-def batch_at(ids: np.ndarray, step: int, options: TrainOptions, seq_len: int) -> np.ndarray:
-    """The rows of step `step`: random windows of `seq_len` ids, drawn from a generator seeded by (seed, step)."""
+def batch_at(ids, step: int, options: TrainOptions, seq_len: int, processes: int = 1) -> np.ndarray:
+    """All the rows of step `step` (every process's, every micro-batch's): random windows of `seq_len`
+    ids, drawn from a generator seeded by (seed, step). `ids` is any 1-D array (a memory map too).
+
+    The draw depends only on the seed, the step and the global batch (batch * grad_accum * processes),
+    so one process at batch 8, grad-accum 2 at batch 4 and 2 processes at batch 4 train on the same rows."""
     rng = np.random.default_rng([options.seed, step])
-    starts = rng.integers(0, len(ids) - seq_len + 1, size=options.batch)
-    return np.stack([ids[s : s + seq_len] for s in starts])
+    rows = options.batch * options.grad_accum * processes
+    starts = rng.integers(0, len(ids) - seq_len + 1, size=rows)
+    return np.stack([np.asarray(ids[s : s + seq_len], dtype=np.int64) for s in starts])
 
 
 def row_length(options: TrainOptions, config, n_tokens: int) -> int:
@@ -187,6 +197,8 @@ def run_training(
         torch.set_num_threads(options.threads)
     seq_len = row_length(options, model.config, len(train_ids))
     model.to(device).train()
+    world = World.current()
+    net = world.wrap(model, device)
     if optimizer is None:
         optimizer = make_optimizer(model, options)
     total = options.total_steps
@@ -202,6 +214,8 @@ def run_training(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
 
     def save() -> None:
+        if world.rank != 0:  # one writer: the others hold the same weights
+            return
         save_training_state(
             run_folder,
             step,
@@ -219,29 +233,28 @@ def run_training(
                 lr = learning_rate(options, fraction, step, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                rows = torch.as_tensor(batch_at(train_ids, step, options, seq_len), device=device)
-                with autocast:
-                    loss = model(rows, labels=rows).loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                rows = batch_at(train_ids, step, options, seq_len, world.size)
+                loss = _accumulate(net, rows, options, world, device, autocast)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
                 optimizer.step()
                 step += 1
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - started
-                elapsed += seconds
+                # every process logs the mean loss and stops on rank 0's clock, so all stop together
+                loss, elapsed = world.agree(loss, elapsed + seconds)
                 info = StepInfo(
                     step,
                     None if budget else total,
-                    float(loss.detach()),
+                    loss,
                     lr,
-                    rows.numel() / seconds,
+                    rows.size / seconds,
                     elapsed,
                     elapsed / budget if budget else step / total,
                 )
                 done = step >= total or (budget is not None and elapsed >= budget)
-                if held and (step % options.eval_every == 0 or done):
+                if world.rank == 0 and held and (step % options.eval_every == 0 or done):
                     model.eval()
                     with autocast:
                         info.val_loss = validation_loss(model, held, device)
@@ -258,8 +271,29 @@ def run_training(
             last_saved = step
         raise _interrupted(step, last_saved if last_saved > 0 else None, run_folder) from exc
     save()
+    world.barrier()  # the final checkpoint is whole before any process goes on
     model.eval()
     return {"step": step, "elapsed": elapsed, "log": log, "seq_len": seq_len}
+
+
+def _accumulate(net, rows: np.ndarray, options: TrainOptions, world, device, autocast) -> float:
+    """Forward and backward this process's share of `rows`, micro-batch by micro-batch; the gradients end
+    as those of the mean loss over all the rows (each micro-batch's mean loss / grad_accum, averaged over
+    processes by DDP). Returns this process's mean loss."""
+    share = options.batch * options.grad_accum
+    mine = rows[world.rank * share : (world.rank + 1) * share]
+    total = 0.0
+    for index in range(options.grad_accum):
+        micro = torch.as_tensor(
+            mine[index * options.batch : (index + 1) * options.batch], device=device
+        )
+        last = index == options.grad_accum - 1
+        with world.no_sync(net, last):  # DDP averages gradients once, after the last micro-batch
+            with autocast:
+                loss = net(micro, labels=micro).loss / options.grad_accum
+            loss.backward()
+        total += float(loss.detach())
+    return total
 
 
 class RunInterrupted(TrainingInterrupted):

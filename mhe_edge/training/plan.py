@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +147,7 @@ def resume_plan(
     if text_files:
         requested["text"] = [_sha256(Path(p)) for p in text_files]
     where = f"{folder.name}/{RECORD_FILE}"
-    resumed = resumed_options(record, where, requested, run_tokenizer)
+    resumed = resumed_options(record, where, requested, run_tokenizer, processes())
     try:
         config = ModelConfig.from_dict(record["config"])
     except (ConfigError, TypeError, ValueError) as exc:
@@ -174,6 +175,14 @@ def _encoded(record, options, config, tokenizer, corpus, *, resumed: bool, stage
         )
     row_length(options, config, len(train_ids))  # refused now, not after the run folder is made
     return Plan(record, options, config, tokenizer, corpus, resumed, train_ids, held_ids)
+
+
+def processes() -> int:
+    """How many processes train together: torchrun's WORLD_SIZE, else 1."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        raise RequestError("WORLD_SIZE must be a whole number of processes") from None
 
 
 def _sha256(path: Path) -> str:

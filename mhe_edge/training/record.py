@@ -19,6 +19,8 @@ from mhe_edge.training.loop import TrainOptions
 
 BUDGET = ("steps", "minutes")  # more (or less) of the same run
 PLACEMENT = ("provider", "threads")  # where it runs, not what it computes
+# how a step's rows are split: only batch * grad_accum * processes (the rows per step) is the run's
+SPLIT = ("batch", "grad_accum")
 # config fields whose CLI flag is not `--` + the field's name with dashes
 CONFIG_FLAGS = {
     "n_layers": "--layers",
@@ -62,6 +64,7 @@ def resumed_options(
     where: str,
     requested: dict[str, Any],
     run_tokenizer,
+    processes: int = 1,
 ) -> TrainOptions:
     """The options of the resumed run: the recorded ones with the budget and placement of `requested`.
 
@@ -85,7 +88,7 @@ def resumed_options(
 
     option_names = {f.name for f in dataclasses.fields(TrainOptions)}
     for name, value in requested.items():
-        if name in BUDGET or name in PLACEMENT:
+        if name in BUDGET or name in PLACEMENT or name in SPLIT:
             continue
         if name in option_names:
             differs(name, value, getattr(recorded, name))
@@ -113,9 +116,32 @@ def resumed_options(
             " with --force"
         )
     changes = {k: v for k, v in requested.items() if k in BUDGET + PLACEMENT and v is not None}
+    changes.update(_split(recorded, record.get("processes", 1), requested, processes))
     resumed = dataclasses.replace(recorded, **changes)
     resumed.check()
     return resumed
+
+
+def _split(
+    recorded: TrainOptions, recorded_processes: Any, requested: dict[str, Any], processes: int
+):
+    """batch and grad_accum for `processes` that keep the recorded rows per step; by default the recorded
+    batch, with the accumulation that makes up for a different number of processes."""
+    if isinstance(recorded_processes, bool) or not isinstance(recorded_processes, int):
+        recorded_processes = 1
+    rows = recorded.batch * recorded.grad_accum * max(1, recorded_processes)
+    batch = requested.get("batch", recorded.batch)
+    if "grad_accum" in requested:
+        accum = requested["grad_accum"]
+    else:
+        accum = max(1, rows // (batch * processes))
+    if batch * accum * processes != rows:
+        raise RequestError(
+            f"the recorded run trains on {rows} rows per step; --batch {batch} x --grad-accum {accum} x"
+            f" {processes} process(es) = {batch * accum * processes}: choose --batch and --grad-accum"
+            " whose product with the processes is the recorded one"
+        )
+    return {"batch": batch, "grad_accum": accum}
 
 
 def _fingerprint_of_file(path: str) -> str:

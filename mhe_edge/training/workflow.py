@@ -157,7 +157,10 @@ def _train(plan, run_folder: Path, shown: Path, on_step, stage) -> TrainReport:
         },
     )
     _write_record(run_folder, record)
-    tokens = result["step"] * options.batch * result["seq_len"]
+    from mhe_edge.training.plan import processes
+
+    rows = options.batch * options.grad_accum * processes()  # per step, all processes
+    tokens = result["step"] * rows * result["seq_len"]
     return TrainReport(
         str(shown),
         plan.config.to_dict(),
