@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from mhe_edge import options
 from mhe_edge.cli import command
 from mhe_edge.cli.options import (
     Attention,
@@ -30,6 +31,7 @@ from mhe_edge.cli.options import (
     RopeTheta,
     Threads,
     TieEmbeddings,
+    cli_option,
     shape_overrides,
 )
 from mhe_edge.cli.output import emit, err, literal, out
@@ -58,8 +60,8 @@ def train(
             show_default=False,
         ),
     ] = ...,
-    attention: Attention = "mhe-mul",
-    preset: Preset = "tiny",
+    attention: Attention = options.ATTENTION.default,
+    preset: Preset = options.PRESET.default,
     layers: Layers = None,
     d_model: DModel = None,
     heads: Heads = None,
@@ -79,53 +81,14 @@ def train(
             help="bpe (byte-level BPE learned from the text), bytes (one token per byte), or a tokenizer.json path."
         ),
     ] = "bpe",
-    vocab_size: Annotated[
-        Optional[int],
-        typer.Option(min=257, max=1_000_000, help="BPE vocabulary (default: the preset's)."),
-    ] = None,
-    steps: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1, max=10_000_000, help="Optimizer steps (default 1000 unless --minutes)."
-        ),
-    ] = None,
-    minutes: Annotated[
-        Optional[float],
-        typer.Option(
-            min=0.01,
-            max=100_000,
-            help="Train for this long instead (the learning rate decays over the time).",
-        ),
-    ] = None,
-    seq_len: Annotated[
-        Optional[int],
-        typer.Option(min=2, max=1_048_576, help="Tokens per row (default: min(max_seq_len, 256))."),
-    ] = None,
-    batch: Annotated[
-        int, typer.Option(min=1, max=4096, help="Rows per micro-batch, per process.")
-    ] = 16,
-    grad_accum: Annotated[
-        int,
-        typer.Option(
-            min=1,
-            max=1024,
-            help="Micro-batches per optimizer step: a step trains on batch x grad-accum x processes rows.",
-        ),
-    ] = 1,
-    lr: Annotated[
-        float,
-        typer.Option(
-            min=1e-7, max=0.5, help="Peak learning rate (warmup, then cosine to a tenth)."
-        ),
-    ] = 2e-3,
-    seed: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=2**32 - 1,
-            help="Seeds weights and batches: the same seed, text and options give the same model on the CPU.",
-        ),
-    ] = 0,
+    vocab_size: cli_option(options.BPE_VOCAB) = None,
+    steps: cli_option(options.STEPS) = None,
+    minutes: cli_option(options.MINUTES) = None,
+    seq_len: cli_option(options.TRAIN_SEQ_LEN) = None,
+    batch: cli_option(options.TRAIN_BATCH) = options.TRAIN_BATCH.default,
+    grad_accum: cli_option(options.GRAD_ACCUM) = options.GRAD_ACCUM.default,
+    lr: cli_option(options.LR) = options.LR.default,
+    seed: cli_option(options.TRAIN_SEED) = options.TRAIN_SEED.default,
     resume: Annotated[
         bool,
         typer.Option(
@@ -135,11 +98,8 @@ def train(
             metavar="",
         ),
     ] = False,
-    provider: Provider = "cpu",
-    threads: Annotated[
-        Optional[int],
-        typer.Option(min=1, max=1024, help="PyTorch threads (default: PyTorch's choice)."),
-    ] = None,
+    provider: Provider = options.PROVIDER.default,
+    threads: cli_option(options.TORCH_THREADS) = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -267,16 +227,9 @@ def evaluate(
             help="Score these UTF-8 files (default: the first model's held-out training text)."
         ),
     ] = None,
-    window: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1,
-            max=1_048_576,
-            help="Tokens of context per scoring window (default: min(max_seq_len, 256)).",
-        ),
-    ] = None,
-    batch: Annotated[int, typer.Option(min=1, max=4096, help="Windows per call.")] = 8,
-    provider: Provider = "cpu",
+    window: cli_option(options.SCORE_WINDOW) = None,
+    batch: cli_option(options.SCORE_BATCH) = options.SCORE_BATCH.default,
+    provider: Provider = options.PROVIDER.default,
     threads: Threads = None,
     as_json: Json = False,
 ) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from mhe_edge.contract import OLDEST_IR_VERSION, OLDEST_OPSET
 from mhe_edge.passes._graph import (
     GraphRefused,
     TargetRefused,
@@ -27,7 +28,6 @@ from mhe_edge.passes._graph import (
     ints,
 )
 
-MIN_OPSET, IR_VERSION = 17, 8  # IR 8: what ONNX Runtime 1.16 reads (measured)
 REDUCE_OPS = {
     "ReduceMean",
     "ReduceSum",
@@ -47,7 +47,7 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
     def __init__(
         self,
         opset: int,
-        ir_version: int = IR_VERSION,
+        ir_version: int = OLDEST_IR_VERSION,
         other_domains: tuple[str, ...] = (),
         basic_norms: bool = False,
     ):
@@ -61,9 +61,9 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
 
     def requires(self, model: ir.Model) -> None:
         current = model.opset_imports.get("", 0)
-        if not MIN_OPSET <= self.opset <= current:
+        if not OLDEST_OPSET <= self.opset <= current:
             raise TargetRefused(
-                f"opset {self.opset} is not one this model can be converted to ({MIN_OPSET} to {current})"
+                f"opset {self.opset} is not one this model can be converted to ({OLDEST_OPSET} to {current})"
             )
         if model.functions:
             raise GraphRefused(
@@ -91,7 +91,12 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
+        # modified: a node rewritten, or the opset or IR version lowered
+        modified = (
+            model.opset_imports.get("") != self.opset
+        ) or model.ir_version != self.ir_version
         for node in list(graph):
+            rewritten = True
             if node.op_type == "Gelu" and self.opset < 20:
                 self._replace(graph, node, self._gelu)
             elif node.op_type == "RMSNormalization" and (self.opset < 23 or self.basic_norms):
@@ -110,9 +115,12 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
                 )
                 node.replace_input_with(1, None)
                 node.resize_inputs(1)
+            else:
+                rewritten = False
+            modified |= rewritten
         model.opset_imports[""] = self.opset
         model.ir_version = self.ir_version
-        return ir.passes.PassResult(model, modified=True)
+        return ir.passes.PassResult(model, modified=modified)
 
     @staticmethod
     def _replace(graph: ir.Graph, node: ir.Node, build) -> None:

@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from mhe_edge import options
 from mhe_edge.accounting import kv_cache_bytes
 from mhe_edge.contract import KEY_GRAPH
 from mhe_edge.errors import RequestError
 from mhe_edge.files import check_output, staged_output
+from mhe_edge.options import check_all
 from mhe_edge.results import Result
 from mhe_edge.runtime.driver import ExportedModel
 from mhe_edge.runtime.memory import DevicePeakMemory, peak_rss_bytes, reset_peak_rss
@@ -104,15 +106,16 @@ def profile(
 
     Example: `mhe_edge.profile("model.opt.onnx", seq_len=512, new_tokens=32).latency_ms["decode_per_token"]`
     """
-    for name, value, least in (
-        ("batch", batch, 1),
-        ("seq_len", seq_len, 1),
-        ("runs", runs, 1),
-        ("warmup", warmup, 0),
-        ("new_tokens", new_tokens, 0),
-    ):
-        if value is not None and value < least:
-            raise RequestError(f"{name} must be at least {least}, not {value}")
+    check_all(
+        (options.PROVIDER, provider),
+        (options.BATCH, batch),
+        (options.SEQ_LEN, seq_len),
+        (options.PREFILL_CHUNK, prefill_chunk),
+        (options.NEW_TOKENS, new_tokens),
+        (options.RUNS, runs),
+        (options.WARMUP, warmup),
+        (options.THREADS, threads),
+    )
     start = time.perf_counter()
     if trace is not None:
         check_output(trace, force=force, suffixes=(".json",), inputs=[path])

@@ -18,82 +18,66 @@ from typing import Any
 import numpy as np
 import torch
 
+from mhe_edge import options as declared
 from mhe_edge.errors import ProviderError, RequestError, TrainingInterrupted
 from mhe_edge.training.checkpoints import save_training_state
 from mhe_edge.training.distributed import World
 
 DEFAULT_STEPS = 1000
-MAX_STEPS = 10_000_000
+MAX_STEPS = declared.STEPS.high  # a run bounded by minutes plans this many
 
 
 @dataclass
 class TrainOptions:
     steps: int | None = None  # optimizer steps; with neither steps nor minutes: DEFAULT_STEPS
-    minutes: float | None = (
-        None  # stop after this much training time (and decay the learning rate over it)
-    )
+    minutes: float | None = None  # stop after this much training time (the lr decays over it)
     seq_len: int | None = None  # tokens per training row; None: min(the model's max_seq_len, 256)
-    batch: int = 16  # rows per micro-batch, per process
-    grad_accum: int = (
-        1  # micro-batches per optimizer step: a step trains on batch * grad_accum * processes rows
-    )
-    lr: float = 2e-3  # peak learning rate
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * this
+    batch: int = declared.TRAIN_BATCH.default  # rows per micro-batch, per process
+    # micro-batches per optimizer step: a step trains on batch * grad_accum * processes rows
+    grad_accum: int = declared.GRAD_ACCUM.default
+    lr: float = declared.LR.default  # peak learning rate
+    min_lr_ratio: float = declared.MIN_LR_RATIO.default  # the cosine decays to lr * this
     warmup: int | None = None  # linear warmup steps; None: 5% of the steps (at most 200)
-    weight_decay: float = (
-        0.1  # AdamW decay, for weight matrices and embedding tables only (see param_groups)
-    )
-    grad_clip: float = 1.0  # clip the global gradient norm to this
-    seed: int = 0  # weights, batches and everything random
-    eval_every: int = 100  # validate on held-out text every this many steps (and at the end)
-    eval_windows: int = 32  # at most this many held-out windows per validation
-    checkpoint_every: int = 200  # save a resumable checkpoint every this many steps (and on Ctrl-C)
+    # AdamW decay, for weight matrices and embedding tables only (see param_groups)
+    weight_decay: float = declared.WEIGHT_DECAY.default
+    grad_clip: float = declared.GRAD_CLIP.default  # clip the global gradient norm to this
+    seed: int = declared.TRAIN_SEED.default  # weights, batches and everything random
+    # validate on held-out text every this many steps (and at the end)
+    eval_every: int = declared.EVAL_EVERY.default
+    eval_windows: int = (
+        declared.EVAL_WINDOWS.default
+    )  # at most this many held-out windows per validation
+    # save a resumable checkpoint every this many steps (and on Ctrl-C)
+    checkpoint_every: int = declared.CHECKPOINT_EVERY.default
     provider: str = "cpu"  # "cpu", or "cuda" (bf16 autocast)
     threads: int | None = None  # PyTorch threads on the CPU (default: PyTorch's choice)
 
     def check(self) -> None:
-        """RequestError (exit 2) naming the first option out of its bounds; the CLI's bounds are these."""
-        for name, kind, low, high, optional in _BOUNDS:
-            value = getattr(self, name)
-            if value is None and optional:
-                continue
-            number = (int,) if kind is int else (int, float)
-            if isinstance(value, bool) or not isinstance(value, number):
-                raise RequestError(f"--{name.replace('_', '-')} must be a number, not {value!r}")
-            if not (low <= value <= high) or (kind is float and not math.isfinite(value)):
-                raise RequestError(
-                    f"--{name.replace('_', '-')} must be in [{low:g}, {high:g}], not {value!r}"
-                )
-        if self.minutes is not None and self.minutes <= 0:
-            raise RequestError(f"--minutes must be above 0, not {self.minutes}")
-        if self.provider not in ("cpu", "cuda"):
-            raise RequestError(f"--provider must be cpu or cuda, not {self.provider!r}")
+        """RequestError (exit 2, as the CLI) naming the first option out of its declared bounds."""
+        declared.check_all(
+            (declared.STEPS, self.steps),
+            (declared.MINUTES, self.minutes),
+            (declared.TRAIN_SEQ_LEN, self.seq_len),
+            (declared.TRAIN_BATCH, self.batch),
+            (declared.GRAD_ACCUM, self.grad_accum),
+            (declared.LR, self.lr),
+            (declared.MIN_LR_RATIO, self.min_lr_ratio),
+            (declared.WARMUP_STEPS, self.warmup),
+            (declared.WEIGHT_DECAY, self.weight_decay),
+            (declared.GRAD_CLIP, self.grad_clip),
+            (declared.TRAIN_SEED, self.seed),
+            (declared.EVAL_EVERY, self.eval_every),
+            (declared.EVAL_WINDOWS, self.eval_windows),
+            (declared.CHECKPOINT_EVERY, self.checkpoint_every),
+            (declared.PROVIDER, self.provider),
+            (declared.TORCH_THREADS, self.threads),
+        )
 
     @property
     def total_steps(self) -> int:
         return (
             self.steps if self.steps is not None else (MAX_STEPS if self.minutes else DEFAULT_STEPS)
         )
-
-
-# (field, type, low, high, may be None): every bound of TrainOptions, written once
-_BOUNDS = (
-    ("steps", int, 1, MAX_STEPS, True),
-    ("minutes", float, 0, 100_000, True),
-    ("seq_len", int, 2, 1_048_576, True),
-    ("batch", int, 1, 4096, False),
-    ("grad_accum", int, 1, 1024, False),
-    ("lr", float, 1e-7, 0.5, False),
-    ("min_lr_ratio", float, 0.0, 1.0, False),
-    ("warmup", int, 0, MAX_STEPS, True),
-    ("weight_decay", float, 0.0, 10.0, False),
-    ("grad_clip", float, 1e-6, 1e6, False),
-    ("seed", int, 0, 2**32 - 1, False),
-    ("eval_every", int, 1, MAX_STEPS, False),
-    ("eval_windows", int, 1, 1_000_000, False),
-    ("checkpoint_every", int, 1, MAX_STEPS, False),
-    ("threads", int, 1, 1024, True),
-)
 
 
 @dataclass
