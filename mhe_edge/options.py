@@ -237,6 +237,10 @@ WEIGHT_DECAY = Option("weight_decay", "AdamW's decay of matrices.", 0.1, float, 
 GRAD_CLIP = Option("grad_clip", "Clip the gradient norm to this.", 1.0, float, 1e-6, 1e6)
 EVAL_EVERY = Option("eval_every", "Validate every this many steps.", 100, int, 1, 10_000_000)
 EVAL_WINDOWS = Option("eval_windows", "Held-out windows per validation.", 32, int, 1, 1_000_000)
+SHARD_TOKENS = Option(
+    "shard_tokens", "Token ids per shard file (memory holds one shard while tokenizing).", 1 << 23,
+    int, 1024, 1 << 30,
+)  # fmt: skip
 CHECKPOINT_EVERY = Option(
     "checkpoint_every", "Save a checkpoint every this many steps.", 200, int, 1, 10_000_000
 )

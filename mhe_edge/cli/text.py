@@ -41,7 +41,8 @@ _DEFAULTS = ("DEFAULT", "DEFAULT_MAP")
 TextFiles = Annotated[
     Optional[list[Path]],
     typer.Argument(
-        help="UTF-8 text files (default: Python's documentation text, shipped with every Python).",
+        help="UTF-8 text files, or one token shards folder from `mhe-edge tokenize` (default: Python's"
+        " documentation text, shipped with every Python).",
         show_default=False,
     ),
 ]
@@ -209,6 +210,68 @@ def train(
             highlight=False,
         )
         out.print(f"sample: {literal(report.sample)}", highlight=False)
+
+    emit(report, as_json, render)
+
+
+@command()
+def tokenize(
+    text: Annotated[
+        list[Path], typer.Argument(help="UTF-8 text files, of any size.", show_default=False)
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="The shards folder (index.json, tokenizer.json, *.bin).",
+            show_default=False,
+        ),
+    ] = ...,
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            help="bytes, bpe (learned from the files, streamed), a tokenizer.json or a folder with one."
+        ),
+    ] = "bytes",
+    vocab_size: cli_option(options.BPE_VOCAB) = None,
+    shard_tokens: cli_option(options.SHARD_TOKENS) = options.SHARD_TOKENS.default,
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Tokenize text of any size into fixed-size token shards (uint16 ids where the vocabulary fits, else
+    uint32) with an index and a held-out split, in bounded memory; `train SHARDS -o RUN` trains on them
+    memory-mapped.
+
+    Example: `mhe-edge tokenize big.txt -o big-shards --tokenizer my-run`, then
+    `mhe-edge train big-shards -o big-run`
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from mhe_edge.training.tokenize import tokenize as tokenize_text
+
+    columns = [BarColumn(), DownloadColumn(), TimeRemainingColumn()]
+    with Progress(
+        *columns, console=err, transient=True, disable=as_json or not err.is_terminal
+    ) as bar:
+        task = bar.add_task("tokenize", total=None)
+        report = tokenize_text(
+            text,
+            output,
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            shard_tokens=shard_tokens,
+            force=force,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+
+    def render(report) -> None:
+        out.print(
+            f"wrote {literal(report.path)}: {report.documents} document(s), {report.bytes:,} bytes ->"
+            f" {report.train_tokens:,} training and {report.held_out_tokens:,} held-out ids"
+            f" ({report.dtype}, {report.shards} shard(s))",
+            highlight=False,
+        )
 
     emit(report, as_json, render)
 

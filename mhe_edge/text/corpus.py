@@ -123,6 +123,10 @@ def corpus_from_record(record: dict[str, Any]) -> Corpus:
     """The corpus a training record (`Corpus.record()`) names, rebuilt; refuses if its files changed or moved."""
     if record.get("name") == BUILTIN:
         return load_corpus()
+    if record.get("kind") == "shards":
+        raise RequestError(
+            f"the model was trained on the token shards {record.get('name')!r}; give --text"
+        )
     paths = [s["path"] for s in record.get("sources", [])]
     if not paths:
         raise RequestError("the model's training record names no text; give --text")
