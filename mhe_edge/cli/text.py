@@ -3,6 +3,7 @@ held-out text, for a folder and the ONNX files made from it)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -143,6 +144,7 @@ def train(
     def asked(name: str, value):
         return value if name in given else None
 
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone reports
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -152,7 +154,7 @@ def train(
         TimeRemainingColumn(),
     ]
     with Progress(
-        *columns, console=err, transient=True, disable=as_json or not err.is_terminal
+        *columns, console=err, transient=True, disable=as_json or quiet or not err.is_terminal
     ) as bar:
         task = bar.add_task("train", total=1.0, status="")
 
@@ -211,7 +213,8 @@ def train(
         )
         out.print(f"sample: {literal(report.sample)}", highlight=False)
 
-    emit(report, as_json, render)
+    if not quiet:
+        emit(report, as_json, render)
 
 
 @command()

@@ -39,11 +39,12 @@ class World:
             return model
         from torch.nn.parallel import DistributedDataParallel
 
-        # MHE-ADD's key embeddings get no gradient from the fused core (softmax drops them): unused
+        # MHE-ADD's key embeddings get no gradient from the fused core (softmax drops them): DDP must
+        # look for unused parameters (an extra pass over the graph, so only then)
         return DistributedDataParallel(
             model,
             device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=True,
+            find_unused_parameters=model.config.attention == "mhe-add",
         )
 
     def no_sync(self, net, last: bool):

@@ -100,6 +100,7 @@ def new_plan(
         "config": config.to_dict(),
         "corpus": corpus.record(),
         "options": dataclasses.asdict(options),
+        "processes": processes(),  # training processes (torchrun's WORLD_SIZE): rows per step count them
         "model": {
             "preset": preset,
             "overrides": {k: v for k, v in overrides.items() if v is not None},

@@ -78,6 +78,7 @@ def train(
 
     Example: `mhe_edge.train("my-model", attention="mhe-mul", preset="tiny", options=TrainOptions(steps=300))`
     """
+    from mhe_edge.training.distributed import processes
     from mhe_edge.training.plan import new_plan, resume_plan
 
     stage = on_stage or (lambda name: None)
@@ -86,19 +87,20 @@ def train(
         plan = resume_plan(
             folder, text_files, attention, preset, tokenizer, vocab_size, options, overrides, stage
         )
-        return _train(plan, folder, folder, on_step, stage)
-    plan = new_plan(
-        folder,
-        text_files,
-        attention,
-        preset,
-        tokenizer,
-        vocab_size,
-        options,
-        overrides,
-        force,
-        stage,
-    )
+    else:
+        plan = new_plan(
+            folder, text_files, attention, preset, tokenizer, vocab_size, options, overrides, force,
+            stage,
+        )  # fmt: skip
+    # every process checked the same request; under torchrun they now join, and rank 0 alone writes
+    with processes(plan.options.provider) as world:
+        if resume or world.rank != 0:
+            return _train(plan, folder, folder, on_step, stage, world)
+        return _train_new_run(plan, folder, force, on_step, stage, world)
+
+
+def _train_new_run(plan, folder: Path, force: bool, on_step, stage, world) -> TrainReport:
+    """A new run, trained in a staging folder and published whole (or resumable, see `train`)."""
     replacing = folder.exists()
     interrupted: RunInterrupted | None = None
     with staged_output(folder, force=force, folder=True) as run_folder:
@@ -106,7 +108,7 @@ def train(
         _write_record(run_folder, plan.record)
         kept = f"; {str(folder)!r} is as it was" if replacing else ""
         try:
-            report = _train(plan, run_folder, folder, on_step, stage)
+            report = _train(plan, run_folder, folder, on_step, stage, world)
         except RunInterrupted as exc:
             if replacing or exc.checkpoint is None:
                 raise TrainingInterrupted(
@@ -123,9 +125,9 @@ def train(
     return report
 
 
-def _train(plan, run_folder: Path, shown: Path, on_step, stage) -> TrainReport:
+def _train(plan, run_folder: Path, shown: Path, on_step, stage, world) -> TrainReport:
     """Build, train (checkpoints in `run_folder`), evaluate and write the model files; `shown` is the run
-    folder as the user named it."""
+    folder as the user named it. Processes other than rank 0 train and write nothing."""
     from mhe_edge.models import build_model
     from mhe_edge.training.checkpoints import load_training_state
     from mhe_edge.training.loop import device_for, make_optimizer, run_training
@@ -142,6 +144,13 @@ def _train(plan, run_folder: Path, shown: Path, on_step, stage) -> TrainReport:
     )
     model.to("cpu")
 
+    rows = options.batch * options.grad_accum * world.size  # per step, all processes
+    tokens = result["step"] * rows * result["seq_len"]
+    if world.rank != 0:  # rank 0 evaluates and writes
+        return TrainReport(
+            str(shown), plan.config.to_dict(), plan.corpus.record(), record["tokenizer"],
+            result["step"], result["elapsed"], tokens, {}, "", [],
+        )  # fmt: skip
     stage("evaluate")
     held_out = evaluate_held_out(
         model, plan.tokenizer, plan.corpus, plan.train_ids, result["seq_len"]
@@ -158,10 +167,6 @@ def _train(plan, run_folder: Path, shown: Path, on_step, stage) -> TrainReport:
         },
     )
     _write_record(run_folder, record)
-    from mhe_edge.training.plan import processes
-
-    rows = options.batch * options.grad_accum * processes()  # per step, all processes
-    tokens = result["step"] * rows * result["seq_len"]
     return TrainReport(
         str(shown),
         plan.config.to_dict(),
