@@ -159,6 +159,7 @@ def _train(plan, run_folder: Path, shown: Path, on_step, stage, world) -> TrainR
     files = _publish_outputs(run_folder, model, result["log"])
     record.update(
         options=asdict(options),
+        processes=world.size,  # with options' batch and grad_accum: the rows per step, as trained
         results={
             "steps": result["step"],
             "seconds": result["elapsed"],
