@@ -268,16 +268,28 @@ def open_shards(folder: str | os.PathLike, check_ids: bool = True) -> Shards:
                 f"{name}: the shard {shard['name']} holds {size:,} bytes; its index says"
                 f" {shard['tokens']:,} ids of {dtype.itemsize} bytes (truncated or replaced?)"
             )
-        ids = np.memmap(path, dtype=dtype, mode="r") if size else np.empty(0, dtype=dtype)
-        if check_ids and size and int(ids.max()) >= tokenizer.vocab_size:
+        if check_ids and size and _largest_id(path, dtype) >= tokenizer.vocab_size:
             raise CheckpointError(
                 f"{name}: the shard {shard['name']} holds ids beyond its tokenizer's vocabulary"
             )
+        ids = np.memmap(path, dtype=dtype, mode="r") if size else np.empty(0, dtype=dtype)
         maps[shard["split"]].append(ids)
     for split, key in (("train", "train_tokens"), ("held", "held_out_tokens")):
         if sum(len(m) for m in maps[split]) != index[key]:
             raise CheckpointError(f"{name}: its {split} shards do not add up to the index's {key}")
     return Shards(folder, index, tokenizer, TokenStream(maps["train"]), TokenStream(maps["held"]))
+
+
+def _largest_id(path: Path, dtype: np.dtype, block_ids: int = 1 << 22) -> int:
+    """The largest id in a shard, read in blocks into one buffer (a memory map would leave the whole file
+    resident)."""
+    buffer, largest = np.empty(block_ids, dtype=dtype), 0
+    with open(path, "rb") as file:
+        while True:
+            count = file.readinto(memoryview(buffer).cast("B")) // dtype.itemsize
+            if not count:
+                return largest
+            largest = max(largest, int(buffer[:count].max()))
 
 
 def _read_index(folder: Path) -> dict[str, Any]:

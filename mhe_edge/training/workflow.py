@@ -27,7 +27,7 @@ from mhe_edge.training.loop import RunInterrupted, StepInfo, TrainOptions
 
 LOG_FILE, PLOT_FILE = "train_log.jsonl", "loss.png"
 SAMPLE_PROMPT = "The "
-BIGRAM_TOKENS = 1 << 22  # the bigram baseline is fit on at most this many training ids
+BIGRAM_TOKENS = 1 << 20  # the bigram baseline is fit on at most this many training ids
 
 
 @dataclass
