@@ -54,7 +54,8 @@ class _ShardWriter:
     def __init__(self, folder: Path, split: str, shard_tokens: int, dtype: np.dtype):
         self.folder, self.split, self.dtype = folder, split, dtype
         self.buffer = np.empty(shard_tokens, dtype=dtype)
-        self.filled, self.shards, self.tokens = 0, [], 0
+        self.filled, self.tokens = 0, 0
+        self.shards: list[dict[str, Any]] = []
 
     def add(self, ids: list[int]) -> None:
         data = np.asarray(ids, dtype=self.dtype)
@@ -152,7 +153,8 @@ def tokenize_files(
     total = sum(p.stat().st_size for p in paths)
     dtype = id_dtype(tokenizer.vocab_size)
     writers = {split: _ShardWriter(stage, split, shard_tokens, dtype) for split in SPLITS}
-    eos, done, documents = tokenizer.eos_token_id, 0, []
+    eos, done = tokenizer.eos_token_id, 0
+    documents: list[dict[str, Any]] = []
     # without offsets when tokenizers can (the same ids, less time and memory)
     encode = getattr(tokenizer.backend, "encode_batch_fast", tokenizer.backend.encode_batch)
     for path in paths:
@@ -286,7 +288,7 @@ def _largest_id(path: Path, dtype: np.dtype, block_ids: int = 1 << 22) -> int:
     buffer, largest = np.empty(block_ids, dtype=dtype), 0
     with open(path, "rb") as file:
         while True:
-            count = file.readinto(memoryview(buffer).cast("B")) // dtype.itemsize
+            count = file.readinto(buffer.data.cast("B")) // dtype.itemsize
             if not count:
                 return largest
             largest = max(largest, int(buffer[:count].max()))

@@ -103,7 +103,12 @@ def load_training_state(run_folder: Path, model, optimizer) -> dict[str, Any]:
 
 def _checked_state(state: Any, name: str) -> dict[str, Any]:
     """state.json's fields, typed as save_training_state writes them."""
-    expected = {"step": int, "elapsed": (int, float), "log": list, "param_groups": list}
+    expected: dict[str, type | tuple[type, ...]] = {
+        "step": int,
+        "elapsed": (int, float),
+        "log": list,
+        "param_groups": list,
+    }
     if not isinstance(state, dict):
         raise CheckpointError(f"{name}/state.json is not a JSON object")
     for key, kind in expected.items():

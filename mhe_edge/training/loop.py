@@ -24,7 +24,7 @@ from mhe_edge.training.checkpoints import save_training_state
 from mhe_edge.training.distributed import World
 
 DEFAULT_STEPS = 1000
-MAX_STEPS = declared.STEPS.high  # a run bounded by minutes plans this many
+MAX_STEPS = int(declared.STEPS.high or 0)  # a run bounded by minutes plans this many
 
 
 @dataclass
@@ -75,9 +75,9 @@ class TrainOptions:
 
     @property
     def total_steps(self) -> int:
-        return (
-            self.steps if self.steps is not None else (MAX_STEPS if self.minutes else DEFAULT_STEPS)
-        )
+        if self.steps is not None:
+            return self.steps
+        return MAX_STEPS if self.minutes else DEFAULT_STEPS
 
 
 @dataclass
@@ -108,7 +108,8 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     Head embeddings are per-head scales (MUL) and shifts (ADD), like a norm's gain and bias: decaying them
     pulls MUL's toward 0 and ADD's toward 0, i.e. toward heads that see nothing or all the same thing.
     """
-    decay, keep = [], []
+    decay: list[torch.nn.Parameter] = []
+    keep: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         (decay if parameter.dim() >= 2 and not name.endswith("head_embeddings") else keep).append(
             parameter

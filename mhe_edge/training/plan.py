@@ -74,22 +74,21 @@ def new_plan(
     requested = preset_config(preset, attention=attention, **overrides)  # refused before reading
     stage("text")
     shards = _shards_of(text_files)
-    if shards is not None:
+    if shards is not None:  # shards come with their tokenizer
         if vocab_size is not None:
             raise RequestError("--vocab-size: token shards come with their tokenizer; drop it")
         text_tokenizer = _shards_tokenizer(shards, tokenizer if given_tokenizer else None)
-        tokenizer, corpus = "shards", ShardCorpus.of(shards)
+        tokenizer = "shards"
+        corpus: Corpus = ShardCorpus.of(shards)
     else:
         corpus = load_corpus(text_files or None)
-    stage("tokenizer")
-    if shards is not None:
-        pass
-    elif tokenizer == "bpe":
-        text_tokenizer = train_bpe(corpus.documents, vocab_size or requested.vocab_size)
-    elif tokenizer == "bytes":
-        text_tokenizer = byte_tokenizer()
-    else:
-        text_tokenizer = load_tokenizer(tokenizer)
+        stage("tokenizer")
+        if tokenizer == "bpe":
+            text_tokenizer = train_bpe(corpus.documents, vocab_size or requested.vocab_size)
+        elif tokenizer == "bytes":
+            text_tokenizer = byte_tokenizer()
+        else:
+            text_tokenizer = load_tokenizer(tokenizer)
     specials = {
         "vocab_size": text_tokenizer.vocab_size,
         "bos_token_id": text_tokenizer.bos_token_id,
