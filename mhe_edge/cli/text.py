@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -40,7 +40,7 @@ from mhe_edge.cli.output import emit, err, literal, out
 # click's ParameterSource names (typer ships its own copy of click, so compare names, not members)
 _DEFAULTS = ("DEFAULT", "DEFAULT_MAP")
 TextFiles = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Argument(
         help="UTF-8 text files, or one token shards folder from `mhe-edge tokenize` (default: Python's"
         " documentation text, shipped with every Python).",
@@ -61,7 +61,7 @@ def train(
             help="The run folder: the model folder, its tokenizer, checkpoints, log and loss curve.",
             show_default=False,
         ),
-    ] = ...,
+    ] = ...,  # type: ignore[assignment]  # typer's mark for a required option
     attention: Attention = options.ATTENTION.default,
     preset: Preset = options.PRESET.default,
     layers: Layers = None,
@@ -83,14 +83,14 @@ def train(
             help="bpe (byte-level BPE learned from the text), bytes (one token per byte), or a tokenizer.json path."
         ),
     ] = "bpe",
-    vocab_size: cli_option(options.BPE_VOCAB) = None,
-    steps: cli_option(options.STEPS) = None,
-    minutes: cli_option(options.MINUTES) = None,
-    seq_len: cli_option(options.TRAIN_SEQ_LEN) = None,
-    batch: cli_option(options.TRAIN_BATCH) = options.TRAIN_BATCH.default,
-    grad_accum: cli_option(options.GRAD_ACCUM) = options.GRAD_ACCUM.default,
-    lr: cli_option(options.LR) = options.LR.default,
-    seed: cli_option(options.TRAIN_SEED) = options.TRAIN_SEED.default,
+    vocab_size: Annotated[int | None, cli_option(options.BPE_VOCAB)] = None,
+    steps: Annotated[int | None, cli_option(options.STEPS)] = None,
+    minutes: Annotated[float | None, cli_option(options.MINUTES)] = None,
+    seq_len: Annotated[int | None, cli_option(options.TRAIN_SEQ_LEN)] = None,
+    batch: Annotated[int, cli_option(options.TRAIN_BATCH)] = options.TRAIN_BATCH.default,
+    grad_accum: Annotated[int, cli_option(options.GRAD_ACCUM)] = options.GRAD_ACCUM.default,
+    lr: Annotated[float, cli_option(options.LR)] = options.LR.default,
+    seed: Annotated[int, cli_option(options.TRAIN_SEED)] = options.TRAIN_SEED.default,
     resume: Annotated[
         bool,
         typer.Option(
@@ -101,7 +101,7 @@ def train(
         ),
     ] = False,
     provider: Provider = options.PROVIDER.default,
-    threads: cli_option(options.TORCH_THREADS) = None,
+    threads: Annotated[int | None, cli_option(options.TORCH_THREADS)] = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -230,15 +230,15 @@ def tokenize(
             help="The shards folder (index.json, tokenizer.json, *.bin).",
             show_default=False,
         ),
-    ] = ...,
+    ] = ...,  # type: ignore[assignment]  # typer's mark for a required option
     tokenizer: Annotated[
         str,
         typer.Option(
             help="bytes, bpe (learned from the files, streamed), a tokenizer.json or a folder with one."
         ),
     ] = "bytes",
-    vocab_size: cli_option(options.BPE_VOCAB) = None,
-    shard_tokens: cli_option(options.SHARD_TOKENS) = options.SHARD_TOKENS.default,
+    vocab_size: Annotated[int | None, cli_option(options.BPE_VOCAB)] = None,
+    shard_tokens: Annotated[int, cli_option(options.SHARD_TOKENS)] = options.SHARD_TOKENS.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -288,13 +288,13 @@ def evaluate(
         ),
     ],
     text: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option(
             help="Score these UTF-8 files (default: the first model's held-out training text)."
         ),
     ] = None,
-    window: cli_option(options.SCORE_WINDOW) = None,
-    batch: cli_option(options.SCORE_BATCH) = options.SCORE_BATCH.default,
+    window: Annotated[int | None, cli_option(options.SCORE_WINDOW)] = None,
+    batch: Annotated[int, cli_option(options.SCORE_BATCH)] = options.SCORE_BATCH.default,
     provider: Provider = options.PROVIDER.default,
     threads: Threads = None,
     as_json: Json = False,

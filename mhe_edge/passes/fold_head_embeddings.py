@@ -21,6 +21,7 @@ import onnx_ir as ir
 from mhe_edge.contract import DOMAIN, MODES
 from mhe_edge.passes._graph import (
     GraphRefused,
+    NewNodes,
     add_initializer,
     constant_array,
     ints,
@@ -63,12 +64,17 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
                 value
             ) in replaced:  # the head embeddings and the unfolded projection: now dead weight
                 if value.is_initializer() and not value.uses() and not value.is_graph_output():
-                    del graph.initializers[value.name]
+                    del graph.initializers[value.name]  # type: ignore[arg-type]  # initializers are named
         if nodes and not any(n.domain == DOMAIN for n in graph):
             for key in [k for k in model.functions if k[0] == DOMAIN]:
                 del model.functions[key]
             model.opset_imports.pop(DOMAIN, None)
         return ir.passes.PassResult(model, modified=bool(nodes))
+
+    def ensures(self, model: ir.Model) -> None:
+        """No MHE node, and no MHE function, is left: every layer is single-KV-head attention."""
+        if _mhe_nodes(model.graph) or any(key[0] == DOMAIN for key in model.functions):
+            raise ir.passes.PostconditionError("MHE attention is left after folding")
 
     def _fold(self, graph: ir.Graph, node: ir.Node) -> list[ir.Value]:
         """Rewrite one node; returns the constants it stopped using."""
@@ -77,7 +83,7 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
         is_causal = node.attributes["is_causal"].as_int()
         where = node.name or f"an {node.op_type} node"
         d = e_q.shape[1]
-        dtype = ir.convenience.get_const_tensor(e_q_in).numpy().dtype
+        dtype = constant_array(e_q_in, f"{where}: query head embeddings").dtype
         replaced = [e_q_in, e_k_in, e_v_in, attn_bias]
         w_o = constant_array(out_matmul.inputs[1], f"{where}: output projection").astype(
             np.float64
@@ -119,12 +125,8 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
                     ),
                 )
 
-        new_nodes = []
-
-        def emit(op_type, inputs, attributes=None, num_outputs=1):
-            new = ir.node(op_type, inputs, attributes, num_outputs=num_outputs)
-            new_nodes.append(new)
-            return new.outputs if num_outputs > 1 else new.outputs[0]
+        new_nodes = NewNodes()
+        emit = new_nodes.emit
 
         constant = add_initializer(
             graph, f"{prefix}_query_head_constant", query_constant.astype(dtype)
@@ -195,9 +197,8 @@ def _foldable(node: ir.Node):
                 if bias_add.inputs[0] is out_matmul.outputs[0]
                 else bias_add.inputs[0]
             )
-            if (
-                ir.convenience.get_const_tensor(bias) is None
-            ):  # the residual add: this projection has no bias
+            if bias is None or ir.convenience.get_const_tensor(bias) is None:
+                # the residual add: this projection has no bias
                 bias_add = None
     return mode, n, embeddings, out_matmul, bias_add
 

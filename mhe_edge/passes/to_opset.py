@@ -22,6 +22,7 @@ import onnx_ir as ir
 from mhe_edge.contract import OLDEST_IR_VERSION, OLDEST_OPSET
 from mhe_edge.passes._graph import (
     GraphRefused,
+    NewNodes,
     TargetRefused,
     add_initializer,
     constant_array,
@@ -122,16 +123,20 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
         model.ir_version = self.ir_version
         return ir.passes.PassResult(model, modified=modified)
 
+    def ensures(self, model: ir.Model) -> None:
+        """The model declares the target opset and IR version, and no op newer than them is left."""
+        if model.opset_imports.get("") != self.opset or model.ir_version != self.ir_version:
+            raise ir.passes.PostconditionError("the opset or IR version was not lowered")
+        newer = {n.op_type for n in model.graph if n.op_type in ("Gelu", "RMSNormalization")}
+        if (self.opset < 20 and "Gelu" in newer) or (
+            self.opset < 23 and "RMSNormalization" in newer
+        ):
+            raise ir.passes.PostconditionError(f"{sorted(newer)} left at opset {self.opset}")
+
     @staticmethod
     def _replace(graph: ir.Graph, node: ir.Node, build) -> None:
-        new_nodes: list[ir.Node] = []
-
-        def emit(op_type, inputs, attributes=None):
-            new = ir.node(op_type, inputs, attributes)
-            new_nodes.append(new)
-            return new.outputs[0]
-
-        output = build(graph, node, emit)
+        new_nodes = NewNodes()
+        output = build(graph, node, new_nodes.emit)
         ir.convenience.replace_nodes_and_values(
             graph, node, [node], new_nodes, [node.outputs[0]], [output]
         )

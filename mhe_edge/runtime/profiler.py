@@ -50,7 +50,8 @@ class ProfileReport(Result):
     kv_cache_bytes: int  # the cache at its final length
     model_file_bytes: int
     parameter_bytes: int
-    cache: str = "copied"  # "in place": one preallocated buffer per layer (GroupQueryAttention); "copied": present -> past
+    # "in place": one preallocated buffer per layer (GroupQueryAttention); "copied": present -> past
+    cache: str = "copied"
     bandwidth_floor: dict[str, Any] | None = (
         None  # decoders on the CPU: the bytes a step must read, at the measured bandwidth
     )
@@ -164,7 +165,7 @@ def profile(
             one_run(record=True)
             if on_progress:
                 on_progress("measure", warmup + i + 1, total)
-    if provider == "cuda":
+    if device_memory is not None:
         peak = device_memory.peak
         source = (
             "NVML device memory"
@@ -236,6 +237,7 @@ def profile(
             trace,
             force,
             top_ops,
+            in_place=model.cache_in_place,
         )
         if top_ops or trace
         else [],
@@ -258,13 +260,15 @@ def _bandwidth_floor(weight_bytes: int, cache_bytes: int, decode_min_ms: float) 
 
 
 def _top_ops(
-    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit
+    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit, in_place
 ) -> list[dict[str, Any]]:
-    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps."""
+    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps,
+    with the cache handled as the measured runs handled it (`in_place`, or copied present -> past)."""
     with tempfile.TemporaryDirectory() as tmp:
         model = ExportedModel(
             path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile")
         )
+        model.cache_in_place = model.cache_in_place and in_place
         if is_decoder:
             last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
             token = last.argmax(-1)[:, None]

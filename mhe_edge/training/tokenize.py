@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ class TokenizeReport(Result):
 
 
 def tokenize(
-    text_files: list[str | os.PathLike],
+    text_files: Sequence[str | os.PathLike],
     output: str | os.PathLike,
     *,
     tokenizer: str = "bytes",
