@@ -94,21 +94,38 @@ def train(
         )  # fmt: skip
     # every process checked the same request; under torchrun they now join, and rank 0 alone writes
     with processes(plan.options.provider) as world:
+        built = _build(
+            plan, folder
+        )  # before any file: an interrupt inside torch's lazy imports breaks them
         if resume or world.rank != 0:
-            return _train(plan, folder, folder, on_step, stage, world)
-        return _train_new_run(plan, folder, force, on_step, stage, world)
+            return _train(plan, built, folder, folder, on_step, stage, world)
+        return _train_new_run(plan, built, folder, force, on_step, stage, world)
 
 
-def _train_new_run(plan, folder: Path, force: bool, on_step, stage, world) -> TrainReport:
+def _build(plan, folder: Path):
+    """The model and its optimizer (a resumed run's restored from its newest checkpoint)."""
+    from mhe_edge.models import build_model
+    from mhe_edge.training.checkpoints import load_training_state
+    from mhe_edge.training.loop import device_for, make_optimizer
+
+    model = build_model(plan.config, seed=plan.options.seed)
+    if plan.options.provider == "cuda":
+        model.to(device_for("cuda"))
+    optimizer = make_optimizer(model, plan.options)
+    resume_state = load_training_state(folder, model, optimizer) if plan.resumed else None
+    return model, optimizer, resume_state
+
+
+def _train_new_run(plan, built, folder: Path, force: bool, on_step, stage, world) -> TrainReport:
     """A new run, trained in a staging folder and published whole (or resumable, see `train`)."""
     replacing = folder.exists()
     interrupted: RunInterrupted | None = None
+    kept = f"; {str(folder)!r} is as it was" if replacing else ""
     with staged_output(folder, force=force, folder=True) as run_folder:
-        plan.tokenizer.save(run_folder)
-        _write_record(run_folder, plan.record)
-        kept = f"; {str(folder)!r} is as it was" if replacing else ""
         try:
-            report = _train(plan, run_folder, folder, on_step, stage, world)
+            plan.tokenizer.save(run_folder)
+            _write_record(run_folder, plan.record)
+            report = _train(plan, built, run_folder, folder, on_step, stage, world)
         except RunInterrupted as exc:
             if replacing or exc.checkpoint is None:
                 raise TrainingInterrupted(
@@ -125,19 +142,13 @@ def _train_new_run(plan, folder: Path, force: bool, on_step, stage, world) -> Tr
     return report
 
 
-def _train(plan, run_folder: Path, shown: Path, on_step, stage, world) -> TrainReport:
-    """Build, train (checkpoints in `run_folder`), evaluate and write the model files; `shown` is the run
-    folder as the user named it. Processes other than rank 0 train and write nothing."""
-    from mhe_edge.models import build_model
-    from mhe_edge.training.checkpoints import load_training_state
-    from mhe_edge.training.loop import device_for, make_optimizer, run_training
+def _train(plan, built, run_folder: Path, shown: Path, on_step, stage, world) -> TrainReport:
+    """Train (checkpoints in `run_folder`), evaluate and write the model files; `shown` is the run folder
+    as the user named it. Processes other than rank 0 train and write nothing."""
+    from mhe_edge.training.loop import run_training
 
     options, record = plan.options, plan.record
-    model = build_model(plan.config, seed=options.seed)
-    if options.provider == "cuda":
-        model.to(device_for("cuda"))
-    optimizer = make_optimizer(model, options)
-    resume_state = load_training_state(run_folder, model, optimizer) if plan.resumed else None
+    model, optimizer, resume_state = built
     stage("train")
     result = run_training(
         model, plan.train_ids, plan.held_ids, options, run_folder, resume_state, optimizer, on_step
