@@ -44,6 +44,7 @@ _LAZY = {
     "to_ort": "mhe_edge.edge.ort_format",
     "package": "mhe_edge.workflows.package",
     "train": "mhe_edge.training.workflow",
+    "tokenize": "mhe_edge.training.tokenize",
     "evaluate": "mhe_edge.workflows.evaluate",
     "generate_text": "mhe_edge.runtime.text_generation",
     # building blocks
@@ -71,6 +72,7 @@ _LAZY = {
     "Description": "mhe_edge.inspection",
     "InitReport": "mhe_edge.workflows.build",
     "TrainReport": "mhe_edge.training.workflow",
+    "TokenizeReport": "mhe_edge.training.tokenize",
     "EvalReport": "mhe_edge.workflows.evaluate",
     "TextGenerationReport": "mhe_edge.runtime.text_generation",
 }

@@ -217,8 +217,33 @@ MINUTES = Option(
 TRAIN_SEQ_LEN = Option(
     "seq_len", "Tokens per row (default: min(max_seq_len, 256)).", None, int, 2, MAX_SEQ_LEN
 )
-TRAIN_BATCH = Option("batch", "Rows per step.", 16, int, 1, MAX_BATCH)
+TRAIN_BATCH = Option("batch", "Rows per micro-batch, per process.", 16, int, 1, MAX_BATCH)
+GRAD_ACCUM = Option(
+    "grad_accum",
+    "Micro-batches per optimizer step: a step trains on batch x grad-accum x processes rows.",
+    1,
+    int,
+    1,
+    1024,
+)
 LR = Option("lr", "Peak learning rate (warmup, then cosine to a tenth).", 2e-3, float, 1e-7, 0.5)
+# the rest of TrainOptions (the API's; the CLI keeps their defaults)
+MIN_LR_RATIO = Option("min_lr_ratio", "The cosine decays to lr x this.", 0.1, float, 0.0, 1.0)
+WARMUP_STEPS = Option(
+    "warmup", "Linear warmup steps (default 5% of the steps, at most 200).", None, int, 0,
+    10_000_000,
+)  # fmt: skip
+WEIGHT_DECAY = Option("weight_decay", "AdamW's decay of matrices.", 0.1, float, 0.0, 10.0)
+GRAD_CLIP = Option("grad_clip", "Clip the gradient norm to this.", 1.0, float, 1e-6, 1e6)
+EVAL_EVERY = Option("eval_every", "Validate every this many steps.", 100, int, 1, 10_000_000)
+EVAL_WINDOWS = Option("eval_windows", "Held-out windows per validation.", 32, int, 1, 1_000_000)
+SHARD_TOKENS = Option(
+    "shard_tokens", "Token ids per shard file (memory holds one shard while tokenizing).", 1 << 23,
+    int, 1024, 1 << 30,
+)  # fmt: skip
+CHECKPOINT_EVERY = Option(
+    "checkpoint_every", "Save a checkpoint every this many steps.", 200, int, 1, 10_000_000
+)
 TRAIN_SEED = Option(
     "seed",
     "Seeds weights and batches: the same seed, text and options give the same model on the CPU.",

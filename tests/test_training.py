@@ -174,6 +174,31 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_grad_accum_equals_the_larger_batch(tmp_path):
+    """grad-accum 2 at batch 4 trains on the same rows as batch 8 and ends at the same weights."""
+    ids = _text_ids()
+    options = dict(steps=12, seq_len=32, lr=3e-3, eval_every=1000, checkpoint_every=1000)
+    ends = []
+    for name, shape in (("whole", dict(batch=8)), ("accum", dict(batch=4, grad_accum=2))):
+        # MHE-ADD: its key embeddings get no gradient (accumulation must cope). No K bias: softmax drops it,
+        # so its true gradient is 0 and AdamW would turn the rounding noise into steps of size lr
+        model = _model("mhe-add", qkv_bias=False)
+        (tmp_path / name).mkdir()
+        state = run_training(
+            model, ids, ids[:500], TrainOptions(**options, **shape), tmp_path / name
+        )
+        ends.append((model, state["log"]))
+    (whole, whole_log), (accum, accum_log) = ends
+    for (name, pa), pb in zip(whole.state_dict().items(), accum.state_dict().values()):
+        torch.testing.assert_close(pa, pb, atol=1e-4, rtol=0, msg=name)
+    assert abs(whole_log[-1]["loss"] - accum_log[-1]["loss"]) < 1e-5
+    # and they moved: a different global batch ends elsewhere
+    other = _model("mhe-add", qkv_bias=False)
+    (tmp_path / "other").mkdir()
+    run_training(other, ids, ids[:500], TrainOptions(**options, batch=4), tmp_path / "other")
+    assert max((a - b).abs().max() for a, b in zip(whole.parameters(), other.parameters())) > 1e-3
+
+
 def _stop_at(step):
     def on_step(info):
         if info.step == step:
