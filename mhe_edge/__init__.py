@@ -44,6 +44,7 @@ _LAZY = {
     "package": "mhe_edge.workflows.package",
     "train": "mhe_edge.training.workflow",
     "evaluate": "mhe_edge.workflows.evaluate",
+    "convert": "mhe_edge.workflows.convert",
     "generate_text": "mhe_edge.runtime.text_generation",
     # building blocks
     "TrainOptions": "mhe_edge.training.loop",
@@ -70,6 +71,7 @@ _LAZY = {
     "InitReport": "mhe_edge.workflows.build",
     "TrainReport": "mhe_edge.training.workflow",
     "EvalReport": "mhe_edge.workflows.evaluate",
+    "ConvertReport": "mhe_edge.workflows.convert",
     "TextGenerationReport": "mhe_edge.runtime.text_generation",
 }
 

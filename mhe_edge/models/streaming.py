@@ -1,0 +1,130 @@
+"""Reading a model a layer at a time: a model folder's tensors come off the safetensors files one block's worth
+at a time, so a conversion holds one layer (widened to float32), not the whole model.
+
+Every check `read_folder` makes is made here too: the config, every tensor name and (for the Llama layout)
+shape from the headers before any tensor is read, then each group's values and shapes as it is read.
+Checkpoint files (.pt, .safetensors) are small by construction and are read whole, then handed out by layer.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mhe_edge.config import ModelConfig
+from mhe_edge.errors import CheckpointError, ConfigError, first_line
+from mhe_edge.models import folder as folders
+from mhe_edge.models import hf_import
+from mhe_edge.models.checks import check_sizes, check_tensors
+
+# The block index in a tensor name of every layout mhe-edge reads (ours, Llama, GPT-2, BERT).
+_LAYER = re.compile(r"^(?:blocks|model\.layers|transformer\.h|encoder\.layer)\.(\d+)\.")
+REST = -1  # the group of everything outside the blocks: embeddings, final norm, output projection
+
+
+@dataclass
+class LayeredSource:
+    """A model to be read group by group: `groups()` yields (block index or REST, our-named float32 state)."""
+
+    name: str
+    config: ModelConfig
+    model_type: str
+    source_bytes: int  # bytes of the weights on disk
+    _folder: Path | None = None
+    _headers: dict = field(default_factory=dict)
+    _state: dict[str, torch.Tensor] | None = None
+
+    def groups(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
+        expected = _expected_shapes(self.config)
+        seen: set[str] = set()
+        for index, names in _grouped(self._names()).items():
+            state = self._read(names)
+            check_tensors(state, self.name, hf_import.source_namer(self.model_type))
+            for key, tensor in state.items():
+                if key not in expected:
+                    raise CheckpointError(f"{self.name} has a weight its config does not: {key}")
+                if tuple(tensor.shape) != expected[key]:
+                    raise CheckpointError(
+                        f"{self.name}: {key} has shape {tuple(tensor.shape)}, its config needs {expected[key]}"
+                    )
+            seen |= set(state)
+            yield index, state
+        missing = sorted(set(expected) - seen)
+        if missing:
+            raise CheckpointError(f"{self.name} lacks a weight its config needs: {missing[0]}")
+
+    def _names(self) -> list[str]:
+        if self._state is not None:
+            return list(self._state)
+        return [n for n in self._headers if self._wanted(n)]
+
+    def _wanted(self, name: str) -> bool:
+        if hf_import.is_ignored(self.model_type, name):
+            return False
+        return not (name == "lm_head.weight" and self.config.tie_embeddings)
+
+    def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
+        if self._state is not None:
+            return {n: self._state.pop(n) for n in names}
+        from safetensors import safe_open
+
+        by_file: dict[Path, list[str]] = {}
+        for name in names:
+            by_file.setdefault(self._headers[name][0], []).append(name)
+        source = {}
+        for path, in_file in by_file.items():
+            with safe_open(str(path), framework="pt") as f:
+                for name in in_file:
+                    source[name] = f.get_tensor(name).to(torch.float32)
+        return hf_import.to_our_state(self.model_type, source, self.config)
+
+
+def open_source(path: str | os.PathLike) -> LayeredSource:
+    """A model folder or checkpoint, checked as far as its headers allow, ready to be read group by group."""
+    path = Path(path)
+    if not path.is_dir():
+        from mhe_edge.models.checkpoint import read_checkpoint
+
+        config, state = read_checkpoint(path)  # fully checked; small files only come this way
+        return LayeredSource(
+            path.name, config, hf_import.MODEL_TYPE, path.stat().st_size, _state=dict(state)
+        )
+    hf = folders._read_json(path / folders.CONFIG_FILE, path.name)
+    model_type = hf.get("model_type")
+    try:
+        config = (
+            folders.config_from_ours(hf)
+            if model_type == hf_import.MODEL_TYPE
+            else hf_import.config_from_hf(hf)
+        )
+    except (ConfigError, TypeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{path.name}/{folders.CONFIG_FILE} does not describe a model mhe-edge can build: {first_line(exc)}"
+        ) from exc
+    files = folders._weight_files(path)
+    headers = folders._headers(files, path.name)
+    folders._check_names(path.name, model_type, config, headers)
+    size = sum(f.stat().st_size for f in files)
+    check_sizes(config, size, path.name)
+    return LayeredSource(path.name, config, model_type, size, _folder=path, _headers=headers)
+
+
+def _grouped(names: list[str]) -> dict[int, list[str]]:
+    """Source names by block, blocks in order, then the rest (BERT's embeddings need each other: one group)."""
+    groups: dict[int, list[str]] = {}
+    for name in names:
+        match = _LAYER.match(name)
+        groups.setdefault(int(match.group(1)) if match else REST, []).append(name)
+    return {key: groups[key] for key in sorted(groups, key=lambda k: (k == REST, k))}
+
+
+def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+    from mhe_edge.models.transformer import build_model
+
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in build_model(config).state_dict().items()}

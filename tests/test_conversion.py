@@ -1,0 +1,189 @@
+"""convert: pretrained MHA/GQA -> MHE. The fit is exact where MHE can express the source (an MHA model built
+from an MHE one converts back to it), `svd` fits no worse than `mean` on every layer, a transformers-written
+Llama (GQA) folder converts to folders that export, optimize for ONNX Runtime and generate, and what cannot be
+converted is refused before any output."""
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from mhe_edge import convert
+from mhe_edge.config import ModelConfig
+from mhe_edge.errors import CheckpointError
+from mhe_edge.models import build_model, load_model, save_checkpoint
+from tests.conftest import tiny_config
+
+transformers = pytest.importorskip("transformers")
+
+
+def _mha_twin(mhe) -> torch.nn.Module:
+    """An MHA model whose head i projects exactly as the MHE model's head i does (MUL: rows scaled by E[i];
+    ADD: the shared matrix, biased by b + E[i]); everything else shared."""
+    config = ModelConfig(**{**mhe.config.to_dict(), "attention": "mha", "n_kv_heads": None})
+    twin = build_model(config)
+    state = dict(mhe.state_dict())
+    for i, block in enumerate(mhe.blocks):
+        prefix = f"blocks.{i}.attn."
+        for name, table in zip("qkv", block.attn.head_embeddings()):
+            weight = state.pop(f"{prefix}{name}_proj.weight")  # (d, D)
+            bias = state.pop(f"{prefix}{name}_proj.bias", None)
+            state.pop(f"{prefix}{name}_head_embeddings")
+            if mhe.config.attention == "mhe-mul":
+                state[f"{prefix}{name}_proj.weight"] = (table[:, :, None] * weight).reshape(
+                    -1, weight.shape[1]
+                )
+                if bias is not None:
+                    state[f"{prefix}{name}_proj.bias"] = (table * bias).reshape(-1)
+            else:
+                state[f"{prefix}{name}_proj.weight"] = weight.repeat(table.shape[0], 1)
+                state[f"{prefix}{name}_proj.bias"] = (bias + table).reshape(-1)
+    twin.load_state_dict(state)
+    return twin.eval()
+
+
+@pytest.mark.parametrize(
+    "attention, position",
+    [("mhe-mul", "rope"), ("mhe-mul", "learned"), ("mhe-add", "learned")],
+)
+def test_svd_recovers_an_mhe_model_exactly(tmp_path, attention, position):
+    mhe = build_model(tiny_config(attention=attention, position=position), seed=4)
+    if (
+        attention == "mhe-mul" and position == "rope"
+    ):  # MHE-MUL with RoPE folds when a rotation pair shares one scale
+        with torch.no_grad():
+            for block in mhe.blocks:
+                for table in block.attn.head_embeddings():
+                    half = table.shape[1] // 2
+                    table[:, half:] = table[:, :half]
+    if attention == "mhe-add":  # ADD's embeddings live in biases; make them large enough to matter
+        with torch.no_grad():
+            for block in mhe.blocks:
+                for table in block.attn.head_embeddings():
+                    table.normal_(0.0, 1.0)
+    source = save_checkpoint(_mha_twin(mhe), tmp_path / "mha.safetensors")
+    ids = torch.randint(
+        0, mhe.config.vocab_size, (2, 12), generator=torch.Generator().manual_seed(0)
+    )
+    with torch.no_grad():
+        want = mhe(ids).logits
+    differences = {}
+    for init in ("svd", "mean"):
+        report = convert(source, tmp_path / init, attention=attention, init=init)
+        with torch.no_grad():
+            differences[init] = float((load_model(tmp_path / init)(ids).logits - want).abs().max())
+        if init == "svd":
+            assert max(max(layer.error.values()) for layer in report.layers) < 1e-6
+    assert differences["svd"] < 1e-4 and differences["mean"] > 1e-2, differences
+
+
+@pytest.fixture(scope="module")
+def llama_gqa(tmp_path_factory):
+    """A transformers Llama with grouped KV heads, at sizes no other test uses (head size 8, for ORT's GQA)."""
+    torch.manual_seed(11)
+    config = transformers.LlamaConfig(
+        hidden_size=32,
+        intermediate_size=56,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=40,
+        vocab_size=73,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    folder = tmp_path_factory.mktemp("gqa") / "llama-gqa"
+    transformers.LlamaForCausalLM(config).eval().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("attention", ["mhe-mul", "mhe-add"])
+def test_llama_gqa_folder_converts_exports_and_generates(llama_gqa, tmp_path, cli, attention):
+    fits = {}
+    for init in ("mean", "svd"):
+        done = cli(
+            "convert",
+            llama_gqa,
+            "-o",
+            tmp_path / init,
+            "--attention",
+            attention,
+            "--init",
+            init,
+            "--json",
+        )
+        assert done.code == 0, done.stderr
+        fits[init] = json.loads(done.stdout)
+    svd, mean = fits["svd"], fits["mean"]
+    assert svd["config"]["attention"] == attention and svd["source_attention"] == "gqa"
+    assert [layer["layer"] for layer in svd["layers"]] == [0, 1, 2]
+    for fitted, pooled in zip(svd["layers"], mean["layers"]):
+        for projection in "qkv":
+            assert fitted["error"][projection] <= pooled["error"][projection] + 1e-9
+            assert fitted["mean_error"][projection] == pytest.approx(pooled["error"][projection])
+    if attention == "mhe-mul":  # a rank-1 fit across heads is strictly better on random weights
+        assert all(f["error"]["q"] < p["error"]["q"] for f, p in zip(svd["layers"], mean["layers"]))
+    assert (
+        svd["kv_cache_bytes_per_token"]["converted"] * 2
+        == svd["kv_cache_bytes_per_token"]["source"]
+    )
+
+    exported = cli(
+        "export",
+        tmp_path / "svd",
+        "-o",
+        tmp_path / "m.onnx",
+        "--optimize",
+        "--target",
+        "ort",
+        "--json",
+    )
+    assert exported.code == 0, exported.stderr
+    report = json.loads(exported.stdout)
+    assert report["max_abs_diff"] <= 1e-4 and report["optimized"]["max_abs_diff"] <= 1e-4
+    optimized = onnx.load(tmp_path / "m.opt.onnx", load_external_data=False)
+    kv_heads = [
+        i.type.tensor_type.shape.dim[1].dim_value for i in optimized.graph.input if "past" in i.name
+    ]
+    assert kv_heads and set(kv_heads) == {1}  # folded: one KV head per layer
+    assert report["optimized"]["op_counts"]["after"].get("com.microsoft.GroupQueryAttention") == 3
+
+    generated = cli(
+        "generate", tmp_path / "m.opt.onnx", "--prompt", "5,17,3", "--max-new-tokens", "6", "--json"
+    )
+    assert generated.code == 0, generated.stderr
+    model = load_model(tmp_path / "svd")
+    want = model.generate(torch.tensor([[5, 17, 3]]), 6)[0].tolist()
+    assert json.loads(generated.stdout)["tokens"][0] == want
+
+
+def test_refusals_come_before_any_output(tmp_path, cli, llama_gqa):
+    mhe = save_checkpoint(
+        build_model(tiny_config(attention="mhe-mul"), seed=0), tmp_path / "mhe.pt"
+    )
+    single = save_checkpoint(
+        build_model(tiny_config(attention="mha", n_heads=1), seed=0), tmp_path / "one.pt"
+    )
+    unknown = tmp_path / "falcon"
+    unknown.mkdir()
+    (unknown / "config.json").write_text(json.dumps({"model_type": "falcon"}))
+    cases = {
+        mhe: ("already mhe-mul", 3),
+        single: ("one attention head", 3),
+        unknown: ("model_type 'falcon' is not supported", 3),
+    }
+    for source, (message, code) in cases.items():
+        done = cli("convert", source, "-o", tmp_path / "out", "--attention", "mhe-add")
+        assert done.code == code and message in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "out").exists()
+    done = cli("convert", llama_gqa, "-o", tmp_path / "out", "--init", "best")
+    assert done.code == 2 and "--init must be one of" in done.stderr
+    with pytest.raises(CheckpointError, match="already MQA"):
+        mqa = save_checkpoint(
+            build_model(tiny_config(attention="mqa"), seed=0), tmp_path / "mqa.pt"
+        )
+        convert(mqa, tmp_path / "out", attention="mqa")
+    assert not (tmp_path / "out").exists()
