@@ -187,3 +187,71 @@ def test_refusals_come_before_any_output(tmp_path, cli, llama_gqa):
         )
         convert(mqa, tmp_path / "out", attention="mqa")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def trained_mha(tmp_path_factory):
+    """A small MHA decoder trained here on 60 KB of Python's documentation text (bytes: no tokenizer to learn;
+    its held-out split, 3 KB, keeps every scoring pass short)."""
+    import pydoc_data.topics
+
+    from mhe_edge import TrainOptions, train
+
+    root = tmp_path_factory.mktemp("teacher")
+    topics = pydoc_data.topics.topics
+    (root / "docs.txt").write_text("".join(topics[k] for k in sorted(topics))[:60_000])
+    options = TrainOptions(steps=30, batch=8, seq_len=32, eval_every=1000, checkpoint_every=1000)
+    train(
+        root / "mha",
+        [root / "docs.txt"],
+        attention="mha",
+        tokenizer="bytes",
+        options=options,
+        n_layers=1,
+        d_model=32,
+        d_ff=64,
+    )
+    return root / "mha"
+
+
+def test_held_out_bits_per_byte_before_training(trained_mha, tmp_path, cli):
+    report = convert(trained_mha, tmp_path / "mhe", attention="mhe-mul", init="svd")
+    held = report.held_out
+    assert report.held_out_note == "held-out split of docs.txt"
+    assert held["bigram_bits_per_byte"] > 0 and held["bits_per_byte"] > 0
+    scored = cli(
+        "eval", trained_mha, tmp_path / "mhe", "--window", "128", "--json"
+    )  # the converter's window
+    assert scored.code == 0, scored.stderr
+    source_row, converted_row = json.loads(scored.stdout)["rows"]
+    assert source_row["bits_per_byte"] == pytest.approx(held["source_bits_per_byte"], abs=1e-9)
+    assert converted_row["bits_per_byte"] == pytest.approx(held["bits_per_byte"], abs=1e-9)
+
+
+def test_uptraining_freezes_then_trains_everything_and_loss_falls(trained_mha, tmp_path, cli):
+    from mhe_edge.training.uptraining import CONVERTED
+
+    convert(trained_mha, tmp_path / "mhe", attention="mhe-mul", init="mean")
+    start = load_model(tmp_path / "mhe").state_dict()
+    text = trained_mha.parent / "docs.txt"
+    common = [text, "--init-from", tmp_path / "mhe", "--batch", "8", "--seq-len", "32", "--json"]
+    frozen = cli("train", "-o", tmp_path / "frozen", "--steps", "3", "--freeze-steps", "3", *common)
+    assert frozen.code == 0, frozen.stderr
+    after = load_model(tmp_path / "frozen").state_dict()
+    moved = {k for k in start if not torch.equal(start[k], after[k])}
+    assert moved and all(CONVERTED.match(k) for k in moved)  # only the converted attention moved
+    assert any(k.endswith("head_embeddings") for k in moved)
+
+    args = ["--steps", "25", "--freeze-steps", "5", "--teacher", trained_mha, "--lr", "3e-3"]
+    uptrained = cli("train", "-o", tmp_path / "up", *args, *common)
+    assert uptrained.code == 0, uptrained.stderr
+    report = json.loads(uptrained.stdout)
+    before = convert(trained_mha, tmp_path / "again", attention="mhe-mul", init="mean").held_out
+    assert report["held_out"]["bits_per_byte"] < before["bits_per_byte"] - 0.05
+    record = json.loads((tmp_path / "up" / "training.json").read_text())
+    assert record["init_from"] == "mhe" and not record["teacher"].startswith("/")
+    after = load_model(tmp_path / "up").state_dict()
+    assert not torch.equal(start["blocks.0.mlp.fc_in.weight"], after["blocks.0.mlp.fc_in.weight"])
+
+    refused = cli("train", "-o", tmp_path / "bad", "--init-from", tmp_path / "mhe", "--layers", "3")
+    assert refused.code == 2 and "--init-from takes the model's shape" in refused.stderr

@@ -126,6 +126,28 @@ def train(
         Optional[int],
         typer.Option(min=1, max=1024, help="PyTorch threads (default: PyTorch's choice)."),
     ] = None,
+    init_from: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Uptrain: start from this model folder (e.g. from `convert`), its config and tokenizer."
+        ),
+    ] = None,
+    teacher: Annotated[
+        Optional[Path],
+        typer.Option(help="Distil from this model (same vocabulary): KL on its logits."),
+    ] = None,
+    freeze_steps: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=10_000_000,
+            help="Train only the converted attention (Q/K/V, head embeddings) for the first steps.",
+        ),
+    ] = 0,
+    distill_weight: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="With --teacher: the KL's share of the loss."),
+    ] = 0.5,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -133,7 +155,8 @@ def train(
     `generate --text` and `package` need. Ctrl-C saves a checkpoint; `--resume` continues it.
 
     Example: `mhe-edge train -o my-model --attention mhe-mul --preset tiny` (Python's own docs; about half a
-    minute on 2 cores), then `mhe-edge eval my-model`.
+    minute on 2 cores), then `mhe-edge eval my-model`. Uptrain a converted model:
+    `mhe-edge train -o up --init-from my-model-mhe --teacher my-model --freeze-steps 50 --steps 300`.
     """
     from rich.progress import (
         BarColumn,
@@ -155,6 +178,8 @@ def train(
         seed=seed,
         provider=provider,
         threads=threads,
+        freeze_steps=freeze_steps,
+        distill_weight=distill_weight,
     )
     columns = [
         TextColumn("{task.description}"),
@@ -193,6 +218,8 @@ def train(
             force=force,
             on_step=on_step,
             on_stage=on_stage,
+            init_from=init_from,
+            teacher=teacher,
             **shape_overrides(
                 layers,
                 d_model,

@@ -45,6 +45,10 @@ class TrainOptions:
     checkpoint_every: int = 200  # save a resumable checkpoint every this many steps (and on Ctrl-C)
     provider: str = "cpu"  # "cpu", or "cuda" (bf16 autocast)
     threads: int | None = None  # PyTorch threads on the CPU (default: PyTorch's choice)
+    freeze_steps: int = 0  # uptraining: the first steps train only the converted attention tensors
+    distill_weight: float = (
+        0.5  # with a teacher: the loss is (1 - this) * cross-entropy + this * KL
+    )
 
     def check(self) -> None:
         if self.steps is not None and not 1 <= self.steps <= 10_000_000:
@@ -55,6 +59,10 @@ class TrainOptions:
             raise RequestError(f"the learning rate must be in (0, 1), not {self.lr}")
         if self.provider not in ("cpu", "cuda"):
             raise RequestError(f"provider must be cpu or cuda, not {self.provider!r}")
+        if not 0 <= self.freeze_steps <= self.total_steps:
+            raise RequestError(f"freeze-steps must be in [0, steps], not {self.freeze_steps}")
+        if not 0 <= self.distill_weight <= 1:
+            raise RequestError(f"distill-weight must be in [0, 1], not {self.distill_weight}")
 
     @property
     def total_steps(self) -> int:
@@ -136,9 +144,11 @@ def run_training(
     optimizer=None,
     on_step: Callable[[StepInfo], None] | None = None,
     extra_state: dict[str, Any] | None = None,
+    teacher=None,
 ) -> dict[str, Any]:
     """Train `model` in place; returns the final state (step, elapsed, log). Ctrl-C saves a checkpoint first."""
     from mhe_edge.models.attention import fast_attention, use_attention_core
+    from mhe_edge.training.uptraining import drop_frozen_gradients, uptraining_loss
 
     options.check()
     device = device_for(options.provider)
@@ -154,6 +164,8 @@ def run_training(
             f"the training text has {len(train_ids)} tokens, fewer than one row of {seq_len}"
         )
     model.to(device).train()
+    if teacher is not None:
+        teacher.to(device)
     if optimizer is None:
         optimizer = make_optimizer(model, options)
     total = options.total_steps
@@ -188,9 +200,11 @@ def run_training(
                     group["lr"] = lr
                 rows = torch.as_tensor(batch_at(train_ids, step, options, seq_len), device=device)
                 with autocast:
-                    loss = model(rows, labels=rows).loss
+                    loss = uptraining_loss(model, teacher, rows, options.distill_weight)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                if step < options.freeze_steps:
+                    drop_frozen_gradients(model)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
                 optimizer.step()
                 step += 1

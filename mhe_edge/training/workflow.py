@@ -59,6 +59,8 @@ def train(
     force: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    init_from: str | os.PathLike | None = None,
+    teacher: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> TrainReport:
     """Train a decoder on text files (default: Python's documentation text) and write a model folder.
@@ -67,6 +69,11 @@ def train(
     vocabulary), "bytes" (one token per byte), or the path of a `tokenizer.json`. `overrides` are config
     fields (as `init_model` takes). With `resume`, `output` is a run folder from an earlier `train`, continued
     from its newest checkpoint (a larger `options.steps` extends it).
+
+    Uptraining: `init_from` starts from a model folder with a tokenizer (e.g. from `convert`) instead of
+    random weights, taking its config and tokenizer; `teacher` (any model over the same vocabulary) adds a KL
+    term on its logits (`options.distill_weight`); `options.freeze_steps` trains only the converted attention
+    tensors first.
 
     Example: `mhe_edge.train("my-model", attention="mhe-mul", preset="tiny", options=TrainOptions(steps=300))`
     """
@@ -95,31 +102,47 @@ def train(
         )  # refused if the files changed since the run started
         text_tokenizer = load_tokenizer(folder)
         config = ModelConfig.from_dict(record["config"])
+        if teacher is None and record.get("teacher") is not None:
+            teacher = folder / record["teacher"]
     else:
         if text_files is not None and not text_files:
             text_files = None
-        target = check_output(folder, force=force, folder=True)
-        requested = preset_config(
-            preset, attention=attention, **overrides
-        )  # a bad config is refused before any text is read
+        target = check_output(
+            folder, force=force, folder=True, inputs=[init_from] if init_from else []
+        )
+        if init_from is not None:
+            from mhe_edge.training.uptraining import starting_point
+
+            initial, text_tokenizer = starting_point(init_from, overrides)
+            requested = initial.config
+        else:
+            requested = preset_config(
+                preset, attention=attention, **overrides
+            )  # a bad config is refused before any text is read
         stage("text")
         corpus = load_corpus(text_files)
         stage("tokenizer")
-        if tokenizer == "bpe":
+        if init_from is not None:
+            pass  # the starting point's own tokenizer
+        elif tokenizer == "bpe":
             text_tokenizer = train_bpe(corpus.documents, vocab_size or requested.vocab_size)
         elif tokenizer == "bytes":
             text_tokenizer = byte_tokenizer()
         else:
             text_tokenizer = load_tokenizer(tokenizer)
-        config = preset_config(
-            preset,
-            attention=attention,
-            **{
-                **overrides,
-                "vocab_size": text_tokenizer.vocab_size,
-                "bos_token_id": text_tokenizer.bos_token_id,
-                "eos_token_id": text_tokenizer.eos_token_id,
-            },
+        config = (
+            requested
+            if init_from is not None
+            else preset_config(
+                preset,
+                attention=attention,
+                **{
+                    **overrides,
+                    "vocab_size": text_tokenizer.vocab_size,
+                    "bos_token_id": text_tokenizer.bos_token_id,
+                    "eos_token_id": text_tokenizer.eos_token_id,
+                },
+            )
         )
         _fresh_run_folder(target, force)
         text_tokenizer.save(folder)
@@ -128,10 +151,19 @@ def train(
             "corpus": corpus.record(),
             "options": _options_dict(options),
             "tokenizer": {
-                "kind": tokenizer if tokenizer in ("bpe", "bytes") else "file",
+                "kind": "init-from"
+                if init_from is not None
+                else tokenizer
+                if tokenizer in ("bpe", "bytes")
+                else "file",
                 "vocab_size": text_tokenizer.vocab_size,
             },
         }
+        if init_from is not None:
+            record["init_from"] = Path(init_from).name
+        if teacher is not None:
+            # read again on --resume; relative to the run folder (no absolute paths are recorded)
+            record["teacher"] = os.path.relpath(Path(teacher).resolve(), folder.resolve())
         _write_json(folder / RECORD_FILE, record)
 
     stage("encode")
@@ -142,6 +174,14 @@ def train(
     )
     held_ids = np.asarray(text_tokenizer.encode(corpus.held_out), dtype=np.int64)
     model = build_model(config, seed=options.seed)
+    if init_from is not None and not resume:
+        model.load_state_dict(initial.state_dict())
+        del initial
+    teacher_model = None
+    if teacher is not None:
+        from mhe_edge.training.uptraining import load_teacher
+
+        teacher_model = load_teacher(teacher, model)
     if options.provider == "cuda":
         from mhe_edge.training.loop import device_for
 
@@ -150,7 +190,15 @@ def train(
     resume_state = load_training_state(folder, model, optimizer) if resume else None
     stage("train")
     result = run_training(
-        model, train_ids, held_ids, options, folder, resume_state, optimizer, on_step
+        model,
+        train_ids,
+        held_ids,
+        options,
+        folder,
+        resume_state,
+        optimizer,
+        on_step,
+        teacher=teacher_model,
     )
     model.to("cpu")
 
