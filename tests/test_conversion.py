@@ -255,3 +255,27 @@ def test_uptraining_freezes_then_trains_everything_and_loss_falls(trained_mha, t
 
     refused = cli("train", "-o", tmp_path / "bad", "--init-from", tmp_path / "mhe", "--layers", "3")
     assert refused.code == 2 and "--init-from takes the model's shape" in refused.stderr
+
+
+def test_streamed_output_is_sharded_in_the_source_precision(llama_gqa, tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    import mhe_edge.workflows.convert as conversion
+
+    bf16 = tmp_path / "bf16"
+    transformers.LlamaForCausalLM.from_pretrained(llama_gqa).to(torch.bfloat16).save_pretrained(
+        bf16
+    )
+    whole = convert(bf16, tmp_path / "whole", attention="mhe-mul")
+    monkeypatch.setattr(conversion, "MIN_SHARD_BYTES", 4096)  # this model is ~50 KB: many shards
+    sharded = convert(bf16, tmp_path / "sharded", attention="mhe-mul")
+    shards = [f for f in sharded.files if f.startswith("model-")]
+    assert whole.files.count("model.safetensors") == 1 and len(shards) > 3
+    assert "model.safetensors.index.json" in sharded.files
+    with safe_open(str(tmp_path / "sharded" / shards[0]), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"BF16"}
+    ids = torch.tensor([[3, 9, 27, 1]])
+    with torch.no_grad():
+        a = load_model(tmp_path / "whole")(ids).logits
+        b = load_model(tmp_path / "sharded")(ids).logits
+    assert torch.equal(a, b) and whole.layers == sharded.layers

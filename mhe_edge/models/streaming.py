@@ -1,5 +1,6 @@
 """Reading a model a layer at a time: a model folder's tensors come off the safetensors files one block's worth
-at a time, so a conversion holds one layer (widened to float32), not the whole model.
+at a time (and outside the blocks one tensor at a time), as stored, so a conversion holds one layer, not the
+whole model.
 
 Every check `read_folder` makes is made here too: the config, every tensor name and (for the Llama layout)
 shape from the headers before any tensor is read, then each group's values and shapes as it is read.
@@ -24,6 +25,7 @@ from mhe_edge.models.checks import check_sizes, check_tensors
 
 # The block index in a tensor name of every layout mhe-edge reads (ours, Llama, GPT-2, BERT).
 _LAYER = re.compile(r"^(?:blocks|model\.layers|transformer\.h|encoder\.layer)\.(\d+)\.")
+STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 REST = -1  # the group of everything outside the blocks: embeddings, final norm, output projection
 
 
@@ -35,6 +37,7 @@ class LayeredSource:
     config: ModelConfig
     model_type: str
     source_bytes: int  # bytes of the weights on disk
+    dtype: torch.dtype = torch.float32  # most of its tensors are stored (and read) as this
     _folder: Path | None = None
     _headers: dict = field(default_factory=dict)
     _state: dict[str, torch.Tensor] | None = None
@@ -42,7 +45,7 @@ class LayeredSource:
     def groups(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         expected = _expected_shapes(self.config)
         seen: set[str] = set()
-        for index, names in _grouped(self._names()).items():
+        for index, names in _grouped(self._names(), self.model_type == "bert"):
             state = self._read(names)
             check_tensors(state, self.name, hf_import.source_namer(self.model_type))
             for key, tensor in state.items():
@@ -80,7 +83,7 @@ class LayeredSource:
         for path, in_file in by_file.items():
             with safe_open(str(path), framework="pt") as f:
                 for name in in_file:
-                    source[name] = f.get_tensor(name).to(torch.float32)
+                    source[name] = f.get_tensor(name)
         return hf_import.to_our_state(self.model_type, source, self.config)
 
 
@@ -111,16 +114,21 @@ def open_source(path: str | os.PathLike) -> LayeredSource:
     folders._check_names(path.name, model_type, config, headers)
     size = sum(f.stat().st_size for f in files)
     check_sizes(config, size, path.name)
-    return LayeredSource(path.name, config, model_type, size, _folder=path, _headers=headers)
+    stored = [dtype for _, dtype, _ in headers.values()]
+    dtype = STORED_DTYPES[max(set(stored), key=stored.count)]
+    return LayeredSource(path.name, config, model_type, size, dtype, _folder=path, _headers=headers)
 
 
-def _grouped(names: list[str]) -> dict[int, list[str]]:
-    """Source names by block, blocks in order, then the rest (BERT's embeddings need each other: one group)."""
+def _grouped(names: list[str], rest_together: bool) -> list[tuple[int, list[str]]]:
+    """Source names by block, blocks in order, then the rest a tensor at a time (BERT's embeddings are
+    rewritten from each other: one group)."""
     groups: dict[int, list[str]] = {}
     for name in names:
         match = _LAYER.match(name)
         groups.setdefault(int(match.group(1)) if match else REST, []).append(name)
-    return {key: groups[key] for key in sorted(groups, key=lambda k: (k == REST, k))}
+    rest = groups.pop(REST, [])
+    ordered = [(key, groups[key]) for key in sorted(groups)]
+    return ordered + ([(REST, rest)] if rest_together else [(REST, [name]) for name in rest])
 
 
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -22,7 +22,9 @@ from mhe_edge.errors import CheckpointError, OutputError, RequestError, first_li
 from mhe_edge.files import check_output, staged_output
 from mhe_edge.results import Result
 
-SHARD_BYTES = 256 << 20  # output shards: big enough to be few, small enough to bound the memory
+# Output shards: an eighth of the source (writing one copies it, so the writer holds up to a quarter of the
+# source), at least 16 MiB (small models stay one model.safetensors), at most 2 GiB.
+MIN_SHARD_BYTES, MAX_SHARD_BYTES = 16 << 20, 2 << 30
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -79,9 +81,14 @@ def convert(
     text_plan = _text_plan(Path(source), text) if tokenizer_note is None else None
     layers: list[LayerFit] = []
     with staged_output(folder, force=force, folder=True) as stage:
-        writer = _ShardWriter(stage, count_parameters(target)["total"] * 4)
+        # Written in the source's own precision: a bfloat16 model stays half the bytes of float32.
+        shard_bytes = min(max(src.source_bytes // 8, MIN_SHARD_BYTES), MAX_SHARD_BYTES)
+        writer = _ShardWriter(stage, count_parameters(target)["total"], src.dtype, shard_bytes)
+        previous = None
         for index, state in src.groups():
-            step("embeddings and head" if index == REST else f"layer {index}")
+            if index != previous:
+                step("embeddings and head" if index == REST else f"layer {index}")
+                previous = index
             if index != REST:
                 prefix = f"blocks.{index}.attn."
                 converted, errors, baseline = convert_attention(
@@ -128,8 +135,9 @@ def convert(
 class _ShardWriter:
     """Tensors in, safetensors shards out (folder names); one model.safetensors when the model is small."""
 
-    def __init__(self, folder: Path, expected_bytes: int):
-        self.folder, self.single = folder, expected_bytes <= SHARD_BYTES
+    def __init__(self, folder: Path, parameters: int, dtype, shard_bytes: int):
+        self.dtype, self.folder, self.shard_bytes = dtype, folder, shard_bytes
+        self.single = parameters * dtype.itemsize <= shard_bytes
         self.buffer: dict = {}
         self.buffered = 0
         self.shards: list[tuple[str, list[str]]] = []
@@ -138,11 +146,12 @@ class _ShardWriter:
         from mhe_edge.models.hf_import import folder_name
 
         for key in list(state):
-            tensor = state.pop(key).contiguous()
+            tensor = state.pop(key).to(self.dtype).contiguous()
+            size = tensor.numel() * tensor.element_size()
+            if not self.single and self.buffered + size > self.shard_bytes:
+                self._flush()  # before, so that no shard grows past the limit (but for one larger tensor)
             self.buffer[folder_name(key)] = tensor
-            self.buffered += tensor.numel() * tensor.element_size()
-        if not self.single and self.buffered >= SHARD_BYTES:
-            self._flush()
+            self.buffered += size
 
     def _flush(self) -> None:
         from safetensors.torch import save_file
@@ -190,7 +199,8 @@ class _ShardWriter:
             "eos_token_id": config.eos_token_id,
             "do_sample": False,
         }
-        (self.folder / CONFIG_FILE).write_text(json.dumps(hf_config(config), indent=2) + "\n")
+        described = {**hf_config(config), "torch_dtype": str(self.dtype).removeprefix("torch.")}
+        (self.folder / CONFIG_FILE).write_text(json.dumps(described, indent=2) + "\n")
         (self.folder / GENERATION_FILE).write_text(json.dumps(generation, indent=2) + "\n")
         return [*files, CONFIG_FILE, GENERATION_FILE]
 
