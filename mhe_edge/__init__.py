@@ -36,6 +36,7 @@ _LAZY = {
     "save_model": "mhe_edge.models.checkpoint",
     "describe": "mhe_edge.inspection",
     "export": "mhe_edge.exporters.onnx_export",
+    "export_and_optimize": "mhe_edge.workflows.build",
     "optimize": "mhe_edge.passes.pipeline",
     "generate": "mhe_edge.runtime.driver",
     "profile": "mhe_edge.runtime.profiler",
@@ -61,6 +62,7 @@ _LAZY = {
     # errors and results
     "MheEdgeError": "mhe_edge.errors",
     "ExportReport": "mhe_edge.exporters.onnx_export",
+    "ExportOptimizeReport": "mhe_edge.workflows.build",
     "OptimizeReport": "mhe_edge.passes.pipeline",
     "ProfileReport": "mhe_edge.runtime.profiler",
     "GenerateResult": "mhe_edge.runtime.driver",

@@ -41,7 +41,7 @@ OP_TYPES = {
 MODES = {op_type: mode for mode, op_type in OP_TYPES.items()}
 DOMAIN_VERSION = 1
 MS_DOMAIN = "com.microsoft"  # ONNX Runtime's contrib operators (GroupQueryAttention)
-MIN_OPSET = 23  # the first default-domain opset with the standard Attention operator
+MIN_EXPORT_OPSET = 23  # the first default-domain opset with the standard Attention operator
 # The oldest ONNX Runtime that loads a file of each default-domain opset (measured: benchmarks/compat.py for
 # 17-23; ORT 1.23 refuses opset 24, 1.24 runs 24 and 25).
 MIN_ORT_FOR_OPSET = {
@@ -55,7 +55,10 @@ MIN_ORT_FOR_OPSET = {
     24: "1.24",
     25: "1.24",
 }
-MAX_OPSET = 25  # the newest the PyTorch exporter's graphs pass the full ONNX checker at (26+: no Gelu-18 there)
+MAX_EXPORT_OPSET = 25  # the newest the PyTorch exporter's graphs pass the full ONNX checker at (26+: no Gelu-18 there)
+
+# The oldest opset and IR version a pass can rewrite a file to: what ONNX Runtime 1.16 reads (measured)
+OLDEST_OPSET, OLDEST_IR_VERSION = 17, 8
 
 # --- I/O names
 INPUT_IDS, ATTENTION_MASK = "input_ids", "attention_mask"

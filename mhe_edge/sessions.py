@@ -4,7 +4,11 @@ Below the exporters, the passes and the runtime alike: each checks its results o
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+from collections.abc import Iterator
 
 from mhe_edge.errors import ModelFileError, ProviderError, RequestError, first_line
 
@@ -72,3 +76,34 @@ def create_session(
             f"asked for {wanted} but ONNX Runtime gave {session.get_providers()[0]} (silent fallback refused)"
         )
     return session
+
+
+class _DropOrtToolRecords(logging.Filter):
+    """Drops log records below ERROR that ONNX Runtime's own Python tools emit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.package = os.path.dirname(onnxruntime().__file__) + os.sep
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(self.package)
+
+
+@contextlib.contextmanager
+def quiet_ort_tools() -> Iterator[None]:
+    """Run ONNX Runtime's quantizers and converters without their narration (advice on the root logger,
+    step logs on stdout): only their own records are dropped, and only for the call; everything else the
+    process logs still gets through. A handler the tool installs on the root logger is removed after."""
+    drop = _DropOrtToolRecords()
+    handlers = list(logging.root.handlers)
+    watched = [logging.root, *handlers, *([logging.lastResort] if logging.lastResort else [])]
+    for item in watched:
+        item.addFilter(drop)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        for item in watched:
+            item.removeFilter(drop)
+        for handler in [h for h in logging.root.handlers if h not in handlers]:
+            logging.root.removeHandler(handler)

@@ -10,13 +10,14 @@ import mhe_edge
 
 PACKAGE = Path(mhe_edge.__file__).parent
 # Each part may import only the parts named here (and itself). Imports under TYPE_CHECKING do not count.
-BASE = {"errors", "config", "contract", "accounting", "results", "progress"}
+BASE = {"errors", "config", "contract", "accounting", "results", "progress", "options"}
 ALLOWED = {
     "errors": set(),
     "progress": set(),
     "results": set(),
     "config": {"errors"},
     "contract": {"config"},
+    "options": {"errors", "config", "contract"},
     "accounting": {"config"},
     "files": BASE,
     "sessions": {"errors"},

@@ -52,8 +52,8 @@ def test_init_is_deterministic_per_seed(cli, tmp_path):
         (["--heads", "5"], "not divisible by n_heads"),
         (["--attention", "gqa", "--kv-heads", "3"], "not divisible by n_kv_heads"),
         (["--attention", "mla"], "attention must be one of"),
-        (["--preset", "huge"], "unknown preset"),
-        (["--layers", "0"], "greater than or equal to 1"),
+        (["--preset", "huge"], "--preset must be one of"),
+        (["--layers", "0"], "--layers must be 1 to 1,024, not 0"),
     ],
 )
 def test_init_refuses_bad_configs(cli, tmp_path, args, fragment):

@@ -168,11 +168,11 @@ def test_metadata_lets_an_app_drive_the_file(exports, cli):
 
 
 def test_external_data_end_to_end_at_the_newest_opset(tmp_path, cli):
-    """Export with external data at MAX_OPSET; then optimize and package it through the CLI."""
-    from mhe_edge.contract import MAX_OPSET
+    """Export with external data at MAX_EXPORT_OPSET; then optimize and package it through the CLI."""
+    from mhe_edge.contract import MAX_EXPORT_OPSET
 
     model = tiny_model(attention="mhe-add", d_model=64)
-    report = export(model, tmp_path / "m.onnx", external_data=True, opset=MAX_OPSET)
+    report = export(model, tmp_path / "m.onnx", external_data=True, opset=MAX_EXPORT_OPSET)
     assert report.external_data and (tmp_path / "m.onnx.data").is_file()
     assert (
         report.max_abs_diff <= 1e-4
@@ -180,7 +180,12 @@ def test_external_data_end_to_end_at_the_newest_opset(tmp_path, cli):
     )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "m.onnx.data"]
     again = cli(
-        "export", tmp_path / "m.onnx", "-o", tmp_path / "m.onnx", "--opset", str(MAX_OPSET + 1)
+        "export",
+        tmp_path / "m.onnx",
+        "-o",
+        tmp_path / "m.onnx",
+        "--opset",
+        str(MAX_EXPORT_OPSET + 1),
     )
     assert again.code == 2 and "--opset" in again.stderr
     optimized = cli("optimize", tmp_path / "m.onnx", "--target", "ort", "--json")

@@ -281,6 +281,7 @@ def test_convert_to_opset_on_a_hand_built_graph(tmp_path):
     assert model.opset_imports[""] == 17 and model.ir_version == 8
     assert not {"Gelu", "RMSNormalization"} & {n.op_type for n in model.graph}
     assert np.abs(_run(model, feeds, tmp_path, "after")["y"] - before["y"]).max() < 1e-5
+    assert not ConvertToOpsetPass(17)(model).modified, "a second run has nothing left to convert"
     unsupported = _attention_graph()
     with pytest.raises(GraphRefused, match="Attention has no form at opset 17"):
         ConvertToOpsetPass(17)(unsupported)

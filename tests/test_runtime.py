@@ -65,9 +65,9 @@ def test_generate_cli_prints_tokens(tmp_path, cli):
         (["--prompt", "3,one"], 2, "comma-separated token ids"),
         (["--prompt", ""], 2, "comma-separated token ids"),
         (["--prompt", "3", "--max-new-tokens", "64"], 2, "exceed the model's max_seq_len"),
-        (["--prompt", "3", "--max-new-tokens", "-2"], 2, "Invalid value for '--max-new-tokens'"),
-        (["--prompt", "3", "--provider", "tpu"], 2, "unknown provider"),
-        (["--prompt", "3", "--prefill-chunk", "0"], 2, "Invalid value for '--prefill-chunk'"),
+        (["--prompt", "3", "--max-new-tokens", "-2"], 2, "--max-new-tokens must be 0 to 1,000,000"),
+        (["--prompt", "3", "--provider", "tpu"], 2, "--provider must be one of cpu, cuda"),
+        (["--prompt", "3", "--prefill-chunk", "0"], 2, "--prefill-chunk must be 1 to 1,048,576"),
     ],
 )
 def test_generate_refuses_bad_requests(tmp_path, cli, args, code, fragment):
@@ -134,8 +134,8 @@ def test_profile_encoder_and_bad_values(tmp_path):
     report = profile(path, seq_len=12, runs=1).to_dict()
     assert report["latency_ms"]["forward"]["p50"] > 0 and report["kv_cache_bytes"] == 0
     for kwargs, fragment in [
-        (dict(batch=0), "batch must be at least 1"),
-        (dict(seq_len=-3), "seq_len"),
+        (dict(batch=0), "--batch must be 1 to 4,096, not 0"),
+        (dict(seq_len=-3), "--seq-len must be 1 to"),
         (dict(seq_len=4096), "max_seq_len"),
     ]:
         with pytest.raises(RequestError, match=fragment):

@@ -177,14 +177,15 @@ def test_generate_text_equals_pytorch_and_batches_equal_each_prompt(trained, cli
         "8",
         "--json",
     )
-    items = json.loads(result.stdout)
-    assert isinstance(items, list) and set(items[0]) == {"prompt", "text", "tokens", "stopped_by"}
-    single = json.loads(
-        cli(
-            "generate", root / "model.onnx", "--text", "The ", "--max-new-tokens", "8", "--json"
-        ).stdout
+    items = json.loads(result.stdout)["generations"]
+    assert len(items) == 2 and set(items[0]) == {"prompt", "text", "tokens", "stopped_by"}
+    single = cli(
+        "generate", root / "model.onnx", "--text", "The ", "--max-new-tokens", "8", "--json"
     )
-    assert single["tokens"] == items[0]["tokens"]
+    # --json is exactly the API's record
+    report = mhe_edge.generate_text(root / "model.onnx", "The ", max_new_tokens=8)
+    assert json.loads(single.stdout) == report.to_dict()
+    assert report.generations[0].tokens == items[0]["tokens"]
 
 
 def test_sampling_repeats_with_a_seed_and_stop_strings_cut(trained, cli):

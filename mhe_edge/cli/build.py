@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from mhe_edge import options
 from mhe_edge.cli import command
 from mhe_edge.cli.options import (
     Arch,
@@ -27,11 +28,10 @@ from mhe_edge.cli.options import (
     Preset,
     RopeTheta,
     TieEmbeddings,
+    cli_option,
     shape_overrides,
 )
 from mhe_edge.cli.output import emit, literal, out, print_description, print_mobile_coverage
-
-Size = Annotated[Optional[int], typer.Option(min=1, max=1_000_000)]
 
 
 @command()
@@ -43,18 +43,16 @@ def init(
             show_default=False,
         ),
     ],
-    arch: Arch = "decoder",
-    attention: Attention = "mhe-mul",
-    preset: Preset = "tiny",
+    arch: Arch = options.ARCH.default,
+    attention: Attention = options.ATTENTION.default,
+    preset: Preset = options.PRESET.default,
     layers: Layers = None,
     d_model: DModel = None,
     heads: Heads = None,
     kv_heads: KvHeads = None,
     head_dim: HeadDim = None,
     d_ff: DFf = None,
-    vocab_size: Annotated[
-        Optional[int], typer.Option(min=1, max=1_000_000, help="Vocabulary size.")
-    ] = None,
+    vocab_size: cli_option(options.VOCAB_SIZE) = None,
     max_seq_len: MaxSeqLen = None,
     position: Position = None,
     rope_theta: RopeTheta = None,
@@ -62,9 +60,7 @@ def init(
     mlp: Mlp = None,
     tie_embeddings: TieEmbeddings = None,
     bias: Bias = None,
-    seed: Annotated[
-        int, typer.Option(min=0, max=2**32 - 1, help="Seed for the random weights.")
-    ] = 0,
+    seed: cli_option(options.WEIGHT_SEED) = options.WEIGHT_SEED.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:

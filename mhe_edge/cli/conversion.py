@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from mhe_edge import options
 from mhe_edge.cli import command
-from mhe_edge.cli.options import Force, Json
+from mhe_edge.cli.options import Force, Json, cli_option
 from mhe_edge.cli.output import emit, literal, out, steps
 
 
@@ -27,18 +28,8 @@ def convert(
         Path,
         typer.Option("-o", "--output", help="The model folder to write.", show_default=False),
     ] = ...,
-    attention: Annotated[
-        str,
-        typer.Option(
-            help="mhe-mul, mhe-add, or mqa (the GQA paper's mean-pooled baseline: queries kept, one KV head)."
-        ),
-    ] = "mhe-mul",
-    init: Annotated[
-        str,
-        typer.Option(
-            help="svd: the best least-squares fit MHE can express; mean: mean pooling, neutral embeddings."
-        ),
-    ] = "svd",
+    attention: cli_option(options.CONVERT_ATTENTION) = options.CONVERT_ATTENTION.default,
+    init: cli_option(options.CONVERT_INIT) = options.CONVERT_INIT.default,
     text: Annotated[
         Optional[list[Path]],
         typer.Option(

@@ -8,10 +8,10 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from mhe_edge import options
 from mhe_edge.cli import command
-from mhe_edge.cli.options import Force, Json, OnnxModel, OutputFile, flag
+from mhe_edge.cli.options import Force, Json, OnnxModel, OutputFile, cli_option, flag
 from mhe_edge.cli.output import emit, literal, out, print_optimize, steps, worst_per_case
-from mhe_edge.contract import MAX_OPSET, MIN_OPSET
 from mhe_edge.files import EXTERNAL_DATA_THRESHOLD_TEXT
 
 
@@ -25,20 +25,8 @@ def export(
         ),
     ],
     output: OutputFile = None,
-    opset: Annotated[
-        int,
-        typer.Option(
-            min=MIN_OPSET,
-            max=MAX_OPSET,
-            help="ONNX opset; 23 is the first with the standard Attention op.",
-        ),
-    ] = 23,
-    atol: Annotated[
-        float,
-        typer.Option(
-            min=1e-12, max=1.0, help="Largest allowed |ONNX Runtime - PyTorch| on any output."
-        ),
-    ] = 1e-4,
+    opset: cli_option(options.OPSET) = options.OPSET.default,
+    atol: cli_option(options.ATOL) = options.ATOL.default,
     external_data: Annotated[
         bool,
         flag(
@@ -116,20 +104,13 @@ def export(
 def optimize(
     model: OnnxModel,
     output: OutputFile = None,
-    target: Annotated[
-        str,
-        typer.Option(
-            help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-node, OpenVINO)."
-        ),
-    ] = "std",
-    opset: Annotated[
-        Optional[int],
-        typer.Option(
-            min=17,
-            max=23,
-            help="Target opset: ort 17-21 (default 21), portable 17-22 (default 17).",
-        ),
-    ] = None,
+    target: cli_option(
+        options.TARGET,
+        help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention"
+        " (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-node,"
+        " OpenVINO).",
+    ) = options.TARGET.default,
+    opset: cli_option(options.TARGET_OPSET) = None,
     ort_query_seqlens: Annotated[
         bool,
         flag(
@@ -150,9 +131,7 @@ def optimize(
             "--int4", "Weight-only 4-bit MatMul weights (ONNX Runtime's MatMulNBits; std or ort)."
         ),
     ] = False,
-    int4_block_size: Annotated[
-        int, typer.Option(help="With --int4: weights per scale (16, 32, 64, 128 or 256).")
-    ] = 32,
+    int4_block_size: cli_option(options.INT4_BLOCK_SIZE) = options.INT4_BLOCK_SIZE.default,
     int4_asymmetric: Annotated[
         bool,
         flag("--int4-asymmetric", "With --int4: a zero point per block too (default symmetric)."),
@@ -163,14 +142,7 @@ def optimize(
             help="Judge --fp16/--int8/--int4 on these text files (default: the held-out text a trained model records)."
         ),
     ] = None,
-    max_quality_loss: Annotated[
-        Optional[float],
-        typer.Option(
-            min=0.0,
-            max=100.0,
-            help="Refuse --fp16/--int8/--int4 beyond this many bits per byte lost (defaults: fp16 0.005, int8 0.02, int4 0.1).",
-        ),
-    ] = None,
+    max_quality_loss: cli_option(options.MAX_QUALITY_LOSS) = None,
     allow_quality_loss: Annotated[
         bool,
         flag(

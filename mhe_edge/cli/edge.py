@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
+from mhe_edge import options
 from mhe_edge.cli import command
-from mhe_edge.cli.options import DecoderModel, Force, Json, OnnxModel, OutputFile, flag
+from mhe_edge.cli.options import (
+    DecoderModel,
+    Force,
+    Json,
+    OnnxModel,
+    OutputFile,
+    cli_option,
+    flag,
+)
 from mhe_edge.cli.output import emit, err, literal, out, print_mobile_coverage
 
 
@@ -65,14 +74,7 @@ def package(
             "past_present_share_buffer: update the cache in place (needs --target ort).",
         ),
     ] = False,
-    eos_token_id: Annotated[
-        Optional[int],
-        typer.Option(
-            min=0,
-            max=2**31 - 1,
-            help="End-of-sequence id for the generator (default: the model's own, else vocab_size - 1).",
-        ),
-    ] = None,
+    eos_token_id: cli_option(options.EOS_TOKEN_ID) = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:

@@ -1,21 +1,34 @@
-"""Options shared by several commands, declared once (typer `Annotated` aliases) and reused everywhere.
+"""The CLI's side of the options: typer options built from `mhe_edge.options` (where each bounded option's
+default, bounds and help are declared once), plus flags and paths that several commands share.
 
-Flags carry `metavar=""` so `--help` shows `--force`, not `--force <bool>`. Numbers carry their bounds, so
-typer refuses a bad value with a usage error (exit 2) before any work starts.
+`cli_option(OPTION)` checks a value while typer parses it, with the same `Option.check` the Python API
+calls: a bad value is the same RequestError (exit 2) with the same message either way. Flags carry
+`metavar=""` so `--help` shows `--force`, not `--force <bool>`.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
-from mhe_edge.config import ARCHS, ATTENTION_KINDS, PRESETS
+from mhe_edge import options
+from mhe_edge.options import Option
 
 
 def flag(name: str, help: str) -> typer.models.OptionInfo:
     return typer.Option(name, help=help, metavar="")
+
+
+def cli_option(option: Option, *names: str, help: str | None = None) -> Any:
+    """`Annotated[type, typer.Option(...)]` for `option`: its help with its bounds, checked while parsing.
+    Use as `batch: cli_option(BATCH) = BATCH.default`, so the default too is the declared one."""
+    bounds = option.bounds_text()
+    text = (help or option.help) + (f" [{bounds}]" if bounds else "")
+    kind = option.type if option.default is not None else Optional[option.type]  # noqa: UP045
+    info = typer.Option(*(names or (option.flag,)), help=text, callback=option.check)
+    return Annotated[kind, info]
 
 
 Force = Annotated[
@@ -30,69 +43,29 @@ OutputFile = Annotated[
 ]
 OnnxModel = Annotated[Path, typer.Argument(help="An mhe-edge export (.onnx).", show_default=False)]
 DecoderModel = Annotated[Path, typer.Argument(help="A decoder export (.onnx).", show_default=False)]
-Provider = Annotated[
-    str,
-    typer.Option(help="cpu or cuda; refused (exit 7), never silently replaced, when unavailable."),
-]
-Threads = Annotated[
-    Optional[int],
-    typer.Option(min=1, max=1024, help="ONNX Runtime intra-op threads (default: all cores)."),
-]
-PrefillChunk = Annotated[
-    Optional[int],
-    typer.Option(min=1, max=1_000_000, help="Feed the prompt in chunks of this many tokens."),
-]
-Batch = Annotated[int, typer.Option(min=1, max=4096, help="Sequences per call.")]
-Runs = Annotated[int, typer.Option(min=1, max=10_000, help="Measured runs per point.")]
-NewTokens = Annotated[
-    int, typer.Option(min=0, max=1_000_000, help="Decode steps after the prefill (decoders).")
-]
-Target = Annotated[
-    str,
-    typer.Option(
-        help="std: one standard Attention per layer; ort: com.microsoft.GroupQueryAttention; portable: basic ops only."
-    ),
-]
-Arch = Annotated[str, typer.Option(help=f"One of: {', '.join(ARCHS)}.")]
-Preset = Annotated[str, typer.Option(help=f"Starting sizes: {', '.join(PRESETS)}.")]
-Attention = Annotated[str, typer.Option(help=f"One of: {', '.join(ATTENTION_KINDS)}.")]
+Provider = cli_option(options.PROVIDER)
+Threads = cli_option(options.THREADS)
+PrefillChunk = cli_option(options.PREFILL_CHUNK)
+Batch = cli_option(options.BATCH)
+Runs = cli_option(options.RUNS)
+NewTokens = cli_option(options.NEW_TOKENS)
+Target = cli_option(options.TARGET)
+Arch = cli_option(options.ARCH)
+Preset = cli_option(options.PRESET)
+Attention = cli_option(options.ATTENTION)
 
 # The model's shape: `init` and `train` take the same options (unset ones keep the preset's).
-Layers = Annotated[
-    Optional[int], typer.Option("--layers", min=1, max=1024, help="Override the number of blocks.")
-]
-DModel = Annotated[
-    Optional[int], typer.Option("--d-model", min=1, max=65_536, help="Override the model width.")
-]
-Heads = Annotated[
-    Optional[int],
-    typer.Option("--heads", min=1, max=1024, help="Override the number of (query) heads."),
-]
-KvHeads = Annotated[
-    Optional[int], typer.Option("--kv-heads", min=1, max=1024, help="KV heads, for gqa.")
-]
-HeadDim = Annotated[
-    Optional[int],
-    typer.Option("--head-dim", min=1, max=4096, help="Head size (default d_model / heads)."),
-]
-DFf = Annotated[
-    Optional[int],
-    typer.Option("--d-ff", min=1, max=262_144, help="MLP width (default 4 * d_model)."),
-]
-MaxSeqLen = Annotated[
-    Optional[int],
-    typer.Option("--max-seq-len", min=1, max=1_048_576, help="Longest sequence (positions)."),
-]
-Position = Annotated[
-    Optional[str],
-    typer.Option("--position", help="learned (a table of positions) or rope (rotary)."),
-]
-RopeTheta = Annotated[
-    Optional[float],
-    typer.Option("--rope-theta", min=1.0, max=1e12, help="RoPE's base, with --position rope."),
-]
-Norm = Annotated[Optional[str], typer.Option("--norm", help="layernorm or rmsnorm.")]
-Mlp = Annotated[Optional[str], typer.Option("--mlp", help="gelu, gelu_tanh or swiglu.")]
+Layers = cli_option(options.LAYERS)
+DModel = cli_option(options.D_MODEL)
+Heads = cli_option(options.HEADS)
+KvHeads = cli_option(options.KV_HEADS)
+HeadDim = cli_option(options.HEAD_DIM)
+DFf = cli_option(options.D_FF)
+MaxSeqLen = cli_option(options.MAX_SEQ_LEN_OPTION)
+Position = cli_option(options.POSITION)
+RopeTheta = cli_option(options.ROPE_THETA)
+Norm = cli_option(options.NORM)
+Mlp = cli_option(options.MLP)
 TieEmbeddings = Annotated[
     Optional[bool],
     typer.Option(

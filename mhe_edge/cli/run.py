@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from mhe_edge import options
 from mhe_edge.cli import command
 from mhe_edge.cli.options import (
     Batch,
@@ -21,10 +22,10 @@ from mhe_edge.cli.options import (
     Runs,
     Target,
     Threads,
+    cli_option,
     flag,
 )
 from mhe_edge.cli.output import comparison_table, emit, err, literal, out
-from mhe_edge.config import PRESETS
 from mhe_edge.errors import RequestError
 
 
@@ -44,57 +45,32 @@ def generate(
             help="Token ids instead of text, comma-separated, e.g. 3,1,4.", show_default=False
         ),
     ] = None,
-    max_new_tokens: Annotated[
-        int, typer.Option(min=0, max=1_000_000, help="At most this many new tokens per prompt.")
-    ] = 64,
-    temperature: Annotated[
-        float,
-        typer.Option(
-            min=0.0,
-            max=100.0,
-            help="0: greedy; otherwise sample from softmax(logits / temperature).",
-        ),
-    ] = 0.0,
-    top_k: Annotated[
-        int,
-        typer.Option(min=0, max=10_000_000, help="Sample among the k likeliest tokens (0: all)."),
-    ] = 0,
-    top_p: Annotated[
-        float,
-        typer.Option(
-            min=0.0001,
-            max=1.0,
-            help="Sample among the likeliest tokens whose probabilities sum to p.",
-        ),
-    ] = 1.0,
-    repetition_penalty: Annotated[
-        float, typer.Option(min=0.01, max=100.0, help="Above 1 discourages tokens already seen.")
-    ] = 1.0,
-    seed: Annotated[
-        Optional[int],
-        typer.Option(
-            min=0, max=2**63 - 1, help="Seed the sampler: the same seed gives the same text."
-        ),
-    ] = None,
+    max_new_tokens: cli_option(options.MAX_NEW) = options.MAX_NEW.default,
+    temperature: cli_option(options.TEMPERATURE) = options.TEMPERATURE.default,
+    top_k: cli_option(options.TOP_K) = options.TOP_K.default,
+    top_p: cli_option(options.TOP_P) = options.TOP_P.default,
+    repetition_penalty: cli_option(options.REPETITION_PENALTY) = (
+        options.REPETITION_PENALTY.default
+    ),
+    seed: cli_option(options.SEED) = None,
     stop: Annotated[
         Optional[list[str]],
         typer.Option(
             help="End a prompt's text before this string (repeatable); EOS always ends it."
         ),
     ] = None,
-    provider: Provider = "cpu",
+    provider: Provider = options.PROVIDER.default,
     threads: Threads = None,
     prefill_chunk: PrefillChunk = None,
     as_json: Json = False,
 ) -> None:
     """Generate with the KV cache: text (`--text`, streamed as it comes) with the tokenizer the export
-    carries, or token ids (`--prompt`). `--json` prints {"text", "tokens"} per prompt (a list for several).
+    carries, or token ids (`--prompt`). `--json` prints the report: the model, the provider and one
+    {"prompt", "text", "tokens", "stopped_by"} per prompt under "generations".
 
     Examples: `mhe-edge generate my-model.onnx --text "The module" --max-new-tokens 40`;
     `mhe-edge generate model.onnx --prompt 3,1,4 --max-new-tokens 8` (prints `tokens:` and the new ids).
     """
-    import json
-
     from mhe_edge.text.sampling import SamplingOptions
 
     if (text is None) == (prompt is None):
@@ -140,34 +116,28 @@ def generate(
         if streaming
         else None,
     )
-    if as_json:
-        items = [g.to_dict() for g in report.generations]
-        print(json.dumps(items[0] if len(items) == 1 else items, allow_nan=False))
-    elif streaming:
-        out.print()
-    else:
+
+    def render(report) -> None:
+        if streaming:
+            out.print()
+            return
         for g in report.generations:
             out.print(f"{literal(g.prompt)}{literal(g.text)}", highlight=False)
             out.print("---", highlight=False)
+
+    emit(report, as_json, render)
 
 
 @command()
 def profile(
     model: OnnxModel,
-    provider: Provider = "cpu",
-    batch: Batch = 1,
-    seq_len: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1,
-            max=1_048_576,
-            help="Prompt length (decoders) or sequence length (encoders); default 128, or what fits the model.",
-        ),
-    ] = None,
+    provider: Provider = options.PROVIDER.default,
+    batch: Batch = options.BATCH.default,
+    seq_len: cli_option(options.SEQ_LEN) = None,
     prefill_chunk: PrefillChunk = None,
-    new_tokens: NewTokens = 32,
-    runs: Runs = 5,
-    warmup: Annotated[int, typer.Option(min=0, max=1000, help="Unmeasured runs first.")] = 1,
+    new_tokens: NewTokens = options.NEW_TOKENS.default,
+    runs: Runs = options.RUNS.default,
+    warmup: cli_option(options.WARMUP) = options.WARMUP.default,
     threads: Threads = None,
     copy_cache: Annotated[
         bool,
@@ -275,14 +245,14 @@ def compare(
             show_default=False,
         ),
     ] = None,
-    preset: Annotated[
-        str, typer.Option(help=f"Model size when building: {', '.join(PRESETS)}.")
-    ] = "small",
-    arch: Annotated[str, typer.Option(help="decoder or encoder, when building.")] = "decoder",
+    preset: cli_option(options.PRESET, help="Model size when building.") = "small",
+    arch: cli_option(
+        options.ARCH, help="decoder or encoder, when building."
+    ) = options.ARCH.default,
     attention: Annotated[
         str, typer.Option(help="Kinds to build, comma-separated.")
     ] = "mha,mqa,gqa,mhe-add,mhe-mul",
-    provider: Provider = "cpu",
+    provider: Provider = options.PROVIDER.default,
     seq_lens: Annotated[
         Optional[str],
         typer.Option(
@@ -290,14 +260,11 @@ def compare(
             show_default=False,
         ),
     ] = None,
-    batch: Batch = 1,
-    new_tokens: NewTokens = 32,
-    runs: Annotated[
-        int,
-        typer.Option(
-            min=1, max=10_000, help="Interleaved rounds: every model is profiled once per round."
-        ),
-    ] = 5,
+    batch: Batch = options.BATCH.default,
+    new_tokens: NewTokens = options.NEW_TOKENS.default,
+    runs: cli_option(
+        options.RUNS, help="Interleaved rounds: every model is profiled once per round."
+    ) = options.RUNS.default,
     prefill_chunk: PrefillChunk = None,
     target: Target = "ort",
     threads: Threads = None,

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from mhe_edge import options
 from mhe_edge.cli import command
 from mhe_edge.cli.options import (
     Attention,
@@ -30,6 +31,7 @@ from mhe_edge.cli.options import (
     RopeTheta,
     Threads,
     TieEmbeddings,
+    cli_option,
     shape_overrides,
 )
 from mhe_edge.cli.output import emit, err, literal, out
@@ -55,8 +57,8 @@ def train(
             show_default=False,
         ),
     ] = ...,
-    attention: Attention = "mhe-mul",
-    preset: Preset = "tiny",
+    attention: Attention = options.ATTENTION.default,
+    preset: Preset = options.PRESET.default,
     layers: Layers = None,
     d_model: DModel = None,
     heads: Heads = None,
@@ -76,43 +78,13 @@ def train(
             help="bpe (byte-level BPE learned from the text), bytes (one token per byte), or a tokenizer.json path."
         ),
     ] = "bpe",
-    vocab_size: Annotated[
-        Optional[int],
-        typer.Option(min=257, max=1_000_000, help="BPE vocabulary (default: the preset's)."),
-    ] = None,
-    steps: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1, max=10_000_000, help="Optimizer steps (default 1000 unless --minutes)."
-        ),
-    ] = None,
-    minutes: Annotated[
-        Optional[float],
-        typer.Option(
-            min=0.01,
-            max=100_000,
-            help="Train for this long instead (the learning rate decays over the time).",
-        ),
-    ] = None,
-    seq_len: Annotated[
-        Optional[int],
-        typer.Option(min=2, max=1_048_576, help="Tokens per row (default: min(max_seq_len, 256))."),
-    ] = None,
-    batch: Annotated[int, typer.Option(min=1, max=4096, help="Rows per step.")] = 16,
-    lr: Annotated[
-        float,
-        typer.Option(
-            min=1e-7, max=0.5, help="Peak learning rate (warmup, then cosine to a tenth)."
-        ),
-    ] = 2e-3,
-    seed: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=2**32 - 1,
-            help="Seeds weights and batches: the same seed, text and options give the same model on the CPU.",
-        ),
-    ] = 0,
+    vocab_size: cli_option(options.BPE_VOCAB) = None,
+    steps: cli_option(options.STEPS) = None,
+    minutes: cli_option(options.MINUTES) = None,
+    seq_len: cli_option(options.TRAIN_SEQ_LEN) = None,
+    batch: cli_option(options.TRAIN_BATCH) = options.TRAIN_BATCH.default,
+    lr: cli_option(options.LR) = options.LR.default,
+    seed: cli_option(options.TRAIN_SEED) = options.TRAIN_SEED.default,
     resume: Annotated[
         bool,
         typer.Option(
@@ -121,11 +93,8 @@ def train(
             metavar="",
         ),
     ] = False,
-    provider: Provider = "cpu",
-    threads: Annotated[
-        Optional[int],
-        typer.Option(min=1, max=1024, help="PyTorch threads (default: PyTorch's choice)."),
-    ] = None,
+    provider: Provider = options.PROVIDER.default,
+    threads: cli_option(options.TORCH_THREADS) = None,
     init_from: Annotated[
         Optional[Path],
         typer.Option(
@@ -136,18 +105,8 @@ def train(
         Optional[Path],
         typer.Option(help="Distil from this model (same vocabulary): KL on its logits."),
     ] = None,
-    freeze_steps: Annotated[
-        int,
-        typer.Option(
-            min=0,
-            max=10_000_000,
-            help="Train only the converted attention (Q/K/V, head embeddings) for the first steps.",
-        ),
-    ] = 0,
-    distill_weight: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="With --teacher: the KL's share of the loss."),
-    ] = 0.5,
+    freeze_steps: cli_option(options.FREEZE_STEPS) = options.FREEZE_STEPS.default,
+    distill_weight: cli_option(options.DISTILL_WEIGHT) = options.DISTILL_WEIGHT.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -268,16 +227,9 @@ def evaluate(
             help="Score these UTF-8 files (default: the first model's held-out training text)."
         ),
     ] = None,
-    window: Annotated[
-        Optional[int],
-        typer.Option(
-            min=1,
-            max=1_048_576,
-            help="Tokens of context per scoring window (default: min(max_seq_len, 256)).",
-        ),
-    ] = None,
-    batch: Annotated[int, typer.Option(min=1, max=4096, help="Windows per call.")] = 8,
-    provider: Provider = "cpu",
+    window: cli_option(options.SCORE_WINDOW) = None,
+    batch: cli_option(options.SCORE_BATCH) = options.SCORE_BATCH.default,
+    provider: Provider = options.PROVIDER.default,
     threads: Threads = None,
     as_json: Json = False,
 ) -> None:

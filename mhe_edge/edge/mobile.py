@@ -4,15 +4,13 @@ ONNX Runtime's basic optimizations leave it. The rest runs on the CPU provider, 
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from mhe_edge.files import read_header
+from mhe_edge.sessions import quiet_ort_tools
 
 PROVIDERS = {"nnapi": None, "coreml": "coreml_supported_mlprogram_ops.md"}
 
@@ -24,19 +22,14 @@ def mobile_coverage(model: str | os.PathLike, fixed_shapes: bool = False) -> dic
 
     path = Path(model)
     read_header(path)  # vetted like every input
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
-            basic = Path(tmp) / "basic.onnx"
-            checker.optimize_model(path, basic, use_external_initializers=True)
-            graph = checker.ModelProtoWithShapeInfo(basic).model_with_shape_info
-            infos = {
-                "nnapi": checker.check_nnapi_partitions(graph, fixed_shapes),
-                "coreml": checker.check_coreml_partitions(graph, fixed_shapes, PROVIDERS["coreml"]),
-            }
-    finally:
-        logging.disable(previous)
+    with quiet_ort_tools(), tempfile.TemporaryDirectory() as tmp:
+        basic = Path(tmp) / "basic.onnx"
+        checker.optimize_model(path, basic, use_external_initializers=True)
+        graph = checker.ModelProtoWithShapeInfo(basic).model_with_shape_info
+        infos = {
+            "nnapi": checker.check_nnapi_partitions(graph, fixed_shapes),
+            "coreml": checker.check_coreml_partitions(graph, fixed_shapes, PROVIDERS["coreml"]),
+        }
     return {
         name: {
             "nodes": info.num_nodes,

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
-import logging
 import os
 import shutil
 import tempfile
@@ -22,7 +20,7 @@ from typing import Any
 from mhe_edge.errors import ExportError, OutputError, RequestError, first_line
 from mhe_edge.files import check_output, read_header, staged_output
 from mhe_edge.results import Result
-from mhe_edge.sessions import create_session
+from mhe_edge.sessions import create_session, quiet_ort_tools
 from mhe_edge.verification import (
     ParityRecord,
     compare_runners,
@@ -108,7 +106,7 @@ def to_ort(
         except OSError:  # another file system
             shutil.copyfile(source, staged_onnx)
         with (
-            _converter_quiet(),
+            quiet_ort_tools(),  # the converter narrates every step
             _env("ORT_CONVERT_ONNX_MODELS_TO_ORT_OPTIMIZATION_LEVEL", optimization_level),
         ):
             try:
@@ -187,15 +185,3 @@ def _env(name: str, value: str):
             os.environ.pop(name, None)
         else:
             os.environ[name] = old
-
-
-@contextlib.contextmanager
-def _converter_quiet():
-    """The converter narrates every step on stdout and the root logger; the report says what matters."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            yield
-    finally:
-        logging.disable(previous)

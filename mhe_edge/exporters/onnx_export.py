@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mhe_edge import contract
+from mhe_edge import contract, options
 from mhe_edge.errors import ExportError, RequestError, first_line
 from mhe_edge.files import (
     check_full,
@@ -19,6 +19,7 @@ from mhe_edge.files import (
     staged_output,
 )
 from mhe_edge.models import Transformer
+from mhe_edge.options import check_all
 from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
 from mhe_edge.sessions import create_session
@@ -30,8 +31,6 @@ from mhe_edge.verification import (
     raise_on_failures,
     torch_runner,
 )
-
-MIN_OPSET = contract.MIN_OPSET
 
 
 @dataclass
@@ -67,15 +66,18 @@ class ExportReport(ParityChecked):
 def supported_opsets() -> range:
     import onnx
 
-    return range(MIN_OPSET, min(contract.MAX_OPSET, onnx.defs.onnx_opset_version()) + 1)
+    return range(
+        contract.MIN_EXPORT_OPSET,
+        min(contract.MAX_EXPORT_OPSET, onnx.defs.onnx_opset_version()) + 1,
+    )
 
 
 def export(
     model: Transformer | str | os.PathLike,
     output: str | os.PathLike | None = None,
     *,
-    opset: int = MIN_OPSET,
-    atol: float = 1e-4,
+    opset: int = options.OPSET.default,
+    atol: float = options.ATOL.default,
     external_data: bool = False,
     force: bool = False,
     tokenizer: str | os.PathLike | None = None,
@@ -91,13 +93,12 @@ def export(
 
     Example: `mhe_edge.export("model.pt", "model.onnx").max_abs_diff`
     """
-    if opset not in supported_opsets():
+    check_all((options.OPSET, opset), (options.ATOL, atol))
+    if opset not in supported_opsets():  # the installed onnx may know fewer opsets than mhe-edge
         raise RequestError(
-            f"opset {opset} is not supported: use {MIN_OPSET} (the first with the standard Attention op)"
-            f" to {supported_opsets()[-1]}"
+            f"opset {opset} is not supported by the installed onnx: use {contract.MIN_EXPORT_OPSET}"
+            f" (the first with the standard Attention op) to {supported_opsets()[-1]}"
         )
-    if not atol > 0:
-        raise RequestError(f"atol must be positive, not {atol}")
     from_path = isinstance(model, (str, os.PathLike))
     if output is None:
         if not from_path:

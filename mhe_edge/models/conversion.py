@@ -25,11 +25,12 @@ from dataclasses import dataclass
 
 import torch
 
+from mhe_edge import options
 from mhe_edge.config import ModelConfig
-from mhe_edge.errors import CheckpointError, RequestError
+from mhe_edge.errors import CheckpointError
 
-TARGETS = ("mhe-mul", "mhe-add", "mqa")
-INITS = ("mean", "svd")
+TARGETS = options.CONVERT_ATTENTION.choices
+INITS = options.CONVERT_INIT.choices
 SOURCES = ("mha", "gqa", "mqa")
 PROJECTIONS = ("q", "k", "v")
 
@@ -46,8 +47,7 @@ class ProjectionFit:
 
 def converted_config(source: ModelConfig, target: str) -> ModelConfig:
     """The config of the converted model: the source's, attention replaced; refused when it cannot be."""
-    if target not in TARGETS:
-        raise RequestError(f"--attention must be one of {', '.join(TARGETS)}, not {target!r}")
+    options.CONVERT_ATTENTION.check(target)
     if source.is_mhe:
         raise CheckpointError(
             f"the source is already {source.attention}; convert takes MHA, GQA or MQA models"

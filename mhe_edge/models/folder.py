@@ -3,7 +3,8 @@ shards named by `model.safetensors.index.json`) and `generation_config.json`.
 
 Our own folders use Hugging Face's names for the standard config fields and the Llama tensor layout, with
 `mhe_edge_*` keys and `*_head_embeddings` tensors for what is ours (docs/model-format.md). Folders written
-by transformers for llama, mistral, qwen2, gpt2 and bert load too (models/hf_import.py). Everything is
+by transformers for llama, mistral, qwen2, gpt2 and bert load too (one description per family in
+models/families/). Everything is
 checked before a module is built: config limits, tensor names (first missing or unexpected one named),
 dtypes, shapes against the config, sizes bounded by the files, finite values.
 """
@@ -20,8 +21,9 @@ import torch
 from mhe_edge.config import ModelConfig
 from mhe_edge.errors import CheckpointError, ConfigError, OutputError, first_line
 from mhe_edge.files import check_output, staged_output
-from mhe_edge.models import hf_import
+from mhe_edge.models import families
 from mhe_edge.models.checks import check_sizes, check_state_fits, check_tensors
+from mhe_edge.models.families.mhe_edge import hf_config
 
 CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, GENERATION_FILE = (
     "config.json",
@@ -32,71 +34,9 @@ CONFIG_FILE, WEIGHTS_FILE, INDEX_FILE, GENERATION_FILE = (
 MAX_JSON_BYTES = 10_000_000
 LOADABLE_DTYPES = ("F32", "F16", "BF16")
 
-# ModelConfig fields that Hugging Face names one way in every model family.
-HF_FIELDS = {
-    "n_layers": "num_hidden_layers",
-    "d_model": "hidden_size",
-    "n_heads": "num_attention_heads",
-    "n_kv_heads": "num_key_value_heads",
-    "head_dim": "head_dim",
-    "d_ff": "intermediate_size",
-    "vocab_size": "vocab_size",
-    "max_seq_len": "max_position_embeddings",
-    "tie_embeddings": "tie_word_embeddings",
-    "bos_token_id": "bos_token_id",
-    "eos_token_id": "eos_token_id",
-}
-OURS = (
-    "arch",
-    "attention",
-    "position",
-    "norm",
-    "norm_placement",
-    "embedding_norm",
-    "mlp",
-    "qkv_bias",
-    "out_bias",
-    "mlp_bias",
-)
-
 
 def is_model_folder(path: str | os.PathLike) -> bool:
     return Path(path).is_dir()
-
-
-def hf_config(config: ModelConfig) -> dict[str, Any]:
-    """config.json for one of our models."""
-    from mhe_edge import __version__
-
-    hf: dict[str, Any] = {
-        "model_type": hf_import.MODEL_TYPE,
-        "architectures": ["MheEdgeDecoder" if config.arch == "decoder" else "MheEdgeEncoder"],
-        **{hf_name: getattr(config, ours) for ours, hf_name in HF_FIELDS.items()},
-        "rms_norm_eps" if config.norm == "rmsnorm" else "layer_norm_epsilon": config.layer_norm_eps,
-        "torch_dtype": "float32",
-        **{f"mhe_edge_{name}": getattr(config, name) for name in OURS},
-        "mhe_edge_mhe_mode": config.attention.removeprefix("mhe-") if config.is_mhe else None,
-        "mhe_edge_version": __version__,
-    }
-    if config.position == "rope":
-        hf["rope_theta"] = config.rope_theta
-    return hf
-
-
-def config_from_ours(hf: dict[str, Any]) -> ModelConfig:
-    fields = {ours: hf[hf_name] for ours, hf_name in HF_FIELDS.items() if hf_name in hf}
-    fields.update({name: hf[f"mhe_edge_{name}"] for name in OURS if f"mhe_edge_{name}" in hf})
-    fields["layer_norm_eps"] = hf.get("rms_norm_eps", hf.get("layer_norm_epsilon", 1e-5))
-    if "rope_theta" in hf:
-        fields["rope_theta"] = hf["rope_theta"]
-    if fields.get("attention") not in ("gqa", None):
-        fields.pop("n_kv_heads", None)  # derived for every kind but gqa
-    mode = hf.get("mhe_edge_mhe_mode")
-    if mode is not None and f"mhe-{mode}" != fields.get("attention"):
-        raise ConfigError(
-            f"mhe_edge_mhe_mode {mode!r} contradicts mhe_edge_attention {fields.get('attention')!r}"
-        )
-    return ModelConfig(**fields)
 
 
 def save_folder(model, folder: str | os.PathLike, *, force: bool = False) -> Path:
@@ -121,7 +61,7 @@ def write_model_files(model, folder: Path) -> list[str]:
 
     config = model.config
     state = {
-        hf_import.folder_name(k): v.detach().cpu().contiguous()
+        families.get(families.OURS).source_name(k): v.detach().cpu().contiguous()
         for k, v in model.state_dict().items()
     }
     generation = {
@@ -139,24 +79,20 @@ def read_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch
     """The config and state dict (our names, float32) of a model folder, checked as the module says."""
     folder = Path(folder)
     hf = _read_json(folder / CONFIG_FILE, folder.name)
-    model_type = hf.get("model_type")
+    family = families.get(hf.get("model_type"))
     try:
-        config = (
-            config_from_ours(hf)
-            if model_type == hf_import.MODEL_TYPE
-            else hf_import.config_from_hf(hf)
-        )
+        config = family.read_config(hf)
     except (ConfigError, TypeError, KeyError) as exc:
         raise CheckpointError(
             f"{folder.name}/{CONFIG_FILE} does not describe a model mhe-edge can build: {first_line(exc)}"
         ) from exc
     files = _weight_files(folder)
     headers = _headers(files, folder.name)
-    _check_names(folder.name, model_type, config, headers)
+    _check_names(folder.name, family, config, headers)
     check_sizes(config, sum(f.stat().st_size for f in files), folder.name)
-    source = _load(files, headers, model_type, config)
-    state = hf_import.to_our_state(model_type, source, config)
-    shown = hf_import.source_namer(model_type)  # name tensors as the folder does
+    source = _load(files, headers, family, config)
+    state = family.to_our_state(source, config)
+    shown = family.source_name  # name tensors as the folder does
     check_tensors(state, folder.name, shown)
     check_state_fits(config, state, folder.name, shown)
     return config, state
@@ -237,7 +173,7 @@ def _headers(files: list[Path], folder: str) -> dict[str, tuple[Path, str, list[
     return headers
 
 
-def _check_names(folder: str, model_type: str, config: ModelConfig, headers: dict) -> None:
+def _check_names(folder: str, family: families.Family, config: ModelConfig, headers: dict) -> None:
     """Every tensor name the config needs and no other, and (for the layouts that store our shapes as they are)
     every shape, all from the headers: no tensor has been read yet."""
     from mhe_edge.models.transformer import build_model
@@ -245,11 +181,11 @@ def _check_names(folder: str, model_type: str, config: ModelConfig, headers: dic
     with torch.device("meta"):
         ours = {k: v.shape for k, v in build_model(config).state_dict().items()}
     present = set(headers)
-    expected = hf_import.expected_source_names(model_type, ours)
-    if model_type in ("llama", "mistral", "qwen2") and config.tie_embeddings:
-        present = present - {"lm_head.weight"}  # some tied checkpoints store the shared table twice
+    expected = family.expected_names(ours)
+    if family.tied_head and config.tie_embeddings:
+        present = present - {family.tied_head}  # some tied checkpoints store the shared table twice
     missing = sorted(expected - present)
-    unexpected = sorted(n for n in present - expected if not hf_import.is_ignored(model_type, n))
+    unexpected = sorted(n for n in present - expected if not family.is_ignored(n))
     if missing:
         raise CheckpointError(
             f"{folder} lacks {len(missing)} tensor(s) its config needs, e.g. {missing[0]}"
@@ -258,32 +194,26 @@ def _check_names(folder: str, model_type: str, config: ModelConfig, headers: dic
         raise CheckpointError(
             f"{folder} has {len(unexpected)} tensor(s) its config does not, e.g. {unexpected[0]}"
         )
-    if model_type in (
-        "llama",
-        "mistral",
-        "qwen2",
-        hf_import.MODEL_TYPE,
-    ):  # stored as our modules hold them
+    if family.stores_our_shapes:
         for key, shape in ours.items():
-            stored = headers[hf_import.folder_name(key)][2]
+            name = family.source_name(key)
+            stored = headers[name][2]
             if list(shape) != stored:
                 raise CheckpointError(
-                    f"{folder}: {hf_import.folder_name(key)} has shape {tuple(stored)}, its config needs {tuple(shape)}"
+                    f"{folder}: {name} has shape {tuple(stored)}, its config needs {tuple(shape)}"
                 )
 
 
 def _load(
-    files: list[Path], headers: dict, model_type: str, config: ModelConfig
+    files: list[Path], headers: dict, family: families.Family, config: ModelConfig
 ) -> dict[str, torch.Tensor]:
     """The tensors that matter, as float32 (bfloat16 and float16 weights are widened exactly)."""
     from safetensors import safe_open
 
     def wanted(name: str) -> bool:
-        if hf_import.is_ignored(model_type, name):
+        if family.is_ignored(name):
             return False
-        return not (
-            name == "lm_head.weight" and config.tie_embeddings
-        )  # a tied head is the embedding table
+        return not (name == family.tied_head and config.tie_embeddings)  # it is the table
 
     wanted_names = {n for n in headers if wanted(n)}
     state = {}

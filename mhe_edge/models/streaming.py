@@ -4,7 +4,9 @@ whole model.
 
 Every check `read_folder` makes is made here too: the config, every tensor name and (for the Llama layout)
 shape from the headers before any tensor is read, then each group's values and shapes as it is read.
-Checkpoint files (.pt, .safetensors) are small by construction and are read whole, then handed out by layer.
+Checkpoint files (.pt, .safetensors) are small by construction and are read whole, then handed out by layer;
+so are folders of a family whose tensor rewrite needs the whole model at once (BERT's folds two embedding
+tables into one), which are encoders of modest size.
 """
 
 from __future__ import annotations
@@ -19,13 +21,15 @@ import torch
 
 from mhe_edge.config import ModelConfig
 from mhe_edge.errors import CheckpointError, ConfigError, first_line
+from mhe_edge.models import families
 from mhe_edge.models import folder as folders
-from mhe_edge.models import hf_import
 from mhe_edge.models.checks import check_sizes, check_tensors
 
 # The block index in a tensor name of every layout mhe-edge reads (ours, Llama, GPT-2, BERT).
 _LAYER = re.compile(r"^(?:blocks|model\.layers|transformer\.h|encoder\.layer)\.(\d+)\.")
 STORED_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+# Families whose rewrite (families.Family.to_ours) works a tensor at a time, so they can be read in groups.
+PER_TENSOR_REWRITES = ("gpt2",)
 REST = -1  # the group of everything outside the blocks: embeddings, final norm, output projection
 
 
@@ -35,7 +39,7 @@ class LayeredSource:
 
     name: str
     config: ModelConfig
-    model_type: str
+    family: families.Family
     source_bytes: int  # bytes of the weights on disk
     dtype: torch.dtype = torch.float32  # most of its tensors are stored (and read) as this
     _folder: Path | None = None
@@ -45,9 +49,9 @@ class LayeredSource:
     def groups(self) -> Iterator[tuple[int, dict[str, torch.Tensor]]]:
         expected = _expected_shapes(self.config)
         seen: set[str] = set()
-        for index, names in _grouped(self._names(), self.model_type == "bert"):
+        for index, names in _grouped(self._names()):
             state = self._read(names)
-            check_tensors(state, self.name, hf_import.source_namer(self.model_type))
+            check_tensors(state, self.name, self.family.source_name)
             for key, tensor in state.items():
                 if key not in expected:
                     raise CheckpointError(f"{self.name} has a weight its config does not: {key}")
@@ -67,9 +71,9 @@ class LayeredSource:
         return [n for n in self._headers if self._wanted(n)]
 
     def _wanted(self, name: str) -> bool:
-        if hf_import.is_ignored(self.model_type, name):
+        if self.family.is_ignored(name):
             return False
-        return not (name == "lm_head.weight" and self.config.tie_embeddings)
+        return not (name == self.family.tied_head and self.config.tie_embeddings)
 
     def _read(self, names: list[str]) -> dict[str, torch.Tensor]:
         if self._state is not None:
@@ -84,51 +88,48 @@ class LayeredSource:
             with safe_open(str(path), framework="pt") as f:
                 for name in in_file:
                     source[name] = f.get_tensor(name)
-        return hf_import.to_our_state(self.model_type, source, self.config)
+        return self.family.to_our_state(source, self.config)
 
 
 def open_source(path: str | os.PathLike) -> LayeredSource:
     """A model folder or checkpoint, checked as far as its headers allow, ready to be read group by group."""
-    path = Path(path)
-    if not path.is_dir():
-        from mhe_edge.models.checkpoint import read_checkpoint
+    from mhe_edge.models.checkpoint import read_checkpoint
 
+    path = Path(path)
+    ours = families.get(families.OURS)
+    if not path.is_dir():
         config, state = read_checkpoint(path)  # fully checked; small files only come this way
-        return LayeredSource(
-            path.name, config, hf_import.MODEL_TYPE, path.stat().st_size, _state=dict(state)
-        )
+        return LayeredSource(path.name, config, ours, path.stat().st_size, _state=dict(state))
     hf = folders._read_json(path / folders.CONFIG_FILE, path.name)
-    model_type = hf.get("model_type")
+    family = families.get(hf.get("model_type"))
     try:
-        config = (
-            folders.config_from_ours(hf)
-            if model_type == hf_import.MODEL_TYPE
-            else hf_import.config_from_hf(hf)
-        )
+        config = family.read_config(hf)
     except (ConfigError, TypeError, KeyError) as exc:
         raise CheckpointError(
             f"{path.name}/{folders.CONFIG_FILE} does not describe a model mhe-edge can build: {first_line(exc)}"
         ) from exc
     files = folders._weight_files(path)
     headers = folders._headers(files, path.name)
-    folders._check_names(path.name, model_type, config, headers)
+    folders._check_names(path.name, family, config, headers)
     size = sum(f.stat().st_size for f in files)
     check_sizes(config, size, path.name)
     stored = [dtype for _, dtype, _ in headers.values()]
     dtype = STORED_DTYPES[max(set(stored), key=stored.count)]
-    return LayeredSource(path.name, config, model_type, size, dtype, _folder=path, _headers=headers)
+    if family.to_ours is not None and family.model_type not in PER_TENSOR_REWRITES:
+        config, state = read_checkpoint(path)  # read whole, every check made
+        return LayeredSource(path.name, config, ours, size, dtype, _state=dict(state))
+    return LayeredSource(path.name, config, family, size, dtype, _folder=path, _headers=headers)
 
 
-def _grouped(names: list[str], rest_together: bool) -> list[tuple[int, list[str]]]:
-    """Source names by block, blocks in order, then the rest a tensor at a time (BERT's embeddings are
-    rewritten from each other: one group)."""
+def _grouped(names: list[str]) -> list[tuple[int, list[str]]]:
+    """Source names by block, blocks in order, then the rest a tensor at a time."""
     groups: dict[int, list[str]] = {}
     for name in names:
         match = _LAYER.match(name)
         groups.setdefault(int(match.group(1)) if match else REST, []).append(name)
     rest = groups.pop(REST, [])
     ordered = [(key, groups[key]) for key in sorted(groups)]
-    return ordered + ([(REST, rest)] if rest_together else [(REST, [name]) for name in rest])
+    return ordered + [(REST, [name]) for name in rest]
 
 
 def _expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -80,3 +80,13 @@ def sole_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
 
 def ints(graph: ir.Graph, base_name: str, values: list[int]) -> ir.Value:
     return add_initializer(graph, base_name, np.asarray(values, dtype=np.int64))
+
+
+class NewNodes(list):
+    """The nodes a rewrite creates, in order, for `ir.convenience.replace_nodes_and_values`.
+    `emit` creates one and returns its output (its outputs, when it has several)."""
+
+    def emit(self, op_type: str, inputs, attributes=None, domain: str = "", num_outputs: int = 1):
+        node = ir.node(op_type, inputs, attributes, domain=domain, num_outputs=num_outputs)
+        self.append(node)
+        return node.outputs[0] if num_outputs == 1 else node.outputs

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mhe_edge.contract import DOMAIN
-from mhe_edge.passes._graph import GraphRefused, add_initializer, ints
+from mhe_edge.passes._graph import GraphRefused, NewNodes, add_initializer, ints
 
 
 class DecomposeAttentionPass(ir.passes.InPlacePass):
@@ -59,6 +59,11 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
             self._decompose(graph, node)
         return ir.passes.PassResult(model, modified=bool(nodes))
 
+    def ensures(self, model: ir.Model) -> None:
+        """No attention operator is left: the graph is basic ops only."""
+        if _attention_nodes(model.graph):
+            raise ir.passes.PostconditionError("an Attention node is left after decomposing")
+
     def _decompose(self, graph: ir.Graph, node: ir.Node) -> None:
         inputs = list(node.inputs) + [None] * (6 - len(node.inputs))
         query, key, value, mask, past_key, past_value = inputs[:6]
@@ -75,12 +80,8 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
             if node.attributes.get("scale") is not None
             else 1.0 / math.sqrt(head_size)
         )
-        new_nodes: list[ir.Node] = []
-
-        def emit(op_type, op_inputs, attributes=None):
-            new = ir.node(op_type, op_inputs, attributes)
-            new_nodes.append(new)
-            return new.outputs[0]
+        new_nodes = NewNodes()
+        emit = new_nodes.emit
 
         group = n // g
         q = emit(

@@ -21,6 +21,7 @@ import onnx_ir as ir
 from mhe_edge.contract import DOMAIN, MODES
 from mhe_edge.passes._graph import (
     GraphRefused,
+    NewNodes,
     add_initializer,
     constant_array,
     ints,
@@ -69,6 +70,11 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
                 del model.functions[key]
             model.opset_imports.pop(DOMAIN, None)
         return ir.passes.PassResult(model, modified=bool(nodes))
+
+    def ensures(self, model: ir.Model) -> None:
+        """No MHE node, and no MHE function, is left: every layer is single-KV-head attention."""
+        if _mhe_nodes(model.graph) or any(key[0] == DOMAIN for key in model.functions):
+            raise ir.passes.PostconditionError("MHE attention is left after folding")
 
     def _fold(self, graph: ir.Graph, node: ir.Node) -> list[ir.Value]:
         """Rewrite one node; returns the constants it stopped using."""
@@ -119,12 +125,8 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
                     ),
                 )
 
-        new_nodes = []
-
-        def emit(op_type, inputs, attributes=None, num_outputs=1):
-            new = ir.node(op_type, inputs, attributes, num_outputs=num_outputs)
-            new_nodes.append(new)
-            return new.outputs if num_outputs > 1 else new.outputs[0]
+        new_nodes = NewNodes()
+        emit = new_nodes.emit
 
         constant = add_initializer(
             graph, f"{prefix}_query_head_constant", query_constant.astype(dtype)

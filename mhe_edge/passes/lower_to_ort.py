@@ -17,7 +17,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mhe_edge.contract import ATTENTION_MASK, DOMAIN, MS_DOMAIN
-from mhe_edge.passes._graph import GraphRefused, TargetRefused, ints
+from mhe_edge.passes._graph import GraphRefused, NewNodes, TargetRefused, ints
 
 
 class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
@@ -47,6 +47,11 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
         if nodes:
             model.opset_imports.setdefault(MS_DOMAIN, 1)
         return ir.passes.PassResult(model, modified=bool(nodes))
+
+    def ensures(self, model: ir.Model) -> None:
+        """Every attention the pass lowers is GroupQueryAttention now."""
+        if self._to_lower(model.graph):
+            raise ir.passes.PostconditionError("standard Attention is left after lowering")
 
     def _to_lower(self, graph: ir.Graph) -> list[ir.Node]:
         has_mask = any(v.name == ATTENTION_MASK for v in graph.inputs)
@@ -81,12 +86,8 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
         if node.attributes.get("scale") is not None:
             attributes["scale"] = node.attributes["scale"].as_float()
         prefix = (node.name or "attention").replace("/", "_")
-        new_nodes = []
-
-        def emit(op_type, inputs, attrs=None, domain=""):
-            new = ir.node(op_type, inputs, attrs, domain=domain, num_outputs=3 if domain else 1)
-            new_nodes.append(new)
-            return new.outputs if domain else new.outputs[0]
+        new_nodes = NewNodes()
+        emit = new_nodes.emit
 
         if lengths is None:
             new_len = emit("Shape", [query], {"start": 1, "end": 2})  # [T]
@@ -143,6 +144,7 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
             + ([None] * 9 + [query_seqlens] if query_seqlens else []),
             attributes,
             domain=MS_DOMAIN,
+            num_outputs=3,
         )
         ir.convenience.replace_nodes_and_values(
             graph, node, [node], new_nodes, list(node.outputs[:3]), list(outputs)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mhe_edge import options
 from mhe_edge.contract import (
     KEY_GRAPH,
     KEY_IO,
@@ -29,6 +30,7 @@ from mhe_edge.files import (
     save_ir_model,
     staged_output,
 )
+from mhe_edge.options import check_all
 from mhe_edge.passes.targets import build_passes, check_target, min_onnxruntime
 from mhe_edge.progress import timed_steps
 from mhe_edge.results import json_safe
@@ -116,6 +118,12 @@ def optimize(
     """
     import onnx_ir as ir
 
+    check_all(
+        (options.TARGET, target),
+        (options.TARGET_OPSET, opset),
+        (options.INT4_BLOCK_SIZE, int4_block_size),
+        (options.MAX_QUALITY_LOSS, max_quality_loss),
+    )
     source = Path(source)
     passes = build_passes(
         target, fp16, int8, opset, ort_query_seqlens, int4, int4_block_size, int4_symmetric

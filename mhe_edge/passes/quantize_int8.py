@@ -8,13 +8,13 @@ quantizer takes float32). `modified` says whether any MatMul was quantized.
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from pathlib import Path
 
 import onnx_ir as ir
 
 from mhe_edge.passes._graph import GraphRefused
+from mhe_edge.sessions import quiet_ort_tools
 
 
 def _quantizable(model: ir.Model) -> list[ir.Node]:
@@ -39,22 +39,16 @@ class DynamicQuantizeInt8Pass(ir.passes.FunctionalPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        previous = logging.root.manager.disable
-        logging.disable(
-            logging.WARNING
-        )  # the quantizer logs advice about static pre-processing to the root logger
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                quantized = Path(tmp) / "int8.onnx"
-                quantize_dynamic(
-                    ir.to_proto(model),
-                    quantized,
-                    op_types_to_quantize=["MatMul"],
-                    weight_type=QuantType.QInt8,
-                )
-                result = ir.load(quantized)
-        finally:
-            logging.disable(previous)
+        # the quantizer logs advice about static pre-processing to the root logger
+        with quiet_ort_tools(), tempfile.TemporaryDirectory() as tmp:
+            quantized = Path(tmp) / "int8.onnx"
+            quantize_dynamic(
+                ir.to_proto(model),
+                quantized,
+                op_types_to_quantize=["MatMul"],
+                weight_type=QuantType.QInt8,
+            )
+            result = ir.load(quantized)
         result.metadata_props.update(model.metadata_props)
         modified = any(
             n.op_type in ("MatMulInteger", "DynamicQuantizeLinear") for n in result.graph

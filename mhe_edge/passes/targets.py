@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from mhe_edge.contract import MIN_ORT_FOR_OPSET
 from mhe_edge.errors import RequestError
+from mhe_edge.options import TARGET
 
-TARGETS = ("std", "ort", "portable")
+TARGETS = TARGET.choices
 DEFAULT_OPSET = {"std": 23, "ort": 21, "portable": 17}
 OPSET_RANGE = {"std": (23, 23), "ort": (17, 21), "portable": (17, 22)}
-IR_VERSION = {"ort": 10, "portable": 8}
+TARGET_IR_VERSION = {"ort": 10, "portable": 8}
 MIN_ORT_QUERY_SEQLENS = "1.32"  # GroupQueryAttention's query_seqlens input
 MIN_ORT_INT4 = "1.20"  # com.microsoft.GatherBlockQuantized (int4 embedding tables) on the CPU
 MIN_ORT_GQA = (
@@ -24,8 +25,7 @@ MIN_ORT_GQA = (
 
 def check_target(target: str, opset: int | None, query_seqlens: bool) -> int:
     """The opset the target will have, or a RequestError for a combination that cannot be built."""
-    if target not in TARGETS:
-        raise RequestError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    TARGET.check(target)
     low, high = OPSET_RANGE[target]
     opset = DEFAULT_OPSET[target] if opset is None else opset
     if not low <= opset <= high:
@@ -101,13 +101,13 @@ def build_passes(
         from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass
 
         passes.append(QuantizeInt4Pass(int4_block_size, int4_symmetric))
-    if target in IR_VERSION:
+    if target in TARGET_IR_VERSION:
         from mhe_edge.passes.to_opset import ConvertToOpsetPass
 
         passes.append(
             ConvertToOpsetPass(
                 opset,
-                IR_VERSION[target],
+                TARGET_IR_VERSION[target],
                 other_domains=("com.microsoft",) if target == "ort" else (),
                 basic_norms=target == "portable",
             )

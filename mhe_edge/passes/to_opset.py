@@ -19,15 +19,16 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from mhe_edge.contract import OLDEST_IR_VERSION, OLDEST_OPSET
 from mhe_edge.passes._graph import (
     GraphRefused,
+    NewNodes,
     TargetRefused,
     add_initializer,
     constant_array,
     ints,
 )
 
-MIN_OPSET, IR_VERSION = 17, 8  # IR 8: what ONNX Runtime 1.16 reads (measured)
 REDUCE_OPS = {
     "ReduceMean",
     "ReduceSum",
@@ -47,7 +48,7 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
     def __init__(
         self,
         opset: int,
-        ir_version: int = IR_VERSION,
+        ir_version: int = OLDEST_IR_VERSION,
         other_domains: tuple[str, ...] = (),
         basic_norms: bool = False,
     ):
@@ -61,9 +62,9 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
 
     def requires(self, model: ir.Model) -> None:
         current = model.opset_imports.get("", 0)
-        if not MIN_OPSET <= self.opset <= current:
+        if not OLDEST_OPSET <= self.opset <= current:
             raise TargetRefused(
-                f"opset {self.opset} is not one this model can be converted to ({MIN_OPSET} to {current})"
+                f"opset {self.opset} is not one this model can be converted to ({OLDEST_OPSET} to {current})"
             )
         if model.functions:
             raise GraphRefused(
@@ -91,7 +92,12 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
+        # modified: a node rewritten, or the opset or IR version lowered
+        modified = (
+            model.opset_imports.get("") != self.opset
+        ) or model.ir_version != self.ir_version
         for node in list(graph):
+            rewritten = True
             if node.op_type == "Gelu" and self.opset < 20:
                 self._replace(graph, node, self._gelu)
             elif node.op_type == "RMSNormalization" and (self.opset < 23 or self.basic_norms):
@@ -110,20 +116,27 @@ class ConvertToOpsetPass(ir.passes.InPlacePass):
                 )
                 node.replace_input_with(1, None)
                 node.resize_inputs(1)
+            else:
+                rewritten = False
+            modified |= rewritten
         model.opset_imports[""] = self.opset
         model.ir_version = self.ir_version
-        return ir.passes.PassResult(model, modified=True)
+        return ir.passes.PassResult(model, modified=modified)
+
+    def ensures(self, model: ir.Model) -> None:
+        """The model declares the target opset and IR version, and no op newer than them is left."""
+        if model.opset_imports.get("") != self.opset or model.ir_version != self.ir_version:
+            raise ir.passes.PostconditionError("the opset or IR version was not lowered")
+        newer = {n.op_type for n in model.graph if n.op_type in ("Gelu", "RMSNormalization")}
+        if (self.opset < 20 and "Gelu" in newer) or (
+            self.opset < 23 and "RMSNormalization" in newer
+        ):
+            raise ir.passes.PostconditionError(f"{sorted(newer)} left at opset {self.opset}")
 
     @staticmethod
     def _replace(graph: ir.Graph, node: ir.Node, build) -> None:
-        new_nodes: list[ir.Node] = []
-
-        def emit(op_type, inputs, attributes=None):
-            new = ir.node(op_type, inputs, attributes)
-            new_nodes.append(new)
-            return new.outputs[0]
-
-        output = build(graph, node, emit)
+        new_nodes = NewNodes()
+        output = build(graph, node, new_nodes.emit)
         ir.convenience.replace_nodes_and_values(
             graph, node, [node], new_nodes, [node.outputs[0]], [output]
         )

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mhe_edge import options
 from mhe_edge.contract import (
     ATTENTION_MASK,
     INPUT_IDS,
@@ -33,6 +34,7 @@ from mhe_edge.contract import (
 )
 from mhe_edge.errors import ModelFileError, RequestError, first_line
 from mhe_edge.files import read_header
+from mhe_edge.options import check_all
 from mhe_edge.results import Result
 from mhe_edge.sessions import create_session
 from mhe_edge.text.sampling import SamplingOptions, TokenPicker
@@ -424,6 +426,12 @@ def generate(
 
     Example: `mhe_edge.generate("model.onnx", [3, 1, 4], max_new_tokens=8).tokens[0]`
     (a prompt may also be the CLI's text form, "3,1,4", or a batch of equal-length rows)."""
+    check_all(
+        (options.MAX_NEW, max_new_tokens),
+        (options.PROVIDER, provider),
+        (options.THREADS, threads),
+        (options.PREFILL_CHUNK, prefill_chunk),
+    )
     ids = parse_prompt(prompt) if isinstance(prompt, str) else np.asarray(prompt)
     if ids.ndim == 1:
         ids = ids[None, :]

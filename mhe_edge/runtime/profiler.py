@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from mhe_edge import options
 from mhe_edge.accounting import kv_cache_bytes
 from mhe_edge.contract import KEY_GRAPH
 from mhe_edge.errors import RequestError
 from mhe_edge.files import check_output, staged_output
+from mhe_edge.options import check_all
 from mhe_edge.results import Result
 from mhe_edge.runtime.driver import ExportedModel
 from mhe_edge.runtime.memory import DevicePeakMemory, peak_rss_bytes, reset_peak_rss
@@ -104,15 +106,16 @@ def profile(
 
     Example: `mhe_edge.profile("model.opt.onnx", seq_len=512, new_tokens=32).latency_ms["decode_per_token"]`
     """
-    for name, value, least in (
-        ("batch", batch, 1),
-        ("seq_len", seq_len, 1),
-        ("runs", runs, 1),
-        ("warmup", warmup, 0),
-        ("new_tokens", new_tokens, 0),
-    ):
-        if value is not None and value < least:
-            raise RequestError(f"{name} must be at least {least}, not {value}")
+    check_all(
+        (options.PROVIDER, provider),
+        (options.BATCH, batch),
+        (options.SEQ_LEN, seq_len),
+        (options.PREFILL_CHUNK, prefill_chunk),
+        (options.NEW_TOKENS, new_tokens),
+        (options.RUNS, runs),
+        (options.WARMUP, warmup),
+        (options.THREADS, threads),
+    )
     start = time.perf_counter()
     if trace is not None:
         check_output(trace, force=force, suffixes=(".json",), inputs=[path])
@@ -233,6 +236,7 @@ def profile(
             trace,
             force,
             top_ops,
+            in_place=model.cache_in_place,
         )
         if top_ops or trace
         else [],
@@ -255,13 +259,15 @@ def _bandwidth_floor(weight_bytes: int, cache_bytes: int, decode_min_ms: float) 
 
 
 def _top_ops(
-    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit
+    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit, in_place
 ) -> list[dict[str, Any]]:
-    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps."""
+    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps,
+    with the cache handled as the measured runs handled it (`in_place`, or copied present -> past)."""
     with tempfile.TemporaryDirectory() as tmp:
         model = ExportedModel(
             path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile")
         )
+        model.cache_in_place = model.cache_in_place and in_place
         if is_decoder:
             last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
             token = last.argmax(-1)[:, None]

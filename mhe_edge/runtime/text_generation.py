@@ -9,7 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mhe_edge import options
 from mhe_edge.errors import RequestError
+from mhe_edge.options import check_all
 from mhe_edge.results import Result
 from mhe_edge.text.sampling import SamplingOptions
 
@@ -69,6 +71,9 @@ def generate_text(
     from mhe_edge.runtime.driver import ExportedModel
     from mhe_edge.text.tokenizer import tokenizer_of_export
 
+    check_all(
+        (options.MAX_NEW, max_new_tokens), (options.PROVIDER, provider), (options.THREADS, threads)
+    )
     prompts = [text] if isinstance(text, str) else list(text)
     if not prompts or any(not isinstance(p, str) or not p for p in prompts):
         raise RequestError("give at least one non-empty text prompt")

@@ -8,36 +8,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mhe_edge.errors import RequestError
+from mhe_edge import options
+from mhe_edge.options import check_all
 
 
 @dataclass(frozen=True)
 class SamplingOptions:
-    temperature: float = (
-        0.0  # 0: greedy (argmax); otherwise logits are divided by it before sampling
-    )
-    top_k: int = 0  # sample among the k likeliest tokens only; 0: no limit
-    top_p: float = (
-        1.0  # sample among the smallest set of tokens whose probability reaches p (nucleus)
-    )
-    repetition_penalty: float = (
-        1.0  # > 1 discourages tokens already in the prompt or output (CTRL's rule)
-    )
+    # 0: greedy (argmax); otherwise logits are divided by it before sampling
+    temperature: float = options.TEMPERATURE.default
+    top_k: int = options.TOP_K.default  # sample among the k likeliest tokens only; 0: no limit
+    # sample among the smallest set of tokens whose probability reaches p (nucleus)
+    top_p: float = options.TOP_P.default
+    # > 1 discourages tokens already in the prompt or output (CTRL's rule)
+    repetition_penalty: float = options.REPETITION_PENALTY.default
     seed: int | None = None  # seeds the sampler: the same seed and prompt give the same text
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 100):
-            raise RequestError(f"temperature must be in [0, 100], not {self.temperature!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise RequestError(f"top-k must be a non-negative integer, not {self.top_k!r}")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise RequestError(f"top-p must be in (0, 1], not {self.top_p!r}")
-        if not (
-            isinstance(self.repetition_penalty, (int, float)) and 0 < self.repetition_penalty <= 100
-        ):
-            raise RequestError(
-                f"repetition penalty must be in (0, 100], not {self.repetition_penalty!r}"
-            )
+        check_all(
+            (options.TEMPERATURE, self.temperature),
+            (options.TOP_K, self.top_k),
+            (options.TOP_P, self.top_p),
+            (options.REPETITION_PENALTY, self.repetition_penalty),
+            (options.SEED, self.seed),
+        )
 
     @property
     def greedy(self) -> bool:

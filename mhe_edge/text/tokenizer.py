@@ -11,7 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mhe_edge.contract import KEY_TOKENIZER
-from mhe_edge.errors import CheckpointError, ModelFileError, RequestError, first_line
+from mhe_edge.errors import CheckpointError, ModelFileError, first_line
+from mhe_edge.options import BPE_VOCAB
 
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE = (
     "tokenizer.json",
@@ -83,10 +84,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
     """Byte-level BPE learned from `texts`, with at most `vocab_size` tokens (fewer if the text runs out of merges)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    if not BYTE_VOCAB <= vocab_size <= 1_000_000:
-        raise RequestError(
-            f"vocab size must be in [{BYTE_VOCAB}, 1000000] (the 256 bytes and {END_OF_TEXT} come first), not {vocab_size}"
-        )
+    BPE_VOCAB.check(vocab_size)  # at least BYTE_VOCAB: the 256 bytes and END_OF_TEXT come first
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer, backend.decoder, backend.post_processor = _byte_level_parts()
     trainer = trainers.BpeTrainer(

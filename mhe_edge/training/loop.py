@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mhe_edge import options as declared
 from mhe_edge.errors import ProviderError, RequestError, TrainingInterrupted
 from mhe_edge.training.checkpoints import save_training_state
 
@@ -31,8 +32,8 @@ class TrainOptions:
         None  # stop after this much training time (and decay the learning rate over it)
     )
     seq_len: int | None = None  # tokens per training row; None: min(the model's max_seq_len, 256)
-    batch: int = 16  # rows per step
-    lr: float = 2e-3  # peak learning rate
+    batch: int = declared.TRAIN_BATCH.default  # rows per step
+    lr: float = declared.LR.default  # peak learning rate
     min_lr_ratio: float = 0.1  # the cosine decays to lr * this
     warmup: int | None = None  # linear warmup steps; None: 5% of the steps (at most 200)
     weight_decay: float = (
@@ -46,23 +47,25 @@ class TrainOptions:
     provider: str = "cpu"  # "cpu", or "cuda" (bf16 autocast)
     threads: int | None = None  # PyTorch threads on the CPU (default: PyTorch's choice)
     freeze_steps: int = 0  # uptraining: the first steps train only the converted attention tensors
-    distill_weight: float = (
-        0.5  # with a teacher: the loss is (1 - this) * cross-entropy + this * KL
-    )
+    distill_weight: float = 0.5  # with a teacher: loss = (1 - this) * cross-entropy + this * KL
 
     def check(self) -> None:
-        if self.steps is not None and not 1 <= self.steps <= 10_000_000:
-            raise RequestError(f"steps must be in [1, 10000000], not {self.steps}")
-        if self.minutes is not None and not 0 < self.minutes <= 100_000:
-            raise RequestError(f"minutes must be in (0, 100000], not {self.minutes}")
-        if not 0 < self.lr < 1:
-            raise RequestError(f"the learning rate must be in (0, 1), not {self.lr}")
-        if self.provider not in ("cpu", "cuda"):
-            raise RequestError(f"provider must be cpu or cuda, not {self.provider!r}")
-        if not 0 <= self.freeze_steps <= self.total_steps:
-            raise RequestError(f"freeze-steps must be in [0, steps], not {self.freeze_steps}")
-        if not 0 <= self.distill_weight <= 1:
-            raise RequestError(f"distill-weight must be in [0, 1], not {self.distill_weight}")
+        declared.check_all(
+            (declared.STEPS, self.steps),
+            (declared.MINUTES, self.minutes),
+            (declared.TRAIN_SEQ_LEN, self.seq_len),
+            (declared.TRAIN_BATCH, self.batch),
+            (declared.LR, self.lr),
+            (declared.TRAIN_SEED, self.seed),
+            (declared.PROVIDER, self.provider),
+            (declared.TORCH_THREADS, self.threads),
+            (declared.FREEZE_STEPS, self.freeze_steps),
+            (declared.DISTILL_WEIGHT, self.distill_weight),
+        )
+        if self.freeze_steps > self.total_steps:
+            raise RequestError(
+                f"--freeze-steps {self.freeze_steps} is more than the run's {self.total_steps} steps"
+            )
 
     @property
     def total_steps(self) -> int:

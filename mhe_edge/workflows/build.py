@@ -56,7 +56,7 @@ def init_model(
 
 
 @dataclass
-class ExportOptimizeReport:
+class ExportOptimizeReport(Result):
     exported: Any  # ExportReport
     optimized: Any | None  # OptimizeReport, when asked
 

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mhe_edge import errors
+from mhe_edge import errors, options
 from mhe_edge.accounting import count_parameters
 from mhe_edge.errors import MheEdgeError, RequestError, first_line
 from mhe_edge.files import check_output, read_header, staged_output
+from mhe_edge.options import check_all
 from mhe_edge.results import Result
 from mhe_edge.sessions import check_provider
 
-DEFAULT_KINDS = ("mha", "mqa", "gqa", "mhe-add", "mhe-mul")
+DEFAULT_KINDS = options.ATTENTION.choices
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
-MAX_SEQ_LEN = 1_048_576  # as `profile --seq-len`
 
 
 @dataclass
@@ -115,18 +115,25 @@ def compare(
 
     Example: `mhe_edge.compare(preset="tiny", seq_lens=[32, 64], plot="compare.png").rows`
     """
-    if seq_lens is not None and (
-        not seq_lens
-        or any(
-            isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= MAX_SEQ_LEN
-            for t in seq_lens
-        )
-    ):
-        raise RequestError(
-            f"seq-lens must be integers from 1 to {MAX_SEQ_LEN:,}, not {list(seq_lens)}"
-        )
-    if isinstance(runs, bool) or not isinstance(runs, int) or runs < 1:
-        raise RequestError(f"runs must be a positive integer, not {runs!r}")
+    if seq_lens is not None and not seq_lens:
+        raise RequestError("give at least one sequence length")
+    for seq_len in seq_lens or ():
+        options.SEQ_LEN.check(seq_len)
+    if not files and not attentions:
+        raise RequestError("give at least one attention kind to build (or files to compare)")
+    for kind in attentions if not files else ():
+        options.ATTENTION.check(kind)
+    check_all(
+        (options.PRESET, preset),
+        (options.ARCH, arch),
+        (options.PROVIDER, provider),
+        (options.BATCH, batch),
+        (options.NEW_TOKENS, new_tokens),
+        (options.RUNS, runs),
+        (options.PREFILL_CHUNK, prefill_chunk),
+        (options.TARGET, target),
+        (options.THREADS, threads),
+    )
     plot_path = (
         check_output(plot, force=force, suffixes=PLOT_SUFFIXES) if plot is not None else None
     )
@@ -148,7 +155,7 @@ def compare(
                 f"{config.max_seq_len} positions; choose shorter --seq-lens"
             )
     say = on_progress or (lambda message: None)
-    options = dict(
+    profile_options = dict(
         provider=provider,
         batch=batch,
         new_tokens=new_tokens,
@@ -175,7 +182,7 @@ def compare(
                         f"round {round_index + 1}/{runs}: profile {configs[path].attention} at {seq_len} tokens"
                     )
                     samples.setdefault((path, seq_len), []).append(
-                        profile_in_fresh_process(path, seq_len=seq_len, **options)
+                        profile_in_fresh_process(path, seq_len=seq_len, **profile_options)
                     )
         rows = [
             _row(source, configs[path], seq_len, samples[(path, seq_len)])

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mhe_edge.accounting import count_parameters, kv_cache_bytes_per_token
-from mhe_edge.errors import CheckpointError, OutputError, RequestError, first_line
+from mhe_edge.errors import CheckpointError, OutputError, first_line
 from mhe_edge.files import check_output, staged_output
 from mhe_edge.results import Result
 
@@ -67,12 +67,12 @@ def convert(
 
     Example: `mhe_edge.convert("my-llama", "my-llama-mhe", attention="mhe-mul", init="svd").layers[0].error`
     """
-    from mhe_edge.models.conversion import INITS, convert_attention, converted_config
+    from mhe_edge import options
+    from mhe_edge.models.conversion import convert_attention, converted_config
     from mhe_edge.models.streaming import REST, open_source
 
     step = on_step or (lambda name: None)
-    if init not in INITS:
-        raise RequestError(f"--init must be one of {', '.join(INITS)}, not {init!r}")
+    options.check_all((options.CONVERT_ATTENTION, attention), (options.CONVERT_INIT, init))
     folder = check_output(output, force=force, folder=True, inputs=[source])
     step("read headers")
     src = open_source(source)
@@ -143,8 +143,9 @@ class _ShardWriter:
         self.shards: list[tuple[str, list[str]]] = []
 
     def add(self, state: dict) -> None:
-        from mhe_edge.models.hf_import import folder_name
+        from mhe_edge.models import families
 
+        folder_name = families.get(families.OURS).source_name
         for key in list(state):
             tensor = state.pop(key).to(self.dtype).contiguous()
             size = tensor.numel() * tensor.element_size()

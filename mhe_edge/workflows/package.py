@@ -19,6 +19,7 @@ import numpy as np
 from mhe_edge.contract import ATTENTION_MASK
 from mhe_edge.errors import ParityError, RequestError
 from mhe_edge.files import check_full, check_output, read_header, save_ir_model, staged_output
+from mhe_edge.options import TARGET
 from mhe_edge.results import Result
 
 FORMATS = ("genai",)
@@ -60,14 +61,13 @@ def package(
         genai_greedy,
         share_cache_buffer,
     )
-    from mhe_edge.passes import TARGETS, optimize
+    from mhe_edge.passes import optimize
     from mhe_edge.runtime import ExportedModel
     from mhe_edge.text.tokenizer import tokenizer_of_export
 
     if format not in FORMATS:
         raise RequestError(f"format must be one of {', '.join(FORMATS)}, not {format!r}")
-    if target not in TARGETS:
-        raise RequestError(f"target must be one of {', '.join(TARGETS)}, not {target!r}")
+    TARGET.check(target)
     source = Path(model)
     header = read_header(source)
     config = header.config
