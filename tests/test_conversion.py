@@ -279,3 +279,36 @@ def test_streamed_output_is_sharded_in_the_source_precision(llama_gqa, tmp_path,
         a = load_model(tmp_path / "whole")(ids).logits
         b = load_model(tmp_path / "sharded")(ids).logits
     assert torch.equal(a, b) and whole.layers == sharded.layers
+
+
+def test_gpt2_biases_fit_mhe_add_and_bert_converts(tmp_path):
+    torch.manual_seed(5)
+    gpt2 = transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(n_embd=24, n_layer=1, n_head=3, n_positions=20, vocab_size=61)
+    ).eval()
+    with torch.no_grad():
+        gpt2.transformer.h[0].attn.c_attn.bias.normal_(0.0, 1.0)  # transformers starts biases at 0
+    gpt2.save_pretrained(tmp_path / "gpt2")
+    fits = {
+        init: convert(tmp_path / "gpt2", tmp_path / f"gpt2-{init}", attention="mhe-add", init=init)
+        for init in ("svd", "mean")
+    }
+    (svd,), (mean,) = fits["svd"].layers, fits["mean"].layers
+    assert all(svd.error[p] < mean.error[p] for p in "qkv")  # the heads' biases become embeddings
+    assert load_model(tmp_path / "gpt2-svd").config.qkv_bias
+
+    bert = transformers.BertModel(
+        transformers.BertConfig(
+            hidden_size=24,
+            num_hidden_layers=1,
+            num_attention_heads=3,
+            intermediate_size=40,
+            vocab_size=61,
+            max_position_embeddings=20,
+        )  # fmt: skip
+    )
+    bert.save_pretrained(tmp_path / "bert")
+    report = convert(tmp_path / "bert", tmp_path / "bert-mhe", attention="mhe-mul")
+    model = load_model(tmp_path / "bert-mhe")
+    assert model.config.arch == "encoder" and report.layers[0].error["q"] < 1
+    assert model(torch.tensor([[1, 2, 3]])).shape == (1, 3, 24)
