@@ -253,6 +253,12 @@ def test_uptraining_freezes_then_trains_everything_and_loss_falls(trained_mha, t
     after = load_model(tmp_path / "up").state_dict()
     assert not torch.equal(start["blocks.0.mlp.fc_in.weight"], after["blocks.0.mlp.fc_in.weight"])
 
+    resumed = cli(
+        "train", "-o", tmp_path / "up", "--resume", "--steps", "27", "--json"
+    )  # teacher re-read
+    assert resumed.code == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["steps"] == 27
+
     refused = cli("train", "-o", tmp_path / "bad", "--init-from", tmp_path / "mhe", "--layers", "3")
     assert refused.code == 2 and "--init-from takes the model's shape" in refused.stderr
 
