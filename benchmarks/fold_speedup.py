@@ -109,7 +109,8 @@ def main() -> None:
                     }
                 )
                 print(
-                    f"{attention:8} {name:30} prefill {timing['prefill_ms']:8.1f} ms  decode {timing['decode_ms_per_token']:7.2f} ms/token",
+                    f"{attention:8} {name:30} prefill {timing['prefill_ms']:8.1f} ms  decode"
+                    f" {timing['decode_ms_per_token']:7.2f} ms/token",
                     flush=True,
                 )
 

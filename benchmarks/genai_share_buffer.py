@@ -66,11 +66,13 @@ def main() -> None:
             )
     ratio = rows["share_buffer"]["decode_ms_per_token"] / rows["copy"]["decode_ms_per_token"]
     print(
-        f"{args.preset} {args.attention} decoder, onnxruntime-genai, prompt {args.context}, {args.new_tokens} new tokens"
+        f"{args.preset} {args.attention} decoder, onnxruntime-genai, prompt {args.context},"
+        f" {args.new_tokens} new tokens"
     )
     for name, row in rows.items():
         print(
-            f"  {name:13} decode {row['decode_ms_per_token']:.2f} ms/token (median of {args.runs} runs: {', '.join(f'{r:.2f}' for r in row['runs'])})"
+            f"  {name:13} decode {row['decode_ms_per_token']:.2f} ms/token (median of {args.runs}"
+            f" runs: {', '.join(f'{r:.2f}' for r in row['runs'])})"
         )
     print(f"  share_buffer / copy = {ratio:.2f}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

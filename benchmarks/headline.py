@@ -1,7 +1,8 @@
 """The headline comparison: MHE against MHA, MQA and GQA on ONNX Runtime (CPU), with the targets.
 
 Decoder of 6 layers, d_model 512, 8 heads, d_ff 2048 (the `small` preset), batch 4, a 2048-token context
-prefilled in chunks of 128, then 32 decode steps, in 3 interleaved rounds (the cache updated in place). Targets (ratios, measured in one run): MHE decodes in at
+prefilled in chunks of 128, then 32 decode steps, in 3 interleaved rounds (the cache updated in
+place). Targets (ratios, measured in one run): MHE decodes in at
 most 0.55x MHA's time per token and within 1.10x of MQA's, and peaks at most 0.50x MHA's memory.
 Also the physical floor: bytes one decode step must read (weights + KV cache) over the measured memory
 bandwidth (a large NumPy copy). Prints a table, writes JSON and a PNG.

@@ -141,7 +141,8 @@ def main() -> None:
             }
             results.append(row)
             print(
-                f"{kind}: decode in place {stats['in place']['median_ms']:.2f} ms/token (min {stats['in place']['min_ms']:.2f}),"
+                f"{kind}: decode in place {stats['in place']['median_ms']:.2f} ms/token (min"
+                f" {stats['in place']['min_ms']:.2f}),"
                 f" plain loop {stats['plain loop']['median_ms']:.2f} (min {stats['plain loop']['min_ms']:.2f}):"
                 f" {row['ratio_in_place_to_plain']:.2f}x; bandwidth floor {floor_ms:.2f} ms"
                 f" ({row['floor_fraction_in_place']:.0%} reached in place, {row['floor_fraction_plain']:.0%} plain)",

@@ -286,7 +286,8 @@ def main() -> None:
     for row in sorted(rows, key=lambda r: (r["batch"], r["decode_ms_median"])):
         ratio = f"{row['decode_vs_builder_mqa']:.2f}x" if row["decode_vs_builder_mqa"] else "n/a"
         print(
-            f"| {row['model']} | {row['batch']} | {row['decode_ms_min']:.2f} / {row['decode_ms_median']:.2f} | {ratio} |"
+            f"| {row['model']} | {row['batch']} | {row['decode_ms_min']:.2f} /"
+            f" {row['decode_ms_median']:.2f} | {ratio} |"
             f" {row['prefill_s_median']:.2f} | {row['peak_rss_mib']:,.0f} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)

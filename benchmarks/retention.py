@@ -143,14 +143,19 @@ def report(rows: dict, baseline: dict, args, seeds: list[int]) -> None:
             )
             row["kv_bytes_vs_mha"] = row["kv_bytes_per_token"] / mha["kv_bytes_per_token"]
             row["decode_vs_mha"] = row["decode_ms_per_token"] / mha["decode_ms_per_token"]
-    header = "| kind | attention params | total params | held-out bits/byte (seeds) | retention vs MHA | KV bytes/token | decode vs MHA |"
+    header = (
+        "| kind | attention params | total params | held-out bits/byte (seeds) | retention vs MHA"
+        " | KV bytes/token | decode vs MHA |"
+    )
     print(header)
     print("| --- | ---: | ---: | --- | ---: | ---: | ---: |")
     for row in rows.values():
         by_seed = ", ".join(f"{v:.3f}" for v in row["bits_per_byte_by_seed"].values())
         print(
-            f"| {row['kind']} | {row['attention_parameters']:,} | {row['total_parameters']:,} | {row['bits_per_byte']:.3f} ({by_seed}) |"
-            f" {row.get('retention', float('nan')):.0%} | {row['kv_bytes_per_token']:,} | {row.get('decode_vs_mha', float('nan')):.2f}x |"
+            f"| {row['kind']} | {row['attention_parameters']:,} | {row['total_parameters']:,} |"
+            f" {row['bits_per_byte']:.3f} ({by_seed}) |"
+            f" {row.get('retention', float('nan')):.0%} | {row['kv_bytes_per_token']:,} |"
+            f" {row.get('decode_vs_mha', float('nan')):.2f}x |"
         )
     print(
         f"bigram {baseline['bigram']:.3f} and unigram {baseline['unigram']:.3f} bits/byte on the same held-out text"

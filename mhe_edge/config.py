@@ -36,16 +36,18 @@ class ModelConfig:
     n_layers: int = 2  # transformer blocks
     d_model: int = 64  # residual stream width
     n_heads: int = 4  # query heads (MHE: head embeddings per projection)
-    head_dim: int | None = None  # size of one head; None means d_model // n_heads
-    n_kv_heads: int | None = None  # K/V heads for "gqa"; derived for every other kind
-    d_ff: int | None = None  # MLP hidden width; None means 4 * d_model
+    # Given as None, these three are derived in __post_init__: after it they are always ints.
+    head_dim: int = None  # type: ignore[assignment]  # size of one head; None: d_model // n_heads
+    n_kv_heads: int = None  # type: ignore[assignment]  # K/V heads for "gqa"; derived for the rest
+    d_ff: int = None  # type: ignore[assignment]  # MLP hidden width; None: 4 * d_model
     vocab_size: int = 1000  # token ids are in [0, vocab_size)
     max_seq_len: int = 128  # positions; a decoder's context (past + new) may not exceed it
     layer_norm_eps: float = 1e-5  # epsilon of every norm (LayerNorm or RMSNorm)
     position: str = "learned"  # "learned": a table of max_seq_len rows; "rope": rotary, on the shared projections
     rope_theta: float = 10_000.0  # RoPE's base (position="rope")
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
-    norm_placement: str = "pre"  # "pre": norm before each sublayer, plus a final norm; "post": after each residual add (BERT)
+    # "pre": norm before each sublayer, plus a final norm; "post": after each residual add (BERT)
+    norm_placement: str = "pre"
     embedding_norm: bool = False  # a norm right after the embeddings (BERT)
     mlp: str = "gelu"  # "gelu" (erf), "gelu_tanh" (GPT-2's approximation), "swiglu" (silu(gate) * up, Llama)
     qkv_bias: bool = True  # biases on the Q, K and V projections

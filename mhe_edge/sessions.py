@@ -35,8 +35,10 @@ def check_provider(provider: str) -> str:
     wanted = PROVIDERS[provider]
     if wanted not in ort.get_available_providers():
         raise ProviderError(
-            f"ONNX Runtime {ort.__version__} here has no {wanted} (available: {', '.join(ort.get_available_providers())});"
-            " install the CUDA build (pip install 'mhe-edge[cuda]', or bash scripts/setup.sh --cuda) with matching CUDA and cuDNN libraries"
+            f"ONNX Runtime {ort.__version__} here has no {wanted}"
+            f" (available: {', '.join(ort.get_available_providers())});"
+            " install the CUDA build (pip install 'mhe-edge[cuda]', or bash scripts/setup.sh"
+            " --cuda) with matching CUDA and cuDNN libraries"
         )
     return wanted
 

@@ -35,7 +35,7 @@ class ParityRecord:
         return {**asdict(self), "passed": self.passed}
 
 
-def compare(
+def compare_output(
     case: str, name: str, got, want, atol: float, min_argmax_agreement: float | None = None
 ) -> ParityRecord:
     got = np.asarray(got)
@@ -192,7 +192,7 @@ def compare_runners(
             }
             got, want = candidate(feeds), reference(feeds)
             records += [
-                compare(case, name, got[name], want[name], atol, min_argmax_agreement)
+                compare_output(case, name, got[name], want[name], atol, min_argmax_agreement)
                 for name in want
             ]
             continue
@@ -215,7 +215,7 @@ def compare_runners(
                 caches[who] = {p: outputs[who][present_for(p)] for p in pasts}
             label = f"{case} (step {step})" if len(chunks) > 1 else case
             records += [
-                compare(
+                compare_output(
                     label,
                     name,
                     outputs["candidate"][name],

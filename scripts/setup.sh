@@ -18,8 +18,8 @@ python3 -m venv .venv
 if [ "$cuda" = 1 ]; then
   # onnxruntime-genai would pull the CPU wheel back in: for GPU packages install onnxruntime-genai-cuda yourself
   .venv/bin/python -m pip uninstall -q -y onnxruntime onnxruntime-genai 2>/dev/null || true
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[cuda,test]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[cuda,test,dev]"
   .venv/bin/python -c "import onnxruntime as ort; print('ONNX Runtime', ort.__version__, 'providers:', ort.get_available_providers())"
 else
-  .venv/bin/python -m pip install -q -c constraints.txt -e ".[cpu,test,genai]"
+  .venv/bin/python -m pip install -q -c constraints.txt -e ".[cpu,test,genai,dev]"
 fi

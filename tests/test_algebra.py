@@ -79,8 +79,8 @@ def folded(p, mode, mask=NO_MASK, rotate=None):
         W_O_f = p["W_O"]
         b_f = p["b_O"] + p["E_V"].reshape(N * D) @ p["W_O"]
     P = softmax(queries @ k[:, None].transpose(0, 1, 3, 2) + mask)  # [B, N, T, T]
-    O = P @ v[:, None]  # [B, N, T, D]
-    return O.transpose(0, 2, 1, 3).reshape(B, T, N * D) @ W_O_f + b_f
+    heads = P @ v[:, None]  # [B, N, T, D]
+    return heads.transpose(0, 2, 1, 3).reshape(B, T, N * D) @ W_O_f + b_f
 
 
 def max_diff(a, b):

@@ -12,7 +12,10 @@ import mhe_edge
 
 
 def test_import_is_lazy():
-    code = "import sys, mhe_edge; assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules; print(len(mhe_edge.__all__))"
+    code = (
+        "import sys, mhe_edge; assert 'torch' not in sys.modules"
+        " and 'onnxruntime' not in sys.modules; print(len(mhe_edge.__all__))"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
 

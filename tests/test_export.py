@@ -214,11 +214,11 @@ def test_cli_export_json(tmp_path, cli):
     "make_args,code,fragment",
     [
         (lambda d: [d / "notes.pt"], 3, "not an mhe-edge checkpoint"),
-        (lambda d: [d / "m.pt", "--opset", "18"], 2, "Invalid value for '--opset'"),
+        (lambda d: [d / "m.pt", "--opset", "18"], 2, "--opset must be 23 to 25, not 18"),
         (lambda d: [d / "m.pt", "-o", d / "missing" / "m.onnx"], 2, "does not exist"),
         (lambda d: [d / "m.pt", "-o", d / "m.txt"], 2, "must end in .onnx"),
         (lambda d: [d / "m.pt", "--atol", "1e-12"], 6, "ONNX Runtime disagrees with PyTorch"),
-        (lambda d: [d / "m.pt", "--atol", "0"], 2, "Invalid value for '--atol'"),
+        (lambda d: [d / "m.pt", "--atol", "0"], 2, "--atol must be 1e-12 to 1, not 0.0"),
     ],
 )
 def test_bad_export_requests(tmp_path, cli, make_args, code, fragment):

@@ -1,7 +1,12 @@
 """The registry of model families: one description per model_type, found by import alone."""
 
+import json
+import re
+
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mhe_edge.config import ModelConfig
 from mhe_edge.errors import CheckpointError
@@ -47,3 +52,63 @@ def test_gpt2_fuses_qkv_and_bert_drops_its_pooler():
     assert bert.is_ignored("pooler.dense.weight") and not bert.is_ignored(
         "embeddings.LayerNorm.weight"
     )
+
+
+LLAMA = {
+    "model_type": "llama",
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "vocab_size": 100,
+    "max_position_embeddings": 64,
+}
+
+
+@pytest.mark.parametrize(
+    "field,value,message",
+    [
+        ("num_attention_heads", 0, "num_attention_heads=0 is not a positive integer"),
+        ("rope_theta", "abc", "rope_theta='abc' is not a positive finite number"),
+        ("rope_parameters", [1], "rope_parameters=[1] is not an object"),
+        ("tie_word_embeddings", "yes", "tie_word_embeddings='yes' is not true or false"),
+        ("head_dim", 0, "head_dim=0 is not a positive integer"),
+        ("hidden_size", None, "llama config has no hidden_size"),
+    ],
+)
+def test_a_config_field_of_the_wrong_kind_is_named(tmp_path, field, value, message):
+    from mhe_edge.models.folder import read_folder
+
+    (tmp_path / "config.json").write_text(json.dumps({**LLAMA, field: value}))
+    with pytest.raises(CheckpointError, match=re.escape(message)):
+        read_folder(tmp_path)
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=4), children, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(model_type=st.sampled_from(["llama", "qwen2", "gpt2", "bert", "mhe_edge"]), data=st.data())
+def test_any_config_value_gives_a_checkpoint_error_never_a_crash(tmp_path, model_type, data):
+    """Whatever a config.json field holds, reading the folder ends in one CheckpointError (there are no
+    weights here, so no config can succeed)."""
+    from mhe_edge.models.folder import read_folder
+
+    family = families.get(model_type)
+    names = sorted(family.schema) or ["hidden_size"]
+    field = data.draw(st.sampled_from(names))
+    value = data.draw(JSON_VALUES)
+    (tmp_path / "config.json").write_text(
+        json.dumps({**LLAMA, "model_type": model_type, field: value})
+    )
+    with pytest.raises(CheckpointError):
+        read_folder(tmp_path)

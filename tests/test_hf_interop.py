@@ -3,6 +3,8 @@
 refuse what mhe-edge does not implement. transformers is used by these tests only."""
 
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -243,3 +245,44 @@ def test_imported_llama_profiles_converts_and_packages(folders, tmp_path):
     )
     packaged = package(onnx_path, tmp_path / "genai", share_buffer=True)
     assert packaged.target == "ort" and packaged.check["status"] == "passed"
+
+
+def test_a_hub_cache_snapshot_of_links_exports(tmp_path, cli):
+    """~/.cache/huggingface/hub/models--ORG--NAME/snapshots/REV/ holds relative links into ../../blobs/:
+    read through them as transformers does (writing still never follows a link)."""
+    import hashlib
+    import os
+
+    from mhe_edge import init_model
+
+    made = Path(init_model(tmp_path / "made", preset="tiny-llama").path)
+    repo = tmp_path / "hub" / "models--org--tiny"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "0123abcd"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    for file in made.iterdir():
+        data = file.read_bytes()
+        blob = blobs / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        os.symlink(os.path.relpath(blob, snapshot), snapshot / file.name)
+    result = cli("export", snapshot, "-o", tmp_path / "cached.onnx")
+    assert result.code == 0, result.stderr
+    assert all(p.is_symlink() for p in snapshot.iterdir())  # the snapshot is left as it was
+
+
+@pytest.mark.parametrize(
+    "name,shape",
+    [
+        ("transformer.h.0.attn.c_attn.weight", (48, 145)),  # an extra column
+        ("transformer.h.0.mlp.c_fc.bias", (1,)),  # would broadcast
+    ],
+)
+def test_a_gpt2_tensor_that_does_not_fit_its_config_is_refused(tmp_path, name, shape):
+    """transformers refuses these; so does the import, from the header, before a tensor is read."""
+    from safetensors.torch import load_file, save_file
+
+    FAMILIES["gpt2"]().save_pretrained(tmp_path / "m")
+    state = load_file(tmp_path / "m" / "model.safetensors")
+    save_file({**state, name: torch.zeros(shape)}, tmp_path / "m" / "model.safetensors")
+    with pytest.raises(CheckpointError, match=re.escape(f"{name} has shape {shape}")):
+        load_model(tmp_path / "m")

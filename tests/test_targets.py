@@ -48,7 +48,8 @@ def test_portable_structure_numbers_and_one_kv_head(tmp_path, attention):
         for n in proto.graph.node
         if n.op_type in ("Tile", "Expand") and "past" in "".join(n.input)
     ]
-    # per layer: attention written out (~17 ops, the padding mask included), two LayerNorms (~9 each, so NNAPI/CoreML take them), Gelu (~5)
+    # per layer: attention written out (~17 ops, the padding mask included), two LayerNorms (~9
+    # each, so NNAPI/CoreML take them), Gelu (~5)
     per_layer = (len(proto.graph.node) - len(onnx.load(path).graph.node)) / cfg.n_layers
     assert per_layer <= 56, per_layer
     matmuls = lambda p: sum(n.op_type == "MatMul" for n in onnx.load(p).graph.node)  # noqa: E731

@@ -52,7 +52,7 @@ def init(
     kv_heads: KvHeads = None,
     head_dim: HeadDim = None,
     d_ff: DFf = None,
-    vocab_size: cli_option(options.VOCAB_SIZE) = None,
+    vocab_size: Annotated[int | None, cli_option(options.VOCAB_SIZE)] = None,
     max_seq_len: MaxSeqLen = None,
     position: Position = None,
     rope_theta: RopeTheta = None,
@@ -60,14 +60,15 @@ def init(
     mlp: Mlp = None,
     tie_embeddings: TieEmbeddings = None,
     bias: Bias = None,
-    seed: cli_option(options.WEIGHT_SEED) = options.WEIGHT_SEED.default,
+    seed: Annotated[int, cli_option(options.WEIGHT_SEED)] = options.WEIGHT_SEED.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
     """Write a seeded random-weight model: a checkpoint file, or a model folder (config.json +
     model.safetensors, the Hugging Face layout) when OUTPUT has no suffix. Unset options keep the preset's.
 
-    Example: `mhe-edge init my-model --attention mhe-mul --position rope --norm rmsnorm --mlp swiglu --tie-embeddings --no-bias`
+    Example: `mhe-edge init my-model --attention mhe-mul --position rope --norm rmsnorm --mlp
+    swiglu --tie-embeddings --no-bias`
     """
     from mhe_edge.workflows.build import init_model
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -27,11 +27,13 @@ def convert(
     output: Annotated[
         Path,
         typer.Option("-o", "--output", help="The model folder to write.", show_default=False),
-    ] = ...,
-    attention: cli_option(options.CONVERT_ATTENTION) = options.CONVERT_ATTENTION.default,
-    init: cli_option(options.CONVERT_INIT) = options.CONVERT_INIT.default,
+    ] = ...,  # type: ignore[assignment]  # typer's mark for a required option
+    attention: Annotated[
+        str, cli_option(options.CONVERT_ATTENTION)
+    ] = options.CONVERT_ATTENTION.default,
+    init: Annotated[str, cli_option(options.CONVERT_INIT)] = options.CONVERT_INIT.default,
     text: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option(
             help="Score these UTF-8 files before and after (default: the held-out text a trained source records)."
         ),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -20,13 +20,14 @@ def export(
     model: Annotated[
         Path,
         typer.Argument(
-            help="What to export: a .pt or .safetensors checkpoint, or a model folder (ours, or llama, mistral, qwen2, gpt2, bert from transformers).",
+            help="What to export: a .pt or .safetensors checkpoint, or a model folder (ours, or"
+            " llama, mistral, qwen2, gpt2, bert from transformers).",
             show_default=False,
         ),
     ],
     output: OutputFile = None,
-    opset: cli_option(options.OPSET) = options.OPSET.default,
-    atol: cli_option(options.ATOL) = options.ATOL.default,
+    opset: Annotated[int, cli_option(options.OPSET)] = options.OPSET.default,
+    atol: Annotated[float, cli_option(options.ATOL)] = options.ATOL.default,
     external_data: Annotated[
         bool,
         flag(
@@ -38,7 +39,7 @@ def export(
         bool, flag("--optimize", "Then run `mhe-edge optimize` on it (writes OUTPUT.opt.onnx).")
     ] = False,
     target: Annotated[
-        Optional[str], typer.Option(help="With --optimize: std, ort or portable (default std).")
+        str | None, typer.Option(help="With --optimize: std, ort or portable (default std).")
     ] = None,
     ort_query_seqlens: Annotated[
         bool,
@@ -50,7 +51,8 @@ def export(
     force: Force = False,
     as_json: Json = False,
 ) -> None:
-    """Export a checkpoint to ONNX: MHE layers become one fused `mhe_edge.MHEAttentionAdd` or `MHEAttentionMul` node each (an ONNX
+    """Export a checkpoint to ONNX: MHE layers become one fused `mhe_edge.MHEAttentionAdd` or
+    `MHEAttentionMul` node each (an ONNX
     function any runtime can run), MHA/MQA/GQA the standard `Attention` op; decoders get KV-cache inputs and
     outputs. The file is checked (full ONNX check, ONNX Runtime vs PyTorch) before it appears.
 
@@ -104,13 +106,16 @@ def export(
 def optimize(
     model: OnnxModel,
     output: OutputFile = None,
-    target: cli_option(
-        options.TARGET,
-        help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention"
-        " (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-node,"
-        " OpenVINO).",
-    ) = options.TARGET.default,
-    opset: cli_option(options.TARGET_OPSET) = None,
+    target: Annotated[
+        str,
+        cli_option(
+            options.TARGET,
+            help="std: one standard Attention per layer (opset 23, ORT 1.23+); ort: GroupQueryAttention"
+            " (opset 21, ORT 1.20+); portable: basic ops only (opset 17, IR 8: ORT 1.16+, onnxruntime-node,"
+            " OpenVINO).",
+        ),
+    ] = options.TARGET.default,
+    opset: Annotated[int | None, cli_option(options.TARGET_OPSET)] = None,
     ort_query_seqlens: Annotated[
         bool,
         flag(
@@ -131,18 +136,20 @@ def optimize(
             "--int4", "Weight-only 4-bit MatMul weights (ONNX Runtime's MatMulNBits; std or ort)."
         ),
     ] = False,
-    int4_block_size: cli_option(options.INT4_BLOCK_SIZE) = options.INT4_BLOCK_SIZE.default,
+    int4_block_size: Annotated[
+        int, cli_option(options.INT4_BLOCK_SIZE)
+    ] = options.INT4_BLOCK_SIZE.default,
     int4_asymmetric: Annotated[
         bool,
         flag("--int4-asymmetric", "With --int4: a zero point per block too (default symmetric)."),
     ] = False,
     eval_text: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option(
             help="Judge --fp16/--int8/--int4 on these text files (default: the held-out text a trained model records)."
         ),
     ] = None,
-    max_quality_loss: cli_option(options.MAX_QUALITY_LOSS) = None,
+    max_quality_loss: Annotated[float | None, cli_option(options.MAX_QUALITY_LOSS)] = None,
     allow_quality_loss: Annotated[
         bool,
         flag(

@@ -74,7 +74,7 @@ def package(
             "past_present_share_buffer: update the cache in place (needs --target ort).",
         ),
     ] = False,
-    eos_token_id: cli_option(options.EOS_TOKEN_ID) = None,
+    eos_token_id: Annotated[int | None, cli_option(options.EOS_TOKEN_ID)] = None,
     force: Force = False,
     as_json: Json = False,
 ) -> None:

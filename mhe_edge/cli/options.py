@@ -9,7 +9,7 @@ calls: a bad value is the same RequestError (exit 2) with the same message eithe
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -22,13 +22,12 @@ def flag(name: str, help: str) -> typer.models.OptionInfo:
 
 
 def cli_option(option: Option, *names: str, help: str | None = None) -> Any:
-    """`Annotated[type, typer.Option(...)]` for `option`: its help with its bounds, checked while parsing.
-    Use as `batch: cli_option(BATCH) = BATCH.default`, so the default too is the declared one."""
+    """The typer option for `option`: its flag, its help with its bounds, its value checked while parsing.
+    Use as `batch: Annotated[int, cli_option(BATCH)] = BATCH.default`: bounds and default stay declared once
+    (the type is the one Python and typer read; `Optional[...]` where the option has no default)."""
     bounds = option.bounds_text()
     text = (help or option.help) + (f" [{bounds}]" if bounds else "")
-    kind = option.type if option.default is not None else Optional[option.type]  # noqa: UP045
-    info = typer.Option(*(names or (option.flag,)), help=text, callback=option.check)
-    return Annotated[kind, info]
+    return typer.Option(*(names or (option.flag,)), help=text, callback=option.check)
 
 
 Force = Annotated[
@@ -39,35 +38,35 @@ Json = Annotated[
     flag("--json", "Print one JSON object (the Python API's `to_dict()`), nothing else on stdout."),
 ]
 OutputFile = Annotated[
-    Optional[Path], typer.Option("-o", "--output", help="Where to write (default: beside MODEL).")
+    Path | None, typer.Option("-o", "--output", help="Where to write (default: beside MODEL).")
 ]
 OnnxModel = Annotated[Path, typer.Argument(help="An mhe-edge export (.onnx).", show_default=False)]
 DecoderModel = Annotated[Path, typer.Argument(help="A decoder export (.onnx).", show_default=False)]
-Provider = cli_option(options.PROVIDER)
-Threads = cli_option(options.THREADS)
-PrefillChunk = cli_option(options.PREFILL_CHUNK)
-Batch = cli_option(options.BATCH)
-Runs = cli_option(options.RUNS)
-NewTokens = cli_option(options.NEW_TOKENS)
-Target = cli_option(options.TARGET)
-Arch = cli_option(options.ARCH)
-Preset = cli_option(options.PRESET)
-Attention = cli_option(options.ATTENTION)
+Provider = Annotated[str, cli_option(options.PROVIDER)]
+Threads = Annotated[int | None, cli_option(options.THREADS)]
+PrefillChunk = Annotated[int | None, cli_option(options.PREFILL_CHUNK)]
+Batch = Annotated[int, cli_option(options.BATCH)]
+Runs = Annotated[int, cli_option(options.RUNS)]
+NewTokens = Annotated[int, cli_option(options.NEW_TOKENS)]
+Target = Annotated[str, cli_option(options.TARGET)]
+Arch = Annotated[str, cli_option(options.ARCH)]
+Preset = Annotated[str, cli_option(options.PRESET)]
+Attention = Annotated[str, cli_option(options.ATTENTION)]
 
 # The model's shape: `init` and `train` take the same options (unset ones keep the preset's).
-Layers = cli_option(options.LAYERS)
-DModel = cli_option(options.D_MODEL)
-Heads = cli_option(options.HEADS)
-KvHeads = cli_option(options.KV_HEADS)
-HeadDim = cli_option(options.HEAD_DIM)
-DFf = cli_option(options.D_FF)
-MaxSeqLen = cli_option(options.MAX_SEQ_LEN_OPTION)
-Position = cli_option(options.POSITION)
-RopeTheta = cli_option(options.ROPE_THETA)
-Norm = cli_option(options.NORM)
-Mlp = cli_option(options.MLP)
+Layers = Annotated[int | None, cli_option(options.LAYERS)]
+DModel = Annotated[int | None, cli_option(options.D_MODEL)]
+Heads = Annotated[int | None, cli_option(options.HEADS)]
+KvHeads = Annotated[int | None, cli_option(options.KV_HEADS)]
+HeadDim = Annotated[int | None, cli_option(options.HEAD_DIM)]
+DFf = Annotated[int | None, cli_option(options.D_FF)]
+MaxSeqLen = Annotated[int | None, cli_option(options.MAX_SEQ_LEN_OPTION)]
+Position = Annotated[str | None, cli_option(options.POSITION)]
+RopeTheta = Annotated[float | None, cli_option(options.ROPE_THETA)]
+Norm = Annotated[str | None, cli_option(options.NORM)]
+Mlp = Annotated[str | None, cli_option(options.MLP)]
 TieEmbeddings = Annotated[
-    Optional[bool],
+    bool | None,
     typer.Option(
         "--tie-embeddings/--no-tie-embeddings",
         help="The output projection reuses the token embeddings (decoders).",
@@ -76,7 +75,7 @@ TieEmbeddings = Annotated[
     ),
 ]
 Bias = Annotated[
-    Optional[bool],
+    bool | None,
     typer.Option(
         "--bias/--no-bias",
         help="Biases on the attention and MLP projections.",

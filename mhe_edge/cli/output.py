@@ -112,7 +112,8 @@ def print_optimize(report) -> None:
     )
     if lossy and quality.judged:
         out.print(
-            f"quality on {literal(quality.text)}: {quality.bits_per_byte_before:.4f} -> {quality.bits_per_byte_after:.4f}"
+            f"quality on {literal(quality.text)}: {quality.bits_per_byte_before:.4f} ->"
+            f" {quality.bits_per_byte_after:.4f}"
             f" bits per byte ({quality.change:+.4f}; threshold {quality.threshold:g})",
             highlight=False,
         )
@@ -132,7 +133,9 @@ class steps:
     """A spinner naming the running step, and a tick line per finished step (stderr; silent with --json)."""
 
     def __init__(self, title: str, quiet: bool):
-        self.title, self.quiet, self.current, self.status = title, quiet, None, None
+        self.title, self.quiet = title, quiet
+        self.current: tuple[str, float] | None = None
+        self.status: Any = None
 
     def __enter__(self):
         if not self.quiet:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -33,28 +33,29 @@ from mhe_edge.errors import RequestError
 def generate(
     model: DecoderModel,
     text: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
-            help="A text prompt (repeat for several: they run as one batch). Needs the tokenizer a trained model's export carries.",
+            help="A text prompt (repeat for several: they run as one batch). Needs the"
+            " tokenizer a trained model's export carries.",
             show_default=False,
         ),
     ] = None,
     prompt: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="Token ids instead of text, comma-separated, e.g. 3,1,4.", show_default=False
         ),
     ] = None,
-    max_new_tokens: cli_option(options.MAX_NEW) = options.MAX_NEW.default,
-    temperature: cli_option(options.TEMPERATURE) = options.TEMPERATURE.default,
-    top_k: cli_option(options.TOP_K) = options.TOP_K.default,
-    top_p: cli_option(options.TOP_P) = options.TOP_P.default,
-    repetition_penalty: cli_option(options.REPETITION_PENALTY) = (
+    max_new_tokens: Annotated[int, cli_option(options.MAX_NEW)] = options.MAX_NEW.default,
+    temperature: Annotated[float, cli_option(options.TEMPERATURE)] = options.TEMPERATURE.default,
+    top_k: Annotated[int, cli_option(options.TOP_K)] = options.TOP_K.default,
+    top_p: Annotated[float, cli_option(options.TOP_P)] = options.TOP_P.default,
+    repetition_penalty: Annotated[float, cli_option(options.REPETITION_PENALTY)] = (
         options.REPETITION_PENALTY.default
     ),
-    seed: cli_option(options.SEED) = None,
+    seed: Annotated[int | None, cli_option(options.SEED)] = None,
     stop: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             help="End a prompt's text before this string (repeatable); EOS always ends it."
         ),
@@ -97,6 +98,7 @@ def generate(
         raise RequestError("--prefill-chunk is for --prompt ids (text prompts are prefilled whole)")
     from mhe_edge.runtime.text_generation import generate_text
 
+    assert text is not None  # either --text or --prompt, checked above
     streaming = len(text) == 1 and not as_json
     if streaming:
         out.print(literal(text[0]), end="", highlight=False, soft_wrap=True)
@@ -133,11 +135,11 @@ def profile(
     model: OnnxModel,
     provider: Provider = options.PROVIDER.default,
     batch: Batch = options.BATCH.default,
-    seq_len: cli_option(options.SEQ_LEN) = None,
+    seq_len: Annotated[int | None, cli_option(options.SEQ_LEN)] = None,
     prefill_chunk: PrefillChunk = None,
     new_tokens: NewTokens = options.NEW_TOKENS.default,
     runs: Runs = options.RUNS.default,
-    warmup: cli_option(options.WARMUP) = options.WARMUP.default,
+    warmup: Annotated[int, cli_option(options.WARMUP)] = options.WARMUP.default,
     threads: Threads = None,
     copy_cache: Annotated[
         bool,
@@ -147,7 +149,7 @@ def profile(
         ),
     ] = False,
     trace: Annotated[
-        Optional[Path], typer.Option(help="Keep ONNX Runtime's Chrome trace here (.json).")
+        Path | None, typer.Option(help="Keep ONNX Runtime's Chrome trace here (.json).")
     ] = None,
     force: Force = False,
     as_json: Json = False,
@@ -239,22 +241,23 @@ def _print_profile(report) -> None:
 @command()
 def compare(
     files: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Argument(
-            help="Exports (.onnx), checkpoints or model folders (ours or imported) to compare; none: build them from --preset.",
+            help="Exports (.onnx), checkpoints or model folders (ours or imported) to compare;"
+            " none: build them from --preset.",
             show_default=False,
         ),
     ] = None,
-    preset: cli_option(options.PRESET, help="Model size when building.") = "small",
-    arch: cli_option(
-        options.ARCH, help="decoder or encoder, when building."
-    ) = options.ARCH.default,
+    preset: Annotated[str, cli_option(options.PRESET, help="Model size when building.")] = "small",
+    arch: Annotated[
+        str, cli_option(options.ARCH, help="decoder or encoder, when building.")
+    ] = options.ARCH.default,
     attention: Annotated[
         str, typer.Option(help="Kinds to build, comma-separated.")
     ] = "mha,mqa,gqa,mhe-add,mhe-mul",
     provider: Provider = options.PROVIDER.default,
     seq_lens: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="Prompt lengths, comma-separated (default: 128 and 512, those that fit the models).",
             show_default=False,
@@ -262,14 +265,17 @@ def compare(
     ] = None,
     batch: Batch = options.BATCH.default,
     new_tokens: NewTokens = options.NEW_TOKENS.default,
-    runs: cli_option(
-        options.RUNS, help="Interleaved rounds: every model is profiled once per round."
-    ) = options.RUNS.default,
+    runs: Annotated[
+        int,
+        cli_option(
+            options.RUNS, help="Interleaved rounds: every model is profiled once per round."
+        ),
+    ] = options.RUNS.default,
     prefill_chunk: PrefillChunk = None,
     target: Target = "ort",
     threads: Threads = None,
     plot: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Write a plot of peak memory and decode time vs length (.png, .svg, .pdf)."
         ),

@@ -4,7 +4,7 @@ held-out text, for a folder and the ONNX files made from it)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.table import Table
@@ -37,7 +37,7 @@ from mhe_edge.cli.options import (
 from mhe_edge.cli.output import emit, err, literal, out
 
 TextFiles = Annotated[
-    Optional[list[Path]],
+    list[Path] | None,
     typer.Argument(
         help="UTF-8 text files (default: Python's documentation text, shipped with every Python).",
         show_default=False,
@@ -56,7 +56,7 @@ def train(
             help="The run folder: the model folder, its tokenizer, checkpoints, log and loss curve.",
             show_default=False,
         ),
-    ] = ...,
+    ] = ...,  # type: ignore[assignment]  # typer's mark for a required option
     attention: Attention = options.ATTENTION.default,
     preset: Preset = options.PRESET.default,
     layers: Layers = None,
@@ -78,13 +78,13 @@ def train(
             help="bpe (byte-level BPE learned from the text), bytes (one token per byte), or a tokenizer.json path."
         ),
     ] = "bpe",
-    vocab_size: cli_option(options.BPE_VOCAB) = None,
-    steps: cli_option(options.STEPS) = None,
-    minutes: cli_option(options.MINUTES) = None,
-    seq_len: cli_option(options.TRAIN_SEQ_LEN) = None,
-    batch: cli_option(options.TRAIN_BATCH) = options.TRAIN_BATCH.default,
-    lr: cli_option(options.LR) = options.LR.default,
-    seed: cli_option(options.TRAIN_SEED) = options.TRAIN_SEED.default,
+    vocab_size: Annotated[int | None, cli_option(options.BPE_VOCAB)] = None,
+    steps: Annotated[int | None, cli_option(options.STEPS)] = None,
+    minutes: Annotated[float | None, cli_option(options.MINUTES)] = None,
+    seq_len: Annotated[int | None, cli_option(options.TRAIN_SEQ_LEN)] = None,
+    batch: Annotated[int, cli_option(options.TRAIN_BATCH)] = options.TRAIN_BATCH.default,
+    lr: Annotated[float, cli_option(options.LR)] = options.LR.default,
+    seed: Annotated[int, cli_option(options.TRAIN_SEED)] = options.TRAIN_SEED.default,
     resume: Annotated[
         bool,
         typer.Option(
@@ -94,19 +94,21 @@ def train(
         ),
     ] = False,
     provider: Provider = options.PROVIDER.default,
-    threads: cli_option(options.TORCH_THREADS) = None,
+    threads: Annotated[int | None, cli_option(options.TORCH_THREADS)] = None,
     init_from: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Uptrain: start from this model folder (e.g. from `convert`), its config and tokenizer."
         ),
     ] = None,
     teacher: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Distil from this model (same vocabulary): KL on its logits."),
     ] = None,
-    freeze_steps: cli_option(options.FREEZE_STEPS) = options.FREEZE_STEPS.default,
-    distill_weight: cli_option(options.DISTILL_WEIGHT) = options.DISTILL_WEIGHT.default,
+    freeze_steps: Annotated[int, cli_option(options.FREEZE_STEPS)] = options.FREEZE_STEPS.default,
+    distill_weight: Annotated[
+        float, cli_option(options.DISTILL_WEIGHT)
+    ] = options.DISTILL_WEIGHT.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -222,13 +224,13 @@ def evaluate(
         ),
     ],
     text: Annotated[
-        Optional[list[Path]],
+        list[Path] | None,
         typer.Option(
             help="Score these UTF-8 files (default: the first model's held-out training text)."
         ),
     ] = None,
-    window: cli_option(options.SCORE_WINDOW) = None,
-    batch: cli_option(options.SCORE_BATCH) = options.SCORE_BATCH.default,
+    window: Annotated[int | None, cli_option(options.SCORE_WINDOW)] = None,
+    batch: Annotated[int, cli_option(options.SCORE_BATCH)] = options.SCORE_BATCH.default,
     provider: Provider = options.PROVIDER.default,
     threads: Threads = None,
     as_json: Json = False,

@@ -1,6 +1,7 @@
 """Attention cores used while tracing: they emit fused ONNX ops instead of computing in PyTorch.
 
-`mhe_core` emits one `mhe_edge.MHEAttentionAdd` or `MHEAttentionMul` node per layer; `standard_core` emits the standard ONNX
+`mhe_core` emits one `mhe_edge.MHEAttentionAdd` or `MHEAttentionMul` node per layer;
+`standard_core` emits the standard ONNX
 `Attention` (opset 23) for MHA, MQA and GQA, in its 3-D form so no head transposes surround it.
 """
 

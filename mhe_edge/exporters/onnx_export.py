@@ -100,19 +100,20 @@ def export(
             f" (the first with the standard Attention op) to {supported_opsets()[-1]}"
         )
     from_path = isinstance(model, (str, os.PathLike))
+    model_path = Path(model) if isinstance(model, (str, os.PathLike)) else None
     if output is None:
-        if not from_path:
+        if model_path is None:
             raise RequestError("give an output path when exporting a model object")
-        output = Path(model).with_suffix(".onnx")
+        output = model_path.with_suffix(".onnx")
     target = check_output(
-        output, force=force, suffixes=(".onnx",), inputs=[model] if from_path else []
+        output, force=force, suffixes=(".onnx",), inputs=[model_path] if model_path else []
     )
     seconds: dict[str, float] = {}
     step = timed_steps(seconds, on_step)
 
     with step("load"):
         source = "<module>"
-        if from_path:
+        if isinstance(model, (str, os.PathLike)):
             from mhe_edge.models import load_model
 
             source = str(model)
@@ -195,7 +196,8 @@ def _carried_text(source: str | None, tokenizer: str | os.PathLike | None) -> di
         try:
             carried[contract.KEY_TOKENIZER] = load_tokenizer(folder).to_json()
         except CheckpointError:
-            pass  # a folder from elsewhere (a Llama tokenizer without <|endoftext|>): the export still works, without text
+            # a folder from elsewhere (a Llama tokenizer without <|endoftext|>): the export still works, without text
+            pass
     record = folder / RECORD_FILE if folder is not None else None
     if record is not None and record.is_file() and record.stat().st_size < 10_000_000:
         try:

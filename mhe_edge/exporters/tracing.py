@@ -1,9 +1,11 @@
-"""Trace a model to ONNX with torch.export, keeping MHE attention as one `mhe_edge.MHEAttentionAdd`/`MHEAttentionMul` node per layer."""
+"""Trace a model to ONNX with torch.export, keeping MHE attention as one"
+" `mhe_edge.MHEAttentionAdd`/`MHEAttentionMul` node per layer."""
 
 from __future__ import annotations
 
 import logging
 import warnings
+from typing import Any
 
 import torch
 from torch import nn
@@ -16,7 +18,8 @@ from mhe_edge.models import Transformer, use_attention_core
 
 
 class DecoderWithFlatCache(nn.Module):
-    """The decoder with its cache as flat tensors: (input_ids, attention_mask, k0, v0, k1, v1, ...) -> (logits, k0', v0', ...)."""
+    """The decoder with its cache as flat tensors: (input_ids, attention_mask, k0, v0, k1, v1,"
+    " ...) -> (logits, k0', v0', ...)."""
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -54,9 +57,11 @@ def example_inputs(config: ModelConfig, batch: int = 2, seq: int = 3, past: int 
 
 
 def trace(model: Transformer, opset: int):
-    """The traced graph as an onnx_ir Model; MHE layers are `mhe_edge.MHEAttention{Add,Mul}` nodes (see attach_mhe_function)."""
+    """The traced graph as an onnx_ir Model; MHE layers are `mhe_edge.MHEAttention{Add,Mul}`"
+    " nodes (see attach_mhe_function)."""
     config = model.config
     batch, seq = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    dynamic_shapes: tuple[Any, ...]
     if config.arch == "encoder":
         wrapper: nn.Module = EncoderWithMask(model)
         dynamic_shapes = ({0: batch, 1: seq}, {0: batch, 1: seq})
@@ -81,10 +86,11 @@ def trace(model: Transformer, opset: int):
             optimize=True,
             verbose=False,
         )
-    model = program.model
+    assert program is not None  # dynamo=True always returns the program
+    ir_model = program.model
     if config.arch == "decoder":
-        _name_mask_length(model)
-    return model
+        _name_mask_length(ir_model)
+    return ir_model
 
 
 def _name_mask_length(ir_model) -> None:

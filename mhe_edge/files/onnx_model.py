@@ -129,7 +129,7 @@ def read_header(path: str | os.PathLike) -> OnnxHeader:
     check_tensor_sizes(proto, path)
     check_io_matches_config(proto, config, path.name)
     header = OnnxHeader(path, config, props, proto)
-    header.float_dtype  # parses and checks the I/O layout now, not in the middle of a command
+    _ = header.float_dtype  # parses and checks the I/O layout now, not in the middle of a command
     return header
 
 

@@ -2,7 +2,8 @@
 
 The module projects (and, with RoPE, rotates the projections: for MHE the *shared* query and key, before
 any head embedding, which keeps MHE exactly foldable) and then hands the projections to an *attention
-core*, which concatenates the cache, forms the heads and applies softmax attention. The reference core below computes MHE per head,
+core*, which concatenates the cache, forms the heads and applies softmax attention. The reference
+core below computes MHE per head,
 exactly as the paper defines it (no folding). The exporter swaps in a core that emits ONNX ops instead
 (see `use_attention_core`), so the projections, shapes and cache handling exist once.
 """
@@ -48,7 +49,7 @@ class SelfAttention(nn.Module):
 
     def head_embeddings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         assert self.is_mhe
-        return self.q_head_embeddings, self.k_head_embeddings, self.v_head_embeddings
+        return self.q_head_embeddings, self.k_head_embeddings, self.v_head_embeddings  # type: ignore[return-value]
 
     def forward(
         self,

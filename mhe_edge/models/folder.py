@@ -35,10 +35,6 @@ MAX_JSON_BYTES = 10_000_000
 LOADABLE_DTYPES = ("F32", "F16", "BF16")
 
 
-def is_model_folder(path: str | os.PathLike) -> bool:
-    return Path(path).is_dir()
-
-
 def save_folder(model, folder: str | os.PathLike, *, force: bool = False) -> Path:
     """Write `model` as a model folder; whole or not at all, replacing only a folder mhe-edge wrote."""
     from safetensors import SafetensorError
@@ -81,8 +77,8 @@ def read_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch
     hf = _read_json(folder / CONFIG_FILE, folder.name)
     family = families.get(hf.get("model_type"))
     try:
-        config = family.read_config(hf)
-    except (ConfigError, TypeError, KeyError) as exc:
+        config = family.config(hf)
+    except (ConfigError, TypeError, KeyError, ValueError, ArithmeticError) as exc:
         raise CheckpointError(
             f"{folder.name}/{CONFIG_FILE} does not describe a model mhe-edge can build: {first_line(exc)}"
         ) from exc
@@ -99,10 +95,10 @@ def read_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch
 
 
 def _read_json(path: Path, folder: str) -> dict[str, Any]:
-    if path.is_symlink():
-        raise CheckpointError(
-            f"{folder}/{path.name} is a symbolic link; only plain files inside the folder are read"
-        )
+    # A link to a plain file is read through, as every Hugging Face tool does (a hub cache snapshot is a
+    # folder of links into its blobs); a device, a FIFO or a link to one is not a plain file.
+    if path.exists() and not path.is_file():
+        raise CheckpointError(f"{folder}/{path.name} is not a plain file; refused")
     if not path.is_file():
         raise CheckpointError(
             f"{folder} has no {path.name}; a model folder needs config.json and safetensors weights"
@@ -139,7 +135,7 @@ def _weight_files(folder: Path) -> list[Path]:
             or "/" in name
             or "\\" in name
             or name in ("", ".", "..")
-            or path.is_symlink()
+            or (path.exists() and not path.is_file())  # links to plain files are read through
         ):
             raise CheckpointError(
                 f"{folder.name}: weight file {name!r} is not a plain file inside the folder; refused"
@@ -194,14 +190,15 @@ def _check_names(folder: str, family: families.Family, config: ModelConfig, head
         raise CheckpointError(
             f"{folder} has {len(unexpected)} tensor(s) its config does not, e.g. {unexpected[0]}"
         )
-    if family.stores_our_shapes:
-        for key, shape in ours.items():
-            name = family.source_name(key)
-            stored = headers[name][2]
-            if list(shape) != stored:
-                raise CheckpointError(
-                    f"{folder}: {name} has shape {tuple(stored)}, its config needs {tuple(shape)}"
-                )
+    for name, shape in family.expected_shapes(ours).items():
+        stored = headers[name][2]
+        if len(stored) != len(shape) or any(
+            w is not None and w != s for w, s in zip(shape, stored)
+        ):
+            wanted = tuple("any" if w is None else w for w in shape)
+            raise CheckpointError(
+                f"{folder}: {name} has shape {tuple(stored)}, its config needs {wanted}"
+            )
 
 
 def _load(

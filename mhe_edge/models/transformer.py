@@ -94,7 +94,8 @@ class Transformer(nn.Module):
         Positions are past_len, past_len + 1, ... unless `position_ids` (B, T) says otherwise (left padding)."""
         T = input_ids.shape[1]
         positions = (
-            torch.arange(past_len, past_len + T, device=input_ids.device)
+            # symbolic while tracing: torch.arange takes SymInts, its stubs do not say so
+            torch.arange(past_len, past_len + T, device=input_ids.device)  # type: ignore[arg-type]
             if position_ids is None
             else position_ids
         )  # (T,) or (B, T)
@@ -132,6 +133,8 @@ class Encoder(Transformer):
 class DecoderOutput(tuple):
     """(logits, past_key_values), as a decoder has always returned, with `.loss` when labels were given
     (transformers' `outputs.loss`, `outputs.logits`, `outputs.past_key_values`)."""
+
+    loss: torch.Tensor | None
 
     def __new__(
         cls, logits: torch.Tensor, past_key_values: list[KVCache], loss: torch.Tensor | None = None
@@ -225,7 +228,7 @@ class Decoder(Transformer):
         )
         mask = attention_mask
         logits, cache = self(input_ids, attention_mask=mask)
-        tokens = []
+        tokens: list[torch.Tensor] = []
         while len(tokens) < max_new_tokens and not picker.finished:
             nxt = torch.as_tensor(
                 picker.pick(logits[:, -1].float().numpy()), device=input_ids.device

@@ -82,6 +82,14 @@ def ints(graph: ir.Graph, base_name: str, values: list[int]) -> ir.Value:
     return add_initializer(graph, base_name, np.asarray(values, dtype=np.int64))
 
 
+def input_of(node: ir.Node, index: int) -> ir.Value:
+    """The node's input at `index`, or a refusal when that optional input is absent."""
+    value = node.inputs[index] if index < len(node.inputs) else None
+    if value is None:
+        raise GraphRefused(f"{node.name or node.op_type} has no input {index}")
+    return value
+
+
 class NewNodes(list):
     """The nodes a rewrite creates, in order, for `ir.convenience.replace_nodes_and_values`.
     `emit` creates one and returns its output (its outputs, when it has several)."""

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mhe_edge.contract import DOMAIN
-from mhe_edge.passes._graph import GraphRefused, NewNodes, add_initializer, ints
+from mhe_edge.passes._graph import GraphRefused, NewNodes, add_initializer, input_of, ints
 
 
 class DecomposeAttentionPass(ir.passes.InPlacePass):
@@ -27,7 +27,7 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
             )
         for node in _attention_nodes(model.graph):
             where = node.name or "an Attention node"
-            query = node.inputs[0]
+            query = input_of(node, 0)
             if query.shape is not None and len(query.shape) != 3:
                 raise GraphRefused(
                     f"{where} uses the 4-D input form; only the 3-D form is decomposed"
@@ -107,7 +107,7 @@ class DecomposeAttentionPass(ir.passes.InPlacePass):
         k_t = emit(
             "Unsqueeze", [emit("Transpose", [k], {"perm": [0, 1, 3, 2]}), axis2]
         )  # (B, g, 1, d, S)
-        dtype = _numpy_dtype(query)
+        dtype = _numpy_dtype(input_of(node, 0))
         scores = emit("MatMul", [q, k_t])  # (B, g, n/g, T, S)
         if scale != 1.0:  # a folded MHE-MUL carries its scale in the query constant already
             scores = emit(

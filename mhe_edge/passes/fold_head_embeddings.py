@@ -64,7 +64,7 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
                 value
             ) in replaced:  # the head embeddings and the unfolded projection: now dead weight
                 if value.is_initializer() and not value.uses() and not value.is_graph_output():
-                    del graph.initializers[value.name]
+                    del graph.initializers[value.name]  # type: ignore[arg-type]  # initializers are named
         if nodes and not any(n.domain == DOMAIN for n in graph):
             for key in [k for k in model.functions if k[0] == DOMAIN]:
                 del model.functions[key]
@@ -83,7 +83,7 @@ class FoldHeadEmbeddingsPass(ir.passes.InPlacePass):
         is_causal = node.attributes["is_causal"].as_int()
         where = node.name or f"an {node.op_type} node"
         d = e_q.shape[1]
-        dtype = ir.convenience.get_const_tensor(e_q_in).numpy().dtype
+        dtype = constant_array(e_q_in, f"{where}: query head embeddings").dtype
         replaced = [e_q_in, e_k_in, e_v_in, attn_bias]
         w_o = constant_array(out_matmul.inputs[1], f"{where}: output projection").astype(
             np.float64
@@ -197,9 +197,8 @@ def _foldable(node: ir.Node):
                 if bias_add.inputs[0] is out_matmul.outputs[0]
                 else bias_add.inputs[0]
             )
-            if (
-                ir.convenience.get_const_tensor(bias) is None
-            ):  # the residual add: this projection has no bias
+            if bias is None or ir.convenience.get_const_tensor(bias) is None:
+                # the residual add: this projection has no bias
                 bias_add = None
     return mode, n, embeddings, out_matmul, bias_add
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from mhe_edge.contract import ATTENTION_MASK, DOMAIN, MS_DOMAIN
-from mhe_edge.passes._graph import GraphRefused, NewNodes, TargetRefused, ints
+from mhe_edge.passes._graph import GraphRefused, NewNodes, TargetRefused, input_of, ints
 
 
 class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
@@ -31,11 +31,12 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
                 "the graph still has mhe_edge MHE attention nodes; fold the head embeddings first"
             )
         for node in self._to_lower(model.graph):
-            past_key = node.inputs[4]
+            past_key = input_of(node, 4)
             head_size = past_key.shape[-1] if past_key.shape is not None else None
             if not isinstance(head_size, int) or head_size % 8:
                 raise TargetRefused(
-                    f"GroupQueryAttention needs a head size that is a multiple of 8 (this model's is {head_size}); use --target std"
+                    f"GroupQueryAttention needs a head size that is a multiple of 8 (this model's"
+                    f" is {head_size}); use --target std"
                 )
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
@@ -72,7 +73,8 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
             and inputs[4] is not None
             and inputs[5] is not None  # a cache
             and len(node.outputs) >= 3
-            and (node.inputs[0].shape is None or len(node.inputs[0].shape) == 3)  # the 3-D form
+            and inputs[0] is not None
+            and (inputs[0].shape is None or len(inputs[0].shape) == 3)  # the 3-D form
             and attrs.get("softcap") is None
             and attrs.get("qk_matmul_output_mode") is None
         )
@@ -82,7 +84,7 @@ class LowerToGroupQueryAttentionPass(ir.passes.InPlacePass):
         query, key, value, _, past_key, past_value = list(node.inputs)[:6]
         n = node.attributes["q_num_heads"].as_int()
         g = node.attributes["kv_num_heads"].as_int()
-        attributes = {"num_heads": n, "kv_num_heads": g}
+        attributes: dict[str, int | float] = {"num_heads": n, "kv_num_heads": g}
         if node.attributes.get("scale") is not None:
             attributes["scale"] = node.attributes["scale"].as_float()
         prefix = (node.name or "attention").replace("/", "_")

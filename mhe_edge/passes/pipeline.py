@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ def optimize(
     opset: int | None = None,
     ort_query_seqlens: bool = False,
     force: bool = False,
-    eval_text: list[str | os.PathLike] | None = None,
+    eval_text: Sequence[str | os.PathLike] | None = None,
     max_quality_loss: float | None = None,
     allow_quality_loss: bool = False,
     on_step: Callable[[str], None] | None = None,
@@ -201,7 +201,9 @@ def optimize(
                     max_loss=max_quality_loss,
                     allow_loss=allow_quality_loss,
                 )
-            if fp16 and not quality.judged:  # no text to judge by: the numbers must stay close
+            if (
+                fp16 and quality is not None and not quality.judged
+            ):  # no text to judge by: the numbers must stay close
                 records = check(FP16_ATOL, min_argmax_agreement=FP16_MIN_ARGMAX)
                 raise_on_failures(records, "the fp16 model disagrees with its input")
             elif (
@@ -230,7 +232,7 @@ def optimize(
 
 def _own_error(exc: BaseException) -> BaseException:
     """The pass manager wraps errors twice; surface ours (one clear line) when it is the cause."""
-    cause = exc
+    cause: BaseException | None = exc
     while cause is not None and not isinstance(cause, MheEdgeError):
         cause = cause.__cause__ or cause.__context__
     return cause if cause is not None else ModelFileError(f"a graph pass failed: {exc}")

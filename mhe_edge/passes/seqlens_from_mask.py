@@ -48,9 +48,8 @@ class SeqlensFromAttentionMaskPass(ir.passes.InPlacePass):
         last = ir.node("Sub", [valid.outputs[0], ints(graph, "mask_one", [1])])
         seqlens_k = ir.node("Cast", [last.outputs[0]], {"to": ir.DataType.INT32})
         length = ir.node("Shape", [mask], {"start": 1, "end": 2})
-        total = ir.node(
-            "Cast", [ir.node("Squeeze", [length.outputs[0]]).outputs[0]], {"to": ir.DataType.INT32}
-        )
+        squeezed = ir.node("Squeeze", [length.outputs[0]])
+        total = ir.node("Cast", [squeezed.outputs[0]], {"to": ir.DataType.INT32})
         new_len = ir.node("Shape", [graph.inputs[0]], {"start": 1, "end": 2})  # input_ids: [T]
         past_len = ir.node("Sub", [length.outputs[0], new_len.outputs[0]])  # [total - T]
         new_nodes = [
@@ -58,13 +57,13 @@ class SeqlensFromAttentionMaskPass(ir.passes.InPlacePass):
             last,
             seqlens_k,
             length,
-            total.inputs[0].producer(),
+            squeezed,
             total,
             new_len,
             past_len,
         ]
         graph.insert_before(next(iter(graph)), new_nodes)
-        past_inputs = {v for v in graph.inputs if v.name.startswith(PAST_PREFIX)}
+        past_inputs = {v for v in graph.inputs if (v.name or "").startswith(PAST_PREFIX)}
         for node in [n for n in graph if n.op_type == "Shape" and n.inputs[0] in past_inputs]:
             start, end = (node.attributes.get(k) for k in ("start", "end"))
             if start is not None and start.as_int() == 2 and end is not None and end.as_int() == 3:

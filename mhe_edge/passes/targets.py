@@ -1,12 +1,17 @@
 """The optimize targets: which passes each runs, at which opset, and the oldest ONNX Runtime that loads it.
 
 | target   | attention                                   | opset (allowed) | ONNX Runtime | for |
-| std      | one standard Attention per layer            | 23 (as exported)| >= 1.23      | current runtimes, OpenVINO >= 2026.3 |
-| ort      | com.microsoft.GroupQueryAttention (decoders)| 21 (17-21)      | >= 1.20      | the ORT builds apps ship; 1.32 with query_seqlens |
-| portable | written out in basic ops, no functions      | 17 (17-22)      | >= 1.16      | ORT 1.16+, onnxruntime-node, OpenVINO, onnx.reference |
+| std      | one standard Attention per layer            | 23 (as exported)| >= 1.23      | current
+runtimes, OpenVINO >= 2026.3 |
+| ort      | com.microsoft.GroupQueryAttention (decoders)| 21 (17-21)      | >= 1.20      | the ORT
+builds apps ship; 1.32 with query_seqlens |
+| portable | written out in basic ops, no functions      | 17 (17-22)      | >= 1.16      | ORT
+1.16+, onnxruntime-node, OpenVINO, onnx.reference |
 """
 
 from __future__ import annotations
+
+import onnx_ir as ir
 
 from mhe_edge.contract import MIN_ORT_FOR_OPSET
 from mhe_edge.errors import RequestError
@@ -64,7 +69,7 @@ def build_passes(
     int4: bool = False,
     int4_block_size: int = 32,
     int4_symmetric: bool = True,
-) -> list:
+) -> list[ir.passes.PassBase]:
     """The pass list for a target and precision, in order (each pass one file in mhe_edge/passes/)."""
     from mhe_edge.passes.cleanup import CleanupPass
     from mhe_edge.passes.fold_head_embeddings import FoldHeadEmbeddingsPass
@@ -76,7 +81,7 @@ def build_passes(
         raise RequestError(
             "--int4 writes com.microsoft.MatMulNBits (ONNX Runtime only): use --target ort or std, not portable"
         )
-    passes = [FoldHeadEmbeddingsPass()]
+    passes: list[ir.passes.PassBase] = [FoldHeadEmbeddingsPass()]
     if target == "ort":
         from mhe_edge.passes.lower_to_ort import LowerToGroupQueryAttentionPass
 

@@ -18,6 +18,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -40,14 +41,15 @@ from mhe_edge.sessions import create_session
 from mhe_edge.text.sampling import SamplingOptions, TokenPicker
 
 
-class KVCache(dict):
-    """A decoder's cache: OrtValues by past input name, how many positions it holds (`length`), and whether
+class SessionCache(dict):
+    """A decoder's cache in an ONNX Runtime session (the PyTorch models' is
+    models.attention.KVCache): OrtValues by past input name, how many positions it holds (`length`), and whether
     they are preallocated buffers updated in place (`capacity` positions each) or replaced every step."""
 
     def __init__(self, values: dict, length: int = 0, capacity: int | None = None):
         super().__init__(values)
         self.length, self.capacity = length, capacity
-        self.binding = None  # in place: (IO binding, logits buffer), reused while the step length stays the same
+        self.binding: Any = None  # in place: (IO binding, logits buffer), reused while the step length stays the same
 
     @property
     def in_place(self) -> bool:
@@ -126,7 +128,8 @@ class ExportedModel:
             raise RequestError(f"the number of new tokens must not be negative, not {new_tokens}")
         if ids.shape[1] + new_tokens > self.config.max_seq_len:
             raise RequestError(
-                f"{ids.shape[1]} prompt + {new_tokens} new tokens exceed the model's max_seq_len {self.config.max_seq_len}"
+                f"{ids.shape[1]} prompt + {new_tokens} new tokens exceed the model's max_seq_len"
+                f" {self.config.max_seq_len}"
             )
         return ids.astype(np.int64)
 
@@ -162,7 +165,7 @@ class ExportedModel:
 
     def empty_cache(
         self, batch: int, capacity: int | None = None, in_place: bool | None = None
-    ) -> KVCache:
+    ) -> SessionCache:
         """An empty cache: preallocated buffers of `capacity` positions when the file updates its cache in place
         (and `in_place` is not False), else tensors of length 0 that each step replaces."""
         cfg = self.config
@@ -187,13 +190,13 @@ class ExportedModel:
                 )
                 for n in self.past_names
             }
-            return KVCache(buffers, 0, capacity)
+            return SessionCache(buffers, 0, capacity)
         empty = np.zeros((batch, cfg.kv_heads, 0, cfg.head_dim), self.float_dtype)
-        return KVCache({name: self._ortvalue(empty) for name in self.past_names})
+        return SessionCache({name: self._ortvalue(empty) for name in self.past_names})
 
     def step(
-        self, ids: np.ndarray, cache: KVCache, mask: np.ndarray | None = None
-    ) -> tuple[np.ndarray, KVCache]:
+        self, ids: np.ndarray, cache: SessionCache, mask: np.ndarray | None = None
+    ) -> tuple[np.ndarray, SessionCache]:
         """One decoder call: ids (B, T) int64, the cache and the attention mask over past + new tokens (default:
         all ones) -> logits (B, T, V) and the cache holding T more positions (the same buffers, when in place)."""
         total = cache.length + ids.shape[1]
@@ -207,7 +210,7 @@ class ExportedModel:
             return self._step_in_place(ids, cache, mask, total)
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_IDS, self._ortvalue(ids.astype(np.int64)))
-        if self.takes_mask:
+        if self.takes_mask and mask is not None:  # set above whenever the model takes one
             binding.bind_ortvalue_input(ATTENTION_MASK, self._ortvalue(mask.astype(np.int64)))
         for name in self.past_names:
             binding.bind_ortvalue_input(name, cache[name])
@@ -219,11 +222,11 @@ class ExportedModel:
         with self._running():
             self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()  # in binding order: logits, then one present per past
-        return outputs[0].numpy(), KVCache(dict(zip(self.past_names, outputs[1:])), total)
+        return outputs[0].numpy(), SessionCache(dict(zip(self.past_names, outputs[1:])), total)
 
     def _step_in_place(
-        self, ids: np.ndarray, cache: KVCache, mask: np.ndarray, total: int
-    ) -> tuple[np.ndarray, KVCache]:
+        self, ids: np.ndarray, cache: SessionCache, mask: np.ndarray | None, total: int
+    ) -> tuple[np.ndarray, SessionCache]:
         """A step on preallocated buffers: the present is the past's own buffer, so the kernel writes the new
         positions into it. The binding (and the logits buffer, per step length) is kept on the cache and
         reused: a decode step rebinds only its ids and mask."""
@@ -245,18 +248,21 @@ class ExportedModel:
             )  # the host reads them
             binding.bind_ortvalue_output(LOGITS, logits)
             cache.binding = (binding, logits)
-        feeds = [ids.astype(np.int64)] + ([mask.astype(np.int64)] if self.takes_mask else [])
+        feeds = [ids.astype(np.int64)]
+        if self.takes_mask and mask is not None:
+            feeds.append(mask.astype(np.int64))
         binding.bind_ortvalue_input(INPUT_IDS, self._ortvalue(feeds[0]))
         if self.takes_mask:
             binding.bind_ortvalue_input(ATTENTION_MASK, self._ortvalue(feeds[1]))
         with self._running():
             self.session.run_with_iobinding(binding)
         cache.length = total
+        assert logits is not None  # made with the binding, or kept with it
         return logits.numpy().copy(), cache
 
     def prefill(
         self, ids: np.ndarray, chunk: int | None = None, capacity: int | None = None
-    ) -> tuple[np.ndarray, KVCache]:
+    ) -> tuple[np.ndarray, SessionCache]:
         """Run the prompt (in chunks of `chunk` tokens, if given); returns the last position's logits and the
         cache, preallocated for `capacity` positions where the file updates it in place."""
         if chunk is not None and chunk < 1:

@@ -50,7 +50,8 @@ class ProfileReport(Result):
     kv_cache_bytes: int  # the cache at its final length
     model_file_bytes: int
     parameter_bytes: int
-    cache: str = "copied"  # "in place": one preallocated buffer per layer (GroupQueryAttention); "copied": present -> past
+    # "in place": one preallocated buffer per layer (GroupQueryAttention); "copied": present -> past
+    cache: str = "copied"
     bandwidth_floor: dict[str, Any] | None = (
         None  # decoders on the CPU: the bytes a step must read, at the measured bandwidth
     )
@@ -164,7 +165,7 @@ def profile(
             one_run(record=True)
             if on_progress:
                 on_progress("measure", warmup + i + 1, total)
-    if provider == "cuda":
+    if device_memory is not None:
         peak = device_memory.peak
         source = (
             "NVML device memory"

@@ -37,11 +37,9 @@ class _StreamedText:
     """Each row's text so far, released only up to complete characters (byte-level tokens can split one)."""
 
     def __init__(self, tokenizer, rows: int):
-        self.tokenizer, self.ids, self.shown = (
-            tokenizer,
-            [[] for _ in range(rows)],
-            ["" for _ in range(rows)],
-        )
+        self.tokenizer = tokenizer
+        self.ids: list[list[int]] = [[] for _ in range(rows)]
+        self.shown = ["" for _ in range(rows)]
 
     def add(self, row: int, token: int) -> str:
         self.ids[row].append(token)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,7 +57,7 @@ def builtin_documents() -> list[str]:
     return [pydoc_data.topics.topics[key] for key in sorted(pydoc_data.topics.topics)]
 
 
-def read_text_files(paths: list[str | os.PathLike]) -> tuple[list[str], list[dict[str, Any]]]:
+def read_text_files(paths: Sequence[str | os.PathLike]) -> tuple[list[str], list[dict[str, Any]]]:
     """The files' text, checked: present, regular, within the size limit, UTF-8."""
     files = [Path(p) for p in paths]
     for path in files:
@@ -106,7 +107,7 @@ def split_held_out(documents: list[str]) -> tuple[list[str], str]:
     return [d for d in train if d], "".join(h if h.endswith("\n") else h + "\n" for h in held if h)
 
 
-def load_corpus(text_files: list[str | os.PathLike] | None = None) -> Corpus:
+def load_corpus(text_files: Sequence[str | os.PathLike] | None = None) -> Corpus:
     """The user's text files, or the builtin Python documentation text, split into training and held-out text."""
     if text_files:
         documents, sources = read_text_files(text_files)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +20,8 @@ from mhe_edge.text.scoring import LogitsFn, TextScore, score
 # tiny decoder (README, "Quality"): fp16 changes held-out bits per byte by ~1e-5, int8 dynamic quantization
 # by ~7e-5; the defaults leave room for larger models, and stop a broken conversion (a tenth of a bit or more).
 DEFAULT_MAX_LOSS = {"fp16": 0.005, "int8": 0.02, "int4": 0.1}
-MAX_SCORED_BYTES = 200_000  # the gate scores at most this much text (the held-out split of the default corpus is ~22 KB)
+# the gate scores at most this much text (the held-out split of the default corpus is ~22 KB)
+MAX_SCORED_BYTES = 200_000
 
 
 def session_logits(session, config) -> LogitsFn:
@@ -39,7 +41,7 @@ def session_logits(session, config) -> LogitsFn:
     return run
 
 
-def read_eval_text(files: list[str | os.PathLike]) -> str:
+def read_eval_text(files: Sequence[str | os.PathLike]) -> str:
     """The given text files, whole, for scoring."""
     from mhe_edge.text.corpus import read_text_files
 
@@ -48,7 +50,7 @@ def read_eval_text(files: list[str | os.PathLike]) -> str:
 
 
 def held_out_text(
-    metadata: dict[str, str], eval_text: list[str | os.PathLike] | None
+    metadata: dict[str, str], eval_text: Sequence[str | os.PathLike] | None
 ) -> tuple[str, str] | None:
     """(text, where it came from): the files given, else the held-out split of the training text the export
     records; None when neither exists (a random-weight model: its quality cannot be judged)."""
@@ -129,7 +131,7 @@ def judge_quality(
     base = score_text(session_logits(before, config), tokenizer, text[0], window).bits_per_byte
     lossy = score_text(session_logits(after, config), tokenizer, text[0], window).bits_per_byte
     check = QualityCheck(True, "", text[1], base, lossy, threshold, allow_loss)
-    if check.change > threshold and not allow_loss:
+    if lossy - base > threshold and not allow_loss:  # check.change
         raise ParityError(
             f"{step} costs {check.change:+.4f} bits per byte on {text[1]} ({base:.4f} -> {lossy:.4f}),"
             f" beyond the threshold {threshold}; nothing was written (--allow-quality-loss writes it anyway)"

@@ -85,7 +85,8 @@ def score(
     batch: int = 8,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> TextScore:
-    """Score a model (any callable from ids to logits: PyTorch or ONNX Runtime) on `ids`, the tokens of a text of `n_bytes` bytes."""
+    """Score a model (any callable from ids to logits: PyTorch or ONNX Runtime) on `ids`, the"
+    " tokens of a text of `n_bytes` bytes."""
     if not ids:
         raise RequestError("the text is empty after tokenization; nothing to score")
     parts = windows(ids, start_id, window)

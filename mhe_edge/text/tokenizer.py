@@ -23,7 +23,6 @@ END_OF_TEXT = "<|endoftext|>"
 MAX_TOKENIZER_BYTES = (
     100_000_000  # a 256K-token BPE vocabulary is ~20 MB; anything larger is not a tokenizer
 )
-BYTE_VOCAB = 257  # 256 bytes and <|endoftext|>
 
 
 class TextTokenizer:
@@ -84,7 +83,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int) -> TextTokenizer:
     """Byte-level BPE learned from `texts`, with at most `vocab_size` tokens (fewer if the text runs out of merges)."""
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
-    BPE_VOCAB.check(vocab_size)  # at least BYTE_VOCAB: the 256 bytes and END_OF_TEXT come first
+    BPE_VOCAB.check(vocab_size)  # at least the 256 bytes and END_OF_TEXT
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer, backend.decoder, backend.post_processor = _byte_level_parts()
     trainer = trainers.BpeTrainer(

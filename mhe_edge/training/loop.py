@@ -104,7 +104,8 @@ def param_groups(model, weight_decay: float) -> list[dict[str, Any]]:
     Head embeddings are per-head scales (MUL) and shifts (ADD), like a norm's gain and bias: decaying them
     pulls MUL's toward 0 and ADD's toward 0, i.e. toward heads that see nothing or all the same thing.
     """
-    decay, keep = [], []
+    decay: list[torch.nn.Parameter] = []
+    keep: list[torch.nn.Parameter] = []
     for name, parameter in model.named_parameters():
         (decay if parameter.dim() >= 2 and not name.endswith("head_embeddings") else keep).append(
             parameter

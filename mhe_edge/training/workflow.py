@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +48,7 @@ class TrainReport(Result):
 
 def train(
     output: str | os.PathLike,
-    text_files: list[str | os.PathLike] | None = None,
+    text_files: Sequence[str | os.PathLike] | None = None,
     *,
     attention: str = "mhe-mul",
     preset: str = "tiny",

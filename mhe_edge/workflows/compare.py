@@ -174,9 +174,10 @@ def compare(
         configs = {path: read_header(path).config for _, path in models}
         if files and seq_lens is None:
             seq_lens = _fitting_lengths(min(c.max_seq_len for c in configs.values()), new_tokens)
+        assert seq_lens is not None  # given, or fitted to the models just above
         samples: dict[tuple[Path, int], list[dict[str, Any]]] = {}
         for round_index in range(runs):  # interleaved: every model once per round
-            for source, path in models:
+            for _, path in models:
                 for seq_len in seq_lens:
                     say(
                         f"round {round_index + 1}/{runs}: profile {configs[path].attention} at {seq_len} tokens"

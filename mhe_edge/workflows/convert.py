@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,7 +59,7 @@ def convert(
     *,
     attention: str = "mhe-mul",
     init: str = "svd",
-    text: list[str | os.PathLike] | None = None,
+    text: Sequence[str | os.PathLike] | None = None,
     force: bool = False,
     on_step: Callable[[str], None] | None = None,
 ) -> ConvertReport:

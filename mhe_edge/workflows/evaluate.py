@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,8 +39,8 @@ class EvalReport(Result):
 
 
 def evaluate(
-    models: list[str | os.PathLike],
-    text: list[str | os.PathLike] | None = None,
+    models: Sequence[str | os.PathLike],
+    text: Sequence[str | os.PathLike] | None = None,
     *,
     window: int | None = None,
     batch: int = 8,

@@ -157,7 +157,8 @@ def _check_text(source: Path, stage: Path, tokenizer) -> dict[str, Any]:
     ids, text = genai_text(stage, CHECK_TEXT, CHECK_NEW_TOKENS)
     if ids != tokenizer.encode(CHECK_TEXT):
         raise ParityError(
-            f"onnxruntime-genai's tokenizer encodes {CHECK_TEXT!r} as {ids}, mhe-edge's as {tokenizer.encode(CHECK_TEXT)}"
+            f"onnxruntime-genai's tokenizer encodes {CHECK_TEXT!r} as {ids}, mhe-edge's as"
+            f" {tokenizer.encode(CHECK_TEXT)}"
         )
     ours = generate_text(source, CHECK_TEXT, max_new_tokens=CHECK_NEW_TOKENS).generations[0].text
     if text != ours:

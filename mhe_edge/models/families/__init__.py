@@ -13,14 +13,14 @@ import importlib
 import pkgutil
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from mhe_edge.config import ModelConfig
 from mhe_edge.errors import CheckpointError
-from mhe_edge.models.families.naming import inverse, rename
+from mhe_edge.models.families.naming import check_schema, inverse, rename
 
 Rules = list[tuple[str, str]]
 
@@ -34,12 +34,22 @@ class Family:
     ignored: re.Pattern | None = None
     # the folder's tensors have our modules' shapes, so shapes are checked from the headers by name
     stores_our_shapes: bool = True
+    # otherwise: the shape each folder tensor must have for a model whose state has these shapes
+    # (None for a dimension the config leaves free)
+    shapes: Callable[[dict[str, torch.Size]], dict[str, tuple[int | None, ...]]] | None = None
     # the output head's name, which a checkpoint with tied embeddings may store beside the table
     tied_head: str | None = None
     # the folder's name set for a model whose state has these names (default: each of ours renamed)
     expected: Callable[[dict[str, torch.Size]], set[str]] | None = None
     # the folder's tensors -> ours, rewritten exactly where the layouts differ (default: renamed back)
     to_ours: Callable[[dict[str, torch.Tensor], ModelConfig], dict[str, torch.Tensor]] | None = None
+    # config.json's fields and their kinds (naming.KINDS), checked before the config is read
+    schema: dict[str, str] = field(default_factory=dict)
+
+    def config(self, hf: dict[str, Any]) -> ModelConfig:
+        """The ModelConfig of a parsed config.json, its fields' kinds checked first."""
+        check_schema(hf, self.model_type, self.schema)
+        return self.read_config(hf)
 
     def source_name(self, ours: str) -> str:
         """Our tensor name as this family's folders name it (for messages and for writing)."""
@@ -49,6 +59,12 @@ class Family:
         if self.expected is not None:
             return self.expected(ours)
         return {self.source_name(k) for k in ours}
+
+    def expected_shapes(self, ours: dict[str, torch.Size]) -> dict[str, tuple[int | None, ...]]:
+        """Each folder tensor's shape, checked from the headers before any tensor is read."""
+        if self.stores_our_shapes:
+            return {self.source_name(k): tuple(v) for k, v in ours.items()}
+        return self.shapes(ours) if self.shapes is not None else {}
 
     def is_ignored(self, name: str) -> bool:
         return bool(self.ignored and self.ignored.match(name))
@@ -65,7 +81,7 @@ class Family:
 _FAMILIES: dict[str, Family] = {}
 
 
-def family(model_type: str, names: Rules, **description: Any):
+def family(model_type: str, names: Rules, **description: Any) -> Callable:
     """Register the decorated config reader as `model_type`'s family, with its naming and rewrites."""
 
     def register(read_config: Callable[[dict[str, Any]], ModelConfig]):

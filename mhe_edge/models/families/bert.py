@@ -39,8 +39,32 @@ def _to_ours(source: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, 
     BERT_NAMES,
     ignored=re.compile(r"^(pooler\..*|embeddings\.position_ids)$"),  # not part of last_hidden_state
     stores_our_shapes=False,
+    # our tensors as they are, and the token-type table: any number of types, of the model's width
+    shapes=lambda ours: {
+        **{rename(k, BERT_NAMES): tuple(v) for k, v in ours.items()},
+        TOKEN_TYPES: (None, ours["tok_emb.weight"][1]),
+    },
     expected=lambda ours: {rename(k, BERT_NAMES) for k in ours} | {TOKEN_TYPES},
     to_ours=_to_ours,
+    schema={
+        **{
+            name: "positive int, required"
+            for name in (
+                "num_hidden_layers",
+                "hidden_size",
+                "num_attention_heads",
+                "intermediate_size",
+                "vocab_size",
+                "max_position_embeddings",
+            )
+        },
+        "layer_norm_eps": "positive number",
+        "hidden_act": "text",
+        "position_embedding_type": "text",
+        **{name: "bool" for name in ("is_decoder", "add_cross_attention")},
+        "bos_token_id": "token ids",
+        "eos_token_id": "token ids",
+    },
 )
 def bert(hf: dict) -> ModelConfig:
     require(

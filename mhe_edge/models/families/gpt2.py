@@ -35,6 +35,22 @@ def _expected(ours: dict[str, torch.Size]) -> set[str]:
     return names
 
 
+def _shapes(ours: dict[str, torch.Size]) -> dict[str, tuple[int | None, ...]]:
+    """Conv1D weights are stored (in, out), and Q/K/V fused into one (in, 3 * out) Conv1D."""
+    shapes: dict[str, tuple[int | None, ...]] = {}
+    for name, shape in ours.items():
+        qkv = re.match(r"blocks\.(\d+)\.attn\.q_proj\.(weight|bias)$", name)
+        if qkv:
+            i, kind = qkv.groups()
+            fused = (shape[1], 3 * shape[0]) if kind == "weight" else (3 * shape[0],)
+            shapes[f"transformer.h.{i}.attn.c_attn.{kind}"] = fused
+        elif not re.search(r"\.attn\.[kv]_proj\.", name):
+            stored = rename(name, GPT2_NAMES)
+            conv1d = re.search(r"\.(c_proj|c_fc)\.weight$", stored)
+            shapes[stored] = (shape[1], shape[0]) if conv1d else tuple(shape)
+    return shapes
+
+
 def _to_ours(source: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, torch.Tensor]:
     state = {}
     for name, tensor in source.items():
@@ -59,8 +75,29 @@ def _to_ours(source: dict[str, torch.Tensor], config: ModelConfig) -> dict[str, 
     # the tied head, and old causal-mask buffers
     ignored=re.compile(r"^(lm_head\.weight|transformer\.h\.\d+\.attn\.(masked_)?bias)$"),
     stores_our_shapes=False,
+    shapes=_shapes,
     expected=_expected,
     to_ours=_to_ours,
+    schema={
+        **{
+            name: "positive int, required"
+            for name in ("n_embd", "n_layer", "n_head", "vocab_size", "n_positions")
+        },
+        "n_inner": "positive int",
+        "layer_norm_epsilon": "positive number",
+        "activation_function": "text",
+        **{
+            name: "bool"
+            for name in (
+                "tie_word_embeddings",
+                "scale_attn_weights",
+                "scale_attn_by_inverse_layer_idx",
+                "add_cross_attention",
+            )
+        },
+        "bos_token_id": "token ids",
+        "eos_token_id": "token ids",
+    },
 )
 def gpt2(hf: dict) -> ModelConfig:
     require(

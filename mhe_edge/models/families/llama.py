@@ -64,17 +64,45 @@ def _llama_like(hf: dict, model_type: str) -> ModelConfig:
     return ModelConfig(**with_special_tokens(hf, fields))
 
 
-@family("llama", LLAMA_NAMES, tied_head="lm_head.weight")
+SCHEMA = {
+    **{
+        name: "positive int, required"
+        for name in (
+            "num_attention_heads",
+            "num_hidden_layers",
+            "hidden_size",
+            "intermediate_size",
+            "vocab_size",
+            "max_position_embeddings",
+        )
+    },
+    "num_key_value_heads": "positive int",
+    "head_dim": "positive int",
+    "sliding_window": "positive int",
+    "rms_norm_eps": "positive number",
+    "rope_theta": "positive number",
+    "rope_parameters": "mapping",
+    "rope_scaling": "mapping",
+    "hidden_act": "text",
+    "pretraining_tp": "int",
+    **{name: "bool" for name in ("tie_word_embeddings", "attention_bias", "mlp_bias")},
+    "use_sliding_window": "bool",
+    "bos_token_id": "token ids",
+    "eos_token_id": "token ids",
+}
+
+
+@family("llama", LLAMA_NAMES, tied_head="lm_head.weight", schema=SCHEMA)
 def llama(hf: dict) -> ModelConfig:
     return _llama_like(hf, "llama")
 
 
-@family("mistral", LLAMA_NAMES, tied_head="lm_head.weight")
+@family("mistral", LLAMA_NAMES, tied_head="lm_head.weight", schema=SCHEMA)
 def mistral(hf: dict) -> ModelConfig:
     return _llama_like(hf, "mistral")
 
 
-@family("qwen2", LLAMA_NAMES, tied_head="lm_head.weight")
+@family("qwen2", LLAMA_NAMES, tied_head="lm_head.weight", schema=SCHEMA)
 def qwen2(hf: dict) -> ModelConfig:
     """Qwen2: biases on the Q/K/V projections, none on the output projection."""
     return _llama_like(hf, "qwen2")

@@ -58,7 +58,19 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     return hf
 
 
-@family(MODEL_TYPE, LLAMA_NAMES)
+@family(
+    MODEL_TYPE,
+    LLAMA_NAMES,
+    schema={
+        **{hf_name: "positive int" for ours, hf_name in HF_FIELDS.items() if "token" not in ours},
+        "tie_word_embeddings": "bool",
+        "rms_norm_eps": "positive number",
+        "layer_norm_epsilon": "positive number",
+        "rope_theta": "positive number",
+        "bos_token_id": "token ids",
+        "eos_token_id": "token ids",
+    },
+)
 def config_from_ours(hf: dict[str, Any]) -> ModelConfig:
     fields = {ours: hf[hf_name] for ours, hf_name in HF_FIELDS.items() if hf_name in hf}
     fields.update({name: hf[f"mhe_edge_{name}"] for name in OUR_FIELDS if f"mhe_edge_{name}" in hf})

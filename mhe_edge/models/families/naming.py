@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -75,3 +76,54 @@ def attention_kind(n_heads: int, kv_heads: int) -> dict[str, Any]:
     if kv_heads == 1:
         return {"attention": "mqa"}
     return {"attention": "gqa", "n_kv_heads": kv_heads}
+
+
+# -- config.json schemas: each field's kind, checked before a family reads the config --------------------
+REQUIRED = "required"  # a mark in a kind: the field must be present
+
+
+def positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def positive_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def token_ids(value: Any) -> bool:
+    """An id, a list of ids (several end-of-sequence tokens) or null."""
+    ids = value if isinstance(value, list) else [value]
+    return all(v is None or (isinstance(v, int) and not isinstance(v, bool)) for v in ids)
+
+
+KINDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "positive int": (positive_int, "a positive integer"),
+    "positive number": (positive_number, "a positive finite number"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "text": (lambda v: isinstance(v, str), "a string"),
+    "mapping": (lambda v: isinstance(v, dict), "an object"),
+    "token ids": (token_ids, "a token id or a list of them"),
+    "int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+}
+
+
+def check_schema(hf: dict, model_type: str, schema: dict[str, str]) -> None:
+    """Every field of `schema` ("positive int", "bool", ...; "positive int, required") present when required
+    and of its kind when given; null counts as absent for optional fields. One CheckpointError naming the field."""
+    for field, kind in schema.items():
+        name, _, required = kind.partition(", ")
+        value = hf.get(field)
+        if value is None:
+            if required == REQUIRED:
+                raise CheckpointError(f"{model_type} config has no {field}")
+            continue
+        ok, wanted = KINDS[name]
+        if not ok(value):
+            raise CheckpointError(
+                f"{model_type} config field {field}={value!r:.60} is not {wanted}"
+            )
