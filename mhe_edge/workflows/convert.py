@@ -105,7 +105,8 @@ def convert(
             (stage / "training.json").write_text(json.dumps(record, indent=2) + "\n")
             files.append("training.json")
         _check_loads(stage, target)
-    held_out, note = None, tokenizer_note or ""
+    held_out = None
+    note = tokenizer_note or "no held-out score: the source records no training text; give --text"
     if text_plan is not None:
         step("score held-out text")
         held_out = _score(Path(source), folder, text_plan)
