@@ -46,6 +46,7 @@ _LAZY = {
     "train": "mhe_edge.training.workflow",
     "tokenize": "mhe_edge.training.tokenize",
     "evaluate": "mhe_edge.workflows.evaluate",
+    "convert": "mhe_edge.workflows.convert",
     "generate_text": "mhe_edge.runtime.text_generation",
     # building blocks
     "TrainOptions": "mhe_edge.training.loop",
@@ -74,6 +75,7 @@ _LAZY = {
     "TrainReport": "mhe_edge.training.workflow",
     "TokenizeReport": "mhe_edge.training.tokenize",
     "EvalReport": "mhe_edge.workflows.evaluate",
+    "ConvertReport": "mhe_edge.workflows.convert",
     "TextGenerationReport": "mhe_edge.runtime.text_generation",
 }
 

@@ -203,6 +203,22 @@ MLP = Option("mlp", "The MLP.", None, str, choices=MLPS)
 VOCAB_SIZE = Option("vocab_size", "Vocabulary size.", None, int, 1, LIMITS["vocab_size"])
 WEIGHT_SEED = Option("seed", "Seed for the random weights.", 0, int, 0, 2**32 - 1)
 
+# -- converting a pretrained model (`convert`) ----------------------------------------------------------
+CONVERT_ATTENTION = Option(
+    "attention",
+    "mhe-mul, mhe-add, or mqa (the GQA paper's mean-pooled baseline: queries kept, one KV head).",
+    "mhe-mul",
+    str,
+    choices=("mhe-mul", "mhe-add", "mqa"),
+)
+CONVERT_INIT = Option(
+    "init",
+    "svd: the best least-squares fit MHE can express; mean: mean pooling, neutral embeddings.",
+    "svd",
+    str,
+    choices=("svd", "mean"),
+)
+
 # -- training and scoring text --------------------------------------------------------------------------
 BPE_VOCAB = Option(
     "vocab_size", "BPE vocabulary (default: the preset's).", None, int, 257, 1_000_000
@@ -254,6 +270,17 @@ TRAIN_SEED = Option(
 )
 TORCH_THREADS = Option(
     "threads", "PyTorch threads (default: PyTorch's choice).", None, int, 1, 1024
+)
+FREEZE_STEPS = Option(
+    "freeze_steps",
+    "Uptraining: train only the converted attention (Q/K/V, head embeddings) for the first steps.",
+    0,
+    int,
+    0,
+    10_000_000,
+)
+DISTILL_WEIGHT = Option(
+    "distill_weight", "With --teacher: the KL's share of the loss.", 0.5, float, 0.0, 1.0
 )
 SCORE_WINDOW = Option(
     "window", "Tokens of context per scoring window (default: min(max_seq_len, 256)).", None, int,

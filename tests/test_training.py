@@ -199,6 +199,45 @@ def test_grad_accum_equals_the_larger_batch(tmp_path):
     assert max((a - b).abs().max() for a, b in zip(whole.parameters(), other.parameters())) > 1e-3
 
 
+def test_uptraining_accumulates_the_kl_like_the_loss_and_freezes_before_the_step(tmp_path):
+    """With a teacher and a freeze, grad-accum 2 at batch 4 still ends at batch 8's weights (the KL is
+    averaged over the micro-batches as the cross-entropy is); the freeze keeps every tensor but the converted
+    attention at its start, and the teacher changes the run."""
+    from mhe_edge.training.uptraining import CONVERTED
+
+    ids = _text_ids()
+    teacher = _model("mha").eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    options = dict(steps=6, seq_len=32, lr=3e-3, eval_every=1000, checkpoint_every=1000)
+    uptraining = dict(freeze_steps=3, distill_weight=0.7)
+    ends = {}
+    for name, shape, extra in (
+        ("whole", dict(batch=8), uptraining),
+        ("accum", dict(batch=4, grad_accum=2), uptraining),
+        ("frozen", dict(batch=8), dict(uptraining, steps=3)),
+        ("alone", dict(batch=8), {}),
+    ):
+        model = _model("mhe-mul")
+        (tmp_path / name).mkdir()
+        run_options = TrainOptions(**{**options, **shape, **extra})
+        with_teacher = teacher if extra else None
+        state = run_training(
+            model, ids, ids[:500], run_options, tmp_path / name, teacher=with_teacher
+        )
+        ends[name] = (model.state_dict(), state["log"])
+    (whole, whole_log), (accum, accum_log) = ends["whole"], ends["accum"]
+    for name, value in whole.items():
+        torch.testing.assert_close(value, accum[name], atol=1e-4, rtol=0, msg=name)
+    assert abs(whole_log[-1]["loss"] - accum_log[-1]["loss"]) < 1e-5
+    start = _model("mhe-mul").state_dict()
+    frozen = ends["frozen"][0]
+    moved = {k for k in start if not torch.equal(start[k], frozen[k])}
+    assert moved and all(CONVERTED.match(k) for k in moved), sorted(moved)
+    assert any(not CONVERTED.match(k) and not torch.equal(start[k], whole[k]) for k in start)
+    assert abs(ends["alone"][1][0]["loss"] - whole_log[0]["loss"]) > 1e-3  # the KL is in the loss
+
+
 def _stop_at(step):
     def on_step(info):
         if info.step == step:

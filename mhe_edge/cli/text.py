@@ -102,6 +102,20 @@ def train(
     ] = False,
     provider: Provider = options.PROVIDER.default,
     threads: Annotated[int | None, cli_option(options.TORCH_THREADS)] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Uptrain: start from this model folder (e.g. from `convert`), its config and tokenizer."
+        ),
+    ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(help="Distil from this model (same vocabulary): KL on its logits."),
+    ] = None,
+    freeze_steps: Annotated[int, cli_option(options.FREEZE_STEPS)] = options.FREEZE_STEPS.default,
+    distill_weight: Annotated[
+        float, cli_option(options.DISTILL_WEIGHT)
+    ] = options.DISTILL_WEIGHT.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -109,7 +123,8 @@ def train(
     `generate --text` and `package` need. Ctrl-C saves a checkpoint; `--resume` continues it.
 
     Example: `mhe-edge train -o my-model --attention mhe-mul --preset tiny` (Python's own docs; about half a
-    minute on 2 cores), then `mhe-edge eval my-model`.
+    minute on 2 cores), then `mhe-edge eval my-model`. Uptrain a converted model:
+    `mhe-edge train -o up --init-from my-model-mhe --teacher my-model --freeze-steps 50 --steps 300`.
     """
     from rich.progress import (
         BarColumn,
@@ -138,6 +153,8 @@ def train(
         seed=seed,
         provider=provider,
         threads=threads,
+        freeze_steps=freeze_steps,
+        distill_weight=distill_weight,
     )
     options = {name: value for name, value in values.items() if name in given}
 
@@ -182,6 +199,8 @@ def train(
             force=force,
             on_step=on_step,
             on_stage=on_stage,
+            init_from=init_from,
+            teacher=teacher,
             **shape_overrides(
                 layers,
                 d_model,

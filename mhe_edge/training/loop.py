@@ -22,6 +22,7 @@ from mhe_edge import options as declared
 from mhe_edge.errors import ProviderError, RequestError, TrainingInterrupted
 from mhe_edge.training.checkpoints import save_training_state
 from mhe_edge.training.distributed import World
+from mhe_edge.training.uptraining import drop_frozen_gradients, uptraining_loss
 
 DEFAULT_STEPS = 1000
 MAX_STEPS = int(declared.STEPS.high or 0)  # a run bounded by minutes plans this many
@@ -51,6 +52,10 @@ class TrainOptions:
     checkpoint_every: int = declared.CHECKPOINT_EVERY.default
     provider: str = "cpu"  # "cpu", or "cuda" (bf16 autocast)
     threads: int | None = None  # PyTorch threads on the CPU (default: PyTorch's choice)
+    # uptraining: the first steps train only the converted attention tensors
+    freeze_steps: int = declared.FREEZE_STEPS.default
+    # with a teacher: loss = (1 - this) * cross-entropy + this * KL
+    distill_weight: float = declared.DISTILL_WEIGHT.default
 
     def check(self) -> None:
         """RequestError (exit 2, as the CLI) naming the first option out of its declared bounds."""
@@ -71,7 +76,13 @@ class TrainOptions:
             (declared.CHECKPOINT_EVERY, self.checkpoint_every),
             (declared.PROVIDER, self.provider),
             (declared.TORCH_THREADS, self.threads),
+            (declared.FREEZE_STEPS, self.freeze_steps),
+            (declared.DISTILL_WEIGHT, self.distill_weight),
         )
+        if self.freeze_steps > self.total_steps:
+            raise RequestError(
+                f"--freeze-steps {self.freeze_steps} is more than the run's {self.total_steps} steps"
+            )
 
     @property
     def total_steps(self) -> int:
@@ -172,6 +183,7 @@ def run_training(
     optimizer=None,
     on_step: Callable[[StepInfo], None] | None = None,
     extra_state: dict[str, Any] | None = None,
+    teacher=None,
 ) -> dict[str, Any]:
     """Train `model` in place; returns the final state (step, elapsed, log). Ctrl-C saves a checkpoint first."""
     from mhe_edge.models.attention import fast_attention, use_attention_core
@@ -184,6 +196,8 @@ def run_training(
     model.to(device).train()
     world = World.current()
     net = world.wrap(model, device)
+    if teacher is not None:  # each process runs it on its own rows: not wrapped, it never steps
+        teacher.to(device)
     if optimizer is None:
         optimizer = make_optimizer(model, options)
     total = options.total_steps
@@ -220,7 +234,11 @@ def run_training(
                     group["lr"] = lr
                 optimizer.zero_grad(set_to_none=True)
                 rows = batch_at(train_ids, step, options, seq_len, world.size)
-                loss = _accumulate(net, rows, options, world, device, autocast)
+                loss = _accumulate(net, teacher, rows, options, world, device, autocast)
+                if (
+                    step < options.freeze_steps
+                ):  # after DDP's averaging, before clipping and the step
+                    drop_frozen_gradients(model)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
                 optimizer.step()
                 step += 1
@@ -261,10 +279,14 @@ def run_training(
     return {"step": step, "elapsed": elapsed, "log": log, "seq_len": seq_len}
 
 
-def _accumulate(net, rows: np.ndarray, options: TrainOptions, world, device, autocast) -> float:
+def _accumulate(
+    net, teacher, rows: np.ndarray, options: TrainOptions, world, device, autocast
+) -> float:
     """Forward and backward this process's share of `rows`, micro-batch by micro-batch; the gradients end
     as those of the mean loss over all the rows (each micro-batch's mean loss / grad_accum, averaged over
-    processes by DDP). Returns this process's mean loss."""
+    processes by DDP). With a teacher the loss is uptraining's (cross-entropy and the KL to the teacher,
+    each a mean per predicted token, so the KL is averaged exactly like the cross-entropy). Returns this
+    process's mean loss."""
     share = options.batch * options.grad_accum
     mine = rows[world.rank * share : (world.rank + 1) * share]
     total = 0.0
@@ -275,7 +297,8 @@ def _accumulate(net, rows: np.ndarray, options: TrainOptions, world, device, aut
         last = index == options.grad_accum - 1
         with world.no_sync(net, last):  # DDP averages gradients once, after the last micro-batch
             with autocast:
-                loss = net(micro, labels=micro).loss / options.grad_accum
+                loss = uptraining_loss(net, teacher, micro, options.distill_weight)
+                loss = loss / options.grad_accum
             loss.backward()
         total += float(loss.detach())
     return total

@@ -19,7 +19,8 @@ from mhe_edge.files import FOLDER_MARKER, check_output
 from mhe_edge.text.corpus import RECORD_FILE, Corpus, read_training_record
 from mhe_edge.text.shards import Shards
 from mhe_edge.training.loop import TrainOptions, row_length
-from mhe_edge.training.record import resumed_options, tokenizer_fingerprint
+from mhe_edge.training.record import flag_of, resumed_options, tokenizer_fingerprint
+from mhe_edge.training.uptraining import model_fingerprint
 
 TOKENIZER_KINDS = ("bpe", "bytes")
 
@@ -34,6 +35,8 @@ class Plan:
     resumed: bool
     train_ids: Any  # the training documents, each followed by <|endoftext|> (array or TokenStream)
     held_ids: np.ndarray  # the held-out text
+    initial: Any = None  # a new run's starting model (`--init-from`); None: seeded random weights
+    teacher: Any = None  # the model distilled from (`--teacher`), frozen; None: no KL term
 
 
 def checked_options(options: TrainOptions | Mapping[str, Any] | None) -> TrainOptions:
@@ -61,29 +64,50 @@ def new_plan(
     overrides: dict[str, Any],
     force: bool,
     stage: Callable[[str], None],
+    init_from: str | os.PathLike | None = None,
+    teacher: str | os.PathLike | None = None,
 ) -> Plan:
     from mhe_edge.text.corpus import load_corpus
     from mhe_edge.text.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
+    from mhe_edge.training.uptraining import starting_point
 
     options = checked_options(options)
     given_tokenizer = tokenizer is not None
+    named = {"attention": attention, "preset": preset, "tokenizer": tokenizer}
     attention, preset, tokenizer = attention or "mhe-mul", preset or "tiny", tokenizer or "bpe"
     text_files = list(text_files or [])
     inputs = text_files + ([] if tokenizer in TOKENIZER_KINDS else [tokenizer])
+    inputs += [p for p in (init_from, teacher) if p is not None]
     check_output(folder, force=force, folder=True, inputs=inputs)
-    requested = preset_config(preset, attention=attention, **overrides)  # refused before reading
+    initial = None
+    if init_from is not None:  # the folder's config and tokenizer: asking for others is refused
+        given = {**named, "vocab_size": vocab_size, **overrides}
+        initial, init_tokenizer = starting_point(
+            Path(init_from), [flag_of(k) for k, v in given.items() if v is not None]
+        )
+        requested = initial.config
+    else:
+        # a bad config is refused before any text is read
+        requested = preset_config(preset, attention=attention, **overrides)
+    if teacher is not None and not Path(teacher).exists():
+        raise RequestError(f"--teacher {str(teacher)!r} does not exist")
     stage("text")
     shards = _shards_of(text_files)
     if shards is not None:  # shards come with their tokenizer
         if vocab_size is not None:
             raise RequestError("--vocab-size: token shards come with their tokenizer; drop it")
-        text_tokenizer = _shards_tokenizer(shards, tokenizer if given_tokenizer else None)
+        if initial is not None:
+            text_tokenizer = _shards_tokenizer(shards, None, init_tokenizer, "--init-from's")
+        else:
+            text_tokenizer = _shards_tokenizer(shards, tokenizer if given_tokenizer else None)
         tokenizer = "shards"
         corpus: Corpus = ShardCorpus.of(shards)
     else:
         corpus = load_corpus(text_files or None)
         stage("tokenizer")
-        if tokenizer == "bpe":
+        if initial is not None:
+            text_tokenizer = init_tokenizer
+        elif tokenizer == "bpe":
             text_tokenizer = train_bpe(corpus.documents, vocab_size or requested.vocab_size)
         elif tokenizer == "bytes":
             text_tokenizer = byte_tokenizer()
@@ -94,7 +118,11 @@ def new_plan(
         "bos_token_id": text_tokenizer.bos_token_id,
         "eos_token_id": text_tokenizer.eos_token_id,
     }
-    config = preset_config(preset, attention=attention, **{**overrides, **specials})
+    if initial is not None:
+        config, preset, tokenizer = initial.config, None, "init-from"
+    else:
+        config = preset_config(preset, attention=attention, **{**overrides, **specials})
+    teacher_model = _teacher(teacher, config.vocab_size) if teacher is not None else None
     record = {
         "config": config.to_dict(),
         "corpus": corpus.record(),
@@ -105,7 +133,7 @@ def new_plan(
             "overrides": {k: v for k, v in overrides.items() if v is not None},
         },
         "tokenizer": {
-            "kind": tokenizer if tokenizer in (*TOKENIZER_KINDS, "shards") else "file",
+            "kind": tokenizer if tokenizer in (*TOKENIZER_KINDS, "shards", "init-from") else "file",
             "vocab_size": text_tokenizer.vocab_size,
             "requested_vocab_size": (vocab_size or requested.vocab_size)
             if tokenizer == "bpe"
@@ -113,9 +141,19 @@ def new_plan(
             "sha256": tokenizer_fingerprint(text_tokenizer),
         },
     }
+    if initial is not None:  # by name and fingerprint (no paths): --resume refuses another one
+        record["init_from"] = Path(init_from or "").resolve().name
+        record["init_from_sha256"] = model_fingerprint(initial)
+    if teacher_model is not None:
+        # read again by --resume: relative to the run folder as named (no absolute paths are recorded)
+        record["teacher"] = os.path.relpath(Path(teacher or "").resolve(), folder.resolve())
+        record["teacher_sha256"] = model_fingerprint(teacher_model)
     if shards is not None:
-        return _streamed(record, options, config, shards, corpus, resumed=False)
-    return _encoded(record, options, config, text_tokenizer, corpus, resumed=False, stage=stage)
+        plan = _streamed(record, options, config, shards, corpus, resumed=False)
+    else:
+        plan = _encoded(record, options, config, text_tokenizer, corpus, resumed=False, stage=stage)
+    plan.initial, plan.teacher = initial, teacher_model
+    return _checked_teacher(plan)
 
 
 def resume_plan(
@@ -128,7 +166,10 @@ def resume_plan(
     options,
     overrides: dict[str, Any],
     stage: Callable[[str], None],
+    init_from: str | os.PathLike | None = None,
+    teacher: str | os.PathLike | None = None,
 ) -> Plan:
+    from mhe_edge.models import load_model
     from mhe_edge.text.corpus import corpus_from_record, load_corpus
     from mhe_edge.text.tokenizer import load_tokenizer
 
@@ -157,6 +198,19 @@ def resume_plan(
         "vocab_size": vocab_size,
     }
     requested.update({k: v for k, v in {**named, **overrides}.items() if v is not None})
+    where = f"{folder.name}/{RECORD_FILE}"
+    try:
+        config = ModelConfig.from_dict(record["config"])
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{where}: config: {first_line(exc)}") from exc
+    if init_from is not None:  # its weights only ever started the run: the same one, or refused
+        if not Path(init_from).exists():
+            raise RequestError(f"--init-from {str(init_from)!r} does not exist")
+        requested["init_from"] = model_fingerprint(load_model(Path(init_from)))
+    teacher_model = None
+    if teacher is not None:
+        teacher_model = _teacher(teacher, config.vocab_size)
+        requested["teacher"] = model_fingerprint(teacher_model)
     shards = _shards_of(list(text_files or []))
     trained_on_shards = record["corpus"].get("kind") == "shards"
     if trained_on_shards and shards is None:
@@ -169,17 +223,58 @@ def resume_plan(
         _shards_tokenizer(shards, None, run_tokenizer)
     elif text_files:
         requested["text"] = [_sha256(Path(p)) for p in text_files]
-    where = f"{folder.name}/{RECORD_FILE}"
     resumed = resumed_options(record, where, requested, run_tokenizer, processes())
-    try:
-        config = ModelConfig.from_dict(record["config"])
-    except (ConfigError, TypeError, ValueError) as exc:
-        raise CheckpointError(f"{where}: config: {first_line(exc)}") from exc
+    if teacher_model is None and record.get("teacher") is not None:
+        teacher_model = _recorded_teacher(folder, record, where, config.vocab_size)
     stage("text")
     if shards is not None:
-        return _streamed(record, resumed, config, shards, ShardCorpus.of(shards), resumed=True)
-    corpus = load_corpus(text_files) if text_files else corpus_from_record(record["corpus"])
-    return _encoded(record, resumed, config, run_tokenizer, corpus, resumed=True, stage=stage)
+        plan = _streamed(record, resumed, config, shards, ShardCorpus.of(shards), resumed=True)
+    else:
+        corpus = load_corpus(text_files) if text_files else corpus_from_record(record["corpus"])
+        plan = _encoded(record, resumed, config, run_tokenizer, corpus, resumed=True, stage=stage)
+    plan.teacher = teacher_model
+    return _checked_teacher(plan)
+
+
+def _teacher(path, vocab_size):
+    """The teacher at `path` (checked: a decoder over the student's vocabulary)."""
+    from mhe_edge.training.uptraining import load_teacher
+
+    if not Path(path).exists():
+        raise RequestError(f"--teacher {str(path)!r} does not exist")
+    return load_teacher(Path(path), vocab_size)
+
+
+def _recorded_teacher(folder: Path, record: dict[str, Any], where: str, vocab_size: int):
+    """The teacher a resumed run was trained with, read again from its recorded place and refused when it
+    is gone or is no longer the model it was (its fingerprint)."""
+    relative = record["teacher"]
+    if not isinstance(relative, str) or not record.get("teacher_sha256"):
+        raise CheckpointError(f"{where}: the teacher's record is damaged")
+    path = folder / relative
+    if not path.exists():
+        raise RequestError(
+            f"the run's teacher ({relative}, relative to the run) is gone: give it with --teacher"
+        )
+    teacher = _teacher(path, vocab_size)
+    if model_fingerprint(teacher) != record["teacher_sha256"]:
+        raise RequestError(
+            f"the run's teacher ({relative}) changed since the run started; a resumed run keeps its"
+            " teacher: give the original with --teacher, or start a new run with --force"
+        )
+    return teacher
+
+
+def _checked_teacher(plan: Plan) -> Plan:
+    """The teacher must see every training row: refused now when its positions are fewer."""
+    if plan.teacher is not None:
+        seq_len = row_length(plan.options, plan.config, len(plan.train_ids))
+        if plan.teacher.config.max_seq_len < seq_len:
+            raise RequestError(
+                f"the teacher reads at most {plan.teacher.config.max_seq_len} tokens, fewer than the"
+                f" rows of {seq_len}: give --seq-len {plan.teacher.config.max_seq_len} or less"
+            )
+    return plan
 
 
 def _encoded(record, options, config, tokenizer, corpus, *, resumed: bool, stage) -> Plan:
@@ -213,8 +308,11 @@ def _shards_of(text_files: list) -> Shards | None:
     return open_shards(text_files[0])
 
 
-def _shards_tokenizer(shards: Shards, requested: str | None, run_tokenizer=None):
-    """The shards' tokenizer, refused when it is not the one asked for (or the resumed run's)."""
+def _shards_tokenizer(
+    shards: Shards, requested: str | None, run_tokenizer=None, whose: str = "the run's"
+):
+    """The shards' tokenizer, refused when it is not the one asked for (or `run_tokenizer`: the resumed
+    run's, or the starting point's)."""
     from mhe_edge.text.tokenizer import byte_tokenizer, load_tokenizer
 
     if run_tokenizer is not None:
@@ -226,7 +324,7 @@ def _shards_tokenizer(shards: Shards, requested: str | None, run_tokenizer=None)
     else:
         wanted = byte_tokenizer() if requested == "bytes" else load_tokenizer(requested)
     if tokenizer_fingerprint(wanted) != shards.index["tokenizer"]["sha256"]:
-        whose = "the run's" if run_tokenizer is not None else "the one asked for"
+        whose = whose if run_tokenizer is not None else "the one asked for"
         raise RequestError(
             f"the shards {shards.folder.name} were made with another tokenizer than {whose};"
             " tokenize the text again with it"

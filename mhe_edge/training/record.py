@@ -2,7 +2,8 @@
 
 A resumed run must continue the run that was recorded, or its result is neither run. So every option that
 changes the result (the learning rate and its schedule, batch, accumulation, sequence length, seed, the
-model's shape and attention, the tokenizer, the text) must match the record; a request that differs is
+model's shape and attention, the tokenizer, the text, the starting model of `--init-from`, the teacher and
+the uptraining schedule) must match the record; a request that differs is
 refused with one line naming the flags. Only the budget (`steps`, `minutes`) and where the run happens
 (`provider`, `threads`, and the number of processes) may change.
 """
@@ -21,6 +22,8 @@ BUDGET = ("steps", "minutes")  # more (or less) of the same run
 PLACEMENT = ("provider", "threads")  # where it runs, not what it computes
 # how a step's rows are split: only batch * grad_accum * processes (the rows per step) is the run's
 SPLIT = ("batch", "grad_accum")
+# compared by fingerprint (sha256), shown by flag alone: the text files, the starting model, the teacher
+FINGERPRINTED = ("text", "init_from", "teacher")
 # config fields whose CLI flag is not `--` + the field's name with dashes
 CONFIG_FLAGS = {
     "n_layers": "--layers",
@@ -69,7 +72,8 @@ def resumed_options(
     """The options of the resumed run: the recorded ones with the budget and placement of `requested`.
 
     `requested` holds only what the caller asked for explicitly: TrainOptions fields, config fields,
-    `attention`, `preset`, `tokenizer`, `vocab_size`, `text` (the text files' sha256 digests, in order)."""
+    `attention`, `preset`, `tokenizer`, `vocab_size`, `text` (the text files' sha256 digests, in order),
+    `init_from` and `teacher` (the given models' fingerprints)."""
     recorded = options_from_record(record["options"], where)
     config, model, tokenizer_record = (
         record["config"],
@@ -83,7 +87,7 @@ def resumed_options(
         if want == have or flag_of(name) in seen:
             return
         seen.add(flag_of(name))
-        simple = isinstance(have, (int, float, str)) and name != "text"
+        simple = isinstance(have, (int, float, str)) and name not in FINGERPRINTED
         differing.append(f"{flag_of(name)} (recorded: {have})" if simple else flag_of(name))
 
     option_names = {f.name for f in dataclasses.fields(TrainOptions)}
@@ -105,6 +109,8 @@ def resumed_options(
         elif name == "text":
             sources = record["corpus"].get("sources") or []
             differs(name, list(value), [s.get("sha256") for s in sources if isinstance(s, dict)])
+        elif name in FINGERPRINTED:  # the given model's fingerprint against the recorded one
+            differs(name, value, record.get(f"{name}_sha256"))
         elif name in config:
             differs(name, value, config[name])
         else:

@@ -59,6 +59,8 @@ def train(
     force: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    init_from: str | os.PathLike | None = None,
+    teacher: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> TrainReport:
     """Train a decoder on text files (default: Python's documentation text) and write a model folder.
@@ -70,11 +72,18 @@ def train(
 
     With `resume`, `output` is a run folder from an earlier `train`, continued from its newest checkpoint.
     Whatever is given must match the recorded run (a RequestError names what differs), except the budget
-    (`steps`, `minutes`: a larger `steps` extends the run) and `provider`/`threads`.
+    (`steps`, `minutes`: a larger `steps` extends the run) and `provider`/`threads`; `init_from` and
+    `teacher` must be the recorded models (by fingerprint), and the recorded teacher is read again when
+    `teacher` is not given.
 
     A new run is trained in a staging folder beside `output` and appears whole when it ends (interrupted
     after a checkpoint, it appears as a resumable run if nothing was there before). With `force` an
     existing run is replaced only then: a refusal, Ctrl-C or crash leaves it byte for byte as it was.
+
+    Uptraining: `init_from` starts from a model folder with a tokenizer (e.g. from `convert`) instead of
+    random weights, taking its config and tokenizer; `teacher` (any model over the same vocabulary) adds a KL
+    term on its logits (`options.distill_weight`); `options.freeze_steps` trains only the converted attention
+    tensors first.
 
     Example: `mhe_edge.train("my-model", attention="mhe-mul", preset="tiny", options=TrainOptions(steps=300))`
     """
@@ -85,12 +94,13 @@ def train(
     folder = Path(output)
     if resume:
         plan = resume_plan(
-            folder, text_files, attention, preset, tokenizer, vocab_size, options, overrides, stage
-        )
+            folder, text_files, attention, preset, tokenizer, vocab_size, options, overrides, stage,
+            init_from, teacher,
+        )  # fmt: skip
     else:
         plan = new_plan(
             folder, text_files, attention, preset, tokenizer, vocab_size, options, overrides, force,
-            stage,
+            stage, init_from, teacher,
         )  # fmt: skip
     # every process checked the same request; under torchrun they now join, and rank 0 alone writes
     with processes(plan.options.provider) as world:
@@ -109,6 +119,9 @@ def _build(plan, folder: Path):
     from mhe_edge.training.loop import device_for, make_optimizer
 
     model = build_model(plan.config, seed=plan.options.seed)
+    if plan.initial is not None and not plan.resumed:  # uptraining: the converted weights, in fp32
+        model.load_state_dict(plan.initial.state_dict())
+        plan.initial = None  # one copy of the weights in memory
     if plan.options.provider == "cuda":
         model.to(device_for("cuda"))
     optimizer = make_optimizer(model, plan.options)
@@ -151,7 +164,15 @@ def _train(plan, built, run_folder: Path, shown: Path, on_step, stage, world) ->
     model, optimizer, resume_state = built
     stage("train")
     result = run_training(
-        model, plan.train_ids, plan.held_ids, options, run_folder, resume_state, optimizer, on_step
+        model,
+        plan.train_ids,
+        plan.held_ids,
+        options,
+        run_folder,
+        resume_state,
+        optimizer,
+        on_step,
+        teacher=plan.teacher,
     )
     model.to("cpu")
 
