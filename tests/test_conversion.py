@@ -278,6 +278,10 @@ def test_uptraining_freezes_then_trains_everything_and_loss_falls(trained_mha, t
     for flags in (["--attention", "mha"], ["--tokenizer", "bytes"], ["--vocab-size", "300"]):
         beside = cli("train", "-o", tmp_path / "bad", "--init-from", tmp_path / "mhe", *flags)
         assert beside.code == 2 and flags[0] in beside.stderr, beside.stderr
+    alone = cli(
+        "train", "-o", tmp_path / "bad", "--init-from", tmp_path / "mhe", "--distill-weight", "1"
+    )
+    assert alone.code == 2 and "give --teacher" in alone.stderr, alone.stderr  # no teacher: no KL
     assert not (tmp_path / "bad").exists()
     record_path = tmp_path / "up" / "training.json"
     record = json.loads(record_path.read_text())

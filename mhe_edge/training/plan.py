@@ -16,6 +16,7 @@ import numpy as np
 from mhe_edge.config import ModelConfig, preset_config
 from mhe_edge.errors import CheckpointError, ConfigError, RequestError, first_line
 from mhe_edge.files import FOLDER_MARKER, check_output
+from mhe_edge.options import DISTILL_WEIGHT
 from mhe_edge.text.corpus import RECORD_FILE, Corpus, read_training_record
 from mhe_edge.text.shards import Shards
 from mhe_edge.training.loop import TrainOptions, row_length
@@ -72,6 +73,10 @@ def new_plan(
     from mhe_edge.training.uptraining import starting_point
 
     options = checked_options(options)
+    if teacher is None and options.distill_weight != DISTILL_WEIGHT.default:
+        raise RequestError(
+            "--distill-weight weighs the KL to a teacher: give --teacher, or drop it"
+        )
     given_tokenizer = tokenizer is not None
     named = {"attention": attention, "preset": preset, "tokenizer": tokenizer}
     attention, preset, tokenizer = attention or "mhe-mul", preset or "tiny", tokenizer or "bpe"
