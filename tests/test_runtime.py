@@ -218,3 +218,11 @@ def test_cuda_extra_installs_the_gpu_wheel_and_nvml_not_the_cpu_one():
     assert not [
         d for d in project["dependencies"] if d.startswith("onnxruntime")
     ]  # the extras choose the wheel
+
+
+def test_a_run_larger_than_memory_is_refused_before_allocating(tmp_path):
+    _, path = exported(tmp_path, attention="mhe-mul", position="rope", max_seq_len=1_048_576)
+    with pytest.raises(
+        RequestError, match=r"needs about [\d,.]+ GiB .* GiB this machine has available"
+    ):
+        profile(path, batch=4096, seq_len=1_000_000, new_tokens=1)

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import mhe_edge
+from mhe_edge.errors import RequestError
 from mhe_edge.text.scoring import bigram_score, score, unigram_bits_per_byte, windows
 from mhe_edge.text.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
 
@@ -358,3 +359,28 @@ def test_a_foreign_tokenizer_does_not_stop_an_export(tmp_path):
     assert KEY_TOKENIZER not in read_header(tmp_path / "m.onnx").metadata
     with pytest.raises(CheckpointError, match="endoftext"):
         mhe_edge.export(tmp_path / "folder", tmp_path / "n.onnx", tokenizer=tmp_path / "folder")
+
+
+def _word_level_tokenizer():
+    """A tokenizer with an unknown-token fallback: text outside its words does not survive it."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    from mhe_edge.text.tokenizer import TextTokenizer
+
+    vocab = {"<|endoftext|>": 0, "[UNK]": 1, "the": 2, "module": 3}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return TextTokenizer(backend)
+
+
+def test_text_a_tokenizer_cannot_encode_is_refused_not_scored():
+    tokenizer = _word_level_tokenizer()
+    assert tokenizer.encode_exactly("the module", "the text") == [2, 3]
+    with pytest.raises(RequestError, match="'q' at character 4 does not encode"):
+        tokenizer.encode_exactly("the quick module", "the text")
+
+
+def test_generate_refuses_prompts_that_are_not_text(trained, cli):
+    _, root = trained
+    with pytest.raises(RequestError, match="prompt 1 is not UTF-8 text"):
+        mhe_edge.generate_text(root / "model.onnx", "caf\udce9")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from mhe_edge import options
+from mhe_edge.accounting import kv_cache_bytes
 from mhe_edge.contract import (
     ATTENTION_MASK,
     INPUT_IDS,
@@ -37,6 +38,7 @@ from mhe_edge.errors import ModelFileError, RequestError, first_line
 from mhe_edge.files import read_header
 from mhe_edge.options import check_all
 from mhe_edge.results import Result
+from mhe_edge.runtime.memory import check_fits
 from mhe_edge.sessions import create_session
 from mhe_edge.text.sampling import SamplingOptions, TokenPicker
 
@@ -319,6 +321,16 @@ class ExportedModel:
         ids = self.check_ids(
             np.array([p + [pad] * (width - len(p)) for p in prompts], dtype=np.int64),
             max_new_tokens,
+        )
+        item = np.dtype(self.float_dtype).itemsize
+        check_fits(
+            {
+                "the KV cache": kv_cache_bytes(
+                    self.config, len(prompts), width + max_new_tokens, item
+                ),
+                "the logits": len(prompts) * width * self.config.vocab_size * item,
+            },
+            f"generating {len(prompts)} x {width + max_new_tokens} tokens",
         )
         ragged = min(lengths) != width
         if ragged and not self.takes_mask:

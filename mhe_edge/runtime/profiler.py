@@ -25,7 +25,12 @@ from mhe_edge.files import check_output, staged_output
 from mhe_edge.options import check_all
 from mhe_edge.results import Result
 from mhe_edge.runtime.driver import ExportedModel
-from mhe_edge.runtime.memory import DevicePeakMemory, peak_rss_bytes, reset_peak_rss
+from mhe_edge.runtime.memory import (
+    DevicePeakMemory,
+    check_fits,
+    peak_rss_bytes,
+    reset_peak_rss,
+)
 
 
 @dataclass
@@ -127,10 +132,23 @@ def profile(
     if seq_len is None:  # a default that fits the model: 128 tokens, fewer for short contexts
         seq_len = max(1, min(128, cfg.max_seq_len - (new_tokens if is_decoder else 0)))
     model.cache_in_place = model.cache_in_place and in_place
-    if is_decoder:
-        model.check_ids(np.zeros((batch, seq_len), np.int64), new_tokens)
-    elif seq_len > cfg.max_seq_len:
-        raise RequestError(f"seq_len {seq_len} exceeds the model's max_seq_len {cfg.max_seq_len}")
+    if seq_len + (new_tokens if is_decoder else 0) > cfg.max_seq_len:
+        raise RequestError(
+            f"{seq_len} prompt + {new_tokens if is_decoder else 0} new tokens exceed the model's"
+            f" max_seq_len {cfg.max_seq_len}"
+        )
+    width = np.dtype(model.float_dtype).itemsize
+    chunk = min(seq_len, prefill_chunk or seq_len)
+    check_fits(
+        {
+            "the KV cache": kv_cache_bytes(cfg, batch, seq_len + new_tokens, width)
+            if is_decoder
+            else 0,
+            "the logits": batch * chunk * cfg.vocab_size * width,
+            "the ids": batch * seq_len * 8,
+        },
+        f"profiling batch {batch} x {seq_len} tokens",
+    )
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len))
 
     prefill_s: list[float] = []

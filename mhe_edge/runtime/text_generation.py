@@ -86,7 +86,13 @@ def generate_text(
             f"{runner.path.name} carries no tokenizer (a random-weight model, or exported from a"
             " checkpoint file): give --prompt ids, or export a model folder that has tokenizer.json"
         )
-    ids = tokenizer.encode_batch(prompts)
+    for number, prompt in enumerate(prompts, 1):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:  # bytes that were not UTF-8 on the command line
+            raise RequestError(f"prompt {number} is not UTF-8 text") from exc
+    # a prompt the tokenizer cannot encode would be continued as other text than the one given
+    ids = [tokenizer.encode_exactly(p, f"prompt {n}") for n, p in enumerate(prompts, 1)]
     if any(not row for row in ids):
         raise RequestError("a prompt encodes to no tokens")
     streamed = _StreamedText(tokenizer, len(prompts))

@@ -65,7 +65,11 @@ def held_out_text(
 def score_text(logits_fn: LogitsFn, tokenizer, text: str, window: int) -> TextScore:
     text = text[:MAX_SCORED_BYTES]
     return score(
-        logits_fn, tokenizer.encode(text), len(text.encode("utf-8")), tokenizer.bos_token_id, window
+        logits_fn,
+        tokenizer.encode_exactly(text, "the text to judge by"),
+        len(text.encode("utf-8")),
+        tokenizer.bos_token_id,
+        window,
     )
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from mhe_edge.contract import KEY_TOKENIZER
-from mhe_edge.errors import CheckpointError, ModelFileError, first_line
+from mhe_edge.errors import CheckpointError, ModelFileError, RequestError, first_line
 from mhe_edge.options import BPE_VOCAB
 
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, SPECIAL_TOKENS_FILE = (
@@ -39,6 +39,23 @@ class TextTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_exactly(self, text: str, what: str) -> list[int]:
+        """The ids of `text`, or a RequestError when they do not decode back to it (characters the
+        tokenizer cannot encode, an unknown-token fallback): scoring or continuing such ids would count
+        or answer text that was never seen."""
+        ids = self.encode(text)
+        back = self.decode(ids)
+        if back != text:
+            at = next(
+                (i for i, (a, b) in enumerate(zip(text, back)) if a != b), min(len(text), len(back))
+            )
+            shown = repr(text[at]) if at < len(text) else "the end"
+            raise RequestError(
+                f"{what} does not survive this tokenizer: {shown} at character {at:,} does not encode"
+                " (its ids decode to other text)"
+            )
+        return ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]

@@ -80,7 +80,7 @@ def evaluate(
         )
         result = score(
             item["logits"],
-            tokenizer.encode(body),
+            tokenizer.encode_exactly(body, "the text to score"),  # every byte counted is scored
             n_bytes,
             tokenizer.bos_token_id,
             window,
