@@ -78,6 +78,7 @@ def convert(
     src = open_source(source)
     target = converted_config(src.config, attention)  # refusals come before any output
     tokenizer_note = _tokenizer_note(Path(source))
+    # the text is read and tokenized now, so that text the tokenizer cannot encode is refused before output
     text_plan = _text_plan(Path(source), text) if tokenizer_note is None else None
     layers: list[LayerFit] = []
     with staged_output(folder, force=force, folder=True) as stage:
@@ -230,7 +231,17 @@ def _tokenizer_note(source: Path) -> str | None:
 
 
 def _text_plan(source: Path, text) -> dict[str, Any] | None:
-    """What to score: the given files, else the held-out split the source's training record names."""
+    """What to score: the given files, else the held-out split the source's training record names, with
+    its ids (refused when they do not decode back to it: bytes never scored would count)."""
+    plan = _text_to_score(source, text)
+    if plan is not None:
+        from mhe_edge.text.tokenizer import load_tokenizer
+
+        plan["ids"] = load_tokenizer(source).encode_exactly(plan["body"], "the text to score")
+    return plan
+
+
+def _text_to_score(source: Path, text) -> dict[str, Any] | None:
     from mhe_edge.text.corpus import RECORD_FILE, corpus_from_record
     from mhe_edge.text.quality import read_eval_text
 
@@ -266,7 +277,7 @@ def _score(source: Path, converted: Path, plan: dict[str, Any]) -> dict[str, Any
 
     tokenizer = load_tokenizer(source)
     body = plan["body"]
-    ids, n_bytes = tokenizer.encode(body), len(body.encode("utf-8"))
+    ids, n_bytes = plan["ids"], len(body.encode("utf-8"))
     result: dict[str, Any] = {"bytes": n_bytes}
     for key, path in (("source_bits_per_byte", source), ("bits_per_byte", converted)):
         model = load_model(path)
