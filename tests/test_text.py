@@ -206,11 +206,15 @@ def test_sampling_repeats_with_a_seed_and_stop_strings_cut(trained, cli):
         "24",
         "--json",
     ]
-    first, second = (json.loads(cli(*args, "--seed", "5").stdout) for _ in range(2))
-    other = json.loads(cli(*args, "--seed", "6").stdout)
+
+    def generation(*more):  # the one prompt's record in the report --json prints
+        return json.loads(cli(*args, *more).stdout)["generations"][0]
+
+    first, second = (generation("--seed", "5") for _ in range(2))
+    other = generation("--seed", "6")
     assert first == second and first["tokens"] != other["tokens"]
     stop = first["text"][3:5]
-    cut = json.loads(cli(*args, "--seed", "5", "--stop", stop).stdout)
+    cut = generation("--seed", "5", "--stop", stop)
     assert (
         cut["stopped_by"] == "stop"
         and stop not in cut["text"]
