@@ -45,7 +45,9 @@ _LAZY = {
     "package": "mhe_edge.workflows.package",
     "fold": "mhe_edge.workflows.fold",
     "train": "mhe_edge.training.workflow",
+    "tokenize": "mhe_edge.training.tokenize",
     "evaluate": "mhe_edge.workflows.evaluate",
+    "convert": "mhe_edge.workflows.convert",
     "generate_text": "mhe_edge.runtime.text_generation",
     # building blocks
     "TrainOptions": "mhe_edge.training.loop",
@@ -73,7 +75,9 @@ _LAZY = {
     "Description": "mhe_edge.inspection",
     "InitReport": "mhe_edge.workflows.build",
     "TrainReport": "mhe_edge.training.workflow",
+    "TokenizeReport": "mhe_edge.training.tokenize",
     "EvalReport": "mhe_edge.workflows.evaluate",
+    "ConvertReport": "mhe_edge.workflows.convert",
     "TextGenerationReport": "mhe_edge.runtime.text_generation",
 }
 

@@ -229,6 +229,22 @@ MLP = Option("mlp", "The MLP.", None, str, choices=MLPS)
 VOCAB_SIZE = Option("vocab_size", "Vocabulary size.", None, int, 1, LIMITS["vocab_size"])
 WEIGHT_SEED = Option("seed", "Seed for the random weights.", 0, int, 0, 2**32 - 1)
 
+# -- converting a pretrained model (`convert`) ----------------------------------------------------------
+CONVERT_ATTENTION = Option(
+    "attention",
+    "mhe-mul, mhe-add, or mqa (the GQA paper's mean-pooled baseline: queries kept, one KV head).",
+    "mhe-mul",
+    str,
+    choices=("mhe-mul", "mhe-add", "mqa"),
+)
+CONVERT_INIT = Option(
+    "init",
+    "svd: the best least-squares fit MHE can express; mean: mean pooling, neutral embeddings.",
+    "svd",
+    str,
+    choices=("svd", "mean"),
+)
+
 # -- training and scoring text --------------------------------------------------------------------------
 BPE_VOCAB = Option(
     "vocab_size", "BPE vocabulary (default: the preset's).", None, int, 257, 1_000_000
@@ -243,8 +259,33 @@ MINUTES = Option(
 TRAIN_SEQ_LEN = Option(
     "seq_len", "Tokens per row (default: min(max_seq_len, 256)).", None, int, 2, MAX_SEQ_LEN
 )
-TRAIN_BATCH = Option("batch", "Rows per step.", 16, int, 1, MAX_BATCH)
+TRAIN_BATCH = Option("batch", "Rows per micro-batch, per process.", 16, int, 1, MAX_BATCH)
+GRAD_ACCUM = Option(
+    "grad_accum",
+    "Micro-batches per optimizer step: a step trains on batch x grad-accum x processes rows.",
+    1,
+    int,
+    1,
+    1024,
+)
 LR = Option("lr", "Peak learning rate (warmup, then cosine to a tenth).", 2e-3, float, 1e-7, 0.5)
+# the rest of TrainOptions (the API's; the CLI keeps their defaults)
+MIN_LR_RATIO = Option("min_lr_ratio", "The cosine decays to lr x this.", 0.1, float, 0.0, 1.0)
+WARMUP_STEPS = Option(
+    "warmup", "Linear warmup steps (default 5% of the steps, at most 200).", None, int, 0,
+    10_000_000,
+)  # fmt: skip
+WEIGHT_DECAY = Option("weight_decay", "AdamW's decay of matrices.", 0.1, float, 0.0, 10.0)
+GRAD_CLIP = Option("grad_clip", "Clip the gradient norm to this.", 1.0, float, 1e-6, 1e6)
+EVAL_EVERY = Option("eval_every", "Validate every this many steps.", 100, int, 1, 10_000_000)
+EVAL_WINDOWS = Option("eval_windows", "Held-out windows per validation.", 32, int, 1, 1_000_000)
+SHARD_TOKENS = Option(
+    "shard_tokens", "Token ids per shard file (memory holds one shard while tokenizing).", 1 << 23,
+    int, 1024, 1 << 30,
+)  # fmt: skip
+CHECKPOINT_EVERY = Option(
+    "checkpoint_every", "Save a checkpoint every this many steps.", 200, int, 1, 10_000_000
+)
 TRAIN_SEED = Option(
     "seed",
     "Seeds weights and batches: the same seed, text and options give the same model on the CPU.",
@@ -255,6 +296,17 @@ TRAIN_SEED = Option(
 )
 TORCH_THREADS = Option(
     "threads", "PyTorch threads (default: PyTorch's choice).", None, int, 1, 1024
+)
+FREEZE_STEPS = Option(
+    "freeze_steps",
+    "Uptraining: train only the converted attention (Q/K/V, head embeddings) for the first steps.",
+    0,
+    int,
+    0,
+    10_000_000,
+)
+DISTILL_WEIGHT = Option(
+    "distill_weight", "With --teacher: the KL's share of the loss.", 0.5, float, 0.0, 1.0
 )
 SCORE_WINDOW = Option(
     "window", "Tokens of context per scoring window (default: min(max_seq_len, 256)).", None, int,

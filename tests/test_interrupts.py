@@ -113,11 +113,10 @@ def test_ctrl_c_during_training_saves_a_checkpoint_that_resumes(tmp_path):
         "16",
     )
     deadline = time.monotonic() + 120
-    while (
-        time.monotonic() < deadline and process.poll() is None
-    ):  # training started: the run record exists
-        if (run / "training.json").exists():
-            time.sleep(2.0)
+    while time.monotonic() < deadline and process.poll() is None:
+        # training started: the staged run's record exists (the run appears only when it ends or stops)
+        if list(tmp_path.glob(".run.*.staging/run/training.json")):
+            time.sleep(3.0)
             process.send_signal(signal.SIGINT)
             break
         time.sleep(0.05)
@@ -125,7 +124,8 @@ def test_ctrl_c_during_training_saves_a_checkpoint_that_resumes(tmp_path):
         pytest.fail("training ended or hung before it started")
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
-    assert "a checkpoint was saved" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert "a checkpoint of step" in stderr and "--resume" in stderr and "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging left
     step = int((run / "checkpoints" / "latest").read_text().strip().removeprefix("step-"))
     assert step > 0
     resumed = _mhe_edge("train", "-o", run, "--resume", "--steps", str(step + 5), "--json")

@@ -174,6 +174,70 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_grad_accum_equals_the_larger_batch(tmp_path):
+    """grad-accum 2 at batch 4 trains on the same rows as batch 8 and ends at the same weights."""
+    ids = _text_ids()
+    options = dict(steps=12, seq_len=32, lr=3e-3, eval_every=1000, checkpoint_every=1000)
+    ends = []
+    for name, shape in (("whole", dict(batch=8)), ("accum", dict(batch=4, grad_accum=2))):
+        # MHE-ADD: its key embeddings get no gradient (accumulation must cope). No K bias: softmax drops it,
+        # so its true gradient is 0 and AdamW would turn the rounding noise into steps of size lr
+        model = _model("mhe-add", qkv_bias=False)
+        (tmp_path / name).mkdir()
+        state = run_training(
+            model, ids, ids[:500], TrainOptions(**options, **shape), tmp_path / name
+        )
+        ends.append((model, state["log"]))
+    (whole, whole_log), (accum, accum_log) = ends
+    for (name, pa), pb in zip(whole.state_dict().items(), accum.state_dict().values()):
+        torch.testing.assert_close(pa, pb, atol=1e-4, rtol=0, msg=name)
+    assert abs(whole_log[-1]["loss"] - accum_log[-1]["loss"]) < 1e-5
+    # and they moved: a different global batch ends elsewhere
+    other = _model("mhe-add", qkv_bias=False)
+    (tmp_path / "other").mkdir()
+    run_training(other, ids, ids[:500], TrainOptions(**options, batch=4), tmp_path / "other")
+    assert max((a - b).abs().max() for a, b in zip(whole.parameters(), other.parameters())) > 1e-3
+
+
+def test_uptraining_accumulates_the_kl_like_the_loss_and_freezes_before_the_step(tmp_path):
+    """With a teacher and a freeze, grad-accum 2 at batch 4 still ends at batch 8's weights (the KL is
+    averaged over the micro-batches as the cross-entropy is); the freeze keeps every tensor but the converted
+    attention at its start, and the teacher changes the run."""
+    from mhe_edge.training.uptraining import CONVERTED
+
+    ids = _text_ids()
+    teacher = _model("mha").eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    options = dict(steps=6, seq_len=32, lr=3e-3, eval_every=1000, checkpoint_every=1000)
+    uptraining = dict(freeze_steps=3, distill_weight=0.7)
+    ends = {}
+    for name, shape, extra in (
+        ("whole", dict(batch=8), uptraining),
+        ("accum", dict(batch=4, grad_accum=2), uptraining),
+        ("frozen", dict(batch=8), dict(uptraining, steps=3)),
+        ("alone", dict(batch=8), {}),
+    ):
+        model = _model("mhe-mul")
+        (tmp_path / name).mkdir()
+        run_options = TrainOptions(**{**options, **shape, **extra})
+        with_teacher = teacher if extra else None
+        state = run_training(
+            model, ids, ids[:500], run_options, tmp_path / name, teacher=with_teacher
+        )
+        ends[name] = (model.state_dict(), state["log"])
+    (whole, whole_log), (accum, accum_log) = ends["whole"], ends["accum"]
+    for name, value in whole.items():
+        torch.testing.assert_close(value, accum[name], atol=1e-4, rtol=0, msg=name)
+    assert abs(whole_log[-1]["loss"] - accum_log[-1]["loss"]) < 1e-5
+    start = _model("mhe-mul").state_dict()
+    frozen = ends["frozen"][0]
+    moved = {k for k in start if not torch.equal(start[k], frozen[k])}
+    assert moved and all(CONVERTED.match(k) for k in moved), sorted(moved)
+    assert any(not CONVERTED.match(k) and not torch.equal(start[k], whole[k]) for k in start)
+    assert abs(ends["alone"][1][0]["loss"] - whole_log[0]["loss"]) > 1e-3  # the KL is in the loss
+
+
 def _stop_at(step):
     def on_step(info):
         if info.step == step:

@@ -78,7 +78,7 @@ def _root(
     """`--debug` is read by `main` before the app runs (it decides how errors are shown)."""
 
 
-from mhe_edge.cli import build, convert, edge, run, text  # noqa: E402,F401  (each registers its commands on `app`)
+from mhe_edge.cli import build, conversion, convert, edge, run, text  # noqa: E402,F401  (each registers its commands on `app`)
 
 
 class _Terminated(KeyboardInterrupt):

@@ -3,6 +3,7 @@ held-out text, for a folder and the ONNX files made from it)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -36,10 +37,13 @@ from mhe_edge.cli.options import (
 )
 from mhe_edge.cli.output import emit, err, literal, out
 
+# click's ParameterSource names (typer ships its own copy of click, so compare names, not members)
+_DEFAULTS = ("DEFAULT", "DEFAULT_MAP")
 TextFiles = Annotated[
     list[Path] | None,
     typer.Argument(
-        help="UTF-8 text files (default: Python's documentation text, shipped with every Python).",
+        help="UTF-8 text files, or one token shards folder from `mhe-edge tokenize` (default: Python's"
+        " documentation text, shipped with every Python).",
         show_default=False,
     ),
 ]
@@ -47,6 +51,7 @@ TextFiles = Annotated[
 
 @command()
 def train(
+    ctx: typer.Context,
     text: TextFiles = None,
     output: Annotated[
         Path,
@@ -83,18 +88,34 @@ def train(
     minutes: Annotated[float | None, cli_option(options.MINUTES)] = None,
     seq_len: Annotated[int | None, cli_option(options.TRAIN_SEQ_LEN)] = None,
     batch: Annotated[int, cli_option(options.TRAIN_BATCH)] = options.TRAIN_BATCH.default,
+    grad_accum: Annotated[int, cli_option(options.GRAD_ACCUM)] = options.GRAD_ACCUM.default,
     lr: Annotated[float, cli_option(options.LR)] = options.LR.default,
     seed: Annotated[int, cli_option(options.TRAIN_SEED)] = options.TRAIN_SEED.default,
     resume: Annotated[
         bool,
         typer.Option(
             "--resume",
-            help="Continue the run in OUTPUT from its newest checkpoint (--steps may extend it).",
+            help="Continue the run in OUTPUT from its newest checkpoint: --steps may extend it, --minutes,"
+            " --provider and --threads may change; any other option must match the recorded run.",
             metavar="",
         ),
     ] = False,
     provider: Provider = options.PROVIDER.default,
     threads: Annotated[int | None, cli_option(options.TORCH_THREADS)] = None,
+    init_from: Annotated[
+        Path | None,
+        typer.Option(
+            help="Uptrain: start from this model folder (e.g. from `convert`), its config and tokenizer."
+        ),
+    ] = None,
+    teacher: Annotated[
+        Path | None,
+        typer.Option(help="Distil from this model (same vocabulary): KL on its logits."),
+    ] = None,
+    freeze_steps: Annotated[int, cli_option(options.FREEZE_STEPS)] = options.FREEZE_STEPS.default,
+    distill_weight: Annotated[
+        float, cli_option(options.DISTILL_WEIGHT)
+    ] = options.DISTILL_WEIGHT.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
@@ -102,7 +123,8 @@ def train(
     `generate --text` and `package` need. Ctrl-C saves a checkpoint; `--resume` continues it.
 
     Example: `mhe-edge train -o my-model --attention mhe-mul --preset tiny` (Python's own docs; about half a
-    minute on 2 cores), then `mhe-edge eval my-model`.
+    minute on 2 cores), then `mhe-edge eval my-model`. Uptrain a converted model:
+    `mhe-edge train -o up --init-from my-model-mhe --teacher my-model --freeze-steps 50 --steps 300`.
     """
     from rich.progress import (
         BarColumn,
@@ -112,19 +134,34 @@ def train(
         TimeRemainingColumn,
     )
 
-    from mhe_edge.training.loop import TrainOptions
     from mhe_edge.training.workflow import train as train_model
 
-    options = TrainOptions(
+    # Only what was asked for: a resumed run checks each of these against its record (defaults are not
+    # requests), and a new run fills the rest with the same defaults.
+    given = {
+        name
+        for name in ctx.params
+        if getattr(ctx.get_parameter_source(name), "name", "DEFAULT") not in _DEFAULTS
+    }
+    values = dict(
         steps=steps,
         minutes=minutes,
         seq_len=seq_len,
         batch=batch,
+        grad_accum=grad_accum,
         lr=lr,
         seed=seed,
         provider=provider,
         threads=threads,
+        freeze_steps=freeze_steps,
+        distill_weight=distill_weight,
     )
+    options = {name: value for name, value in values.items() if name in given}
+
+    def asked(name: str, value):
+        return value if name in given else None
+
+    quiet = os.environ.get("RANK", "0") != "0"  # under torchrun, rank 0 alone reports
     columns = [
         TextColumn("{task.description}"),
         BarColumn(),
@@ -134,7 +171,7 @@ def train(
         TimeRemainingColumn(),
     ]
     with Progress(
-        *columns, console=err, transient=True, disable=as_json or not err.is_terminal
+        *columns, console=err, transient=True, disable=as_json or quiet or not err.is_terminal
     ) as bar:
         task = bar.add_task("train", total=1.0, status="")
 
@@ -153,15 +190,17 @@ def train(
         report = train_model(
             output,
             text,
-            attention=attention,
-            preset=preset,
-            tokenizer=tokenizer,
+            attention=asked("attention", attention),
+            preset=asked("preset", preset),
+            tokenizer=asked("tokenizer", tokenizer),
             vocab_size=vocab_size,
             options=options,
             resume=resume,
             force=force,
             on_step=on_step,
             on_stage=on_stage,
+            init_from=init_from,
+            teacher=teacher,
             **shape_overrides(
                 layers,
                 d_model,
@@ -192,6 +231,69 @@ def train(
             highlight=False,
         )
         out.print(f"sample: {literal(report.sample)}", highlight=False)
+
+    if not quiet:
+        emit(report, as_json, render)
+
+
+@command()
+def tokenize(
+    text: Annotated[
+        list[Path], typer.Argument(help="UTF-8 text files, of any size.", show_default=False)
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "-o",
+            "--output",
+            help="The shards folder (index.json, tokenizer.json, *.bin).",
+            show_default=False,
+        ),
+    ] = ...,  # type: ignore[assignment]  # typer's mark for a required option
+    tokenizer: Annotated[
+        str,
+        typer.Option(
+            help="bytes, bpe (learned from the files, streamed), a tokenizer.json or a folder with one."
+        ),
+    ] = "bytes",
+    vocab_size: Annotated[int | None, cli_option(options.BPE_VOCAB)] = None,
+    shard_tokens: Annotated[int, cli_option(options.SHARD_TOKENS)] = options.SHARD_TOKENS.default,
+    force: Force = False,
+    as_json: Json = False,
+) -> None:
+    """Tokenize text of any size into fixed-size token shards (uint16 ids where the vocabulary fits, else
+    uint32) with an index and a held-out split, in bounded memory; `train SHARDS -o RUN` trains on them
+    memory-mapped.
+
+    Example: `mhe-edge tokenize big.txt -o big-shards --tokenizer my-run`, then
+    `mhe-edge train big-shards -o big-run`
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TimeRemainingColumn
+
+    from mhe_edge.training.tokenize import tokenize as tokenize_text
+
+    columns = [BarColumn(), DownloadColumn(), TimeRemainingColumn()]
+    with Progress(
+        *columns, console=err, transient=True, disable=as_json or not err.is_terminal
+    ) as bar:
+        task = bar.add_task("tokenize", total=None)
+        report = tokenize_text(
+            text,
+            output,
+            tokenizer=tokenizer,
+            vocab_size=vocab_size,
+            shard_tokens=shard_tokens,
+            force=force,
+            on_progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+
+    def render(report) -> None:
+        out.print(
+            f"wrote {literal(report.path)}: {report.documents} document(s), {report.bytes:,} bytes ->"
+            f" {report.train_tokens:,} training and {report.held_out_tokens:,} held-out ids"
+            f" ({report.dtype}, {report.shards} shard(s))",
+            highlight=False,
+        )
 
     emit(report, as_json, render)
 

@@ -191,7 +191,7 @@ def _carried_text(source: str | None, tokenizer: str | os.PathLike | None) -> di
     import json
 
     from mhe_edge.errors import CheckpointError
-    from mhe_edge.text.corpus import RECORD_FILE
+    from mhe_edge.text.corpus import read_training_record
     from mhe_edge.text.tokenizer import TOKENIZER_FILE, load_tokenizer
 
     carried: dict[str, str] = {}
@@ -204,11 +204,12 @@ def _carried_text(source: str | None, tokenizer: str | os.PathLike | None) -> di
         except CheckpointError:
             # a folder from elsewhere (a Llama tokenizer without <|endoftext|>): the export still works, without text
             pass
-    record = folder / RECORD_FILE if folder is not None else None
-    if record is not None and record.is_file() and record.stat().st_size < 10_000_000:
-        try:
-            corpus = json.loads(record.read_text())["corpus"]
-            carried[contract.KEY_TEXT] = json.dumps(corpus)
-        except (ValueError, KeyError, TypeError):
-            pass  # a damaged record only costs eval its default text; eval then asks for --text
+    try:
+        record = read_training_record(folder) if folder is not None else None
+    except (
+        CheckpointError
+    ):  # a damaged record only costs eval its default text; eval then asks for --text
+        record = None
+    if record is not None:
+        carried[contract.KEY_TEXT] = json.dumps(record["corpus"])
     return carried

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mhe_edge.errors import RequestError
+from mhe_edge.errors import CheckpointError, RequestError
 
 BUILTIN = "python-docs"  # the name a folder records for the default corpus
 RECORD_FILE = (
@@ -26,6 +26,8 @@ MAX_TEXT_BYTES = (
     2 << 30
 )  # 2 GiB of text in all: far beyond what trains on one machine, far below running out of memory
 MIN_TEXT_CHARS = 2_000  # below this there is nothing to hold out
+MAX_RECORD_BYTES = 50_000_000  # a record is a few kB (its log lives in train_log.jsonl)
+RECORD_SECTIONS = ("config", "corpus", "options")  # each a mapping, in every record
 
 
 @dataclass
@@ -122,6 +124,10 @@ def corpus_from_record(record: dict[str, Any]) -> Corpus:
     """The corpus a training record (`Corpus.record()`) names, rebuilt; refuses if its files changed or moved."""
     if record.get("name") == BUILTIN:
         return load_corpus()
+    if record.get("kind") == "shards":
+        raise RequestError(
+            f"the model was trained on the token shards {record.get('name')!r}; give --text"
+        )
     paths = [s["path"] for s in record.get("sources", [])]
     if not paths:
         raise RequestError("the model's training record names no text; give --text")
@@ -141,3 +147,31 @@ def held_out_from_record(record: dict[str, Any]) -> tuple[str, str]:
     return corpus_from_record(
         record
     ).held_out, f"held-out split of {record.get('name', 'the training text')}"
+
+
+def read_training_record(folder: str | os.PathLike) -> dict[str, Any] | None:
+    """The training record (RECORD_FILE) of a model folder, or None when it has none; the one reader of it.
+
+    Checked before use: a regular file of sane size, a JSON object whose sections are mappings; anything
+    else is a CheckpointError naming the folder. The sections' contents are checked by their users (the
+    config by ModelConfig, the options by training, the corpus by `corpus_from_record`)."""
+    import json
+
+    folder = Path(folder)
+    path = folder / RECORD_FILE
+    if not path.exists():
+        return None
+    if not path.is_file():
+        raise CheckpointError(f"{folder.name}/{RECORD_FILE} is not a regular file")
+    if path.stat().st_size > MAX_RECORD_BYTES:
+        raise CheckpointError(f"{folder.name}/{RECORD_FILE} is too large to be a training record")
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise CheckpointError(f"{folder.name}/{RECORD_FILE} is not JSON: {exc}") from None
+    if not isinstance(record, dict):
+        raise CheckpointError(f"{folder.name}/{RECORD_FILE} is not a JSON object")
+    for section in RECORD_SECTIONS:
+        if not isinstance(record.get(section), dict):
+            raise CheckpointError(f"{folder.name}/{RECORD_FILE} has no {section!r} mapping")
+    return record

@@ -21,51 +21,74 @@ import torch
 from mhe_edge import options as declared
 from mhe_edge.errors import ProviderError, RequestError, TrainingInterrupted
 from mhe_edge.training.checkpoints import save_training_state
+from mhe_edge.training.distributed import World
+from mhe_edge.training.uptraining import drop_frozen_gradients, uptraining_loss
 
 DEFAULT_STEPS = 1000
+MAX_STEPS = int(declared.STEPS.high or 0)  # a run bounded by minutes plans this many
 
 
 @dataclass
 class TrainOptions:
     steps: int | None = None  # optimizer steps; with neither steps nor minutes: DEFAULT_STEPS
-    minutes: float | None = (
-        None  # stop after this much training time (and decay the learning rate over it)
-    )
+    minutes: float | None = None  # stop after this much training time (the lr decays over it)
     seq_len: int | None = None  # tokens per training row; None: min(the model's max_seq_len, 256)
-    batch: int = declared.TRAIN_BATCH.default  # rows per step
+    batch: int = declared.TRAIN_BATCH.default  # rows per micro-batch, per process
+    # micro-batches per optimizer step: a step trains on batch * grad_accum * processes rows
+    grad_accum: int = declared.GRAD_ACCUM.default
     lr: float = declared.LR.default  # peak learning rate
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * this
+    min_lr_ratio: float = declared.MIN_LR_RATIO.default  # the cosine decays to lr * this
     warmup: int | None = None  # linear warmup steps; None: 5% of the steps (at most 200)
-    weight_decay: float = (
-        0.1  # AdamW decay, for weight matrices and embedding tables only (see param_groups)
-    )
-    grad_clip: float = 1.0  # clip the global gradient norm to this
-    seed: int = 0  # weights, batches and everything random
-    eval_every: int = 100  # validate on held-out text every this many steps (and at the end)
-    eval_windows: int = 32  # at most this many held-out windows per validation
-    checkpoint_every: int = 200  # save a resumable checkpoint every this many steps (and on Ctrl-C)
+    # AdamW decay, for weight matrices and embedding tables only (see param_groups)
+    weight_decay: float = declared.WEIGHT_DECAY.default
+    grad_clip: float = declared.GRAD_CLIP.default  # clip the global gradient norm to this
+    seed: int = declared.TRAIN_SEED.default  # weights, batches and everything random
+    # validate on held-out text every this many steps (and at the end)
+    eval_every: int = declared.EVAL_EVERY.default
+    eval_windows: int = (
+        declared.EVAL_WINDOWS.default
+    )  # at most this many held-out windows per validation
+    # save a resumable checkpoint every this many steps (and on Ctrl-C)
+    checkpoint_every: int = declared.CHECKPOINT_EVERY.default
     provider: str = "cpu"  # "cpu", or "cuda" (bf16 autocast)
     threads: int | None = None  # PyTorch threads on the CPU (default: PyTorch's choice)
+    # uptraining: the first steps train only the converted attention tensors
+    freeze_steps: int = declared.FREEZE_STEPS.default
+    # with a teacher: loss = (1 - this) * cross-entropy + this * KL
+    distill_weight: float = declared.DISTILL_WEIGHT.default
 
     def check(self) -> None:
+        """RequestError (exit 2, as the CLI) naming the first option out of its declared bounds."""
         declared.check_all(
             (declared.STEPS, self.steps),
             (declared.MINUTES, self.minutes),
             (declared.TRAIN_SEQ_LEN, self.seq_len),
             (declared.TRAIN_BATCH, self.batch),
+            (declared.GRAD_ACCUM, self.grad_accum),
             (declared.LR, self.lr),
+            (declared.MIN_LR_RATIO, self.min_lr_ratio),
+            (declared.WARMUP_STEPS, self.warmup),
+            (declared.WEIGHT_DECAY, self.weight_decay),
+            (declared.GRAD_CLIP, self.grad_clip),
             (declared.TRAIN_SEED, self.seed),
+            (declared.EVAL_EVERY, self.eval_every),
+            (declared.EVAL_WINDOWS, self.eval_windows),
+            (declared.CHECKPOINT_EVERY, self.checkpoint_every),
             (declared.PROVIDER, self.provider),
             (declared.TORCH_THREADS, self.threads),
+            (declared.FREEZE_STEPS, self.freeze_steps),
+            (declared.DISTILL_WEIGHT, self.distill_weight),
         )
+        if self.freeze_steps > self.total_steps:
+            raise RequestError(
+                f"--freeze-steps {self.freeze_steps} is more than the run's {self.total_steps} steps"
+            )
 
     @property
     def total_steps(self) -> int:
-        return (
-            self.steps
-            if self.steps is not None
-            else (10_000_000 if self.minutes else DEFAULT_STEPS)
-        )
+        if self.steps is not None:
+            return self.steps
+        return MAX_STEPS if self.minutes else DEFAULT_STEPS
 
 
 @dataclass
@@ -86,7 +109,7 @@ def device_for(provider: str) -> torch.device:
             raise ProviderError(
                 "--provider cuda was asked for, but this PyTorch has no CUDA device (install a CUDA build of torch)"
             )
-        return torch.device("cuda")
+        return torch.device("cuda", torch.cuda.current_device())  # torchrun: this process's GPU
     return torch.device("cpu")
 
 
@@ -112,11 +135,31 @@ def learning_rate(options: TrainOptions, fraction: float, step: int, warmup: int
     return options.lr * (options.min_lr_ratio + (1 - options.min_lr_ratio) * cosine)
 
 
-def batch_at(ids: np.ndarray, step: int, options: TrainOptions, seq_len: int) -> np.ndarray:
-    """The rows of step `step`: random windows of `seq_len` ids, drawn from a generator seeded by (seed, step)."""
+def batch_at(ids, step: int, options: TrainOptions, seq_len: int, processes: int = 1) -> np.ndarray:
+    """All the rows of step `step` (every process's, every micro-batch's): random windows of `seq_len`
+    ids, drawn from a generator seeded by (seed, step). `ids` is any 1-D array (a memory map too).
+
+    The draw depends only on the seed, the step and the global batch (batch * grad_accum * processes),
+    so one process at batch 8, grad-accum 2 at batch 4 and 2 processes at batch 4 train on the same rows."""
     rng = np.random.default_rng([options.seed, step])
-    starts = rng.integers(0, len(ids) - seq_len + 1, size=options.batch)
-    return np.stack([ids[s : s + seq_len] for s in starts])
+    rows = options.batch * options.grad_accum * processes
+    starts = rng.integers(0, len(ids) - seq_len + 1, size=rows)
+    return np.stack([np.asarray(ids[s : s + seq_len], dtype=np.int64) for s in starts])
+
+
+def row_length(options: TrainOptions, config, n_tokens: int) -> int:
+    """Tokens per training row: `options.seq_len`, or min(max_seq_len, 256); refused when the model or the
+    text cannot give one row."""
+    seq_len = options.seq_len or min(config.max_seq_len, 256)
+    if seq_len > config.max_seq_len:
+        raise RequestError(
+            f"--seq-len {seq_len} exceeds the model's max_seq_len {config.max_seq_len}"
+        )
+    if n_tokens <= seq_len:
+        raise RequestError(
+            f"the training text has {n_tokens} tokens, fewer than one row of {seq_len}"
+        )
+    return seq_len
 
 
 def validation_loss(model, windows: list[np.ndarray], device) -> float:
@@ -140,6 +183,7 @@ def run_training(
     optimizer=None,
     on_step: Callable[[StepInfo], None] | None = None,
     extra_state: dict[str, Any] | None = None,
+    teacher=None,
 ) -> dict[str, Any]:
     """Train `model` in place; returns the final state (step, elapsed, log). Ctrl-C saves a checkpoint first."""
     from mhe_edge.models.attention import fast_attention, use_attention_core
@@ -148,16 +192,12 @@ def run_training(
     device = device_for(options.provider)
     if options.threads:
         torch.set_num_threads(options.threads)
-    seq_len = options.seq_len or min(model.config.max_seq_len, 256)
-    if seq_len > model.config.max_seq_len:
-        raise RequestError(
-            f"seq-len {seq_len} exceeds the model's max_seq_len {model.config.max_seq_len}"
-        )
-    if len(train_ids) <= seq_len:
-        raise RequestError(
-            f"the training text has {len(train_ids)} tokens, fewer than one row of {seq_len}"
-        )
+    seq_len = row_length(options, model.config, len(train_ids))
     model.to(device).train()
+    world = World.current()
+    net = world.wrap(model, device)
+    if teacher is not None:  # each process runs it on its own rows: not wrapped, it never steps
+        teacher.to(device)
     if optimizer is None:
         optimizer = make_optimizer(model, options)
     total = options.total_steps
@@ -173,6 +213,8 @@ def run_training(
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
 
     def save() -> None:
+        if world.rank != 0:  # one writer: the others hold the same weights
+            return
         save_training_state(
             run_folder,
             step,
@@ -190,29 +232,32 @@ def run_training(
                 lr = learning_rate(options, fraction, step, warmup)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                rows = torch.as_tensor(batch_at(train_ids, step, options, seq_len), device=device)
-                with autocast:
-                    loss = model(rows, labels=rows).loss
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                rows = batch_at(train_ids, step, options, seq_len, world.size)
+                loss = _accumulate(net, teacher, rows, options, world, device, autocast)
+                if (
+                    step < options.freeze_steps
+                ):  # after DDP's averaging, before clipping and the step
+                    drop_frozen_gradients(model)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip)
                 optimizer.step()
                 step += 1
                 if device.type == "cuda":
                     torch.cuda.synchronize()
                 seconds = time.perf_counter() - started
-                elapsed += seconds
+                # every process logs the mean loss and stops on rank 0's clock, so all stop together
+                loss, elapsed = world.agree(loss, elapsed + seconds)
                 info = StepInfo(
                     step,
                     None if budget else total,
-                    float(loss.detach()),
+                    loss,
                     lr,
-                    rows.numel() / seconds,
+                    rows.size / seconds,
                     elapsed,
                     elapsed / budget if budget else step / total,
                 )
                 done = step >= total or (budget is not None and elapsed >= budget)
-                if held and (step % options.eval_every == 0 or done):
+                if world.rank == 0 and held and (step % options.eval_every == 0 or done):
                     model.eval()
                     with autocast:
                         info.val_loss = validation_loss(model, held, device)
@@ -226,13 +271,58 @@ def run_training(
     except KeyboardInterrupt as exc:
         if step > last_saved:
             save()
-        raise TrainingInterrupted(
-            f"interrupted at step {step}; a checkpoint was saved in {run_folder.name}/checkpoints:"
-            f" continue with `mhe-edge train -o {run_folder} --resume`"
-        ) from exc
+            last_saved = step
+        raise _interrupted(step, last_saved if last_saved > 0 else None, run_folder) from exc
     save()
+    world.barrier()  # the final checkpoint is whole before any process goes on
     model.eval()
     return {"step": step, "elapsed": elapsed, "log": log, "seq_len": seq_len}
+
+
+def _accumulate(
+    net, teacher, rows: np.ndarray, options: TrainOptions, world, device, autocast
+) -> float:
+    """Forward and backward this process's share of `rows`, micro-batch by micro-batch; the gradients end
+    as those of the mean loss over all the rows (each micro-batch's mean loss / grad_accum, averaged over
+    processes by DDP). With a teacher the loss is uptraining's (cross-entropy and the KL to the teacher,
+    each a mean per predicted token, so the KL is averaged exactly like the cross-entropy). Returns this
+    process's mean loss."""
+    share = options.batch * options.grad_accum
+    mine = rows[world.rank * share : (world.rank + 1) * share]
+    total = 0.0
+    for index in range(options.grad_accum):
+        micro = torch.as_tensor(
+            mine[index * options.batch : (index + 1) * options.batch], device=device
+        )
+        last = index == options.grad_accum - 1
+        with world.no_sync(net, last):  # DDP averages gradients once, after the last micro-batch
+            with autocast:
+                loss = uptraining_loss(net, teacher, micro, options.distill_weight)
+                loss = loss / options.grad_accum
+            loss.backward()
+        total += float(loss.detach())
+    return total
+
+
+class RunInterrupted(TrainingInterrupted):
+    """Ctrl-C or SIGTERM during training, with where it stopped: `step` done, `checkpoint` the newest step
+    saved (None: none was)."""
+
+    def __init__(self, message: str, step: int, checkpoint: int | None):
+        super().__init__(message)
+        self.step, self.checkpoint = step, checkpoint
+
+
+def _interrupted(step: int, checkpoint: int | None, run_folder: Path) -> RunInterrupted:
+    """The error for Ctrl-C at `step`; it says that a checkpoint was saved only when one exists."""
+    if checkpoint is None:
+        message = f"interrupted at step {step}, before any checkpoint was saved"
+    else:
+        message = (
+            f"interrupted at step {step}; a checkpoint of step {checkpoint} was saved in"
+            f" {run_folder.name}/checkpoints: continue with `mhe-edge train -o {run_folder} --resume`"
+        )
+    return RunInterrupted(message, step, checkpoint)
 
 
 def make_optimizer(model, options: TrainOptions):

@@ -12,22 +12,22 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mhe_edge.config import ModelConfig, preset_config
-from mhe_edge.errors import CheckpointError, RequestError
-from mhe_edge.files import FOLDER_MARKER, check_output
+from mhe_edge.errors import TrainingInterrupted
+from mhe_edge.files import check_output, staged_output
 from mhe_edge.results import Result
 from mhe_edge.text.corpus import RECORD_FILE
-from mhe_edge.training.loop import StepInfo, TrainOptions
+from mhe_edge.training.loop import RunInterrupted, StepInfo, TrainOptions
 
 LOG_FILE, PLOT_FILE = "train_log.jsonl", "loss.png"
 SAMPLE_PROMPT = "The "
+BIGRAM_TOKENS = 1 << 20  # the bigram baseline is fit on at most this many training ids
 
 
 @dataclass
@@ -50,116 +50,148 @@ def train(
     output: str | os.PathLike,
     text_files: Sequence[str | os.PathLike] | None = None,
     *,
-    attention: str = "mhe-mul",
-    preset: str = "tiny",
-    tokenizer: str = "bpe",
+    attention: str | None = None,
+    preset: str | None = None,
+    tokenizer: str | None = None,
     vocab_size: int | None = None,
-    options: TrainOptions | None = None,
+    options: TrainOptions | Mapping[str, Any] | None = None,
     resume: bool = False,
     force: bool = False,
     on_step: Callable[[StepInfo], None] | None = None,
     on_stage: Callable[[str], None] | None = None,
+    init_from: str | os.PathLike | None = None,
+    teacher: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> TrainReport:
     """Train a decoder on text files (default: Python's documentation text) and write a model folder.
 
-    `tokenizer`: "bpe" (byte-level BPE learned from the text, `vocab_size` tokens; default the preset's
-    vocabulary), "bytes" (one token per byte), or the path of a `tokenizer.json`. `overrides` are config
-    fields (as `init_model` takes). With `resume`, `output` is a run folder from an earlier `train`, continued
-    from its newest checkpoint (a larger `options.steps` extends it).
+    `attention` (default mhe-mul), `preset` (default tiny), `tokenizer`: "bpe" (the default: byte-level BPE
+    learned from the text, `vocab_size` tokens, default the preset's vocabulary), "bytes" (one token per
+    byte), or the path of a `tokenizer.json`. `overrides` are config fields (as `init_model` takes).
+    `options`: TrainOptions, or a mapping of only the TrainOptions fields to set.
+
+    With `resume`, `output` is a run folder from an earlier `train`, continued from its newest checkpoint.
+    Whatever is given must match the recorded run (a RequestError names what differs), except the budget
+    (`steps`, `minutes`: a larger `steps` extends the run) and `provider`/`threads`; `init_from` and
+    `teacher` must be the recorded models (by fingerprint), and the recorded teacher is read again when
+    `teacher` is not given.
+
+    A new run is trained in a staging folder beside `output` and appears whole when it ends (interrupted
+    after a checkpoint, it appears as a resumable run if nothing was there before). With `force` an
+    existing run is replaced only then: a refusal, Ctrl-C or crash leaves it byte for byte as it was.
+
+    Uptraining: `init_from` starts from a model folder with a tokenizer (e.g. from `convert`) instead of
+    random weights, taking its config and tokenizer; `teacher` (any model over the same vocabulary) adds a KL
+    term on its logits (`options.distill_weight`); `options.freeze_steps` trains only the converted attention
+    tensors first.
 
     Example: `mhe_edge.train("my-model", attention="mhe-mul", preset="tiny", options=TrainOptions(steps=300))`
     """
-
-    from mhe_edge.models import build_model
-    from mhe_edge.text.corpus import corpus_from_record, load_corpus
-    from mhe_edge.text.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
-    from mhe_edge.training.checkpoints import load_training_state
-    from mhe_edge.training.loop import make_optimizer, run_training
+    from mhe_edge.training.distributed import processes
+    from mhe_edge.training.plan import new_plan, resume_plan
 
     stage = on_stage or (lambda name: None)
-    options = options or TrainOptions()
-    options.check()
     folder = Path(output)
     if resume:
-        record = _read_record(folder)
-        saved = dict(
-            record["options"],
-            steps=options.steps or record["options"]["steps"],
-            minutes=options.minutes or record["options"]["minutes"],
-        )
-        options = TrainOptions(**saved)
-        stage("text")
-        corpus = corpus_from_record(
-            record["corpus"]
-        )  # refused if the files changed since the run started
-        text_tokenizer = load_tokenizer(folder)
-        config = ModelConfig.from_dict(record["config"])
+        plan = resume_plan(
+            folder, text_files, attention, preset, tokenizer, vocab_size, options, overrides, stage,
+            init_from, teacher,
+        )  # fmt: skip
     else:
-        if text_files is not None and not text_files:
-            text_files = None
-        target = check_output(folder, force=force, folder=True)
-        requested = preset_config(
-            preset, attention=attention, **overrides
-        )  # a bad config is refused before any text is read
-        stage("text")
-        corpus = load_corpus(text_files)
-        stage("tokenizer")
-        if tokenizer == "bpe":
-            text_tokenizer = train_bpe(corpus.documents, vocab_size or requested.vocab_size)
-        elif tokenizer == "bytes":
-            text_tokenizer = byte_tokenizer()
-        else:
-            text_tokenizer = load_tokenizer(tokenizer)
-        config = preset_config(
-            preset,
-            attention=attention,
-            **{
-                **overrides,
-                "vocab_size": text_tokenizer.vocab_size,
-                "bos_token_id": text_tokenizer.bos_token_id,
-                "eos_token_id": text_tokenizer.eos_token_id,
-            },
-        )
-        _fresh_run_folder(target, force)
-        text_tokenizer.save(folder)
-        record = {
-            "config": config.to_dict(),
-            "corpus": corpus.record(),
-            "options": _options_dict(options),
-            "tokenizer": {
-                "kind": tokenizer if tokenizer in ("bpe", "bytes") else "file",
-                "vocab_size": text_tokenizer.vocab_size,
-            },
-        }
-        _write_json(folder / RECORD_FILE, record)
+        plan = new_plan(
+            folder, text_files, attention, preset, tokenizer, vocab_size, options, overrides, force,
+            stage, init_from, teacher,
+        )  # fmt: skip
+    # every process checked the same request; under torchrun they now join, and rank 0 alone writes
+    with processes(plan.options.provider) as world:
+        built = _build(
+            plan, folder
+        )  # before any file: an interrupt inside torch's lazy imports breaks them
+        if resume or world.rank != 0:
+            return _train(plan, built, folder, folder, on_step, stage, world)
+        return _train_new_run(plan, built, folder, force, on_step, stage, world)
 
-    stage("encode")
-    eos = text_tokenizer.eos_token_id
-    train_ids = np.fromiter(
-        (i for doc in text_tokenizer.encode_batch(corpus.documents) for i in [*doc, eos]),
-        dtype=np.int64,
-    )
-    held_ids = np.asarray(text_tokenizer.encode(corpus.held_out), dtype=np.int64)
-    model = build_model(config, seed=options.seed)
-    if options.provider == "cuda":
-        from mhe_edge.training.loop import device_for
 
+def _build(plan, folder: Path):
+    """The model and its optimizer (a resumed run's restored from its newest checkpoint)."""
+    from mhe_edge.models import build_model
+    from mhe_edge.training.checkpoints import load_training_state
+    from mhe_edge.training.loop import device_for, make_optimizer
+
+    model = build_model(plan.config, seed=plan.options.seed)
+    if plan.initial is not None and not plan.resumed:  # uptraining: the converted weights, in fp32
+        model.load_state_dict(plan.initial.state_dict())
+        plan.initial = None  # one copy of the weights in memory
+    if plan.options.provider == "cuda":
         model.to(device_for("cuda"))
-    optimizer = make_optimizer(model, options)
-    resume_state = load_training_state(folder, model, optimizer) if resume else None
+    optimizer = make_optimizer(model, plan.options)
+    resume_state = load_training_state(folder, model, optimizer) if plan.resumed else None
+    return model, optimizer, resume_state
+
+
+def _train_new_run(plan, built, folder: Path, force: bool, on_step, stage, world) -> TrainReport:
+    """A new run, trained in a staging folder and published whole (or resumable, see `train`)."""
+    replacing = folder.exists()
+    interrupted: RunInterrupted | None = None
+    kept = f"; {str(folder)!r} is as it was" if replacing else ""
+    with staged_output(folder, force=force, folder=True) as run_folder:
+        try:
+            plan.tokenizer.save(run_folder)
+            _write_record(run_folder, plan.record)
+            report = _train(plan, built, run_folder, folder, on_step, stage, world)
+        except RunInterrupted as exc:
+            if replacing or exc.checkpoint is None:
+                raise TrainingInterrupted(
+                    f"interrupted at step {exc.step}; nothing was written{kept}"
+                ) from exc
+            interrupted = exc  # nothing was there: the partial run appears, resumable
+        except KeyboardInterrupt as exc:  # before or after the loop: the staged run goes
+            raise TrainingInterrupted(f"interrupted; nothing was written{kept}") from exc
+    if interrupted is not None:
+        raise TrainingInterrupted(
+            f"interrupted at step {interrupted.step}; a checkpoint of step {interrupted.checkpoint} is"
+            f" saved in {folder.name}/checkpoints: continue with `mhe-edge train -o {folder} --resume`"
+        ) from interrupted
+    return report
+
+
+def _train(plan, built, run_folder: Path, shown: Path, on_step, stage, world) -> TrainReport:
+    """Train (checkpoints in `run_folder`), evaluate and write the model files; `shown` is the run folder
+    as the user named it. Processes other than rank 0 train and write nothing."""
+    from mhe_edge.training.loop import run_training
+
+    options, record = plan.options, plan.record
+    model, optimizer, resume_state = built
     stage("train")
     result = run_training(
-        model, train_ids, held_ids, options, folder, resume_state, optimizer, on_step
+        model,
+        plan.train_ids,
+        plan.held_ids,
+        options,
+        run_folder,
+        resume_state,
+        optimizer,
+        on_step,
+        teacher=plan.teacher,
     )
     model.to("cpu")
 
+    rows = options.batch * options.grad_accum * world.size  # per step, all processes
+    tokens = result["step"] * rows * result["seq_len"]
+    if world.rank != 0:  # rank 0 evaluates and writes
+        return TrainReport(
+            str(shown), plan.config.to_dict(), plan.corpus.record(), record["tokenizer"],
+            result["step"], result["elapsed"], tokens, {}, "", [],
+        )  # fmt: skip
     stage("evaluate")
-    held_out = evaluate_held_out(model, text_tokenizer, corpus, train_ids, result["seq_len"])
-    sample = sample_text(model, text_tokenizer, SAMPLE_PROMPT, 48)
-    files = _publish_outputs(folder, model, result["log"])
+    held_out = evaluate_held_out(
+        model, plan.tokenizer, plan.corpus, plan.train_ids, result["seq_len"]
+    )
+    sample = sample_text(model, plan.tokenizer, SAMPLE_PROMPT, 48)
+    files = _publish_outputs(run_folder, model, result["log"])
     record.update(
-        options=_options_dict(options),
+        options=asdict(options),
+        processes=world.size,  # with options' batch and grad_accum: the rows per step, as trained
         results={
             "steps": result["step"],
             "seconds": result["elapsed"],
@@ -167,12 +199,11 @@ def train(
             "sample": sample,
         },
     )
-    _write_json(folder / RECORD_FILE, record)
-    tokens = result["step"] * options.batch * result["seq_len"]
+    _write_record(run_folder, record)
     return TrainReport(
-        str(folder),
-        config.to_dict(),
-        corpus.record(),
+        str(shown),
+        plan.config.to_dict(),
+        plan.corpus.record(),
         record["tokenizer"],
         result["step"],
         result["elapsed"],
@@ -181,6 +212,32 @@ def train(
         sample,
         files,
     )
+
+
+def _write_record(folder: Path, record: dict[str, Any]) -> None:
+    with staged_output(check_output(folder / RECORD_FILE, force=True), force=True) as path:
+        path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _publish_outputs(folder: Path, model, log: list[dict[str, Any]]) -> list[str]:
+    """The model files, the log and the plot, each published through the writing path into the run folder
+    (a resumed run's folder is live: each file is replaced whole, never written through a link)."""
+    from mhe_edge.models.folder import write_model_files
+
+    scratch = Path(tempfile.mkdtemp(prefix=".outputs.", dir=folder))
+    try:
+        names = write_model_files(model, scratch)
+        (scratch / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in log))
+        names.append(LOG_FILE)
+        if log:
+            plot_losses(log, scratch / PLOT_FILE)
+            names.append(PLOT_FILE)
+        for name in names:
+            with staged_output(check_output(folder / name, force=True), force=True) as path:
+                os.replace(scratch / name, path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return names
 
 
 def evaluate_held_out(
@@ -194,7 +251,11 @@ def evaluate_held_out(
     result = score(torch_logits(model), ids, n_bytes, tokenizer.bos_token_id, window).to_dict()
     result["unigram_bits_per_byte"] = unigram_bits_per_byte(corpus.held_out)
     result["bigram_bits_per_byte"] = bigram_score(
-        train_ids.tolist(), ids, n_bytes, tokenizer.bos_token_id, tokenizer.vocab_size
+        np.asarray(train_ids[:BIGRAM_TOKENS]).tolist(),
+        ids,
+        n_bytes,
+        tokenizer.bos_token_id,
+        tokenizer.vocab_size,
     ).bits_per_byte
     return result
 
@@ -216,61 +277,6 @@ def sample_text(model, tokenizer, prompt: str, new_tokens: int) -> str:
     room = model.config.max_seq_len - ids.shape[1]
     new = model.generate(ids, min(new_tokens, max(room, 0)))
     return prompt + tokenizer.decode(new[0].tolist())
-
-
-def _fresh_run_folder(target: Path, force: bool) -> None:
-    if target.exists() and force:  # check_output allowed it: mhe-edge wrote it
-        shutil.rmtree(target)
-    target.mkdir()
-    (target / FOLDER_MARKER).write_text("written by mhe-edge; `--force` may replace this folder\n")
-
-
-def _read_record(folder: Path) -> dict[str, Any]:
-    path = folder / RECORD_FILE
-    if not path.is_file():
-        raise RequestError(
-            f"{str(folder)!r} is not a training run folder (no {RECORD_FILE}); drop --resume to start one"
-        )
-    if path.stat().st_size > 50_000_000:
-        raise CheckpointError(f"{RECORD_FILE} is too large to be a training record")
-    try:
-        record = json.loads(path.read_text())
-        for key in ("config", "corpus", "options"):
-            record[key]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{folder.name}/{RECORD_FILE} is damaged: {exc}") from exc
-    return record
-
-
-def _options_dict(options: TrainOptions) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(options)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    staged = path.with_name(f".{path.name}.tmp")
-    staged.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(staged, path)
-
-
-def _publish_outputs(folder: Path, model, log: list[dict[str, Any]]) -> list[str]:
-    """The model files, the log and the plot, each staged and renamed into the run folder."""
-    from mhe_edge.models.folder import write_model_files
-
-    stage = Path(tempfile.mkdtemp(prefix=".outputs.", dir=folder))
-    try:
-        names = write_model_files(model, stage)
-        (stage / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in log))
-        names.append(LOG_FILE)
-        if log:
-            plot_losses(log, stage / PLOT_FILE)
-            names.append(PLOT_FILE)
-        for name in names:
-            os.replace(stage / name, folder / name)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return names
 
 
 def plot_losses(log: list[dict[str, Any]], path: Path) -> None:

@@ -3,7 +3,6 @@ files made from it (fp32, fp16, int8; any target), scored on identical windows, 
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -159,16 +158,12 @@ def _load(path: Path, provider: str, threads: int | None) -> dict[str, Any]:
 
 
 def _default_text(item: dict[str, Any]) -> tuple[str, str]:
-    from mhe_edge.text.corpus import RECORD_FILE, held_out_from_record
+    from mhe_edge.text.corpus import held_out_from_record, read_training_record
     from mhe_edge.text.quality import held_out_text
 
     if item["runtime"] == "pytorch":
-        record_path = item["path"] / RECORD_FILE
-        found = (
-            held_out_from_record(json.loads(record_path.read_text())["corpus"])
-            if record_path.is_file()
-            else None
-        )
+        record = read_training_record(item["path"])
+        found = held_out_from_record(record["corpus"]) if record is not None else None
     else:
         found = held_out_text(item["metadata"], None)
     if found is None:
