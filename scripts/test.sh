@@ -7,4 +7,6 @@ bash scripts/setup.sh
 .venv/bin/ruff check mhe_edge tests benchmarks
 .venv/bin/ruff format --check --quiet mhe_edge tests benchmarks
 .venv/bin/mypy
-.venv/bin/python -m pytest -q "$@"
+# two workers (one per core here), each taking whole files so module fixtures are built once: 4.3 min
+# against 6.5 min in one process on this 2-core machine
+.venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
