@@ -110,10 +110,15 @@ def gpt2(hf: dict) -> ModelConfig:
             "add_cross_attention": lambda v: not v,
         },
     )
+    return gpt2_like_config(hf, attention="mha", default_activation="gelu_new")
+
+
+def gpt2_like_config(hf: dict, attention: str, default_activation: str) -> ModelConfig:
+    """The config fields GPT-2 and GPTBigCode name alike (n_embd, n_layer, ...), once checked."""
     width = hf["n_embd"]
     fields = dict(
         arch="decoder",
-        attention="mha",
+        attention=attention,
         n_layers=hf["n_layer"],
         d_model=width,
         n_heads=hf["n_head"],
@@ -121,7 +126,7 @@ def gpt2(hf: dict) -> ModelConfig:
         vocab_size=hf["vocab_size"],
         max_seq_len=hf["n_positions"],
         layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        mlp=ACTIVATIONS[hf.get("activation_function", "gelu_new")],
+        mlp=ACTIVATIONS[hf.get("activation_function", default_activation)],
         tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
     )
     return ModelConfig(**with_special_tokens(hf, fields))

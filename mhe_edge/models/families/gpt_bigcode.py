@@ -10,7 +10,8 @@ import torch
 
 from mhe_edge.config import ModelConfig
 from mhe_edge.models.families import family
-from mhe_edge.models.families.naming import inverse, rename, require, with_special_tokens
+from mhe_edge.models.families.gpt2 import ACTIVATIONS, gpt2_like_config
+from mhe_edge.models.families.naming import inverse, rename, require
 
 BIGCODE_NAMES = [
     (r"^tok_emb\.", "transformer.wte."),
@@ -23,7 +24,6 @@ BIGCODE_NAMES = [
     (r"^ln_f\.", "transformer.ln_f."),
 ]
 BIGCODE_TO_OURS = inverse(BIGCODE_NAMES)
-ACTIVATIONS = {"gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "gelu": "gelu"}
 FUSED = re.compile(r"transformer\.h\.(\d+)\.attn\.c_attn\.(weight|bias)$")
 
 
@@ -105,18 +105,4 @@ def gpt_bigcode(hf: dict) -> ModelConfig:
             "add_cross_attention": lambda v: not v,
         },
     )
-    width = hf["n_embd"]
-    fields = dict(
-        arch="decoder",
-        attention="mqa",
-        n_layers=hf["n_layer"],
-        d_model=width,
-        n_heads=hf["n_head"],
-        d_ff=hf.get("n_inner") or 4 * width,
-        vocab_size=hf["vocab_size"],
-        max_seq_len=hf["n_positions"],
-        layer_norm_eps=hf.get("layer_norm_epsilon", 1e-5),
-        mlp=ACTIVATIONS[hf.get("activation_function", "gelu_pytorch_tanh")],
-        tie_embeddings=bool(hf.get("tie_word_embeddings", True)),
-    )
-    return ModelConfig(**with_special_tokens(hf, fields))
+    return gpt2_like_config(hf, attention="mqa", default_activation="gelu_pytorch_tanh")
