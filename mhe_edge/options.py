@@ -172,6 +172,13 @@ TARGET = Option(
     str,
     choices=("std", "ort", "portable"),
 )
+ORT_OPTIMIZATION_LEVEL = Option(
+    "optimization_level",
+    "basic keeps standard ONNX ops; extended/all add ONNX Runtime's CPU fusions (com.microsoft ops).",
+    "basic",
+    str,
+    choices=("basic", "extended", "all"),
+)
 INT4_BLOCK_SIZE = Option(
     "int4_block_size", "With --int4: weights per scale.", 32, int, choices=(16, 32, 64, 128, 256)
 )

@@ -100,3 +100,17 @@ def test_large_logit_optimize_passes_and_a_broken_fold_is_caught(
     with pytest.raises(ParityError, match="disagrees with its input"):
         optimize(report.path, tmp_path / "broken.onnx", target="ort")
     assert not (tmp_path / "broken.onnx").exists()
+
+
+def test_large_logit_to_ort_is_judged_relative_to_the_logits_scale(large_export, tmp_path):
+    from mhe_edge.edge import to_ort
+    from mhe_edge.edge.ort_format import ORT_TOLERANCE
+
+    _, report = large_export
+    converted = to_ort(report.path, tmp_path / "m.ort", optimization_level="all")
+    atol, rtol = ORT_TOLERANCE["float32"]
+    logits = [r for r in converted.parity if r.output == "logits"]
+    assert all(r.passed and r.atol == atol and r.rtol == rtol for r in converted.parity)
+    assert (
+        min(r.allowed for r in logits) > 10 * atol
+    )  # the scale, not the fixed part, sets the bound

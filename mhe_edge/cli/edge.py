@@ -27,8 +27,8 @@ def to_ort(
     model: OnnxModel,
     output: OutputFile = None,
     optimization_level: Annotated[
-        str, typer.Option(help="basic keeps standard ONNX ops; extended/all add ORT CPU fusions.")
-    ] = "basic",
+        str, cli_option(options.ORT_OPTIMIZATION_LEVEL)
+    ] = options.ORT_OPTIMIZATION_LEVEL.default,
     force: Force = False,
     as_json: Json = False,
 ) -> None:
