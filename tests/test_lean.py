@@ -72,8 +72,10 @@ if sys.argv[2] == "load":
     figures["load"] = hwm()
 else:
     import mhe_edge
-    report = mhe_edge.profile(sys.argv[1], seq_len=8, new_tokens=4, runs=2)
+    report = mhe_edge.profile(sys.argv[1], seq_len=8, new_tokens=4, runs=2, top_ops=4)
     figures["reported"] = report.peak_memory_bytes
+    figures["process"] = hwm()
+    figures["ops"] = len(report.top_ops)
 print(json.dumps(figures))
 """
 
@@ -97,6 +99,8 @@ def test_header_and_profile_peaks(weighty):
     )  # onnx.load held the file twice: ~2x the weights
     # the reported peak covers loading the session (it measured the run phase only)
     assert profiled["reported"] >= 0.95 * loaded["load"], (loaded, profiled)
+    # the op profile shares the measured session: the process never holds (or peaks at) a second one
+    assert profiled["ops"] > 0 and profiled["process"] <= 1.05 * profiled["reported"], profiled
 
 
 def test_a_model_is_built_straight_from_its_weights(tmp_path):

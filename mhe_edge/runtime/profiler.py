@@ -106,7 +106,8 @@ def profile(
     `new_tokens` one at a time; encoders run one forward pass of `seq_len` tokens (default: 128, or what
     fits the model's max_seq_len). Latencies are min/median/p90 over `runs` runs after `warmup` runs (every
     decode step is a sample), flagged in `unstable` when (p90 - min) / median exceeds 10%; memory is the
-    peak from loading the session through the measured runs (what a device must hold). A `--target ort`
+    peak from loading the session through the op profile's steps and the measured runs, all on one
+    session (what a device must hold). A `--target ort`
     decoder updates its cache in place unless `in_place` is False. On the CPU, decoders also report
     their bandwidth floor: the bytes a decode step must read (every weight, and the cache) at this
     machine's measured bandwidth, and which fraction of it the decode reached.
@@ -135,9 +136,19 @@ def profile(
         else None
     )
     del header
+    op_profile = top_ops > 0 or trace is not None
+    trace_dir = tempfile.TemporaryDirectory() if op_profile else None
     reset_peak_rss()
     start = time.perf_counter()
-    model = ExportedModel(path, provider, threads)
+    # One session for everything: with an op profile wanted, ONNX Runtime's profiler is on from the start,
+    # records a few steps first, and is then switched off (end_profiling) before the measured runs, so
+    # the process never loads the weights twice and the timings are not the profiler's
+    model = ExportedModel(
+        path,
+        provider,
+        threads,
+        profile_prefix=str(Path(trace_dir.name) / "ort_profile") if trace_dir else None,
+    )
     load_s = time.perf_counter() - start
     cfg = model.config
     is_decoder = cfg.arch == "decoder"
@@ -162,6 +173,13 @@ def profile(
         f"profiling batch {batch} x {seq_len} tokens",
     )
     ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len))
+
+    ops: list[dict[str, Any]] = []
+    if trace_dir is not None:
+        with trace_dir:
+            ops = _top_ops(
+                model, ids, prefill_chunk, min(new_tokens, 4), is_decoder, trace, force, top_ops
+            )
 
     prefill_s: list[float] = []
     decode_s: list[float] = []
@@ -233,7 +251,6 @@ def profile(
     providers = model.session.get_providers()
     metadata, parameter_bytes, file_size = model.metadata, model.parameter_bytes, model.file_bytes
     cache_in_place = model.cache_in_place
-    del model  # the op profile below loads its own session; never two at once
     return ProfileReport(
         path=str(path),
         provider=provider,
@@ -260,21 +277,7 @@ def profile(
         cache="in place" if is_decoder and cache_in_place else "copied",
         bandwidth_floor=floor,
         unstable=unstable,
-        top_ops=_top_ops(
-            path,
-            provider,
-            threads,
-            ids,
-            prefill_chunk,
-            min(new_tokens, 4),
-            is_decoder,
-            trace,
-            force,
-            top_ops,
-            in_place=cache_in_place,
-        )
-        if top_ops or trace
-        else [],
+        top_ops=ops,
     )
 
 
@@ -302,28 +305,26 @@ def _bandwidth_floor(
 
 
 def _top_ops(
-    path, provider, threads, ids, prefill_chunk, steps, is_decoder, trace, force, limit, in_place
+    model: ExportedModel, ids, prefill_chunk, steps, is_decoder, trace, force, limit
 ) -> list[dict[str, Any]]:
-    """Time by op type from ONNX Runtime's own profiler, over one prefill and a few decode steps,
-    with the cache handled as the measured runs handled it (`in_place`, or copied present -> past)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        model = ExportedModel(
-            path, provider, threads, profile_prefix=str(Path(tmp) / "ort_profile")
-        )
-        model.cache_in_place = model.cache_in_place and in_place
-        if is_decoder:
-            last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
-            token = last.argmax(-1)[:, None]
-            for _ in range(steps):
-                logits, cache = model.step(token, cache)
-                token = logits[:, -1:].argmax(-1)
-        else:
-            model.encode(ids)
-        trace_file = Path(model.session.end_profiling())
-        events = json.loads(trace_file.read_text())
-        if trace:
-            with staged_output(Path(trace), force=force) as staged:
-                shutil.copyfile(trace_file, staged)
+    """Time by op type from ONNX Runtime's own profiler (on since `model`'s session was created), over one
+    prefill and a few decode steps with the cache handled as the measured runs handle it; then the
+    profiler is switched off, the Chrome trace kept at `trace` if given, and the `limit` costliest op
+    types returned."""
+    if is_decoder:
+        last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
+        token = last.argmax(-1)[:, None]
+        for _ in range(steps):
+            logits, cache = model.step(token, cache)
+            token = logits[:, -1:].argmax(-1)
+        del cache
+    else:
+        model.encode(ids)
+    trace_file = Path(model.session.end_profiling())  # later runs are not profiled
+    events = json.loads(trace_file.read_text())
+    if trace:
+        with staged_output(Path(trace), force=force) as staged:
+            shutil.copyfile(trace_file, staged)
     per_op: dict[str, float] = defaultdict(float)
     for event in events:
         if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
