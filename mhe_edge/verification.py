@@ -197,6 +197,70 @@ def parity_cases(config, batched_chunks: bool = True) -> list[tuple[str, int, li
     return cases
 
 
+def _parity_steps(config, runners: dict[str, Runner], seed: int, float_dtype, batched_chunks: bool):
+    """Every runner through the same seeded parity cases: yields (label, {who: outputs}) per run, each
+    decoder runner feeding its own cache back."""
+    rng = np.random.default_rng(seed)
+    for case, batch, chunks in parity_cases(config, batched_chunks):
+        if config.arch == "encoder":
+            T = chunks[0]
+            mask = np.ones((batch, T), dtype=np.int64)
+            if batch > 1 and T > 2:
+                mask[1, T - 2 :] = 0  # padding; every row keeps real tokens
+            feeds = {
+                INPUT_IDS: rng.integers(0, config.vocab_size, (batch, T)),
+                ATTENTION_MASK: mask,
+            }
+            yield case, {who: run(feeds) for who, run in runners.items()}
+            continue
+        empty = np.zeros((batch, config.kv_heads, 0, config.head_dim), dtype=float_dtype)
+        pasts = past_names(config.n_layers)
+        caches = {who: dict.fromkeys(pasts, empty) for who in runners}
+        seen = 0
+        for step, T in enumerate(chunks):
+            ids = rng.integers(0, config.vocab_size, (batch, T))
+            seen += T
+            mask = np.ones((batch, seen), dtype=np.int64)  # padded batches: tests/test_padding.py
+            outputs = {}
+            for who, run in runners.items():
+                outputs[who] = run({INPUT_IDS: ids, ATTENTION_MASK: mask, **caches[who]})
+                caches[who] = {p: outputs[who][present_for(p)] for p in pasts}
+            yield (f"{case} (step {step})" if len(chunks) > 1 else case), outputs
+
+
+def recorded_runner(
+    config, runner: Runner, seed: int = 0, float_dtype=np.float32, batched_chunks: bool = True
+) -> Runner:
+    """Run `runner` through the parity cases now and return a runner that replays its outputs, so the
+    model behind it can be freed before the candidate is loaded (a process then never holds both).
+    The replay is for `compare_runners` with the same seed, float type and cases; it refuses any other
+    sequence of inputs."""
+    seen_ids: list[np.ndarray] = []
+
+    def noting(feeds):
+        seen_ids.append(feeds[INPUT_IDS])
+        return runner(feeds)
+
+    recorded = [
+        (outputs["reference"], seen_ids[-1])
+        for _label, outputs in _parity_steps(
+            config, {"reference": noting}, seed, float_dtype, batched_chunks
+        )
+    ]
+    position = iter(recorded)
+
+    def replay(feeds):
+        try:
+            outputs, ids = next(position)
+        except StopIteration:
+            raise RuntimeError("the recorded reference has no more runs") from None
+        if not np.array_equal(ids, feeds[INPUT_IDS]):
+            raise RuntimeError("the recorded reference ran on other inputs")
+        return outputs
+
+    return replay
+
+
 def compare_runners(
     config,
     candidate: Runner,
@@ -210,52 +274,22 @@ def compare_runners(
 ) -> list[ParityRecord]:
     """Run both on the same seeded inputs; one record per output per step, each within `atol + rtol *
     the reference output's largest magnitude`. Never raises on a mismatch."""
-    rng = np.random.default_rng(seed)
-    records: list[ParityRecord] = []
-    for case, batch, chunks in parity_cases(config, batched_chunks):
-        if config.arch == "encoder":
-            T = chunks[0]
-            mask = np.ones((batch, T), dtype=np.int64)
-            if batch > 1 and T > 2:
-                mask[1, T - 2 :] = 0  # padding; every row keeps real tokens
-            feeds = {
-                INPUT_IDS: rng.integers(0, config.vocab_size, (batch, T)),
-                ATTENTION_MASK: mask,
-            }
-            got, want = candidate(feeds), reference(feeds)
-            records += [
-                compare_output(case, name, got[name], want[name], atol, min_argmax_agreement, rtol)
-                for name in want
-            ]
-            continue
-        empty = np.zeros((batch, config.kv_heads, 0, config.head_dim), dtype=float_dtype)
-        pasts = past_names(config.n_layers)
-        caches = {
-            "candidate": dict.fromkeys(pasts, empty),
-            "reference": dict.fromkeys(pasts, empty),
-        }
-        seen = 0
-        for step, T in enumerate(chunks):
-            ids = rng.integers(0, config.vocab_size, (batch, T))
-            seen += T
-            mask = np.ones(
-                (batch, seen), dtype=np.int64
-            )  # padded batches: tests/test_text_generation.py
-            outputs = {}
-            for who, run in (("candidate", candidate), ("reference", reference)):
-                outputs[who] = run({INPUT_IDS: ids, ATTENTION_MASK: mask, **caches[who]})
-                caches[who] = {p: outputs[who][present_for(p)] for p in pasts}
-            label = f"{case} (step {step})" if len(chunks) > 1 else case
-            records += [
-                compare_output(
-                    label,
-                    name,
-                    outputs["candidate"][name],
-                    outputs["reference"][name],
-                    atol,
-                    min_argmax_agreement,
-                    rtol,
-                )
-                for name in outputs["reference"]
-            ]
-    return records
+    return [
+        compare_output(
+            label,
+            name,
+            outputs["candidate"][name],
+            outputs["reference"][name],
+            atol,
+            min_argmax_agreement,
+            rtol,
+        )
+        for label, outputs in _parity_steps(
+            config,
+            {"candidate": candidate, "reference": reference},
+            seed,
+            float_dtype,
+            batched_chunks,
+        )
+        for name in outputs["reference"]
+    ]

@@ -179,3 +179,41 @@ def test_loading_holds_the_weights_about_once(tmp_path):
     )  # what the weights cost beyond torch's own
     weights = peaks["large"]["weights"] - peaks["small"]["weights"]
     assert extra < 1.7 * weights, peaks  # a random model filled in afterwards held them ~2.3 times
+
+
+def test_inline_save_writes_what_onnx_ir_writes_holding_one_tensor_at_a_time(weighty, tmp_path):
+    """The single-file writer assembles the same model as onnx_ir's own save, and the lean checker still
+    refuses a graph whose shapes do not agree."""
+    import numpy as np
+    import onnx_ir as ir
+
+    from mhe_edge.errors import ExportError
+    from mhe_edge.files import check_full
+    from mhe_edge.files.lean_save import save_inline
+
+    model = ir.load(weighty)
+    ir.external_data.load_to_model(model)
+    save_inline(model, tmp_path / "lean.onnx")
+    ir.save(model, tmp_path / "plain.onnx")
+    lean, plain = onnx.load(str(tmp_path / "lean.onnx")), onnx.load(str(tmp_path / "plain.onnx"))
+    as_arrays = {t.name: onnx.numpy_helper.to_array(t) for t in plain.graph.initializer}
+    assert len(lean.graph.initializer) == len(as_arrays) > 0
+    for tensor in lean.graph.initializer:
+        assert np.array_equal(onnx.numpy_helper.to_array(tensor), as_arrays[tensor.name])
+    for proto in (lean, plain):
+        proto.graph.ClearField("initializer")
+    assert lean == plain
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "lean.onnx",
+        "plain.onnx",
+    ]  # no staging left
+    check_full(tmp_path / "lean.onnx")
+
+    broken = onnx.load(str(tmp_path / "lean.onnx"))
+    matmul = next(n for n in broken.graph.node if n.op_type == "MatMul")
+    big = next(t for t in broken.graph.initializer if t.name in matmul.input)
+    big.dims[0] += 1  # the weight no longer fits the MatMul
+    big.raw_data += b"\0" * (4 * big.dims[1])
+    onnx.save(broken, str(tmp_path / "broken.onnx"))
+    with pytest.raises(ExportError, match="checker rejects"):
+        check_full(tmp_path / "broken.onnx")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from mhe_edge.verification import (
     compare_runners,
     ort_runner,
     raise_on_failures,
+    recorded_runner,
     torch_runner,
 )
 
@@ -147,17 +149,21 @@ def export(
         )
         ir_model.metadata_props.update(carried)
         _check_fused_nodes(ir_model, config)
+        ops = op_counts(ir_model.graph)
     with staged_output(target, force=force) as staged:
         with step("check"):
             external = save_ir_model(ir_model, staged, external_data or None)
             check_full(staged)
         with step("validate"):
+            # PyTorch's answers first; then the graph and a model loaded here are dropped, so ONNX Runtime
+            # loads the weights into a process that no longer holds them twice
+            reference = recorded_runner(config, torch_runner(model))
+            del ir_model
+            if from_path:
+                del model
+            gc.collect()  # modules and traced graphs hold reference cycles
             records = compare_runners(
-                config,
-                ort_runner(create_session(staged, "cpu")),
-                torch_runner(model),
-                atol,
-                rtol=rtol,
+                config, ort_runner(create_session(staged, "cpu")), reference, atol, rtol=rtol
             )
             raise_on_failures(records, "ONNX Runtime disagrees with PyTorch")
         size = file_bytes(staged)
@@ -168,7 +174,7 @@ def export(
         opset,
         external,
         size,
-        op_counts(ir_model.graph),
+        ops,
         records,
         seconds,
     )

@@ -88,9 +88,27 @@ def trace(model: Transformer, opset: int):
         )
     assert program is not None  # dynamo=True always returns the program
     ir_model = program.model
+    release_rewriter_state()
     if config.arch == "decoder":
         _name_mask_length(ir_model)
     return ir_model
+
+
+MATCHER_STATE = ("_graph", "_current_node", "_match", "_tracer")
+
+
+def release_rewriter_state() -> None:
+    """onnxscript's rewrite rules are module-level objects, and each rule's matcher keeps the last graph it
+    matched (and through the graph every initializer: here, the PyTorch parameters). Drop those
+    references, so the exported graph and the weights can be freed once the caller lets go of them."""
+    import gc
+
+    from onnxscript.rewriter import _matcher
+
+    for obj in gc.get_objects():
+        if isinstance(obj, _matcher.SimplePatternMatcher):
+            for attr in MATCHER_STATE:
+                obj.__dict__.pop(attr, None)
 
 
 def _name_mask_length(ir_model) -> None:

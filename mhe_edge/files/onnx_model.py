@@ -356,19 +356,48 @@ def save_ir_model(ir_model, path: Path, external: bool | None = None) -> bool:
 
     if external is None:
         external = initializer_bytes(ir_model) > EXTERNAL_DATA_THRESHOLD
-    if (
-        not external
-    ):  # tensors still pointing at the source's data file are written inline, not left pointing
-        ir.external_data.load_to_model(ir_model)
-    ir.save(ir_model, path, external_data=f"{path.name}.data" if external else None)
+    if external:
+        ir.save(ir_model, path, external_data=f"{path.name}.data")
+    else:  # tensors still pointing at the source's data file are written inline, not left pointing
+        from mhe_edge.files.lean_save import save_inline
+
+        save_inline(ir_model, path)
     return external
 
 
+CHECK_INLINE_BYTES = (
+    64 << 10
+)  # tensors up to this size keep their bytes for the checker's shape inference
+
+
 def check_full(path: Path) -> None:
-    """The ONNX checker with full shape inference, as one clear error."""
+    """The ONNX checker with full shape inference, as one clear error. It is given the graph without its
+    large weights (each initializer over CHECK_INLINE_BYTES, or in external data, is declared as a graph
+    input of its type and shape instead), so checking costs the graph's size rather than twice the
+    weights'; the sizes of those tensors are read_header's to vet."""
     import onnx
 
+    from mhe_edge.files.lean_proto import read_model_without_weights
+
+    proto, raw_data = read_model_without_weights(path)
+    kept, declared = [], []
+    with open(path, "rb") as stream:
+        for tensor in proto.graph.initializer:
+            where = raw_data.get(tensor.name)
+            external = tensor.data_location == onnx.TensorProto.EXTERNAL
+            if external or (where is not None and where.length > CHECK_INLINE_BYTES):
+                declared.append(
+                    onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims)
+                )
+                continue
+            if where is not None:  # shapes and scalars: shape inference reads their values
+                stream.seek(where.offset)
+                tensor.raw_data = stream.read(where.length)
+            kept.append(tensor)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    proto.graph.input.extend(declared)
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        onnx.checker.check_model(proto, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise ExportError(f"the ONNX checker rejects the graph: {first_line(exc)}") from exc

@@ -77,7 +77,9 @@ class ExportedModel:
             header.parameter_bytes
         )  # from the header already parsed; not kept in memory
         self.file_bytes = header.file_bytes
-        del header  # the graph's structure is not needed again: free it before the session loads the weights
+        del (
+            header
+        )  # the graph's structure is not needed again: free it before the session loads the weights
         self.provider = provider
         self.session = create_session(self.path, provider, threads, profile_prefix)
         self.device = provider  # ORT names devices as we name providers: "cpu", "cuda"
