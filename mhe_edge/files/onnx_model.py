@@ -13,7 +13,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -379,7 +379,8 @@ def check_full(path: Path) -> None:
 
     from mhe_edge.files.lean_proto import read_model_without_weights
 
-    proto, raw_data = read_model_without_weights(path)
+    lean, raw_data = read_model_without_weights(path)
+    proto = cast(onnx.ModelProto, lean)
     kept, declared = [], []
     with open(path, "rb") as stream:
         for tensor in proto.graph.initializer:
