@@ -98,6 +98,15 @@ SEQ_LEN = Option(
     1,
     MAX_SEQ_LEN,
 )
+PAST_LEN = Option(
+    "past_len",
+    "Decoders: time decode steps after a cache of this many positions (seeded values, no prefill run or"
+    " timed) instead of a --seq-len prompt; with --new-tokens it must fit the model's max positions.",
+    None,
+    int,
+    1,
+    MAX_SEQ_LEN,
+)
 PREFILL_CHUNK = Option(
     "prefill_chunk", "Feed the prompt in chunks of this many tokens.", None, int, 1, MAX_SEQ_LEN
 )

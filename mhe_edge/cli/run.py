@@ -137,6 +137,7 @@ def profile(
     batch: Batch = options.BATCH.default,
     seq_len: Annotated[int | None, cli_option(options.SEQ_LEN)] = None,
     prefill_chunk: PrefillChunk = None,
+    past_len: Annotated[int | None, cli_option(options.PAST_LEN)] = None,
     new_tokens: NewTokens = options.NEW_TOKENS.default,
     runs: Runs = options.RUNS.default,
     warmup: Annotated[int, cli_option(options.WARMUP)] = options.WARMUP.default,
@@ -156,9 +157,11 @@ def profile(
 ) -> None:
     """Latency (load, prefill, per-token decode: min/median/p90; spreads over 10% flagged), tokens/s, peak
     memory, KV-cache bytes, file size, the bandwidth floor of a decode step (CPU) and the slowest ops by
-    ONNX Runtime's own profiler. `--target ort` decoders update their cache in place.
+    ONNX Runtime's own profiler. `--target ort` decoders update their cache in place. `--past-len T`
+    times decode steps at context T from a cache already holding T positions, with no T-token prefill.
 
-    Example: `mhe-edge profile model.opt.onnx --seq-len 512 --new-tokens 32 --json`
+    Examples: `mhe-edge profile model.opt.onnx --seq-len 512 --new-tokens 32 --json`;
+    `mhe-edge profile model.opt.onnx --past-len 16384 --batch 4 --new-tokens 8`
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -183,6 +186,7 @@ def profile(
             batch=batch,
             seq_len=seq_len,
             prefill_chunk=prefill_chunk,
+            past_len=past_len,
             new_tokens=new_tokens,
             runs=runs,
             warmup=warmup,
@@ -199,7 +203,7 @@ def _print_profile(report) -> None:
     latency = report.latency_ms
     table = Table(
         title=f"{literal(report.path)} on {report.provider} ({report.attention} {report.arch}, batch {report.batch},"
-        f" {report.seq_len} tokens)",
+        f" {report.seq_len} tokens{' of synthetic past' if report.past_len else ''})",
         show_header=False,
     )
     table.add_row("session load", f"{latency['load']:.1f} ms")

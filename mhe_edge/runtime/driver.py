@@ -58,6 +58,13 @@ class SessionCache(dict):
     def in_place(self) -> bool:
         return self.capacity is not None
 
+    def rewind(self, length: int) -> None:
+        """Forget the positions from `length` on, so decoding resumes there (the next steps overwrite them);
+        only preallocated buffers can: a copied cache's tensors are exactly as long as what they hold."""
+        if not self.in_place or not 0 <= length <= self.length:
+            raise RequestError(f"cannot rewind this cache of {self.length} positions to {length}")
+        self.length = length
+
 
 class ExportedModel:
     """An mhe-edge export loaded on one provider, with its config and I/O layout read from the file."""
