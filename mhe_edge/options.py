@@ -45,6 +45,10 @@ class Option:
         """The same option with the help a particular command gives it (bounds and default unchanged)."""
         return dataclasses.replace(self, help=help)
 
+    def unset(self, help: str) -> Option:
+        """The same bounds with no default (None: the command picks the value, e.g. from a preset)."""
+        return dataclasses.replace(self, help=help, default=None)
+
     def bounds_text(self) -> str:
         if self.choices:
             return "one of " + ", ".join(str(c) for c in self.choices)
@@ -215,6 +219,30 @@ ARCH = Option("arch", "Encoder or decoder.", "decoder", str, choices=ARCHS)
 PRESET = Option("preset", "Starting sizes.", "tiny", str, choices=tuple(PRESETS))
 ATTENTION = Option(
     "attention", "The attention kind.", "mhe-mul", str, choices=tuple(ATTENTION_KINDS)
+)
+
+
+@dataclass(frozen=True)
+class ComparePreset:
+    """What `compare` measures unless told otherwise (each value is checked by its option)."""
+
+    seq_lens: tuple[int, ...]  # those that fit the models' context (built models: made to fit)
+    batch: int
+    new_tokens: int
+    runs: int
+    synthetic_past: bool  # decode timed from a cache already holding seq_len positions (no prefill)
+
+
+# Batch 4 at 512 and 2048 tokens: long enough that MHA's cache is a visible share of a step's bytes on
+# the small preset, short enough that the default run stays under two minutes on 2 cores.
+COMPARE_DEFAULT = ComparePreset((512, 2048), 4, 32, 3, False)
+# Contexts where the cache is most of what a decode step reads; a 16k-token prefill per model would take
+# minutes on a laptop's CPU, so each step is timed from a synthetic past of that length instead.
+COMPARE_LONG_CONTEXT = ComparePreset((4096, 16384), 4, 8, 3, True)
+COMPARE_BATCH = BATCH.unset("Sequences per call (default: the preset's, 4).")
+COMPARE_NEW_TOKENS = NEW_TOKENS.unset("Decode steps per run (default: 32; 8 with --long-context).")
+COMPARE_RUNS = RUNS.unset(
+    "Interleaved rounds: every model is profiled once per round (default: 3)."
 )
 
 # -- a model's shape (`init`, `train`): unset ones keep the preset's; the bounds are the config's own ------

@@ -263,18 +263,23 @@ def compare(
     seq_lens: Annotated[
         str | None,
         typer.Option(
-            help="Prompt lengths, comma-separated (default: 128 and 512, those that fit the models).",
+            help="Prompt lengths, comma-separated (default: 512 and 2048, those that fit the models;"
+            " 4096 and 16384 with --long-context).",
             show_default=False,
         ),
     ] = None,
-    batch: Batch = options.BATCH.default,
-    new_tokens: NewTokens = options.NEW_TOKENS.default,
-    runs: Annotated[
-        int,
-        cli_option(
-            options.RUNS, help="Interleaved rounds: every model is profiled once per round."
+    batch: Annotated[int | None, cli_option(options.COMPARE_BATCH)] = None,
+    new_tokens: Annotated[int | None, cli_option(options.COMPARE_NEW_TOKENS)] = None,
+    runs: Annotated[int | None, cli_option(options.COMPARE_RUNS)] = None,
+    long_context: Annotated[
+        bool,
+        flag(
+            "--long-context",
+            "Where the KV cache dominates: decode at 4096 and 16384 tokens of past, batch 4, 8 steps,"
+            " each step timed from a synthetic cache of that length (no prefill; built models get the"
+            " positions). Explicit --seq-lens, --batch, --new-tokens, --runs override it.",
         ),
-    ] = options.RUNS.default,
+    ] = False,
     prefill_chunk: PrefillChunk = None,
     target: Target = "ort",
     threads: Threads = None,
@@ -289,9 +294,13 @@ def compare(
 ) -> None:
     """Put MHE beside MHA, MQA and GQA: same-size random-weight models are built, exported and optimized
     (or FILES are taken as they are), each profiled in a fresh process, in interleaved rounds; one table of
-    medians with ratios to MHA (* marks a spread over 10% between rounds).
+    medians with ratios to MHA (* marks a spread over 10% between rounds), with each model's KV cache per
+    token and its share of the bytes a decode step reads. By default batch 4 at 512 and 2048 tokens;
+    `--long-context` goes where the cache is most of a step (4k and 16k tokens), where MHE's cache,
+    n_heads times smaller than MHA's, pays most.
 
-    Example: `mhe-edge compare --preset small --seq-lens 128,512,2048 --plot compare.png`
+    Examples: `mhe-edge compare --preset small --seq-lens 128,512,2048 --plot compare.png`;
+    `mhe-edge compare --long-context --plot long.png`
     """
     from mhe_edge.workflows.compare import compare as compare_models
 
@@ -310,6 +319,7 @@ def compare(
             batch=batch,
             new_tokens=new_tokens,
             runs=runs,
+            long_context=long_context,
             prefill_chunk=prefill_chunk,
             target=target,
             threads=threads,
