@@ -233,9 +233,10 @@ class ComparePreset:
     synthetic_past: bool  # decode timed from a cache already holding seq_len positions (no prefill)
 
 
-# Batch 4 at 512 and 2048 tokens: long enough that MHA's cache is a visible share of a step's bytes on
-# the small preset, short enough that the default run stays under two minutes on 2 cores.
-COMPARE_DEFAULT = ComparePreset((512, 2048), 4, 32, 3, False)
+# Batch 4 at 512 and 1024 tokens: long enough that MHA's cache is a third to a half of a step's bytes on
+# the small preset (MHE's a sixteenth to an eighth), short enough that the default run stays near 1.5
+# minutes on 2 idle cores.
+COMPARE_DEFAULT = ComparePreset((512, 1024), 4, 32, 3, False)
 # Contexts where the cache is most of what a decode step reads; a 16k-token prefill per model would take
 # minutes on a laptop's CPU, so each step is timed from a synthetic past of that length instead.
 COMPARE_LONG_CONTEXT = ComparePreset((4096, 16384), 4, 8, 3, True)

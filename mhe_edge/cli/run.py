@@ -263,7 +263,7 @@ def compare(
     seq_lens: Annotated[
         str | None,
         typer.Option(
-            help="Prompt lengths, comma-separated (default: 512 and 2048, those that fit the models;"
+            help="Prompt lengths, comma-separated (default: 512 and 1024, those that fit the models;"
             " 4096 and 16384 with --long-context).",
             show_default=False,
         ),
@@ -295,7 +295,7 @@ def compare(
     """Put MHE beside MHA, MQA and GQA: same-size random-weight models are built, exported and optimized
     (or FILES are taken as they are), each profiled in a fresh process, in interleaved rounds; one table of
     medians with ratios to MHA (* marks a spread over 10% between rounds), with each model's KV cache per
-    token and its share of the bytes a decode step reads. By default batch 4 at 512 and 2048 tokens;
+    token and its share of the bytes a decode step reads. By default batch 4 at 512 and 1024 tokens;
     `--long-context` goes where the cache is most of a step (4k and 16k tokens), where MHE's cache,
     n_heads times smaller than MHA's, pays most.
 

@@ -64,7 +64,7 @@ def compare(
 ) -> CompareReport:
     """Profile each model at each sequence length, each in a fresh process, in `runs` interleaved rounds;
     ratios are to MHA. Unset values come from the preset (`options.COMPARE_DEFAULT`: batch 4 at 512 and
-    2048 tokens, those that fit the models' context, 32 decode steps, 3 rounds). `long_context`
+    1024 tokens, those that fit the models' context, 32 decode steps, 3 rounds). `long_context`
     (`options.COMPARE_LONG_CONTEXT`) measures decode at 4096 and 16384 tokens, batch 4, 8 steps: each
     step timed from a synthetic past of that length (no prefill), the built models' context made long
     enough.
