@@ -26,7 +26,7 @@ process, rounds interleaved, min and median over rounds. Cells that do not fit a
 
 Prints a Markdown table, writes benchmarks/results/long_context_SHAPE.json and a plot of decode ms/token
 against context, per attention, one panel per batch (long_context_SHAPE.png). Built models are kept in
---work and reused. Shape A needs ~8 minutes and ~5 GiB to export each model on 2 cores.
+--work and reused. Shape A needs ~9 minutes and ~5 GiB to export and optimize each model on 2 cores.
 """
 
 from __future__ import annotations
