@@ -240,10 +240,16 @@ COMPARE_DEFAULT = ComparePreset((512, 1024), 4, 32, 3, False)
 # Contexts where the cache is most of what a decode step reads; a 16k-token prefill per model would take
 # minutes on a laptop's CPU, so each step is timed from a synthetic past of that length instead.
 COMPARE_LONG_CONTEXT = ComparePreset((4096, 16384), 4, 8, 3, True)
-COMPARE_BATCH = BATCH.unset("Sequences per call (default: the preset's, 4).")
-COMPARE_NEW_TOKENS = NEW_TOKENS.unset("Decode steps per run (default: 32; 8 with --long-context).")
+_DEFAULT, _LONG = COMPARE_DEFAULT, COMPARE_LONG_CONTEXT
+COMPARE_BATCH = BATCH.unset(
+    f"Sequences per call (default: {_DEFAULT.batch}; {_LONG.batch} with --long-context)."
+)
+COMPARE_NEW_TOKENS = NEW_TOKENS.unset(
+    f"Decode steps per run (default: {_DEFAULT.new_tokens}; {_LONG.new_tokens} with --long-context)."
+)
 COMPARE_RUNS = RUNS.unset(
-    "Interleaved rounds: every model is profiled once per round (default: 3)."
+    f"Interleaved rounds: every model is profiled once per round (default: {_DEFAULT.runs};"
+    f" {_LONG.runs} with --long-context)."
 )
 
 # -- a model's shape (`init`, `train`): unset ones keep the preset's; the bounds are the config's own ------

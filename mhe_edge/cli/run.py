@@ -242,6 +242,10 @@ def _print_profile(report) -> None:
     out.print(table)
 
 
+def _lengths(preset: options.ComparePreset) -> str:
+    return " and ".join(str(t) for t in preset.seq_lens)
+
+
 @command()
 def compare(
     files: Annotated[
@@ -263,8 +267,9 @@ def compare(
     seq_lens: Annotated[
         str | None,
         typer.Option(
-            help="Prompt lengths, comma-separated (default: 512 and 1024, those that fit the models;"
-            " 4096 and 16384 with --long-context).",
+            help="Prompt lengths, comma-separated (default: "
+            f"{_lengths(options.COMPARE_DEFAULT)}, those that fit the models;"
+            f" {_lengths(options.COMPARE_LONG_CONTEXT)} with --long-context).",
             show_default=False,
         ),
     ] = None,
@@ -275,9 +280,11 @@ def compare(
         bool,
         flag(
             "--long-context",
-            "Where the KV cache dominates: decode at 4096 and 16384 tokens of past, batch 4, 8 steps,"
-            " each step timed from a synthetic cache of that length (no prefill; built models get the"
-            " positions). Explicit --seq-lens, --batch, --new-tokens, --runs override it.",
+            f"Where the KV cache dominates: decode at {_lengths(options.COMPARE_LONG_CONTEXT)} tokens of"
+            f" past, batch {options.COMPARE_LONG_CONTEXT.batch},"
+            f" {options.COMPARE_LONG_CONTEXT.new_tokens} steps, {options.COMPARE_LONG_CONTEXT.runs}"
+            " rounds, each step timed from a synthetic cache of that length (no prefill; built models"
+            " get the positions). Explicit --seq-lens, --batch, --new-tokens, --runs override it.",
         ),
     ] = False,
     prefill_chunk: PrefillChunk = None,
