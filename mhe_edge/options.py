@@ -45,6 +45,10 @@ class Option:
         """The same option with the help a particular command gives it (bounds and default unchanged)."""
         return dataclasses.replace(self, help=help)
 
+    def unset(self, help: str) -> Option:
+        """The same bounds with no default (None: the command picks the value, e.g. from a preset)."""
+        return dataclasses.replace(self, help=help, default=None)
+
     def bounds_text(self) -> str:
         if self.choices:
             return "one of " + ", ".join(str(c) for c in self.choices)
@@ -93,6 +97,15 @@ BATCH = Option("batch", "Sequences per call.", 1, int, 1, MAX_BATCH)
 SEQ_LEN = Option(
     "seq_len",
     "Prompt length (decoders) or sequence length (encoders); default 128, or what fits the model.",
+    None,
+    int,
+    1,
+    MAX_SEQ_LEN,
+)
+PAST_LEN = Option(
+    "past_len",
+    "Decoders: time decode steps after a cache of this many positions (seeded values, no prefill run or"
+    " timed) instead of a --seq-len prompt; with --new-tokens it must fit the model's max positions.",
     None,
     int,
     1,
@@ -213,6 +226,37 @@ ARCH = Option("arch", "Encoder or decoder.", "decoder", str, choices=ARCHS)
 PRESET = Option("preset", "Starting sizes.", "tiny", str, choices=tuple(PRESETS))
 ATTENTION = Option(
     "attention", "The attention kind.", "mhe-mul", str, choices=tuple(ATTENTION_KINDS)
+)
+
+
+@dataclass(frozen=True)
+class ComparePreset:
+    """What `compare` measures unless told otherwise (each value is checked by its option)."""
+
+    seq_lens: tuple[int, ...]  # those that fit the models' context (built models: made to fit)
+    batch: int
+    new_tokens: int
+    runs: int
+    synthetic_past: bool  # decode timed from a cache already holding seq_len positions (no prefill)
+
+
+# Batch 4 at 512 and 1024 tokens: long enough that MHA's cache is a third to a half of a step's bytes on
+# the small preset (MHE's a sixteenth to an eighth), short enough that the default run stays near 1.5
+# minutes on 2 idle cores.
+COMPARE_DEFAULT = ComparePreset((512, 1024), 4, 32, 3, False)
+# Contexts where the cache is most of what a decode step reads; a 16k-token prefill per model would take
+# minutes on a laptop's CPU, so each step is timed from a synthetic past of that length instead.
+COMPARE_LONG_CONTEXT = ComparePreset((4096, 16384), 4, 8, 3, True)
+_DEFAULT, _LONG = COMPARE_DEFAULT, COMPARE_LONG_CONTEXT
+COMPARE_BATCH = BATCH.unset(
+    f"Sequences per call (default: {_DEFAULT.batch}; {_LONG.batch} with --long-context)."
+)
+COMPARE_NEW_TOKENS = NEW_TOKENS.unset(
+    f"Decode steps per run (default: {_DEFAULT.new_tokens}; {_LONG.new_tokens} with --long-context)."
+)
+COMPARE_RUNS = RUNS.unset(
+    f"Interleaved rounds: every model is profiled once per round (default: {_DEFAULT.runs};"
+    f" {_LONG.runs} with --long-context)."
 )
 
 # -- a model's shape (`init`, `train`): unset ones keep the preset's; the bounds are the config's own ------

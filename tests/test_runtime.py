@@ -226,3 +226,55 @@ def test_a_run_larger_than_memory_is_refused_before_allocating(tmp_path):
         RequestError, match=r"needs about [\d,.]+ GiB .* GiB this machine has available"
     ):
         profile(path, batch=4096, seq_len=1_000_000, new_tokens=1)
+
+
+@pytest.mark.parametrize("in_place", [True, False])
+def test_a_decode_from_a_given_past_equals_prefill_then_decode(tmp_path, in_place):
+    """The past-length path feeds the cache as a prefill leaves it: the same next-token logits."""
+    from mhe_edge.runtime.past_cache import cache_with_past
+
+    _, path = exported(tmp_path, attention="mhe-mul", d_model=64)
+    runner = ExportedModel(optimize(path, tmp_path / "ort.onnx", target="ort").output)
+    runner.cache_in_place = in_place
+    ids = np.random.default_rng(3).integers(0, runner.config.vocab_size, (2, 20))
+    _, prefilled = runner.prefill(ids[:, :19], capacity=24)
+    want, _ = runner.step(ids[:, 19:], prefilled)
+    runner.cache_in_place = (
+        False  # a real prefill's past, as plain arrays (batch, kv, 19, head_dim)
+    )
+    _, copied = runner.prefill(ids[:, :19])
+    arrays = {name: copied[name].numpy() for name in runner.past_names}
+    runner.cache_in_place = in_place
+    cache = cache_with_past(runner, arrays, capacity=24)
+    assert cache.in_place == in_place and cache.length == 19
+    got, cache = runner.step(ids[:, 19:], cache)
+    assert np.abs(got - want).max() < 1e-5
+    with pytest.raises(RequestError, match="kv heads"):
+        cache_with_past(runner, dict.fromkeys(runner.past_names, np.zeros((2, 3, 4, 5), "f4")))
+
+
+def test_profile_past_len_times_decode_without_a_prefill(tmp_path, cli):
+    _, path = exported(tmp_path, attention="mhe-mul", d_model=64)
+    path = optimize(path, tmp_path / "ort.onnx", target="ort").output
+    report = profile(path, past_len=50, batch=2, new_tokens=4, runs=2, top_ops=2)
+    assert report.past_len == report.seq_len == 50 and report.cache == "in place"
+    assert report.latency_ms["prefill"] is None and report.latency_ms["decode_per_token"]["n"] == 8
+    # batch 2, past + new 54, K and V, 2 layers, 1 KV head (folded) of 16, fp32
+    assert report.kv_cache_bytes == 2 * 54 * 2 * 2 * 1 * 16 * 4
+    assert report.top_ops and report.bandwidth_floor["bytes_per_step"] > report.parameter_bytes
+    for kwargs, fragment in [
+        (
+            dict(past_len=61, new_tokens=4),
+            "61 past \\+ 4 new tokens exceed the model's max_seq_len 64",
+        ),
+        (dict(past_len=8, seq_len=8), "without --seq-len"),
+        (dict(past_len=8, new_tokens=0), "--new-tokens of at least 1"),
+        (dict(past_len=0), "--past-len must be 1 to"),
+    ]:
+        with pytest.raises(RequestError, match=fragment):
+            profile(path, **kwargs)
+    result = cli("profile", path, "--past-len", "40", "--new-tokens", "2", "--runs", "1", "--json")
+    assert result.code == 0, result.stderr
+    assert json.loads(result.stdout)["past_len"] == 40
+    bad = cli("profile", path, "--past-len", "100")
+    assert bad.code == 2 and "max_seq_len 64" in bad.stderr and "Traceback" not in bad.stderr

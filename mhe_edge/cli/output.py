@@ -39,24 +39,31 @@ def comparison_table(result: dict[str, Any]) -> Table:
     settings = result["settings"]
     steps = (
         f"{settings['new_tokens']} decode steps"
+        + (" from a synthetic past (no prefill)" if settings.get("synthetic_past") else "")
         if settings.get("arch", "decoder") == "decoder"
         else "one forward pass"
     )
     table = Table(
         title=f"compare on {settings['provider']}: batch {settings['batch']}, {steps}, target {settings['target']},"
-        f" median of {settings['runs']} rounds (ratios: x MHA; * spread > 10%)"
+        f" median of {settings['runs']} rounds (ratios: x MHA; * spread > 10%)",
+        caption=_crossover_caption(result["rows"], settings["batch"]),
     )
     named = (
         settings.get("preset") is None
     )  # files given: say which is which (built models are named by kind)
+    prefilled = any(
+        r["prefill_ms"] is not None for r in result["rows"]
+    )  # none from a synthetic past
     for column in (["model"] if named else []) + [
         "attention",
         "tokens",
         "params",
         "file MiB",
         "KV cache MiB",
+        "KV KiB/token",
+        "cache share",
         "peak MiB",
-        "prefill ms",
+        *(["prefill ms"] if prefilled else []),
         "decode ms/tok",
     ]:
         table.add_column(column, justify="right")
@@ -80,11 +87,28 @@ def comparison_table(result: dict[str, Any]) -> Table:
             cell(row, "parameters", 1e6, 2, "M"),
             cell(row, "model_file_bytes", 2**20),
             cell(row, "kv_cache_bytes", 2**20, 2),
+            cell(row, "kv_cache_bytes_per_token", 2**10, 1),
+            f"{row['cache_share_of_step']:.0%}",
             cell(row, "peak_memory_bytes", 2**20),
-            cell(row, "prefill_ms", 1, 2),
+            *([cell(row, "prefill_ms", 1, 2)] if prefilled else []),
             cell(row, "decode_ms_per_token", 1, 2),
         )
     return table
+
+
+def _crossover_caption(rows: list[dict[str, Any]], batch: int) -> str | None:
+    """Per attention kind, the context from which its cache outweighs its weights (cache share: of the bytes
+    a decode step reads, every weight and the cache, the cache's part)."""
+    kinds = [r["attention"] for r in rows]
+    models = [r["model"] for r in rows]
+    by = (
+        "attention" if len(set(kinds)) == len(set(models)) else "model"
+    )  # two files of one kind: names
+    at = {r[by]: r["cache_exceeds_weights_at"] for r in rows}
+    known = [f"{kind} {tokens:,}" for kind, tokens in at.items() if tokens is not None]
+    if not known:
+        return None
+    return f"KV cache > weights (batch {batch}) from tokens: " + ", ".join(known)
 
 
 def print_optimize(report) -> None:

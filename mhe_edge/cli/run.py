@@ -137,6 +137,7 @@ def profile(
     batch: Batch = options.BATCH.default,
     seq_len: Annotated[int | None, cli_option(options.SEQ_LEN)] = None,
     prefill_chunk: PrefillChunk = None,
+    past_len: Annotated[int | None, cli_option(options.PAST_LEN)] = None,
     new_tokens: NewTokens = options.NEW_TOKENS.default,
     runs: Runs = options.RUNS.default,
     warmup: Annotated[int, cli_option(options.WARMUP)] = options.WARMUP.default,
@@ -156,9 +157,11 @@ def profile(
 ) -> None:
     """Latency (load, prefill, per-token decode: min/median/p90; spreads over 10% flagged), tokens/s, peak
     memory, KV-cache bytes, file size, the bandwidth floor of a decode step (CPU) and the slowest ops by
-    ONNX Runtime's own profiler. `--target ort` decoders update their cache in place.
+    ONNX Runtime's own profiler. `--target ort` decoders update their cache in place. `--past-len T`
+    times decode steps at context T from a cache already holding T positions, with no T-token prefill.
 
-    Example: `mhe-edge profile model.opt.onnx --seq-len 512 --new-tokens 32 --json`
+    Examples: `mhe-edge profile model.opt.onnx --seq-len 512 --new-tokens 32 --json`;
+    `mhe-edge profile model.opt.onnx --past-len 16384 --batch 4 --new-tokens 8`
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
@@ -183,6 +186,7 @@ def profile(
             batch=batch,
             seq_len=seq_len,
             prefill_chunk=prefill_chunk,
+            past_len=past_len,
             new_tokens=new_tokens,
             runs=runs,
             warmup=warmup,
@@ -199,7 +203,7 @@ def _print_profile(report) -> None:
     latency = report.latency_ms
     table = Table(
         title=f"{literal(report.path)} on {report.provider} ({report.attention} {report.arch}, batch {report.batch},"
-        f" {report.seq_len} tokens)",
+        f" {report.seq_len} tokens{' of synthetic past' if report.past_len else ''})",
         show_header=False,
     )
     table.add_row("session load", f"{latency['load']:.1f} ms")
@@ -238,6 +242,10 @@ def _print_profile(report) -> None:
     out.print(table)
 
 
+def _lengths(preset: options.ComparePreset) -> str:
+    return " and ".join(str(t) for t in preset.seq_lens)
+
+
 @command()
 def compare(
     files: Annotated[
@@ -259,18 +267,26 @@ def compare(
     seq_lens: Annotated[
         str | None,
         typer.Option(
-            help="Prompt lengths, comma-separated (default: 128 and 512, those that fit the models).",
+            help="Prompt lengths, comma-separated (default: "
+            f"{_lengths(options.COMPARE_DEFAULT)}, those that fit the models;"
+            f" {_lengths(options.COMPARE_LONG_CONTEXT)} with --long-context).",
             show_default=False,
         ),
     ] = None,
-    batch: Batch = options.BATCH.default,
-    new_tokens: NewTokens = options.NEW_TOKENS.default,
-    runs: Annotated[
-        int,
-        cli_option(
-            options.RUNS, help="Interleaved rounds: every model is profiled once per round."
+    batch: Annotated[int | None, cli_option(options.COMPARE_BATCH)] = None,
+    new_tokens: Annotated[int | None, cli_option(options.COMPARE_NEW_TOKENS)] = None,
+    runs: Annotated[int | None, cli_option(options.COMPARE_RUNS)] = None,
+    long_context: Annotated[
+        bool,
+        flag(
+            "--long-context",
+            f"Where the KV cache dominates: decode at {_lengths(options.COMPARE_LONG_CONTEXT)} tokens of"
+            f" past, batch {options.COMPARE_LONG_CONTEXT.batch},"
+            f" {options.COMPARE_LONG_CONTEXT.new_tokens} steps, {options.COMPARE_LONG_CONTEXT.runs}"
+            " rounds, each step timed from a synthetic cache of that length (no prefill; built models"
+            " get the positions). Explicit --seq-lens, --batch, --new-tokens, --runs override it.",
         ),
-    ] = options.RUNS.default,
+    ] = False,
     prefill_chunk: PrefillChunk = None,
     target: Target = "ort",
     threads: Threads = None,
@@ -285,9 +301,13 @@ def compare(
 ) -> None:
     """Put MHE beside MHA, MQA and GQA: same-size random-weight models are built, exported and optimized
     (or FILES are taken as they are), each profiled in a fresh process, in interleaved rounds; one table of
-    medians with ratios to MHA (* marks a spread over 10% between rounds).
+    medians with ratios to MHA (* marks a spread over 10% between rounds), with each model's KV cache per
+    token and its share of the bytes a decode step reads. By default batch 4 at 512 and 1024 tokens;
+    `--long-context` goes where the cache is most of a step (4k and 16k tokens), where MHE's cache,
+    n_heads times smaller than MHA's, pays most.
 
-    Example: `mhe-edge compare --preset small --seq-lens 128,512,2048 --plot compare.png`
+    Examples: `mhe-edge compare --preset small --seq-lens 128,512,2048 --plot compare.png`;
+    `mhe-edge compare --long-context --plot long.png`
     """
     from mhe_edge.workflows.compare import compare as compare_models
 
@@ -306,6 +326,7 @@ def compare(
             batch=batch,
             new_tokens=new_tokens,
             runs=runs,
+            long_context=long_context,
             prefill_chunk=prefill_chunk,
             target=target,
             threads=threads,

@@ -58,6 +58,13 @@ class SessionCache(dict):
     def in_place(self) -> bool:
         return self.capacity is not None
 
+    def rewind(self, length: int) -> None:
+        """Forget the positions from `length` on, so decoding resumes there (the next steps overwrite them);
+        only preallocated buffers can: a copied cache's tensors are exactly as long as what they hold."""
+        if not self.in_place or not 0 <= length <= self.length:
+            raise RequestError(f"cannot rewind this cache of {self.length} positions to {length}")
+        self.length = length
+
 
 class ExportedModel:
     """An mhe-edge export loaded on one provider, with its config and I/O layout read from the file."""
@@ -73,13 +80,10 @@ class ExportedModel:
         header = read_header(self.path)
         self.config, self.metadata = header.config, header.metadata
         check_runtime_version(self.metadata, self.path.name)
-        self.parameter_bytes = (
-            header.parameter_bytes
-        )  # from the header already parsed; not kept in memory
-        self.file_bytes = header.file_bytes
-        del (
-            header
-        )  # the graph's structure is not needed again: free it before the session loads the weights
+        # sizes from the header already parsed; the header itself (the graph's structure) is not
+        # needed again, so it is freed before the session loads the weights
+        self.parameter_bytes, self.file_bytes = header.parameter_bytes, header.file_bytes
+        del header
         self.provider = provider
         self.session = create_session(self.path, provider, threads, profile_prefix)
         self.device = provider  # ORT names devices as we name providers: "cpu", "cuda"

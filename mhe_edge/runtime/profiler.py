@@ -43,7 +43,7 @@ class ProfileReport(Result):
     attention: str
     graph: str | None  # how the file was made: "export", "+optimize(...)"
     batch: int
-    seq_len: int
+    seq_len: int  # the prompt, or with past_len the past each decode step starts from
     prefill_chunk: int | None
     new_tokens: int
     runs: int
@@ -65,6 +65,9 @@ class ProfileReport(Result):
         default_factory=list
     )  # latencies whose spread ((p90 - min) / median) exceeds 10%
     top_ops: list[dict[str, Any]] = field(default_factory=list)  # by ONNX Runtime's profiler
+    past_len: int | None = (
+        None  # set: decode timed after a synthetic past of this length, no prefill
+    )
 
 
 UNSTABLE_SPREAD = 0.10
@@ -92,6 +95,7 @@ def profile(
     batch: int = 1,
     seq_len: int | None = None,
     prefill_chunk: int | None = None,
+    past_len: int | None = None,
     new_tokens: int = 32,
     runs: int = 5,
     warmup: int = 1,
@@ -111,6 +115,9 @@ def profile(
     decoder updates its cache in place unless `in_place` is False. On the CPU, decoders also report
     their bandwidth floor: the bytes a decode step must read (every weight, and the cache) at this
     machine's measured bandwidth, and which fraction of it the decode reached.
+    With `past_len`, decoders skip the prompt: each run decodes `new_tokens` steps from a cache already
+    holding `past_len` positions (seeded values; a step's cost does not depend on them), so the time of
+    a step at a long context is measured without a long prefill (latency "prefill" is then None).
     `trace` keeps ONNX Runtime's Chrome trace (a .json file, never over an existing one unless `force`).
 
     Example: `mhe_edge.profile("model.opt.onnx", seq_len=512, new_tokens=32).latency_ms["decode_per_token"]`
@@ -120,11 +127,18 @@ def profile(
         (options.BATCH, batch),
         (options.SEQ_LEN, seq_len),
         (options.PREFILL_CHUNK, prefill_chunk),
+        (options.PAST_LEN, past_len),
         (options.NEW_TOKENS, new_tokens),
         (options.RUNS, runs),
         (options.WARMUP, warmup),
         (options.THREADS, threads),
     )
+    if past_len is not None and (seq_len is not None or prefill_chunk is not None):
+        raise RequestError(
+            "--past-len replaces the prompt: give it without --seq-len and --prefill-chunk"
+        )
+    if past_len is not None and new_tokens < 1:
+        raise RequestError("--past-len times decode steps: give --new-tokens of at least 1")
     if trace is not None:
         check_output(trace, force=force, suffixes=(".json",), inputs=[path])
     # The bandwidth probe allocates about the weights' size: run it before the session exists, so the
@@ -152,33 +166,56 @@ def profile(
     load_s = time.perf_counter() - start
     cfg = model.config
     is_decoder = cfg.arch == "decoder"
+    if past_len is not None and not is_decoder:
+        raise RequestError("--past-len is for decoders; this file holds an encoder")
+    seq_len = past_len if past_len is not None else seq_len
     if seq_len is None:  # a default that fits the model: 128 tokens, fewer for short contexts
         seq_len = max(1, min(128, cfg.max_seq_len - (new_tokens if is_decoder else 0)))
     model.cache_in_place = model.cache_in_place and in_place
     if seq_len + (new_tokens if is_decoder else 0) > cfg.max_seq_len:
         raise RequestError(
-            f"{seq_len} prompt + {new_tokens if is_decoder else 0} new tokens exceed the model's"
+            f"{seq_len} {'past' if past_len is not None else 'prompt'} +"
+            f" {new_tokens if is_decoder else 0} new tokens exceed the model's"
             f" max_seq_len {cfg.max_seq_len}"
         )
     width = np.dtype(model.float_dtype).itemsize
-    chunk = min(seq_len, prefill_chunk or seq_len)
+    chunk = 1 if past_len is not None else min(seq_len, prefill_chunk or seq_len)
     check_fits(
         {
             "the KV cache": kv_cache_bytes(cfg, batch, seq_len + new_tokens, width)
             if is_decoder
+            else 0,
+            "one layer's synthetic past": kv_cache_bytes(cfg, batch, seq_len, width) // cfg.n_layers
+            if past_len is not None
             else 0,
             "the logits": batch * chunk * cfg.vocab_size * width,
             "the ids": batch * seq_len * 8,
         },
         f"profiling batch {batch} x {seq_len} tokens",
     )
-    ids = np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, seq_len))
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, cfg.vocab_size, (batch, 1 if past_len is not None else seq_len))
+    past = None
+    if past_len is not None:
+        from mhe_edge.runtime.past_cache import cache_with_past, synthetic_past
+
+        layer = synthetic_past(model, batch, past_len)
+        past = cache_with_past(model, dict.fromkeys(model.past_names, layer), past_len + new_tokens)
+        del layer  # in place, every layer now has its own buffer
 
     ops: list[dict[str, Any]] = []
     if trace_dir is not None:
         with trace_dir:
             ops = _top_ops(
-                model, ids, prefill_chunk, min(new_tokens, 4), is_decoder, trace, force, top_ops
+                model,
+                ids,
+                prefill_chunk,
+                min(new_tokens, 4),
+                is_decoder,
+                trace,
+                force,
+                top_ops,
+                past,
             )
 
     prefill_s: list[float] = []
@@ -191,10 +228,15 @@ def profile(
             if record:
                 prefill_s.append(time.perf_counter() - t0)
             return
-        last, cache = model.prefill(ids, prefill_chunk, capacity=seq_len + new_tokens)
-        if record:
-            prefill_s.append(time.perf_counter() - t0)
-        token = last.argmax(-1)[:, None]
+        if past is not None:  # decode from the past each run: in place, its buffers rewound
+            if past.in_place:
+                past.rewind(seq_len)  # seq_len is past_len here
+            cache, token = past, ids
+        else:
+            last, cache = model.prefill(ids, prefill_chunk, capacity=seq_len + new_tokens)
+            if record:
+                prefill_s.append(time.perf_counter() - t0)
+            token = last.argmax(-1)[:, None]
         for _ in range(new_tokens):
             t1 = time.perf_counter()
             logits, cache = model.step(token, cache)
@@ -232,7 +274,7 @@ def profile(
     decode = _percentiles(decode_s) if decode_s else None
     latency = {
         "load": load_s * 1000.0,
-        "prefill" if is_decoder else "forward": _percentiles(prefill_s),
+        "prefill" if is_decoder else "forward": _percentiles(prefill_s) if prefill_s else None,
         "decode_per_token": decode,
     }
     unstable = [
@@ -264,6 +306,7 @@ def profile(
         new_tokens=new_tokens if is_decoder else 0,
         runs=runs,
         latency_ms=latency,
+        past_len=past_len,
         tokens_per_second=(batch / (decode["p50"] / 1000.0))
         if decode
         else batch * seq_len / statistics.median(prefill_s),
@@ -305,15 +348,18 @@ def _bandwidth_floor(
 
 
 def _top_ops(
-    model: ExportedModel, ids, prefill_chunk, steps, is_decoder, trace, force, limit
+    model: ExportedModel, ids, prefill_chunk, steps, is_decoder, trace, force, limit, past=None
 ) -> list[dict[str, Any]]:
     """Time by op type from ONNX Runtime's own profiler (on since `model`'s session was created), over one
-    prefill and a few decode steps with the cache handled as the measured runs handle it; then the
-    profiler is switched off, the Chrome trace kept at `trace` if given, and the `limit` costliest op
-    types returned."""
+    prefill (or, given a synthetic `past`, from it) and a few decode steps, with the cache handled as the
+    measured runs handle it; then the profiler is switched off, the Chrome trace kept at `trace` if
+    given, and the `limit` costliest op types returned."""
     if is_decoder:
-        last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
-        token = last.argmax(-1)[:, None]
+        if past is not None:  # the measured runs rewind an in-place past before each use
+            cache, token = past, ids
+        else:
+            last, cache = model.prefill(ids, prefill_chunk, capacity=ids.shape[1] + steps)
+            token = last.argmax(-1)[:, None]
         for _ in range(steps):
             logits, cache = model.step(token, cache)
             token = logits[:, -1:].argmax(-1)

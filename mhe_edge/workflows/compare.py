@@ -5,11 +5,17 @@ model's memory never pollutes another's peak). Measurements are interleaved: eve
 model once (a warm-up, then one measured run), so a noisy minute on a shared machine touches all models
 alike; each row gives the median over rounds with its min and p90, and is flagged when (p90 - min) /
 median exceeds 10%. Ratios are medians over MHA's at the same sequence length.
+
+Beside the timings each row has what decides them at long contexts, computed from the config: the KV
+cache's bytes per token, its share of the bytes a decode step reads (every weight and the cache), and
+the context from which the cache outweighs the weights at this batch. `long_context` measures there:
+decode steps at 4k and 16k tokens of (synthetic) past, batch 4, where MHE's cache, n_heads times smaller
+than MHA's, is what a step is waiting for.
 """
 
 from __future__ import annotations
 
-import multiprocessing
+import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
@@ -17,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mhe_edge import errors, options
+from mhe_edge import options
 from mhe_edge.accounting import count_parameters
-from mhe_edge.errors import MheEdgeError, RequestError, first_line
+from mhe_edge.errors import RequestError
 from mhe_edge.files import check_output, read_header, staged_output
 from mhe_edge.options import check_all
 from mhe_edge.results import Result
 from mhe_edge.sessions import check_provider
+from mhe_edge.workflows.fresh_process import profile_in_fresh_process
 
 DEFAULT_KINDS = options.ATTENTION.choices
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
@@ -36,58 +43,6 @@ class CompareReport(Result):
     plot: str | None = None
 
 
-def _profile_child(queue, path: str, options: dict[str, Any]) -> None:
-    """Runs in a fresh (spawned) interpreter: its peak memory is this model's alone."""
-    from mhe_edge.runtime.profiler import profile
-
-    try:
-        queue.put(("ok", profile(path, **options).to_dict()))
-    except MheEdgeError as exc:
-        queue.put((type(exc).__name__, str(exc)))
-    except Exception as exc:  # a crash in one model's run becomes one line in the parent
-        queue.put(("MheEdgeError", f"{type(exc).__name__}: {first_line(exc)}"))
-
-
-def profile_in_fresh_process(path: Path, **options: Any) -> dict[str, Any]:
-    """`runtime.profile(path, **options)` in a spawned process; its report as a dict."""
-    context = multiprocessing.get_context("spawn")
-    queue = context.Queue()
-    child = context.Process(target=_profile_child, args=(queue, str(path), options), daemon=True)
-    child.start()
-    try:
-        status, payload = _result_of(child, queue)
-    except KeyboardInterrupt:
-        child.terminate()
-        raise
-    finally:
-        child.join()
-    if status != "ok":  # the child's error class, so the exit code is the one it would have had
-        error_class = getattr(errors, status, MheEdgeError)
-        raise error_class(
-            f"profiling {path.name} at {options.get('seq_len')} tokens failed: {payload}"
-        )
-    return payload
-
-
-def _result_of(child, queue) -> tuple[str, Any]:
-    """The child's one message; a child that dies without sending one (killed, or a script re-run by spawn
-    that fails at import: guard it with `if __name__ == "__main__":`) is an error, never a hang."""
-    import queue as queues
-
-    while True:
-        try:
-            return queue.get(timeout=0.5)
-        except queues.Empty:
-            if not child.is_alive():
-                try:
-                    return queue.get(timeout=0.5)
-                except queues.Empty:
-                    return "MheEdgeError", (
-                        f"the profiling process ended with exit code {child.exitcode} before reporting"
-                        ' (run from a script? put the call under `if __name__ == "__main__":`)'
-                    )
-
-
 def compare(
     files: Sequence[str | os.PathLike] = (),
     *,
@@ -96,9 +51,10 @@ def compare(
     attentions: Sequence[str] = DEFAULT_KINDS,
     provider: str = "cpu",
     seq_lens: Sequence[int] | None = None,
-    batch: int = 1,
-    new_tokens: int = 32,
-    runs: int = 5,
+    batch: int | None = None,
+    new_tokens: int | None = None,
+    runs: int | None = None,
+    long_context: bool = False,
     prefill_chunk: int | None = None,
     target: str = "ort",
     threads: int | None = None,
@@ -107,7 +63,11 @@ def compare(
     on_progress: Callable[[str], None] | None = None,
 ) -> CompareReport:
     """Profile each model at each sequence length, each in a fresh process, in `runs` interleaved rounds;
-    ratios are to MHA. `seq_lens` defaults to 128 and 512, those that fit the models' context.
+    ratios are to MHA. Unset values come from the preset (`options.COMPARE_DEFAULT`: batch 4 at 512 and
+    1024 tokens, those that fit the models' context, 32 decode steps, 3 rounds). `long_context`
+    (`options.COMPARE_LONG_CONTEXT`) measures decode at 4096 and 16384 tokens, batch 4, 8 steps: each
+    step timed from a synthetic past of that length (no prefill), the built models' context made long
+    enough.
 
     With no `files`, same-size random-weight models of each kind in `attentions` are built from `preset`,
     exported and optimized for `target` first (ort, the default: with query_seqlens, so batches prefill in
@@ -119,6 +79,22 @@ def compare(
         raise RequestError("give at least one sequence length")
     for seq_len in seq_lens or ():
         options.SEQ_LEN.check(seq_len)
+    check_all(
+        (options.COMPARE_BATCH, batch),
+        (options.COMPARE_NEW_TOKENS, new_tokens),
+        (options.COMPARE_RUNS, runs),
+    )
+    chosen = options.COMPARE_LONG_CONTEXT if long_context else options.COMPARE_DEFAULT
+    batch = chosen.batch if batch is None else batch
+    new_tokens = chosen.new_tokens if new_tokens is None else new_tokens
+    runs = chosen.runs if runs is None else runs
+    past = chosen.synthetic_past
+    if past and new_tokens < 1:
+        raise RequestError("--long-context times decode steps: give --new-tokens of at least 1")
+    if past and arch != "decoder":
+        raise RequestError("--long-context times decode steps: it is for decoders")
+    if past and prefill_chunk is not None:
+        raise RequestError("--long-context runs no prefill: give it without --prefill-chunk")
     if not files and not attentions:
         raise RequestError("give at least one attention kind to build (or files to compare)")
     for kind in attentions if not files else ():
@@ -143,12 +119,16 @@ def compare(
         from mhe_edge.passes import build_passes
 
         build_passes(target)
+        steps = new_tokens if arch == "decoder" else 0
         for attention in attentions:
             config = preset_config(preset, arch=arch, attention=attention)
-        seq_lens = seq_lens or _fitting_lengths(
-            config.max_seq_len, new_tokens if arch == "decoder" else 0
-        )
-        needed = max(seq_lens) + (new_tokens if arch == "decoder" else 0)
+        if past:  # the preset's lengths, the models built to hold them
+            seq_lens = seq_lens or list(chosen.seq_lens)
+            max_seq_len = max(config.max_seq_len, max(seq_lens) + steps)
+            options.MAX_SEQ_LEN_OPTION.check(max_seq_len)
+            config = preset_config(preset, arch=arch, attention=attention, max_seq_len=max_seq_len)
+        seq_lens = seq_lens or _fitting_lengths(config.max_seq_len, steps, chosen.seq_lens)
+        needed = max(seq_lens) + steps
         if needed > config.max_seq_len:
             raise RequestError(
                 f"{max(seq_lens)} tokens + {new_tokens} decode steps exceed the {preset} preset's "
@@ -165,15 +145,17 @@ def compare(
         threads=threads,
         top_ops=0,
     )
+    length_key = "past_len" if past else "seq_len"
     with tempfile.TemporaryDirectory(prefix="mhe-edge-compare-") as tmp:
         models = (
             _prepare_files(Path(tmp), files, target, say)
             if files
-            else _build_models(Path(tmp), preset, arch, attentions, target, say)
+            else _build_models(Path(tmp), preset, arch, attentions, target, say, config.max_seq_len)
         )
         configs = {path: read_header(path).config for _, path in models}
         if files and seq_lens is None:
-            seq_lens = _fitting_lengths(min(c.max_seq_len for c in configs.values()), new_tokens)
+            room = min(c.max_seq_len for c in configs.values())
+            seq_lens = _fitting_lengths(room, new_tokens, chosen.seq_lens)
         assert seq_lens is not None  # given, or fitted to the models just above
         samples: dict[tuple[Path, int], list[dict[str, Any]]] = {}
         for round_index in range(runs):  # interleaved: every model once per round
@@ -183,7 +165,7 @@ def compare(
                         f"round {round_index + 1}/{runs}: profile {configs[path].attention} at {seq_len} tokens"
                     )
                     samples.setdefault((path, seq_len), []).append(
-                        profile_in_fresh_process(path, seq_len=seq_len, **profile_options)
+                        profile_in_fresh_process(path, **{length_key: seq_len}, **profile_options)
                     )
         rows = [
             _row(source, configs[path], seq_len, samples[(path, seq_len)])
@@ -197,6 +179,8 @@ def compare(
         "seq_lens": list(seq_lens),
         "new_tokens": new_tokens,
         "runs": runs,
+        "long_context": long_context,
+        "synthetic_past": past,
         "prefill_chunk": prefill_chunk,
         "target": target,
         "preset": None if files else preset,
@@ -215,14 +199,14 @@ def compare(
     return result
 
 
-def _fitting_lengths(max_seq_len: int, new_tokens: int) -> list[int]:
-    """128 and 512 where they fit before the context ends, else the longest prompt that does."""
+def _fitting_lengths(max_seq_len: int, new_tokens: int, wanted: Sequence[int]) -> list[int]:
+    """The `wanted` lengths that fit before the context ends, else the longest prompt that does."""
     room = max_seq_len - new_tokens
     if room < 1:
         raise RequestError(
             f"{new_tokens} decode steps leave no room for a prompt in {max_seq_len} positions"
         )
-    return [t for t in (128, 512) if t <= room] or [room]
+    return [t for t in wanted if t <= room] or [room]
 
 
 def _spread(values: list[float]) -> dict[str, float]:
@@ -243,9 +227,8 @@ def _row(source: str, config, seq_len: int, reports: list[dict[str, Any]]) -> di
     from mhe_edge.runtime.profiler import UNSTABLE_SPREAD
 
     first = reports[0]
-    prefill = _spread(
-        [(r["latency_ms"].get("prefill") or r["latency_ms"].get("forward"))["p50"] for r in reports]
-    )
+    prefills = [r["latency_ms"].get("prefill") or r["latency_ms"].get("forward") for r in reports]
+    prefill = _spread([p["p50"] for p in prefills]) if all(prefills) else None
     decoding = [
         r["latency_ms"]["decode_per_token"]["p50"]
         for r in reports
@@ -258,19 +241,29 @@ def _row(source: str, config, seq_len: int, reports: list[dict[str, Any]]) -> di
         for name, stats in (("prefill", prefill), ("decode", decode))
         if stats and stats["spread"] > UNSTABLE_SPREAD
     ]
+    batch, final_len = first["batch"], first["seq_len"] + first["new_tokens"]
+    cache, weights = first["kv_cache_bytes"], first["parameter_bytes"]
+    per_token = cache // (batch * final_len) if cache else 0  # per sequence: K and V, every layer
     return {
         "model": source,
         "attention": config.attention,
         "seq_len": seq_len,
         "parameters": count_parameters(config)["total"],
         "model_file_bytes": first["model_file_bytes"],
-        "kv_cache_bytes": first["kv_cache_bytes"],
+        "kv_cache_bytes": cache,
+        "kv_cache_bytes_per_token": per_token,
+        # of the bytes the last decode step reads (every weight and the cache), the cache's share
+        "cache_share_of_step": cache / (weights + cache) if cache else 0.0,
+        # the context from which the cache outweighs the weights at this batch
+        "cache_exceeds_weights_at": math.floor(weights / (batch * per_token)) + 1
+        if per_token
+        else None,
         "peak_memory_bytes": max(peaks) if peaks else None,
         "cache": first.get("cache"),
         "rounds": len(reports),
-        "prefill_ms": prefill["median"],
-        "prefill_ms_min": prefill["min"],
-        "prefill_ms_p90": prefill["p90"],
+        "prefill_ms": prefill["median"] if prefill else None,
+        "prefill_ms_min": prefill["min"] if prefill else None,
+        "prefill_ms_p90": prefill["p90"] if prefill else None,
         "decode_ms_per_token": decode["median"] if decode else None,
         "decode_ms_min": decode["min"] if decode else None,
         "decode_ms_p90": decode["p90"] if decode else None,
@@ -295,7 +288,9 @@ def _export_and_optimize(model, folder: Path, stem: str, label: str, target: str
     return Path(optimized.output)
 
 
-def _build_models(folder: Path, preset, arch, attentions, target, say) -> list[tuple[str, Path]]:
+def _build_models(
+    folder: Path, preset, arch, attentions, target, say, max_seq_len: int
+) -> list[tuple[str, Path]]:
     from mhe_edge.config import preset_config
     from mhe_edge.models import build_model
 
@@ -303,7 +298,10 @@ def _build_models(folder: Path, preset, arch, attentions, target, say) -> list[t
         (
             f"{attention}.opt.onnx",
             _export_and_optimize(
-                build_model(preset_config(preset, arch=arch, attention=attention), seed=0),
+                build_model(
+                    preset_config(preset, arch=arch, attention=attention, max_seq_len=max_seq_len),
+                    seed=0,
+                ),
                 folder,
                 attention,
                 attention,
@@ -336,6 +334,7 @@ def _add_ratios(rows: list[dict[str, Any]]) -> None:
             "parameters",
             "model_file_bytes",
             "kv_cache_bytes",
+            "kv_cache_bytes_per_token",
             "peak_memory_bytes",
             "prefill_ms",
             "decode_ms_per_token",
