@@ -49,6 +49,7 @@ def test_resume_refuses_changed_options_and_continues_with_more_steps(tmp_path, 
         (["--attention", "mha"], "--attention"),
         (["--tokenizer", "bpe"], "--tokenizer"),
         (["--seed", "1"], "--seed"),
+        (["--rope-pair-tied-embeddings"], "--rope-pair-tied-embeddings"),
     ]:
         result = cli("train", "-o", run, "--resume", "--steps", "5", *args)
         assert result.code == 2, (args, result.stderr)
@@ -61,7 +62,7 @@ def test_resume_refuses_changed_options_and_continues_with_more_steps(tmp_path, 
     # the same values as recorded (and the same text) are not changes; more steps continue the run
     result = cli(
         "train", text, "-o", run, "--resume", "--steps", "5", "--batch", "2", "--layers", "1",
-        "--tokenizer", "bytes", "--threads", "1", "--json",
+        "--tokenizer", "bytes", "--no-rope-pair-tied-embeddings", "--threads", "1", "--json",
     )  # fmt: skip
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == 5
