@@ -94,6 +94,10 @@ def test_bad_options_are_usage_errors_in_the_api_as_in_the_cli(tmp_path, cli):
         with pytest.raises(RequestError):
             run_training(None, None, None, TrainOptions(**bad), tmp_path)
     assert cli("train", "-o", tmp_path / "run", "--batch", "0").code == 2
+    # a config option the model cannot have: refused before any text is read, in one line
+    result = cli("train", "-o", tmp_path / "run", "--rope-pair-tied-embeddings")
+    assert result.code == 2 and "needs attention mhe-mul and position rope" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(RequestError, match="unknown training option"):
         train(tmp_path / "run", options={"bach": 2})
     assert list(tmp_path.iterdir()) == []

@@ -217,6 +217,7 @@ def train(
                 mlp,
                 tie_embeddings,
                 bias,
+                rope_pair_tied_embeddings,
             ),
         )
 
