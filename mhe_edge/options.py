@@ -230,8 +230,9 @@ VOCAB_SIZE = Option("vocab_size", "Vocabulary size.", None, int, 1, LIMITS["voca
 ROPE_PAIR_TIED_EMBEDDINGS = Option(
     "rope_pair_tied_embeddings",
     "MHE-MUL with --position rope: one query and one key head-embedding value per rotation pair, so"
-    " `mhe-edge fold` writes an exact Llama checkpoint with one KV head (transformers, llama.cpp, vLLM"
-    " run it); costs PLACEHOLDER held-out bits per byte.",
+    " `mhe-edge fold` writes it exactly as a Llama checkpoint with one KV head, which tools that read"
+    " Llama (transformers, llama.cpp, vLLM) run. Costs held-out quality: +0.026 bits per byte on"
+    " average (tiny-llama, 300 steps, 3 seeds: +0.005 to +0.054; benchmarks/rope_foldable.py).",
     None,
     bool,
 )
