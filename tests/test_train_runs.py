@@ -78,6 +78,20 @@ def test_api_resume_with_full_options_checks_every_field(tmp_path):
     assert report.steps == 4
 
 
+def test_a_record_older_than_a_config_field_holds_its_default():
+    """A run recorded before a config field existed was trained with the field's default: asking for the
+    default continues it, asking for anything else is refused by flag."""
+    import dataclasses
+
+    from mhe_edge.training.record import resumed_options
+
+    record = {"options": dataclasses.asdict(TrainOptions(steps=3)), "config": {}, "corpus": {}}
+    kept = resumed_options(record, "run", {"rope_pair_tied_embeddings": False, "steps": 5}, None)
+    assert kept.steps == 5
+    with pytest.raises(RequestError, match=r"--rope-pair-tied-embeddings \(recorded: False\)"):
+        resumed_options(record, "run", {"rope_pair_tied_embeddings": True}, None)
+
+
 def test_resume_may_split_the_recorded_rows_differently(tmp_path, cli):
     run, _ = _run(tmp_path)  # batch 2: two rows per step
     result = cli("train", "-o", run, "--resume", "--steps", "5", "--grad-accum", "3")
