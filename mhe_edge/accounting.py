@@ -11,6 +11,8 @@ def attention_parameters(config: ModelConfig) -> int:
     q_width = d if config.is_mhe else n * d  # MHE shares one projection among all heads
     qkv = D * q_width + 2 * D * g * d + (q_width + 2 * g * d if config.qkv_bias else 0)
     embeddings = 3 * n * d if config.is_mhe else 0  # three [n, d] head-embedding tables
+    if config.rope_pair_tied_embeddings:  # E_Q and E_K: one value per rotation pair, [n, d/2]
+        embeddings -= n * d
     out = n * d * D + (D if config.out_bias else 0)
     return qkv + embeddings + out
 

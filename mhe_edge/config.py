@@ -45,6 +45,10 @@ class ModelConfig:
     layer_norm_eps: float = 1e-5  # epsilon of every norm (LayerNorm or RMSNorm)
     position: str = "learned"  # "learned": a table of max_seq_len rows; "rope": rotary, on the shared projections
     rope_theta: float = 10_000.0  # RoPE's base (position="rope")
+    # MHE-MUL with RoPE: the query and key head embeddings hold one value per rotation pair (dims j and
+    # j + d/2), stored (n, d/2) and repeated to (n, d) in forward, so each head's scale commutes with the
+    # rotation and the model folds exactly into Llama with one KV head (`mhe-edge fold`)
+    rope_pair_tied_embeddings: bool = False
     norm: str = "layernorm"  # "layernorm" or "rmsnorm"
     # "pre": norm before each sublayer, plus a final norm; "post": after each residual add (BERT)
     norm_placement: str = "pre"
@@ -103,7 +107,14 @@ class ModelConfig:
                 raise ConfigError(
                     f"{name} must be one of {', '.join(choices)}, not {getattr(self, name)!r}"
                 )
-        for name in ("embedding_norm", "qkv_bias", "out_bias", "mlp_bias", "tie_embeddings"):
+        for name in (
+            "embedding_norm",
+            "qkv_bias",
+            "out_bias",
+            "mlp_bias",
+            "tie_embeddings",
+            "rope_pair_tied_embeddings",
+        ):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name} must be true or false, not {getattr(self, name)!r}")
         if self.position == "rope":
@@ -117,6 +128,14 @@ class ModelConfig:
                 raise ConfigError(
                     f"rope_theta must be a number in (1, 1e12), not {self.rope_theta!r}"
                 )
+        if self.rope_pair_tied_embeddings and (
+            self.attention != "mhe-mul" or self.position != "rope"
+        ):
+            raise ConfigError(
+                "rope_pair_tied_embeddings ties MHE-MUL's query and key head embeddings within each RoPE"
+                f" rotation pair: it needs attention mhe-mul and position rope, not {self.attention} with"
+                f" {self.position} positions"
+            )
         if self.tie_embeddings and self.arch != "decoder":
             raise ConfigError(
                 "tie_embeddings is for decoders (an encoder has no output projection)"

@@ -151,6 +151,38 @@ def test_reference_evaluator_agrees_with_onnx_runtime(exports, attention):
         assert a.shape == b.shape and np.abs(a - b).max() < 1e-4
 
 
+def test_pair_tied_rope_mhe_mul_exports_full_head_embeddings_with_parity(tmp_path):
+    """rope_pair_tied_embeddings stores E_Q and E_K as (n, d/2): the export carries them as (n, d) constants,
+    equal on both halves of every rotation pair, and matches PyTorch (fresh and cached), before and after
+    the fold to one standard Attention per layer."""
+    from onnx import numpy_helper
+
+    from mhe_edge.passes import optimize
+
+    model = tiny_model(seed=12, n_layers=1, position="rope", rope_pair_tied_embeddings=True)
+    with (
+        torch.no_grad()
+    ):  # every stored value its own, far from 1: a fold that mixed pairs up fails
+        for block in model.blocks:
+            for name in ("q_head_embeddings", "k_head_embeddings", "v_head_embeddings"):
+                getattr(block.attn, name).add_(0.5 * torch.randn_like(getattr(block.attn, name)))
+    report = export(model, tmp_path / "tied.onnx")
+    assert report.max_abs_diff <= 1e-4 and any("cached" in r.case for r in report.parity)
+    proto = onnx.load(report.path)
+    constants = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    n, d = model.config.n_heads, model.config.head_dim
+    for node, block in zip(
+        [n for n in proto.graph.node if n.op_type == "MHEAttentionMul"], model.blocks, strict=True
+    ):
+        e_q, e_k = constants[node.input[3]], constants[node.input[4]]
+        assert e_q.shape == e_k.shape == (n, d)
+        assert np.array_equal(e_q[:, : d // 2], e_q[:, d // 2 :])
+        assert np.array_equal(e_k[:, d // 2 :], block.attn.k_head_embeddings.detach().numpy())
+    assert independent_logits_diff(model.config, create_session(report.path), model) <= 1e-4
+    folded = optimize(report.path, tmp_path / "folded.onnx")
+    assert folded.max_abs_diff <= 1e-4 and folded.op_counts_after.get("Attention") == 1
+
+
 def test_metadata_lets_an_app_drive_the_file(exports, cli):
     model, report = exports("decoder", "mhe-mul")
     props = {p.key: p.value for p in onnx.load(report.path).metadata_props}

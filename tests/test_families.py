@@ -93,6 +93,30 @@ def test_a_config_field_of_the_wrong_kind_is_named(tmp_path, field, value, messa
         read_folder(tmp_path)
 
 
+def test_our_folders_carry_pair_tied_head_embeddings_and_refuse_a_mismatch(tmp_path):
+    """rope_pair_tied_embeddings is written as mhe_edge_rope_pair_tied_embeddings (only when set) and read
+    back with its (n, d/2) tensors; the key on a folder with (n, d) tensors, or of the wrong kind, is refused."""
+    from conftest import tiny_model
+
+    from mhe_edge.models.folder import read_folder, save_folder
+
+    tied = tiny_model(position="rope", rope_pair_tied_embeddings=True)
+    folder = save_folder(tied, tmp_path / "tied")
+    assert json.loads((folder / "config.json").read_text())["mhe_edge_rope_pair_tied_embeddings"]
+    config, state = read_folder(folder)
+    assert config == tied.config
+    assert state["blocks.0.attn.q_head_embeddings"].shape == (4, 6)  # d = 12
+    untied = save_folder(tiny_model(position="rope"), tmp_path / "untied")
+    hf = json.loads((untied / "config.json").read_text())
+    assert "mhe_edge_rope_pair_tied_embeddings" not in hf
+    for value, message in ((True, "shape"), ("yes", "is not true or false")):
+        (untied / "config.json").write_text(
+            json.dumps({**hf, "mhe_edge_rope_pair_tied_embeddings": value})
+        )
+        with pytest.raises(CheckpointError, match=message):
+            read_folder(untied)
+
+
 JSON_VALUES = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
     lambda children: (

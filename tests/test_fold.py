@@ -87,7 +87,10 @@ def test_rope_mhe_mul_constant_within_pairs_folds_to_llama_with_one_kv_head(tmp_
 
 @pytest.mark.parametrize(
     "attention, why",
-    [("mhe-mul", "differ by up to"), ("mhe-add", "MHE-ADD with RoPE has no standard family")],
+    [
+        ("mhe-mul", "train it with --rope-pair-tied-embeddings to keep it foldable"),
+        ("mhe-add", "MHE-ADD with RoPE has no standard family"),
+    ],
 )
 def test_what_no_family_represents_is_refused_with_nothing_written(tmp_path, cli, attention, why):
     model = mhe(attention, **LLAMA_SHAPE)  # MUL at its default spread: unequal within pairs
@@ -95,6 +98,36 @@ def test_what_no_family_represents_is_refused_with_nothing_written(tmp_path, cli
     assert result.code == FoldRefused.exit_code and why in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+
+
+def test_trained_pair_tied_rope_mhe_mul_folds_and_transformers_generates_its_tokens(tmp_path):
+    """A RoPE MHE-MUL trained a few steps with --rope-pair-tied-embeddings (training moves every head
+    embedding) folds exactly, and AutoModelForCausalLM greedy-decodes mhe-edge's tokens."""
+    import pydoc_data.topics
+
+    from mhe_edge.models.checkpoint import load_model
+    from mhe_edge.training.workflow import train
+
+    topics = pydoc_data.topics.topics
+    text = tmp_path / "docs.txt"
+    text.write_text("".join(topics[k] for k in sorted(topics))[:12_000])
+    shape = dict(LLAMA_SHAPE, n_layers=1, d_model=32, n_heads=4, d_ff=64, max_seq_len=32)
+    options = dict(steps=4, batch=2, seq_len=16, eval_every=1000, lr=1e-2)
+    run = tmp_path / "run"
+    train(run, [text], tokenizer="bytes", options=options, rope_pair_tied_embeddings=True, **shape)
+    trained = load_model(run)
+    e_q = trained.blocks[0].attn.q_head_embeddings
+    # one value per rotation pair, but different values across the pairs: the tie is what makes it exact
+    assert e_q.shape == (4, 4) and e_q.std(dim=1).min() > 0.05
+    report = fold(run, tmp_path / "llama")
+    assert report.model_type == "llama" and report.float64_max_abs_diff < 1e-12
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "llama").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llama")
+    ids = torch.tensor([tokenizer("The with statement")["input_ids"]])
+    with torch.no_grad():
+        want = trained.generate(ids, 8)[0].tolist()
+        got = hf.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)[0, ids.shape[1] :]
+    assert got.tolist()[: len(want)] == want and len(want) > 0
 
 
 def test_transformers_gpt_bigcode_folders_read_as_multi_query(tmp_path):

@@ -102,3 +102,24 @@ def test_rope_is_applied_before_the_head_embeddings():
         for block in model.blocks:
             block.attn.v_head_embeddings.add_(torch.randn_like(block.attn.v_head_embeddings))
         assert not torch.allclose(model(ids)[0], before, atol=1e-2)
+
+
+def test_pair_tied_head_embeddings_through_init_checkpoints_and_folders(tmp_path, cli):
+    """`init --rope-pair-tied-embeddings`: (n, d/2) query and key head embeddings in every format it writes,
+    read back as the same model; the parameter count knows the tables are half as wide."""
+    shape = ["--preset", "tiny-llama", "--layers", "1", "--vocab-size", "97", "--seed", "2"]
+    models = {}
+    for name in ("m.pt", "m.safetensors", "m"):
+        result = cli("init", tmp_path / name, *shape, "--rope-pair-tied-embeddings", "--json")
+        assert result.code == 0, result.stderr
+        models[name] = load_model(tmp_path / name)
+    plain = load_model(init_model(tmp_path / "plain", preset="tiny-llama", n_layers=1).path)
+    for model in models.values():
+        attn, config = model.blocks[0].attn, model.config
+        assert config.rope_pair_tied_embeddings and attn.q_head_embeddings.shape == (4, 8)
+        assert count_parameters(config)["total"] == sum(p.numel() for p in model.parameters())
+        assert torch.equal(attn.k_head_embeddings, models["m"].blocks[0].attn.k_head_embeddings)
+    n, d = 4, 16  # E_Q and E_K lose n * d / 2 values each
+    assert (
+        count_parameters(plain.config)["attention"] - count_parameters(config)["attention"] == n * d
+    )

@@ -113,3 +113,38 @@ def test_mhe_cache_holds_one_head_and_mha_cache_holds_all():
     for attention, heads in [("mhe-mul", 1), ("mhe-add", 1), ("mha", 4), ("mqa", 1), ("gqa", 2)]:
         _, cache = tiny_model(attention=attention)(ids)
         assert cache[0][0].shape[1] == heads, attention
+
+
+def test_pair_tied_head_embeddings_repeat_one_value_per_rotation_pair():
+    """rope_pair_tied_embeddings: E_Q and E_K are stored (n, d/2) and used on both halves of every rotation
+    pair (rotate-half: dim j with j + d/2); E_V stays (n, d); the module is still the per-head definition,
+    the training core equals the reference core, and gradients reach the stored halves."""
+    from mhe_edge.models.attention import fast_attention, rope_tables, use_attention_core
+
+    model = tiny_model(seed=4, position="rope", rope_pair_tied_embeddings=True)
+    attn = model.blocks[0].attn
+    n, d = attn.n_heads, attn.head_dim
+    assert attn.q_head_embeddings.shape == attn.k_head_embeddings.shape == (n, d // 2)
+    assert attn.v_head_embeddings.shape == (n, d)
+    e_q, e_k, _ = attn.head_embeddings()
+    assert e_q.shape == (n, d) and torch.equal(e_q[:, : d // 2], e_q[:, d // 2 :])
+    assert torch.equal(e_k[:, d // 2 :], attn.k_head_embeddings)
+    x = torch.randn(2, 7, model.config.d_model)
+    rope = rope_tables(torch.arange(7), d, model.config.rope_theta)
+    got, _ = attn(x, causal=True, rope=rope)
+    with use_attention_core(fast_attention):
+        fast, _ = attn(x, causal=True, rope=rope)
+    assert (got - fast).abs().max() < 1e-5
+    fast.square().sum().backward()
+    assert attn.q_head_embeddings.grad is not None and attn.q_head_embeddings.grad.abs().sum() > 0
+    assert attn.k_head_embeddings.grad is not None and attn.k_head_embeddings.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize(
+    "overrides", [dict(position="learned"), dict(position="rope", attention="mhe-add")]
+)
+def test_pair_tied_head_embeddings_are_refused_where_they_mean_nothing(overrides):
+    from mhe_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs attention mhe-mul and position rope"):
+        tiny_model(rope_pair_tied_embeddings=True, **overrides)

@@ -30,6 +30,21 @@ def test_check_refuses_wrong_types_bounds_and_choices():
         options.INT4_BLOCK_SIZE.check(0)
 
 
+def test_a_flag_option_takes_true_or_false_only(cli, tmp_path):
+    flag = options.ROPE_PAIR_TIED_EMBEDDINGS
+    assert flag.check(None) is None and flag.check(True) is True and flag.check(False) is False
+    for bad in (1, 0, "yes"):
+        with pytest.raises(RequestError, match="--rope-pair-tied-embeddings must be true or false"):
+            flag.check(bad)
+    # meaningful for MHE-MUL with RoPE only: refused in one line elsewhere, alike in the API and the CLI
+    with pytest.raises(mhe_edge.MheEdgeError) as api_error:
+        mhe_edge.init_model(tmp_path / "m", rope_pair_tied_embeddings=True)
+    result = cli("init", tmp_path / "m", "--rope-pair-tied-embeddings")
+    assert result.code == api_error.value.exit_code == 2
+    assert result.stderr.strip() == f"error: {api_error.value}" and "position rope" in result.stderr
+    assert not (tmp_path / "m").exists()
+
+
 def test_api_and_cli_refuse_int4_block_size_zero_alike(tmp_path, cli):
     with pytest.raises(RequestError) as api_error:
         mhe_edge.optimize(tmp_path / "absent.onnx", int4=True, int4_block_size=0)

@@ -49,6 +49,7 @@ def test_resume_refuses_changed_options_and_continues_with_more_steps(tmp_path, 
         (["--attention", "mha"], "--attention"),
         (["--tokenizer", "bpe"], "--tokenizer"),
         (["--seed", "1"], "--seed"),
+        (["--rope-pair-tied-embeddings"], "--rope-pair-tied-embeddings"),
     ]:
         result = cli("train", "-o", run, "--resume", "--steps", "5", *args)
         assert result.code == 2, (args, result.stderr)
@@ -61,7 +62,7 @@ def test_resume_refuses_changed_options_and_continues_with_more_steps(tmp_path, 
     # the same values as recorded (and the same text) are not changes; more steps continue the run
     result = cli(
         "train", text, "-o", run, "--resume", "--steps", "5", "--batch", "2", "--layers", "1",
-        "--tokenizer", "bytes", "--threads", "1", "--json",
+        "--tokenizer", "bytes", "--no-rope-pair-tied-embeddings", "--threads", "1", "--json",
     )  # fmt: skip
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["steps"] == 5
@@ -75,6 +76,20 @@ def test_api_resume_with_full_options_checks_every_field(tmp_path):
         train(run, resume=True, options=TrainOptions(steps=5, batch=2, seq_len=16))
     report = train(run, resume=True, options={"steps": 4})
     assert report.steps == 4
+
+
+def test_a_record_older_than_a_config_field_holds_its_default():
+    """A run recorded before a config field existed was trained with the field's default: asking for the
+    default continues it, asking for anything else is refused by flag."""
+    import dataclasses
+
+    from mhe_edge.training.record import resumed_options
+
+    record = {"options": dataclasses.asdict(TrainOptions(steps=3)), "config": {}, "corpus": {}}
+    kept = resumed_options(record, "run", {"rope_pair_tied_embeddings": False, "steps": 5}, None)
+    assert kept.steps == 5
+    with pytest.raises(RequestError, match=r"--rope-pair-tied-embeddings \(recorded: False\)"):
+        resumed_options(record, "run", {"rope_pair_tied_embeddings": True}, None)
 
 
 def test_resume_may_split_the_recorded_rows_differently(tmp_path, cli):
@@ -93,6 +108,10 @@ def test_bad_options_are_usage_errors_in_the_api_as_in_the_cli(tmp_path, cli):
         with pytest.raises(RequestError):
             run_training(None, None, None, TrainOptions(**bad), tmp_path)
     assert cli("train", "-o", tmp_path / "run", "--batch", "0").code == 2
+    # a config option the model cannot have: refused before any text is read, in one line
+    result = cli("train", "-o", tmp_path / "run", "--rope-pair-tied-embeddings")
+    assert result.code == 2 and "needs attention mhe-mul and position rope" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     with pytest.raises(RequestError, match="unknown training option"):
         train(tmp_path / "run", options={"bach": 2})
     assert list(tmp_path.iterdir()) == []

@@ -26,6 +26,7 @@ from mhe_edge.cli.options import (
     Norm,
     Position,
     Preset,
+    RopePairTiedEmbeddings,
     RopeTheta,
     TieEmbeddings,
     cli_option,
@@ -60,6 +61,7 @@ def init(
     mlp: Mlp = None,
     tie_embeddings: TieEmbeddings = None,
     bias: Bias = None,
+    rope_pair_tied_embeddings: RopePairTiedEmbeddings = None,
     seed: Annotated[int, cli_option(options.WEIGHT_SEED)] = options.WEIGHT_SEED.default,
     force: Force = False,
     as_json: Json = False,
@@ -93,6 +95,7 @@ def init(
             mlp,
             tie_embeddings,
             bias,
+            rope_pair_tied_embeddings,
             vocab_size,
         ),
     )

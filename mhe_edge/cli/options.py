@@ -27,6 +27,11 @@ def cli_option(option: Option, *names: str, help: str | None = None) -> Any:
     (the type is the one Python and typer read; `Optional[...]` where the option has no default)."""
     bounds = option.bounds_text()
     text = (help or option.help) + (f" [{bounds}]" if bounds else "")
+    if option.type is bool:  # a flag pair, unset (None) unless given
+        pair = f"{option.flag}/--no-{option.flag.removeprefix('--')}"
+        return typer.Option(
+            *(names or (pair,)), help=text, callback=option.check, metavar="", show_default=False
+        )
     return typer.Option(*(names or (option.flag,)), help=text, callback=option.check)
 
 
@@ -74,6 +79,7 @@ TieEmbeddings = Annotated[
         show_default=False,
     ),
 ]
+RopePairTiedEmbeddings = Annotated[bool | None, cli_option(options.ROPE_PAIR_TIED_EMBEDDINGS)]
 Bias = Annotated[
     bool | None,
     typer.Option(
@@ -99,6 +105,7 @@ def shape_overrides(
     mlp,
     tie_embeddings,
     bias,
+    rope_pair_tied_embeddings=None,
     vocab_size=None,
 ) -> dict:
     """The shape options as ModelConfig fields (None: keep the preset's; `train` sets the vocabulary itself)."""
@@ -118,5 +125,6 @@ def shape_overrides(
         qkv_bias=bias,
         out_bias=bias,
         mlp_bias=bias,
+        rope_pair_tied_embeddings=rope_pair_tied_embeddings,
     )
     return fields if vocab_size is None else {**fields, "vocab_size": vocab_size}

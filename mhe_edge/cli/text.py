@@ -29,6 +29,7 @@ from mhe_edge.cli.options import (
     Position,
     Preset,
     Provider,
+    RopePairTiedEmbeddings,
     RopeTheta,
     Threads,
     TieEmbeddings,
@@ -77,6 +78,7 @@ def train(
     mlp: Mlp = None,
     tie_embeddings: TieEmbeddings = None,
     bias: Bias = None,
+    rope_pair_tied_embeddings: RopePairTiedEmbeddings = None,
     tokenizer: Annotated[
         str,
         typer.Option(
@@ -215,6 +217,7 @@ def train(
                 mlp,
                 tie_embeddings,
                 bias,
+                rope_pair_tied_embeddings,
             ),
         )
 

@@ -32,6 +32,8 @@ class SelfAttention(nn.Module):
         self.kv_heads = config.kv_heads
         self.head_dim = config.head_dim
         self.is_mhe = config.is_mhe
+        # MHE-MUL with RoPE may tie E_Q and E_K within each rotation pair (j, j + d/2): stored (n, d/2)
+        self.pair_tied = config.rope_pair_tied_embeddings
         n, g, d = self.n_heads, self.kv_heads, self.head_dim
         q_width = d if self.is_mhe else n * d  # MHE shares one projection among all heads
         self.q_heads = 1 if self.is_mhe else n  # heads in q_proj's output (what RoPE rotates)
@@ -45,11 +47,19 @@ class SelfAttention(nn.Module):
             # ADD: N(0, 0.02^2); its query embeddings grow and part the heads by themselves.
             centre, spread = (1.0, 0.5) if self.attention == "mhe-mul" else (0.0, 0.02)
             for name in ("q_head_embeddings", "k_head_embeddings", "v_head_embeddings"):
-                self.register_parameter(name, nn.Parameter(centre + spread * torch.randn(n, d)))
+                width = d // 2 if self.pair_tied and name != "v_head_embeddings" else d
+                self.register_parameter(name, nn.Parameter(centre + spread * torch.randn(n, width)))
 
     def head_embeddings(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """E_Q, E_K, E_V: (n, d) each. Pair-tied E_Q and E_K are repeated onto both halves of every rotation
+        pair: new tensors, so code that edits the embeddings writes to the parameters themselves."""
         assert self.is_mhe
-        return self.q_head_embeddings, self.k_head_embeddings, self.v_head_embeddings  # type: ignore[return-value]
+        e_q: torch.Tensor = self.q_head_embeddings  # type: ignore[assignment]
+        e_k: torch.Tensor = self.k_head_embeddings  # type: ignore[assignment]
+        e_v: torch.Tensor = self.v_head_embeddings  # type: ignore[assignment]
+        if self.pair_tied:  # (n, d/2) -> (n, d): the rotate-half layout pairs dim j with j + d/2
+            e_q, e_k = torch.cat([e_q, e_q], dim=-1), torch.cat([e_k, e_k], dim=-1)
+        return e_q, e_k, e_v
 
     def forward(
         self,

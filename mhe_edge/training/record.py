@@ -15,6 +15,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from mhe_edge.config import ModelConfig
 from mhe_edge.errors import CheckpointError, MheEdgeError, RequestError, first_line
 from mhe_edge.training.loop import TrainOptions
 
@@ -33,6 +34,9 @@ CONFIG_FLAGS = {
     "out_bias": "--bias",
     "mlp_bias": "--bias",
 }
+
+# a config field a record made before the field existed lacks holds its default
+CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 
 def flag_of(name: str) -> str:
@@ -111,8 +115,8 @@ def resumed_options(
             differs(name, list(value), [s.get("sha256") for s in sources if isinstance(s, dict)])
         elif name in FINGERPRINTED:  # the given model's fingerprint against the recorded one
             differs(name, value, record.get(f"{name}_sha256"))
-        elif name in config:
-            differs(name, value, config[name])
+        elif name in config or name in CONFIG_DEFAULTS:
+            differs(name, value, config.get(name, CONFIG_DEFAULTS.get(name)))
         else:
             raise RequestError(f"train --resume does not know the option {name!r}")
     if differing:

@@ -12,7 +12,8 @@ family every transformers-based tool knows:
 
 With RoPE the rotation sits between the projection and the head embedding: an ADD head's constant
 E_Q[i] would be rotated by Llama (its bias is inside the rotation), and a MUL head's scale commutes with
-the rotation only when it is equal on both halves of every rotation pair. What no family represents
+the rotation only when it is equal on both halves of every rotation pair, which a model built with
+`rope_pair_tied_embeddings` (`--rope-pair-tied-embeddings`) holds by construction. What no family represents
 exactly is refused naming why, before anything is written. The fold is checked in float64 against the
 MHE model (reference core, per head as the paper defines it), then in float32 and by greedy tokens in
 transformers itself, before the folder appears.
@@ -121,7 +122,8 @@ def _folded_attention(attn, config) -> dict[str, torch.Tensor]:
                 worst = (scale[:, :half] - scale[:, half:]).abs().max().item()
                 raise FoldRefused(
                     "MHE-MUL with RoPE folds exactly only when each head's query scale E_Q*E_K is equal on"
-                    f" both halves of every rotation pair; this model's differ by up to {worst:.3g}"
+                    f" both halves of every rotation pair; this model's differ by up to {worst:.3g}: train"
+                    " it with --rope-pair-tied-embeddings to keep it foldable"
                 )
             scale = torch.cat([scale[:, :half], scale[:, :half]], dim=1)
         wq_heads = (wq[None] * scale[:, :, None]).reshape(n * d, -1)  # (n*d, D)

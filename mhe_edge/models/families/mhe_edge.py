@@ -38,6 +38,9 @@ OUR_FIELDS = (
     "mlp_bias",
 )
 
+# MHE-MUL with RoPE whose query and key head embeddings hold one value per rotation pair
+PAIR_TIED_KEY = "mhe_edge_rope_pair_tied_embeddings"
+
 
 def hf_config(config: ModelConfig) -> dict[str, Any]:
     """config.json for one of our models."""
@@ -55,6 +58,8 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
     }
     if config.position == "rope":
         hf["rope_theta"] = config.rope_theta
+    if config.rope_pair_tied_embeddings:  # written when set: (n, d/2) query and key head embeddings
+        hf[PAIR_TIED_KEY] = True
     return hf
 
 
@@ -67,6 +72,7 @@ def hf_config(config: ModelConfig) -> dict[str, Any]:
         "rms_norm_eps": "positive number",
         "layer_norm_epsilon": "positive number",
         "rope_theta": "positive number",
+        PAIR_TIED_KEY: "bool",
         "bos_token_id": "token ids",
         "eos_token_id": "token ids",
     },
@@ -77,6 +83,8 @@ def config_from_ours(hf: dict[str, Any]) -> ModelConfig:
     fields["layer_norm_eps"] = hf.get("rms_norm_eps", hf.get("layer_norm_epsilon", 1e-5))
     if "rope_theta" in hf:
         fields["rope_theta"] = hf["rope_theta"]
+    if PAIR_TIED_KEY in hf:
+        fields["rope_pair_tied_embeddings"] = hf[PAIR_TIED_KEY]
     if fields.get("attention") not in ("gqa", None):
         fields.pop("n_kv_heads", None)  # derived for every kind but gqa
     mode = hf.get("mhe_edge_mhe_mode")
