@@ -32,7 +32,7 @@ class Option:
     name: str  # the API's keyword; the CLI's flag is `--name` with dashes
     help: str  # one sentence for `--help` (the bounds are appended)
     default: Any = None  # None: unset, the command derives a value (or the option is off)
-    type: type = int  # int, float or str
+    type: type = int  # int, float, str or bool (a flag: on or off)
     low: float | None = None  # smallest allowed value (numbers)
     high: float | None = None  # largest allowed value (numbers)
     choices: tuple[Any, ...] = ()  # the allowed values, when they are a fixed set
@@ -71,10 +71,12 @@ class Option:
         return value
 
 
-_TYPE_NAMES = {int: "an integer", float: "a finite number", str: "text"}
+_TYPE_NAMES = {int: "an integer", float: "a finite number", str: "text", bool: "true or false"}
 
 
 def _is_type(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
     if isinstance(value, bool):  # True is an int to Python, never to a command
         return False
     if kind is float:
@@ -267,6 +269,13 @@ GRAD_ACCUM = Option(
     int,
     1,
     1024,
+)
+FSDP = Option(
+    "fsdp",
+    "Under torchrun: shard weights, gradients and AdamW's moments across the processes (FSDP2) instead"
+    " of a whole copy in each (DDP); the same results, checkpoints written whole.",
+    False,
+    bool,
 )
 LR = Option("lr", "Peak learning rate (warmup, then cosine to a tenth).", 2e-3, float, 1e-7, 0.5)
 # the rest of TrainOptions (the API's; the CLI keeps their defaults)

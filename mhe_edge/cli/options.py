@@ -27,7 +27,10 @@ def cli_option(option: Option, *names: str, help: str | None = None) -> Any:
     (the type is the one Python and typer read; `Optional[...]` where the option has no default)."""
     bounds = option.bounds_text()
     text = (help or option.help) + (f" [{bounds}]" if bounds else "")
-    return typer.Option(*(names or (option.flag,)), help=text, callback=option.check)
+    metavar = "" if option.type is bool else None  # a flag: `--fsdp`, not `--fsdp <bool>`
+    return typer.Option(
+        *(names or (option.flag,)), help=text, callback=option.check, metavar=metavar
+    )
 
 
 Force = Annotated[

@@ -5,7 +5,12 @@ changes the result (the learning rate and its schedule, batch, accumulation, seq
 model's shape and attention, the tokenizer, the text, the starting model of `--init-from`, the teacher and
 the uptraining schedule) must match the record; a request that differs is
 refused with one line naming the flags. Only the budget (`steps`, `minutes`) and where the run happens
-(`provider`, `threads`, and the number of processes) may change.
+(`provider`, `threads`, the number of processes, and `fsdp`) may change.
+
+`fsdp` (sharding across the processes, or a whole copy in each) changes how a step is computed, not what:
+checkpoints are the same whole files either way. Like the number of processes it belongs to each
+invocation, never carried over from the record: a run resumes with DDP (or in one process) unless this
+invocation asks for --fsdp again.
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from mhe_edge.training.loop import TrainOptions
 
 BUDGET = ("steps", "minutes")  # more (or less) of the same run
 PLACEMENT = ("provider", "threads")  # where it runs, not what it computes
+PER_INVOCATION = (
+    "fsdp",
+)  # how this invocation's processes share the model: as asked, else the default
 # how a step's rows are split: only batch * grad_accum * processes (the rows per step) is the run's
 SPLIT = ("batch", "grad_accum")
 # compared by fingerprint (sha256), shown by flag alone: the text files, the starting model, the teacher
@@ -92,7 +100,7 @@ def resumed_options(
 
     option_names = {f.name for f in dataclasses.fields(TrainOptions)}
     for name, value in requested.items():
-        if name in BUDGET or name in PLACEMENT or name in SPLIT:
+        if name in BUDGET or name in PLACEMENT or name in SPLIT or name in PER_INVOCATION:
             continue
         if name in option_names:
             differs(name, value, getattr(recorded, name))
@@ -118,11 +126,12 @@ def resumed_options(
     if differing:
         raise RequestError(
             f"{', '.join(differing)}: not as the recorded run; a resumed run keeps its options (only"
-            " --steps, --minutes, --provider and --threads may change): drop them, or start a new run"
+            " --steps, --minutes, --provider, --threads and --fsdp may change): drop them, or start a new run"
             " with --force"
         )
     changes = {k: v for k, v in requested.items() if k in BUDGET + PLACEMENT and v is not None}
     changes.update(_split(recorded, record.get("processes", 1), requested, processes))
+    changes.update({k: requested.get(k, getattr(TrainOptions(), k)) for k in PER_INVOCATION})
     resumed = dataclasses.replace(recorded, **changes)
     resumed.check()
     return resumed
