@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -141,3 +142,37 @@ def test_uptraining_in_two_processes_equals_one_at_twice_the_batch(tmp_path):
     assert "lm_head.weight" not in load_file(str(tmp_path / "sharded" / "model.safetensors"))
     _close(tmp_path / "base", tmp_path / "sharded")
     _same_checkpoints(tmp_path / "base", tmp_path / "sharded")
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="sharding over NCCL needs 2 CUDA devices")
+def test_fsdp_over_nccl_ends_where_ddp_ends(tmp_path):
+    """On 2 GPUs (NCCL, bf16 autocast) a sharded run ends where the DDP run ends. Loosely: CUDA's fused
+    attention backward sums in no fixed order, so two runs on CUDA differ by rounding that AdamW turns into
+    steps of up to lr, whatever shards them."""
+    topics = pydoc_data.topics.topics
+    text = tmp_path / "notes.txt"
+    text.write_text("".join(topics[k] for k in sorted(topics))[:20_000])
+    common = [text, "--tokenizer", "bytes", "--seq-len", "16", "--provider", "cuda", *SHAPE]
+    common += ["--tie-embeddings", "--batch", "4", "--steps", "6"]
+    ddp = _torchrun(*common, "-o", tmp_path / "ddp")
+    sharded = _torchrun(*common, "-o", tmp_path / "sharded", "--fsdp")
+    difference = ddp["held_out"]["cross_entropy"] - sharded["held_out"]["cross_entropy"]
+    assert abs(difference) < 1e-2
+    _close(tmp_path / "ddp", tmp_path / "sharded", atol=6 * 2e-3)  # six steps of at most lr
+    _same_checkpoints_named(tmp_path / "ddp", tmp_path / "sharded")
+    # and the sharded run continues in one process on the CPU, from its whole checkpoint
+    assert (
+        train(tmp_path / "sharded", resume=True, options={"steps": 7, "provider": "cpu"}).steps == 7
+    )
+
+
+def _same_checkpoints_named(a, b):
+    """The newest checkpoints of `a` and `b` name the same tensors (weights and moments)."""
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        first, second = (
+            load_file(
+                str(p / "checkpoints" / (p / "checkpoints/latest").read_text().strip() / name)
+            )
+            for p in (a, b)
+        )
+        assert first.keys() == second.keys()

@@ -28,8 +28,8 @@ from mhe_edge.training.uptraining import drop_frozen_gradients, uptraining_loss
 DEFAULT_STEPS = 1000
 MAX_STEPS = int(declared.STEPS.high or 0)  # a run bounded by minutes plans this many
 FSDP_NEEDS_PROCESSES = (
-    "--fsdp shards the model across the processes torchrun starts, and this is one process: start it"
-    " with `torchrun --nproc-per-node N -m mhe_edge train ...`, or drop --fsdp"
+    "--fsdp shards the model across the processes torchrun starts, and there is one process: start two"
+    " or more (`torchrun --nproc-per-node N -m mhe_edge train ...`), or drop --fsdp"
 )
 
 
