@@ -273,7 +273,8 @@ GRAD_ACCUM = Option(
 FSDP = Option(
     "fsdp",
     "Under torchrun: shard weights, gradients and AdamW's moments across the processes (FSDP2) instead"
-    " of a whole copy in each (DDP); the same results, checkpoints written whole.",
+    " of a whole copy in each (DDP); the same results, checkpoints written whole. --resume keeps the"
+    " recorded choice unless told.",
     False,
     bool,
 )

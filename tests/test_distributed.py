@@ -91,7 +91,7 @@ def test_two_processes_ddp_and_fsdp_equal_one_at_twice_the_batch_and_resume_in_o
     )
     train(tmp_path / "one", resume=True, options={"steps": 8})
     _close(tmp_path / "one", tmp_path / "two")
-    # and so does the sharded run, without --fsdp (it is not carried over from the record)
+    # and so does the sharded run (in one process it trains whole, as recorded then)
     train(tmp_path / "sharded", resume=True, options={"steps": 8})
     record = json.loads((tmp_path / "sharded" / "training.json").read_text())
     assert record["options"]["fsdp"] is False and record["processes"] == 1

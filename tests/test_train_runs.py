@@ -101,6 +101,27 @@ def test_fsdp_in_one_process_is_refused_before_anything_is_written(tmp_path, cli
         run_training(None, None, None, TrainOptions(fsdp=True), tmp_path)
 
 
+def test_resume_keeps_fsdp_while_there_are_processes_unless_told(tmp_path):
+    """Sharding changes no result: a resumed run may take it up or drop it; unasked it keeps the
+    recorded choice under torchrun and trains whole in one process."""
+    from mhe_edge.training.record import resumed_options
+
+    run, _ = _run(tmp_path)
+    record = json.loads((run / "training.json").read_text())
+    record["processes"] = 2
+    for recorded, requested, processes, expected in [
+        (True, {}, 2, True),
+        (True, {}, 1, False),
+        (True, {"fsdp": False}, 2, False),
+        (False, {"fsdp": True}, 2, True),
+        (False, {}, 2, False),
+    ]:
+        record["options"]["fsdp"] = recorded
+        resumed = resumed_options(record, "training.json", requested, None, processes)
+        assert resumed.fsdp is expected, (recorded, requested, processes)
+        assert resumed.batch * resumed.grad_accum * processes == 4  # the recorded rows per step
+
+
 def test_bad_options_are_usage_errors_in_the_api_as_in_the_cli(tmp_path, cli):
     for bad in (dict(batch=0), dict(lr=0.0), dict(seq_len=1), dict(steps=0), dict(batch=True)):
         with pytest.raises(RequestError):

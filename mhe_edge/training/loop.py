@@ -53,7 +53,7 @@ class TrainOptions:
     eval_windows: int = (
         declared.EVAL_WINDOWS.default
     )  # at most this many held-out windows per validation
-    # save a resumable checkpoint every this many steps (and on Ctrl-C)
+    # save a resumable checkpoint every this many steps (and on Ctrl-C, unless sharded)
     checkpoint_every: int = declared.CHECKPOINT_EVERY.default
     provider: str = "cpu"  # "cpu", or "cuda" (bf16 autocast)
     fsdp: bool = declared.FSDP.default  # under torchrun: shard instead of a whole copy per process
@@ -207,9 +207,8 @@ def run_training(
     seq_len = row_length(options, model.config, len(train_ids))
     model.train()
     named_state = None
-    if (
-        options.fsdp and optimizer is not None
-    ):  # its parameters are replaced by shards: carry its state
+    if options.fsdp and optimizer is not None:
+        # sharding replaces the parameters the optimizer holds: carry its state over, by name
         named_state = sharding.named_optimizer_state(model, optimizer)
         optimizer = None
     net = world.wrap(model, device, options.fsdp)

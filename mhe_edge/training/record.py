@@ -8,9 +8,9 @@ refused with one line naming the flags. Only the budget (`steps`, `minutes`) and
 (`provider`, `threads`, the number of processes, and `fsdp`) may change.
 
 `fsdp` (sharding across the processes, or a whole copy in each) changes how a step is computed, not what:
-checkpoints are the same whole files either way. Like the number of processes it belongs to each
-invocation, never carried over from the record: a run resumes with DDP (or in one process) unless this
-invocation asks for --fsdp again.
+checkpoints are the same whole files either way, so any run resumes with or without it. Unless asked
+(`--fsdp`, `--no-fsdp`), a resumed run keeps the recorded choice when it has processes to shard over, and
+trains whole in one process.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from mhe_edge.training.loop import TrainOptions
 
 BUDGET = ("steps", "minutes")  # more (or less) of the same run
 PLACEMENT = ("provider", "threads")  # where it runs, not what it computes
-PER_INVOCATION = (
-    "fsdp",
-)  # how this invocation's processes share the model: as asked, else the default
+SHARING = (
+    "fsdp"  # how the processes share the model: as asked, else as recorded while there are several
+)
 # how a step's rows are split: only batch * grad_accum * processes (the rows per step) is the run's
 SPLIT = ("batch", "grad_accum")
 # compared by fingerprint (sha256), shown by flag alone: the text files, the starting model, the teacher
@@ -100,7 +100,7 @@ def resumed_options(
 
     option_names = {f.name for f in dataclasses.fields(TrainOptions)}
     for name, value in requested.items():
-        if name in BUDGET or name in PLACEMENT or name in SPLIT or name in PER_INVOCATION:
+        if name in BUDGET or name in PLACEMENT or name in SPLIT or name == SHARING:
             continue
         if name in option_names:
             differs(name, value, getattr(recorded, name))
@@ -131,7 +131,7 @@ def resumed_options(
         )
     changes = {k: v for k, v in requested.items() if k in BUDGET + PLACEMENT and v is not None}
     changes.update(_split(recorded, record.get("processes", 1), requested, processes))
-    changes.update({k: requested.get(k, getattr(TrainOptions(), k)) for k in PER_INVOCATION})
+    changes[SHARING] = requested.get(SHARING, recorded.fsdp and processes > 1)
     resumed = dataclasses.replace(recorded, **changes)
     resumed.check()
     return resumed
