@@ -33,8 +33,8 @@ def shard(model, device: torch.device, processes: int):
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
-    # the mesh names the device: without one fully_shard takes a GPU whenever there is one, and a gloo
-    # group cannot gather CUDA tensors (a CPU run on a machine with GPUs would crash)
+    # the mesh names the device: without one fully_shard moves the shards to a GPU whenever there is
+    # one, also for a CPU run over gloo (reported to crash there)
     mesh = init_device_mesh(device.type, (processes,))
     for block in model.blocks:
         fully_shard(block, mesh=mesh)
