@@ -1,8 +1,9 @@
-"""Training throughput in one and two processes, with and without gradient accumulation, in one interleaved
-run: tokens per second, peak memory per process, and the scaling efficiency of two processes.
+"""Training throughput in one and two processes, with and without gradient accumulation, DDP and FSDP
+(`--fsdp`), in one interleaved run: tokens per second, peak memory per process, and the scaling efficiency
+of two processes.
 
 Every configuration trains the same model on the same token shards for the same steps, as `mhe-edge train`
-(two processes: `torchrun --standalone --nproc-per-node 2`, DDP over gloo on the CPU, NCCL with
+(two processes: `torchrun --standalone --nproc-per-node 2`, DDP or FSDP2 over gloo on the CPU, NCCL with
 `--provider cuda`). Throughput is the median of the steps' global tokens per second after the first
 `--warmup` steps; peak memory is each process's own high-water mark (VmHWM), the largest over its ranks.
 Scaling efficiency: two processes' throughput / (2 x one process's at the same per-process batch).
@@ -23,13 +24,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-# (name, processes, batch per process, grad-accum): rows per step = batch x grad-accum x processes
+# (name, processes, batch per process, grad-accum, sharded): rows per step = batch x grad-accum x processes
 CONFIGS = [
-    ("1 process, batch 8", 1, 8, 1),
-    ("1 process, batch 4 x grad-accum 2", 1, 4, 2),
-    ("1 process, batch 4", 1, 4, 1),
-    ("2 processes, batch 4", 2, 4, 1),
-    ("2 processes, batch 2 x grad-accum 2", 2, 2, 2),
+    ("1 process, batch 8", 1, 8, 1, False),
+    ("1 process, batch 4 x grad-accum 2", 1, 4, 2, False),
+    ("1 process, batch 4", 1, 4, 1, False),
+    ("2 processes, batch 4", 2, 4, 1, False),
+    ("2 processes, batch 2 x grad-accum 2", 2, 2, 2, False),
+    ("2 processes, batch 4, --fsdp", 2, 4, 1, True),
+    ("2 processes, batch 2 x grad-accum 2, --fsdp", 2, 2, 2, True),
 ]
 MODEL = ["--layers", "4", "--d-model", "256", "--heads", "8", "--d-ff", "1024", "--max-seq-len", "128"]  # fmt: skip
 
@@ -47,13 +50,13 @@ def child(args: list[str]) -> None:
         peak_file.write_text(peak)
 
 
-def run(name, processes, batch, accum, shards: Path, work: Path, args) -> dict:
+def run(name, processes, batch, accum, sharded, shards: Path, work: Path, args) -> dict:
     out = work / f"run-{len(list(work.iterdir()))}"
     peak_file = work / f"{out.name}.peak"
     train_args = [
         "train", str(shards), "-o", str(out), "--steps", str(args.steps), "--seq-len", "128",
         "--batch", str(batch), "--grad-accum", str(accum), "--provider", args.provider, *MODEL,
-        "--json",
+        "--json", *(["--fsdp"] if sharded else []),
     ]  # fmt: skip
     me = [str(Path(__file__).resolve()), "--child"]
     if processes == 1:
@@ -75,6 +78,7 @@ def run(name, processes, batch, accum, shards: Path, work: Path, args) -> dict:
         "processes": processes,
         "batch": batch,
         "grad_accum": accum,
+        "fsdp": sharded,
         "tokens_per_second": statistics.median(speeds),
         "peak_mib": max(peaks),
         "final_loss": log[-1]["loss"],
@@ -109,8 +113,8 @@ def main() -> None:
         runs = work / "runs"
         runs.mkdir()
         for round_index in range(args.rounds):  # interleaved: every config once per round
-            for name, processes, batch, accum in CONFIGS:
-                row = run(name, processes, batch, accum, work / "shards", runs, args)
+            for name, processes, batch, accum, sharded in CONFIGS:
+                row = run(name, processes, batch, accum, sharded, work / "shards", runs, args)
                 rows[name].append(row)
                 print(
                     f"round {round_index + 1}: {name}: {row['tokens_per_second']:,.0f} tok/s",
@@ -126,20 +130,28 @@ def main() -> None:
     one = by_name["1 process, batch 4"]["tokens_per_second"]
     two = by_name["2 processes, batch 4"]["tokens_per_second"]
     efficiency = two / (2 * one)
-    print(f"\n{'configuration':<38} {'rows/step':>9} {'tokens/s':>10} {'peak MiB':>9} {'loss':>7}")
+    sharded = by_name["2 processes, batch 4, --fsdp"]["tokens_per_second"]
+    print(f"\n{'configuration':<46} {'rows/step':>9} {'tokens/s':>10} {'peak MiB':>9} {'loss':>7}")
     for row in table:
         rows_per_step = row["processes"] * row["batch"] * row["grad_accum"]
         star = "*" if row["spread"] > 0.1 else " "
-        print(f"{row['config']:<38} {rows_per_step:>9} {row['tokens_per_second']:>9,.0f}{star}"
+        print(f"{row['config']:<46} {rows_per_step:>9} {row['tokens_per_second']:>9,.0f}{star}"
               f" {row['peak_mib']:>9,.0f} {row['final_loss']:>7.3f}")  # fmt: skip
     print(
         f"scaling efficiency (2 processes at batch 4 / 2 x 1 process at batch 4): {efficiency:.2f}"
     )
+    print(f"FSDP / DDP throughput (2 processes at batch 4): {sharded / two:.2f}")
     settings = {**vars(args), "out": None, "model": MODEL, "cores": os.cpu_count()}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "train_throughput.json").write_text(
         json.dumps(
-            {"settings": settings, "rows": table, "scaling_efficiency": efficiency}, indent=2
+            {
+                "settings": settings,
+                "rows": table,
+                "scaling_efficiency": efficiency,
+                "fsdp_over_ddp": sharded / two,
+            },
+            indent=2,
         )
         + "\n"
     )

@@ -328,6 +328,14 @@ GRAD_ACCUM = Option(
     1,
     1024,
 )
+FSDP = Option(
+    "fsdp",
+    "Under torchrun: shard weights, gradients and AdamW's moments across the processes (FSDP2) instead"
+    " of a whole copy in each (DDP); the same results, checkpoints written whole. --resume keeps the"
+    " recorded choice unless told.",
+    False,
+    bool,
+)
 LR = Option("lr", "Peak learning rate (warmup, then cosine to a tenth).", 2e-3, float, 1e-7, 0.5)
 # the rest of TrainOptions (the API's; the CLI keeps their defaults)
 MIN_LR_RATIO = Option("min_lr_ratio", "The cosine decays to lr x this.", 0.1, float, 0.0, 1.0)

@@ -28,6 +28,11 @@ def test_check_refuses_wrong_types_bounds_and_choices():
             ratio.check(bad)
     with pytest.raises(RequestError, match="one of 16, 32"):
         options.INT4_BLOCK_SIZE.check(0)
+    switch = Option("switch", "On or off.", False, bool)
+    assert switch.check(True) is True and switch.check(False) is False
+    for bad in (1, 0, "yes", None):
+        with pytest.raises(RequestError, match="--switch must be true or false"):
+            switch.check(bad)
 
 
 def test_a_flag_option_takes_true_or_false_only(cli, tmp_path):

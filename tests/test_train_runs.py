@@ -101,6 +101,42 @@ def test_resume_may_split_the_recorded_rows_differently(tmp_path, cli):
     assert json.loads((run / "training.json").read_text())["options"]["grad_accum"] == 2
 
 
+def test_fsdp_in_one_process_is_refused_before_anything_is_written(tmp_path, cli):
+    """--fsdp shards across torchrun's processes: in one there is nothing to shard, and it says so."""
+    run, _ = _run(tmp_path)
+    before = _snapshot(run)
+    for args in (["-o", tmp_path / "new"], ["-o", run, "--resume", "--steps", "5"]):
+        result = cli("train", *args, "--fsdp", "--tokenizer", "bytes")
+        assert result.code == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert "--fsdp" in result.stderr and "torchrun" in result.stderr
+    assert _snapshot(run) == before and not (tmp_path / "new").exists()
+    with pytest.raises(RequestError, match="--fsdp must be true or false"):
+        train(tmp_path / "new", options={"fsdp": 1})
+    with pytest.raises(RequestError, match="torchrun"):
+        run_training(None, None, None, TrainOptions(fsdp=True), tmp_path)
+
+
+def test_resume_keeps_fsdp_while_there_are_processes_unless_told(tmp_path):
+    """Sharding changes no result: a resumed run may take it up or drop it; unasked it keeps the
+    recorded choice under torchrun and trains whole in one process."""
+    from mhe_edge.training.record import resumed_options
+
+    run, _ = _run(tmp_path)
+    record = json.loads((run / "training.json").read_text())
+    record["processes"] = 2
+    for recorded, requested, processes, expected in [
+        (True, {}, 2, True),
+        (True, {}, 1, False),
+        (True, {"fsdp": False}, 2, False),
+        (False, {"fsdp": True}, 2, True),
+        (False, {}, 2, False),
+    ]:
+        record["options"]["fsdp"] = recorded
+        resumed = resumed_options(record, "training.json", requested, None, processes)
+        assert resumed.fsdp is expected, (recorded, requested, processes)
+        assert resumed.batch * resumed.grad_accum * processes == 4  # the recorded rows per step
+
+
 def test_bad_options_are_usage_errors_in_the_api_as_in_the_cli(tmp_path, cli):
     for bad in (dict(batch=0), dict(lr=0.0), dict(seq_len=1), dict(steps=0), dict(batch=True)):
         with pytest.raises(RequestError):

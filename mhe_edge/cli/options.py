@@ -27,10 +27,14 @@ def cli_option(option: Option, *names: str, help: str | None = None) -> Any:
     (the type is the one Python and typer read; `Optional[...]` where the option has no default)."""
     bounds = option.bounds_text()
     text = (help or option.help) + (f" [{bounds}]" if bounds else "")
-    if option.type is bool:  # a flag pair, unset (None) unless given
-        pair = f"{option.flag}/--no-{option.flag.removeprefix('--')}"
+    if option.type is bool:  # a flag and its negation: `--fsdp/--no-fsdp`, no `<bool>` value
+        on = names[0] if names else option.flag
         return typer.Option(
-            *(names or (pair,)), help=text, callback=option.check, metavar="", show_default=False
+            f"{on}/--no-{on.removeprefix('--')}",
+            help=text,
+            callback=option.check,
+            metavar="",
+            show_default=False,
         )
     return typer.Option(*(names or (option.flag,)), help=text, callback=option.check)
 

@@ -98,12 +98,13 @@ def train(
         typer.Option(
             "--resume",
             help="Continue the run in OUTPUT from its newest checkpoint: --steps may extend it, --minutes,"
-            " --provider and --threads may change; any other option must match the recorded run.",
+            " --provider, --threads and --fsdp may change; any other option must match the recorded run.",
             metavar="",
         ),
     ] = False,
     provider: Provider = options.PROVIDER.default,
     threads: Annotated[int | None, cli_option(options.TORCH_THREADS)] = None,
+    fsdp: Annotated[bool, cli_option(options.FSDP)] = options.FSDP.default,
     init_from: Annotated[
         Path | None,
         typer.Option(
@@ -155,6 +156,7 @@ def train(
         seed=seed,
         provider=provider,
         threads=threads,
+        fsdp=fsdp,
         freeze_steps=freeze_steps,
         distill_weight=distill_weight,
     )

@@ -26,8 +26,15 @@ MAX_STATE_BYTES = 50_000_000
 
 
 def save_training_state(
-    run_folder: Path, step: int, model, optimizer, state: dict[str, Any], keep: int = 1
+    run_folder: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    state: dict[str, Any],
+    keep: int = 1,
 ) -> Path:
+    """Write checkpoint `step`: `weights` (the model's whole state_dict) and `optimizer_state` (the
+    optimizer's whole state_dict, as `torch.optim.Optimizer.state_dict()` gives it) beside `state`."""
     from safetensors.torch import save_file
 
     root = run_folder / CHECKPOINTS
@@ -37,10 +44,10 @@ def save_training_state(
     final = check_output(root / f"step-{step}", force=True, folder=True)
     with staged_output(final, force=True, folder=True) as stage:
         save_file(
-            {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+            {k: v.detach().cpu().contiguous() for k, v in weights.items()},
             str(stage / "model.safetensors"),
         )
-        moments, groups = _flatten_optimizer(optimizer)
+        moments, groups = _flatten_optimizer(optimizer_state)
         save_file(moments, str(stage / "optimizer.safetensors"))
         (stage / "state.json").write_text(
             json.dumps({**state, "step": step, "param_groups": groups}) + "\n"
@@ -124,8 +131,9 @@ def _checked_state(state: Any, name: str) -> dict[str, Any]:
     return state
 
 
-def _flatten_optimizer(optimizer) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
-    saved = optimizer.state_dict()
+def _flatten_optimizer(
+    saved: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], list[dict[str, Any]]]:
     moments = {
         f"{index}.{key}": torch.as_tensor(value).detach().cpu().contiguous()
         for index, entry in saved["state"].items()

@@ -1,6 +1,8 @@
-"""Training in several processes with torch.distributed, as torchrun starts them (DDP: gloo on the CPU,
-NCCL on CUDA). One process trains exactly as before; under torchrun every process (rank) trains on its
-share of each step's rows, DDP averages the gradients, and rank 0 alone validates, checkpoints and writes.
+"""Training in several processes with torch.distributed, as torchrun starts them (DDP, or FSDP2 with
+`--fsdp`: gloo on the CPU, NCCL on CUDA). One process trains exactly as before; under torchrun every process
+(rank) trains on its share of each step's rows, DDP (or FSDP) averages the gradients, and rank 0 alone
+writes. With DDP rank 0 alone validates and checkpoints; sharded, every rank takes part in both (the
+weights are gathered for each unit's forward, and whole for a checkpoint), see training/sharding.py.
 
     torchrun --standalone --nproc-per-node 2 -m mhe_edge train -o run --batch 4   # = one process at --batch 8
 """
@@ -22,6 +24,7 @@ class World:
     rank: int = 0  # this process
     size: int = 1  # processes training together
     device: Any = None  # where this process's tensors live (collectives need it for NCCL)
+    sharded: bool = False  # FSDP: each rank holds a shard of the weights, gradients and moments
 
     @classmethod
     def current(cls) -> World:
@@ -31,10 +34,17 @@ class World:
             return cls(dist.get_rank(), dist.get_world_size())
         return cls()
 
-    def wrap(self, model, device):
+    def wrap(self, model, device, fsdp: bool = False):
         """`model` itself in one process; DistributedDataParallel over it in several (the optimizer keeps
-        `model`'s parameters: DDP shares them)."""
+        `model`'s parameters: DDP shares them), on `device`. With `fsdp`, `model` sharded in place (its
+        parameters are replaced: the optimizer must be made anew over them)."""
         self.device = device
+        if fsdp:
+            from mhe_edge.training.sharding import shard
+
+            self.sharded = True
+            return shard(model, device, self.size)
+        model.to(device)
         if self.size == 1:
             return model
         from torch.nn.parallel import DistributedDataParallel
@@ -48,8 +58,10 @@ class World:
         )
 
     def no_sync(self, net, last: bool):
-        """DDP's no_sync for every micro-batch but the last, so gradients are averaged once per step."""
-        if self.size == 1 or last:
+        """DDP's no_sync for every micro-batch but the last, so gradients are averaged once per step.
+        Sharded, each micro-batch's gradients are averaged into the shards as they come (so no rank ever
+        holds a whole model's gradients between micro-batches)."""
+        if self.size == 1 or last or self.sharded:
             return contextlib.nullcontext()
         return net.no_sync()
 

@@ -20,12 +20,17 @@ import torch
 
 from mhe_edge import options as declared
 from mhe_edge.errors import ProviderError, RequestError, TrainingInterrupted
+from mhe_edge.training import sharding
 from mhe_edge.training.checkpoints import save_training_state
 from mhe_edge.training.distributed import World
 from mhe_edge.training.uptraining import drop_frozen_gradients, uptraining_loss
 
 DEFAULT_STEPS = 1000
 MAX_STEPS = int(declared.STEPS.high or 0)  # a run bounded by minutes plans this many
+FSDP_NEEDS_PROCESSES = (
+    "--fsdp shards the model across the processes torchrun starts, and there is one process: start two"
+    " or more (`torchrun --nproc-per-node N -m mhe_edge train ...`), or drop --fsdp"
+)
 
 
 @dataclass
@@ -48,9 +53,10 @@ class TrainOptions:
     eval_windows: int = (
         declared.EVAL_WINDOWS.default
     )  # at most this many held-out windows per validation
-    # save a resumable checkpoint every this many steps (and on Ctrl-C)
+    # save a resumable checkpoint every this many steps (and on Ctrl-C, unless sharded)
     checkpoint_every: int = declared.CHECKPOINT_EVERY.default
     provider: str = "cpu"  # "cpu", or "cuda" (bf16 autocast)
+    fsdp: bool = declared.FSDP.default  # under torchrun: shard instead of a whole copy per process
     threads: int | None = None  # PyTorch threads on the CPU (default: PyTorch's choice)
     # uptraining: the first steps train only the converted attention tensors
     freeze_steps: int = declared.FREEZE_STEPS.default
@@ -75,6 +81,7 @@ class TrainOptions:
             (declared.EVAL_WINDOWS, self.eval_windows),
             (declared.CHECKPOINT_EVERY, self.checkpoint_every),
             (declared.PROVIDER, self.provider),
+            (declared.FSDP, self.fsdp),
             (declared.TORCH_THREADS, self.threads),
             (declared.FREEZE_STEPS, self.freeze_steps),
             (declared.DISTILL_WEIGHT, self.distill_weight),
@@ -185,21 +192,32 @@ def run_training(
     extra_state: dict[str, Any] | None = None,
     teacher=None,
 ) -> dict[str, Any]:
-    """Train `model` in place; returns the final state (step, elapsed, log). Ctrl-C saves a checkpoint first."""
+    """Train `model` in place; returns the final state (step, elapsed, log, and the trained `model`: the
+    same module, or with `options.fsdp` a whole copy on rank 0's CPU, None on the other ranks). Ctrl-C
+    saves a checkpoint first (not with `options.fsdp`: the newest periodic checkpoint stays)."""
     from mhe_edge.models.attention import fast_attention, use_attention_core
 
     options.check()
+    world = World.current()
+    if options.fsdp and world.size == 1:
+        raise RequestError(FSDP_NEEDS_PROCESSES)
     device = device_for(options.provider)
     if options.threads:
         torch.set_num_threads(options.threads)
     seq_len = row_length(options, model.config, len(train_ids))
-    model.to(device).train()
-    world = World.current()
-    net = world.wrap(model, device)
+    model.train()
+    named_state = None
+    if options.fsdp and optimizer is not None:
+        # sharding replaces the parameters the optimizer holds: carry its state over, by name
+        named_state = sharding.named_optimizer_state(model, optimizer)
+        optimizer = None
+    net = world.wrap(model, device, options.fsdp)
     if teacher is not None:  # each process runs it on its own rows: not wrapped, it never steps
         teacher.to(device)
     if optimizer is None:
         optimizer = make_optimizer(model, options)
+    if named_state is not None:
+        sharding.load_optimizer_state(model, optimizer, named_state)
     total = options.total_steps
     warmup = options.warmup if options.warmup is not None else min(200, max(1, total // 20))
     held = [held_ids[i : i + seq_len] for i in range(0, len(held_ids) - seq_len + 1, seq_len)][
@@ -212,20 +230,26 @@ def run_training(
     budget = options.minutes * 60 if options.minutes else None
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _nothing()
 
-    def save() -> None:
-        if world.rank != 0:  # one writer: the others hold the same weights
-            return
+    def save() -> dict[str, torch.Tensor]:
+        """Checkpoint the step (rank 0 writes); returns the whole weights (rank 0's; {} elsewhere)."""
+        if world.sharded:  # every rank gathers its shards to rank 0
+            weights, optimizer_state = sharding.gather_whole(model, optimizer)
+        elif world.rank == 0:  # one writer: the others hold the same weights
+            weights, optimizer_state = model.state_dict(), optimizer.state_dict()
+        if world.rank != 0:
+            return {}
         save_training_state(
             run_folder,
             step,
-            model,
-            optimizer,
+            weights,
+            optimizer_state,
             {"elapsed": elapsed, "log": log, "options": asdict(options), **(extra_state or {})},
         )
+        return weights
 
     last_saved = step
     try:
-        with use_attention_core(fast_attention):
+        with use_attention_core(fast_attention), sharding.quiet_views():
             while step < total and (budget is None or elapsed < budget):
                 started = time.perf_counter()
                 fraction = elapsed / budget if budget else step / total
@@ -257,7 +281,9 @@ def run_training(
                     elapsed / budget if budget else step / total,
                 )
                 done = step >= total or (budget is not None and elapsed >= budget)
-                if world.rank == 0 and held and (step % options.eval_every == 0 or done):
+                # sharded, every rank takes part in the forward (each gathers the units' weights)
+                validates = world.rank == 0 or world.sharded
+                if validates and held and (step % options.eval_every == 0 or done):
                     model.eval()
                     with autocast:
                         info.val_loss = validation_loss(model, held, device)
@@ -269,14 +295,27 @@ def run_training(
                     save()
                     last_saved = step
     except KeyboardInterrupt as exc:
-        if step > last_saved:
+        # sharded, saving gathers from every rank: one interrupted inside a collective would never return
+        if step > last_saved and not world.sharded:
             save()
             last_saved = step
         raise _interrupted(step, last_saved if last_saved > 0 else None, run_folder) from exc
-    save()
+    weights = save()
     world.barrier()  # the final checkpoint is whole before any process goes on
-    model.eval()
-    return {"step": step, "elapsed": elapsed, "log": log, "seq_len": seq_len}
+    if world.sharded:  # rank 0 goes on with the whole model (evaluation, the model folder)
+        model = _whole_model(model.config, weights) if world.rank == 0 else None
+    if model is not None:
+        model.eval()
+    return {"step": step, "elapsed": elapsed, "log": log, "seq_len": seq_len, "model": model}
+
+
+def _whole_model(config, weights: dict[str, torch.Tensor]):
+    """A plain model (on the CPU) holding the gathered weights of a sharded one."""
+    from mhe_edge.models import build_model
+
+    model = build_model(config)
+    model.load_state_dict(weights, strict=True)
+    return model
 
 
 def _accumulate(

@@ -19,7 +19,7 @@ from mhe_edge.files import FOLDER_MARKER, check_output
 from mhe_edge.options import DISTILL_WEIGHT
 from mhe_edge.text.corpus import RECORD_FILE, Corpus, read_training_record
 from mhe_edge.text.shards import Shards
-from mhe_edge.training.loop import TrainOptions, row_length
+from mhe_edge.training.loop import FSDP_NEEDS_PROCESSES, TrainOptions, row_length
 from mhe_edge.training.record import flag_of, resumed_options, tokenizer_fingerprint
 from mhe_edge.training.uptraining import model_fingerprint
 
@@ -72,7 +72,7 @@ def new_plan(
     from mhe_edge.text.tokenizer import byte_tokenizer, load_tokenizer, train_bpe
     from mhe_edge.training.uptraining import starting_point
 
-    options = checked_options(options)
+    options = _placed(checked_options(options))
     if teacher is None and options.distill_weight != DISTILL_WEIGHT.default:
         raise RequestError(
             "--distill-weight weighs the KL to a teacher: give --teacher, or drop it"
@@ -228,7 +228,7 @@ def resume_plan(
         _shards_tokenizer(shards, None, run_tokenizer)
     elif text_files:
         requested["text"] = [_sha256(Path(p)) for p in text_files]
-    resumed = resumed_options(record, where, requested, run_tokenizer, processes())
+    resumed = _placed(resumed_options(record, where, requested, run_tokenizer, processes()))
     if teacher_model is None and record.get("teacher") is not None:
         teacher_model = _recorded_teacher(folder, record, where, config.vocab_size)
     stage("text")
@@ -239,6 +239,13 @@ def resume_plan(
         plan = _encoded(record, resumed, config, run_tokenizer, corpus, resumed=True, stage=stage)
     plan.teacher = teacher_model
     return _checked_teacher(plan)
+
+
+def _placed(options: TrainOptions) -> TrainOptions:
+    """`options`, refused when they ask for what these processes cannot do: --fsdp in one process."""
+    if options.fsdp and processes() == 1:
+        raise RequestError(FSDP_NEEDS_PROCESSES)
+    return options
 
 
 def _teacher(path, vocab_size):

@@ -5,7 +5,12 @@ changes the result (the learning rate and its schedule, batch, accumulation, seq
 model's shape and attention, the tokenizer, the text, the starting model of `--init-from`, the teacher and
 the uptraining schedule) must match the record; a request that differs is
 refused with one line naming the flags. Only the budget (`steps`, `minutes`) and where the run happens
-(`provider`, `threads`, and the number of processes) may change.
+(`provider`, `threads`, the number of processes, and `fsdp`) may change.
+
+`fsdp` (sharding across the processes, or a whole copy in each) changes how a step is computed, not what:
+checkpoints are the same whole files either way, so any run resumes with or without it. Unless asked
+(`--fsdp`, `--no-fsdp`), a resumed run keeps the recorded choice when it has processes to shard over, and
+trains whole in one process.
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from mhe_edge.training.loop import TrainOptions
 
 BUDGET = ("steps", "minutes")  # more (or less) of the same run
 PLACEMENT = ("provider", "threads")  # where it runs, not what it computes
+SHARING = (
+    "fsdp"  # how the processes share the model: as asked, else as recorded while there are several
+)
 # how a step's rows are split: only batch * grad_accum * processes (the rows per step) is the run's
 SPLIT = ("batch", "grad_accum")
 # compared by fingerprint (sha256), shown by flag alone: the text files, the starting model, the teacher
@@ -96,7 +104,7 @@ def resumed_options(
 
     option_names = {f.name for f in dataclasses.fields(TrainOptions)}
     for name, value in requested.items():
-        if name in BUDGET or name in PLACEMENT or name in SPLIT:
+        if name in BUDGET or name in PLACEMENT or name in SPLIT or name == SHARING:
             continue
         if name in option_names:
             differs(name, value, getattr(recorded, name))
@@ -122,11 +130,12 @@ def resumed_options(
     if differing:
         raise RequestError(
             f"{', '.join(differing)}: not as the recorded run; a resumed run keeps its options (only"
-            " --steps, --minutes, --provider and --threads may change): drop them, or start a new run"
+            " --steps, --minutes, --provider, --threads and --fsdp may change): drop them, or start a new run"
             " with --force"
         )
     changes = {k: v for k, v in requested.items() if k in BUDGET + PLACEMENT and v is not None}
     changes.update(_split(recorded, record.get("processes", 1), requested, processes))
+    changes[SHARING] = requested.get(SHARING, recorded.fsdp and processes > 1)
     resumed = dataclasses.replace(recorded, **changes)
     resumed.check()
     return resumed

@@ -122,7 +122,7 @@ def _build(plan, folder: Path):
     if plan.initial is not None and not plan.resumed:  # uptraining: the converted weights, in fp32
         model.load_state_dict(plan.initial.state_dict())
         plan.initial = None  # one copy of the weights in memory
-    if plan.options.provider == "cuda":
+    if plan.options.provider == "cuda" and not plan.options.fsdp:  # sharding moves only the shards
         model.to(device_for("cuda"))
     optimizer = make_optimizer(model, plan.options)
     resume_state = load_training_state(folder, model, optimizer) if plan.resumed else None
@@ -174,8 +174,6 @@ def _train(plan, built, run_folder: Path, shown: Path, on_step, stage, world) ->
         on_step,
         teacher=plan.teacher,
     )
-    model.to("cpu")
-
     rows = options.batch * options.grad_accum * world.size  # per step, all processes
     tokens = result["step"] * rows * result["seq_len"]
     if world.rank != 0:  # rank 0 evaluates and writes
@@ -183,6 +181,8 @@ def _train(plan, built, run_folder: Path, shown: Path, on_step, stage, world) ->
             str(shown), plan.config.to_dict(), plan.corpus.record(), record["tokenizer"],
             result["step"], result["elapsed"], tokens, {}, "", [],
         )  # fmt: skip
+    model = result["model"]  # sharded (--fsdp): a whole copy of the trained weights
+    model.to("cpu")
     stage("evaluate")
     held_out = evaluate_held_out(
         model, plan.tokenizer, plan.corpus, plan.train_ids, result["seq_len"]
