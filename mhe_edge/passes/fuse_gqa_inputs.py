@@ -76,9 +76,10 @@ def _projection(value: ir.Value) -> tuple[ir.Value, np.ndarray, np.ndarray | Non
     weight = None if matmul is None else _const(matmul.inputs[1])
     if matmul is None or weight is None or weight.ndim != 2 or weight.dtype != np.float32:
         return None
-    if bias is not None and bias.shape != (weight.shape[1],):
+    x = matmul.inputs[0]
+    if x is None or (bias is not None and bias.shape != (weight.shape[1],)):
         return None
-    return matmul.inputs[0], weight, bias
+    return x, weight, bias
 
 
 def _ints(value: ir.Value | None) -> list[int] | None:
@@ -103,18 +104,22 @@ def _is_half(slice_node: ir.Node | None, source: ir.Value, start: int, end: int,
     )
 
 
-def _rotated(value: ir.Value, heads: int) -> tuple[ir.Value, ir.Value, np.ndarray] | None:
+def _rotated(
+    value: ir.Value, heads: int | None, multiple: int = ROTARY_HEAD_MULTIPLE
+) -> tuple[ir.Value, ir.Value, np.ndarray] | None:
     """(the projection before rotation, the angles `cat(f, f)`, inv_freq) when `value` is the rotate-half
-    rotation of a (B, T, heads * d) projection, reshaped back to 3-D."""
+    rotation of a (B, T, heads * d) projection, reshaped back to 3-D, d a multiple of `multiple`."""
     back = _producer(value, "Reshape")
+    if value.shape is None or len(value.shape) != 3:
+        return None
     turned = None if back is None else back.inputs[0]
     add = _producer(turned, "Add")
     if add is None or turned is None or turned.shape is None or len(turned.shape) != 4:
         return None
-    if turned.shape[2] != heads or not isinstance(turned.shape[3], int):
+    if heads is not None and turned.shape[2] != heads or not isinstance(turned.shape[3], int):
         return None
     d = turned.shape[3]
-    if d % ROTARY_HEAD_MULTIPLE:
+    if d % multiple:
         return None
     muls = [_producer(v, "Mul") for v in add.inputs]
     if any(m is None for m in muls):
@@ -142,8 +147,9 @@ def _rotation(cos_mul, sin_mul, d: int) -> tuple[ir.Value, ir.Value, np.ndarray]
             if not _is_half(_producer(concat.inputs[1], "Slice"), view, 0, d // 2, d):
                 continue
             angles = _angles(cos_u, sin_u, d)
-            if angles is not None:
-                return reshape.inputs[0], angles[0], angles[1]
+            projection = reshape.inputs[0]
+            if angles is not None and projection is not None:
+                return projection, angles[0], angles[1]
     return None
 
 
@@ -160,14 +166,14 @@ def _angles(cos_u: ir.Value, sin_u: ir.Value, d: int) -> tuple[ir.Value, np.ndar
         return None
     axis, mul = concat.attributes.get("axis"), _producer(concat.inputs[0], "Mul")
     out = None if mul is None else mul.outputs[0]
-    if axis is None or out is None or out.shape is None:
+    if axis is None or mul is None or out is None or out.shape is None:
         return None
     if axis.as_int() not in (-1, len(out.shape) - 1) or out.shape[-1] != d // 2:
         return None
     inv_freq = next((a for a in map(_const, mul.inputs) if a is not None), None)
     if inv_freq is None or inv_freq.size != d // 2 or inv_freq.dtype != np.float32:
         return None
-    if inv_freq.ndim > 1 and inv_freq.shape[-1] != d // 2:
+    if (inv_freq.ndim > 1 and inv_freq.shape[-1] != d // 2) or cos.inputs[0] is None:
         return None
     return cos.inputs[0], inv_freq.reshape(-1)
 
@@ -182,6 +188,58 @@ def rope_caches(inv_freq: np.ndarray, max_positions: int) -> tuple[np.ndarray, n
     )
 
 
+def _positions(angles: ir.Value) -> ir.Value | None:
+    """The int64 (B, T) positions p of `cat(f, f)`, f = Unsqueeze(Cast(p)) * inv_freq."""
+    mul = _producer(_producer(angles, "Concat").inputs[0], "Mul")  # type: ignore[union-attr]
+    source = next((v for v in mul.inputs if _const(v) is None), None)  # type: ignore[union-attr]
+    unsqueeze = _producer(source, "Unsqueeze")
+    cast = None if unsqueeze is None else _producer(unsqueeze.inputs[0], "Cast")
+    positions = None if cast is None else cast.inputs[0]
+    if positions is None or positions.dtype != ir.DataType.INT64 or positions.shape is None:
+        return None
+    return positions if len(positions.shape) == 2 else None
+
+
+def _rotary_embeddings(graph: ir.Graph, max_positions: int, caches: dict) -> int:
+    """Every rotation left outside the kernel becomes one com.microsoft.RotaryEmbedding on the export's own
+    positions; returns how many."""
+    count = 0
+    for node in [n for n in graph if n.op_type == "Reshape" and n.domain in ("", "ai.onnx")]:
+        found = _rotated(node.outputs[0], None, multiple=2)
+        positions = None if found is None else _positions(found[1])
+        if found is None or positions is None:
+            continue
+        projection, _, inv_freq = found
+        cos, sin = _caches(graph, inv_freq, max_positions, caches)
+        rotary = ir.node(
+            "RotaryEmbedding",
+            [projection, positions, cos, sin],
+            {"interleaved": 0},
+            domain=MS_DOMAIN,
+            name=f"{node.name or 'rope'}_rotary",
+        )
+        rotary.outputs[0].type, rotary.outputs[0].shape = (
+            node.outputs[0].type,
+            node.outputs[0].shape,
+        )
+        ir.convenience.replace_nodes_and_values(
+            graph, node, [node], [rotary], list(node.outputs), list(rotary.outputs)
+        )
+        count += 1
+    return count
+
+
+def _caches(graph: ir.Graph, inv_freq: np.ndarray, max_positions: int, caches: dict):
+    key = inv_freq.tobytes()
+    if key not in caches:
+        cos, sin = rope_caches(inv_freq, max_positions)
+        caches[key] = (
+            add_initializer(graph, "cos_cache", cos),
+            add_initializer(graph, "sin_cache", sin),
+        )
+    return caches[key]
+
+
 class FuseGqaInputsPass(ir.passes.InPlacePass):
     def requires(self, model: ir.Model) -> None:
         pass  # any graph: GroupQueryAttention nodes that do not fit are left as they are
@@ -194,6 +252,8 @@ class FuseGqaInputsPass(ir.passes.InPlacePass):
         fused = 0
         for node in _gqa_nodes(graph):
             fused += self._fuse(graph, node, max_positions, caches)
+        if isinstance(max_positions, int) and _gqa_nodes(graph):
+            fused += _rotary_embeddings(graph, max_positions, caches)
         if fused:
             common.RemoveUnusedNodesPass()(
                 model
@@ -224,18 +284,12 @@ class FuseGqaInputsPass(ir.passes.InPlacePass):
             (query, angles_q, inv_freq), (key, angles_k, _) = rot_q, rot_k
             if angles_q is not angles_k:
                 return False
-            cache = caches.get(inv_freq.tobytes())
-            if cache is None:
-                cos, sin = rope_caches(inv_freq, max_positions)
-                cache = (
-                    add_initializer(graph, "cos_cache", cos),
-                    add_initializer(graph, "sin_cache", sin),
-                )
-                caches[inv_freq.tobytes()] = cache
+            cache = _caches(graph, inv_freq, max_positions, caches)
         elif _producer(query, "Reshape") is not None or _producer(key, "Reshape") is not None:
             return False  # rotated (or reshaped) in a way this pass does not read: leave it
-        projections = [_projection(v) for v in (query, key, value)]
-        if any(p is None for p in projections) or len({id(p[0]) for p in projections}) != 1:
+        found = [_projection(v) for v in (query, key, value)]
+        projections = [p for p in found if p is not None]
+        if len(projections) != 3 or len({id(p[0]) for p in projections}) != 1:
             return False
         x = projections[0][0]
         weight = np.concatenate([p[1] for p in projections], axis=1)

@@ -213,8 +213,8 @@ class AnyPaddingFromAttentionMaskPass(ir.passes.InPlacePass):
             if len(inputs) > QUERY_SEQLENS and inputs[QUERY_SEQLENS] is not None:
                 inputs[QUERY_SEQLENS] = query_seqlens
             attributes = {k: a.value for k, a in node.attributes.items()}
-            rotations = []
-            if _rotates(node):
+            rotations: list[ir.Node] = []
+            if _rotates(node) and positions is not None:
                 rotations, inputs[:3] = _rotary_outside(graph, node, inputs, positions)
                 inputs[COS_CACHE] = inputs[SIN_CACHE] = None
                 attributes["do_rotary"] = 0

@@ -1,7 +1,8 @@
-"""FuseGqaInputsPass: Q/K/V packed into one MatMul and rotary moved inside GroupQueryAttention. On a
-hand-built layer (numbers against the graph before, prefill and a decode step; what it leaves alone), then
-end to end on an MHE-MUL rope model, which keeps its rotation outside (tests/test_hf_interop.py has the
-transformers-written Qwen2 folder that fuses)."""
+"""The --target ort fusions. FuseGqaInputsPass: Q/K/V packed into one MatMul and rotary moved inside
+GroupQueryAttention, on a hand-built layer (numbers against the graph before, prefill and a decode step;
+what it leaves alone), then end to end on an MHE-MUL rope model, which keeps its rotation outside
+(tests/test_hf_interop.py has the transformers-written Qwen2 folder that fuses). FuseGateUpPass: a
+SwiGLU's gate and up projections as one MatMul and a Split, on a hand-built MLP."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from passes_helpers import exported, op_counts
 
 from mhe_edge.contract import KEY_CONFIG
 from mhe_edge.passes import optimize
+from mhe_edge.passes.fuse_gate_up import FuseGateUpPass
 from mhe_edge.passes.fuse_gqa_inputs import FuseGqaInputsPass
 from mhe_edge.sessions import create_session
 
@@ -101,19 +103,29 @@ def _layer(scale_query: bool = False) -> ir.Model:
             [emit("Mul", [view, cos]), emit("Mul", [rotated, sin])],
             shape=["B", "T", heads, D],
         )
-        if scale_query and name == "q":
-            turned = emit(
-                "Mul",
-                [turned, const("c", RNG.standard_normal((heads, D)).astype(np.float32))],
-                shape=["B", "T", heads, D],
-            )
         return emit(
             "Reshape",
             [turned, const(f"back{name}", np.array([0, 0, heads * D]))],
             shape=["B", "T", heads * D],
         )
 
-    q, k, v = project("q", H, True), project("k", G, True), project("v", G, False)
+    if (
+        scale_query
+    ):  # one shared query head, turned, then scaled per head (B, T, H, D) -> (B, T, H * D)
+        shared = emit(
+            "Unsqueeze",
+            [project("q", 1, True), const("axis2", np.array([2]))],
+            shape=["B", "T", 1, D],
+        )
+        c = const("c", RNG.standard_normal((H, D)).astype(np.float32))
+        q = emit(
+            "Reshape",
+            [emit("Mul", [shared, c]), const("flat", np.array([0, 0, H * D]))],
+            shape=["B", "T", H * D],
+        )
+    else:
+        q = project("q", H, True)
+    k, v = project("k", G, True), project("v", G, False)
     gqa = ir.node(
         "GroupQueryAttention",
         [q, k, v, *past, seqlens, total],
@@ -166,16 +178,26 @@ def test_fuse_on_a_hand_built_layer(tmp_path):
         feeds = {**feeds, "positions": np.zeros_like(feeds["positions"])}  # unread now
         after = _run(model, feeds, tmp_path / "after.onnx")
         for a, b in zip(after, reference):
-            assert np.abs(a - b).max() < 1e-5
+            assert np.abs(a - b).max() < 1e-5 * max(1.0, np.abs(b).max())  # float32 rounding
     assert not FuseGqaInputsPass()(model).modified  # nothing left to fuse
 
 
-def test_a_query_scaled_after_the_rotation_is_left_alone():
-    model = _layer(
-        scale_query=True
-    )  # rotary cannot move inside: the kernel would turn the scaled query
+def test_a_query_scaled_after_the_rotation_keeps_its_rotation_outside(tmp_path):
+    """A per-head constant after the rotation (a folded MHE-MUL) cannot move inside the kernel: q and k
+    are each turned by one RotaryEmbedding on the graph's own positions, the projections stay apart."""
+    model = _layer(scale_query=True)
+    cases = [_feeds(2, 0, 5), _feeds(2, 5, 1)]
+    before = [_run(model, feeds, tmp_path / "before.onnx") for feeds in cases]
+    assert FuseGqaInputsPass()(model).modified
+    counts = op_counts(model)
+    assert counts["MatMul"] == 3 and counts["com.microsoft.RotaryEmbedding"] == 2
+    assert not counts["Cos"] and not counts["Neg"]
+    (gqa,) = [n for n in model.graph if n.op_type == "GroupQueryAttention"]
+    assert "do_rotary" not in gqa.attributes
+    for feeds, reference in zip(cases, before):
+        for a, b in zip(_run(model, feeds, tmp_path / "after.onnx"), reference):
+            assert np.abs(a - b).max() < 1e-5 * max(1.0, np.abs(b).max())  # float32 rounding
     assert not FuseGqaInputsPass()(model).modified
-    assert op_counts(model)["MatMul"] == 3
 
 
 def _nodes_per_layer(path, n_layers) -> float:
@@ -186,8 +208,51 @@ def test_mhe_mul_rope_keeps_rotary_outside_and_its_numbers(tmp_path):
     model, path = exported(tmp_path, attention="mhe-mul", d_model=64, position="rope")
     report = optimize(path, tmp_path / "ort.onnx", target="ort")  # optimize checks parity itself
     assert report.max_abs_diff <= 1e-4
-    for node in ir.load(report.output).graph:
+    graph = ir.load(report.output).graph
+    assert op_counts(ir.load(report.output))["com.microsoft.RotaryEmbedding"] == 4
+    assert len(graph) <= 64  # 106 with the rotation written out
+    for node in graph:
         if node.op_type == "GroupQueryAttention":
             assert (
                 node.attributes["kv_num_heads"].as_int() == 1 and "do_rotary" not in node.attributes
             )
+
+
+def _mlp(up_read_twice: bool = False) -> ir.Model:
+    """x -> gate and up MatMuls -> silu(gate) * up -> y (and, if asked, up as a second output)."""
+    x = _value("x", ["B", "T", WIDTH])
+    graph = ir.Graph([x], [], nodes=[], name="mlp")
+    weights = []
+    for name in ("w_gate", "w_up"):
+        array = RNG.standard_normal((WIDTH, 40)).astype(np.float32)
+        weights.append(ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(F32)))
+        weights[-1].const_value = ir.tensor(array, name=name)
+        graph.register_initializer(weights[-1])
+    gate, up = (ir.node("MatMul", [x, w]) for w in weights)
+    sigmoid = ir.node("Sigmoid", [gate.outputs[0]])
+    silu = ir.node("Mul", [gate.outputs[0], sigmoid.outputs[0]])
+    product = ir.node("Mul", [silu.outputs[0], up.outputs[0]])
+    for node in (gate, up, sigmoid, silu, product):
+        graph.append(node)
+    product.outputs[0].name = "y"
+    graph.outputs.append(product.outputs[0])
+    if up_read_twice:
+        up.outputs[0].name = "up"
+        graph.outputs.append(up.outputs[0])
+    graph.opset_imports[""] = 21
+    return ir.Model(graph, ir_version=10)
+
+
+def test_gate_and_up_become_one_matmul(tmp_path):
+    model = _mlp()
+    feeds = {"x": RNG.standard_normal((2, 3, WIDTH)).astype(np.float32)}
+    (before,) = _run(model, feeds, tmp_path / "before.onnx")
+    assert FuseGateUpPass()(model).modified
+    counts = op_counts(model)
+    assert counts["MatMul"] == 1 and counts["Split"] == 1 and counts["Sigmoid"] == 1
+    assert list(model.graph.initializers) == ["gate_up_weight", "gate_up_sizes"]
+    (after,) = _run(model, feeds, tmp_path / "after.onnx")
+    assert np.abs(after - before).max() < 1e-5 * max(1.0, np.abs(before).max())
+    assert not FuseGateUpPass()(model).modified
+    shared = _mlp(up_read_twice=True)  # up is read beyond the product: left as it is
+    assert not FuseGateUpPass()(shared).modified and op_counts(shared)["MatMul"] == 2
