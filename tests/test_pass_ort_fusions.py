@@ -1,8 +1,7 @@
 """The --target ort fusions. FuseGqaInputsPass: Q/K/V packed into one MatMul and rotary moved inside
 GroupQueryAttention, on a hand-built layer (numbers against the graph before, prefill and a decode step;
 what it leaves alone), then end to end on an MHE-MUL rope model, which keeps its rotation outside
-(tests/test_hf_interop.py has the transformers-written Qwen2 folder that fuses). FuseGateUpPass: a
-SwiGLU's gate and up projections as one MatMul and a Split, on a hand-built MLP."""
+(tests/test_hf_interop.py has the transformers-written Qwen2 folder that fuses)."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from passes_helpers import exported, op_counts
 
 from mhe_edge.contract import KEY_CONFIG
 from mhe_edge.passes import optimize
-from mhe_edge.passes.fuse_gate_up import FuseGateUpPass
 from mhe_edge.passes.fuse_gqa_inputs import FuseGqaInputsPass
 from mhe_edge.sessions import create_session
 
@@ -216,43 +214,3 @@ def test_mhe_mul_rope_keeps_rotary_outside_and_its_numbers(tmp_path):
             assert (
                 node.attributes["kv_num_heads"].as_int() == 1 and "do_rotary" not in node.attributes
             )
-
-
-def _mlp(up_read_twice: bool = False) -> ir.Model:
-    """x -> gate and up MatMuls -> silu(gate) * up -> y (and, if asked, up as a second output)."""
-    x = _value("x", ["B", "T", WIDTH])
-    graph = ir.Graph([x], [], nodes=[], name="mlp")
-    weights = []
-    for name in ("w_gate", "w_up"):
-        array = RNG.standard_normal((WIDTH, 40)).astype(np.float32)
-        weights.append(ir.Value(name=name, shape=ir.Shape(array.shape), type=ir.TensorType(F32)))
-        weights[-1].const_value = ir.tensor(array, name=name)
-        graph.register_initializer(weights[-1])
-    gate, up = (ir.node("MatMul", [x, w]) for w in weights)
-    sigmoid = ir.node("Sigmoid", [gate.outputs[0]])
-    silu = ir.node("Mul", [gate.outputs[0], sigmoid.outputs[0]])
-    product = ir.node("Mul", [silu.outputs[0], up.outputs[0]])
-    for node in (gate, up, sigmoid, silu, product):
-        graph.append(node)
-    product.outputs[0].name = "y"
-    graph.outputs.append(product.outputs[0])
-    if up_read_twice:
-        up.outputs[0].name = "up"
-        graph.outputs.append(up.outputs[0])
-    graph.opset_imports[""] = 21
-    return ir.Model(graph, ir_version=10)
-
-
-def test_gate_and_up_become_one_matmul(tmp_path):
-    model = _mlp()
-    feeds = {"x": RNG.standard_normal((2, 3, WIDTH)).astype(np.float32)}
-    (before,) = _run(model, feeds, tmp_path / "before.onnx")
-    assert FuseGateUpPass()(model).modified
-    counts = op_counts(model)
-    assert counts["MatMul"] == 1 and counts["Split"] == 1 and counts["Sigmoid"] == 1
-    assert list(model.graph.initializers) == ["gate_up_weight", "gate_up_sizes"]
-    (after,) = _run(model, feeds, tmp_path / "after.onnx")
-    assert np.abs(after - before).max() < 1e-5 * max(1.0, np.abs(before).max())
-    assert not FuseGateUpPass()(model).modified
-    shared = _mlp(up_read_twice=True)  # up is read beyond the product: left as it is
-    assert not FuseGateUpPass()(shared).modified and op_counts(shared)["MatMul"] == 2

@@ -30,7 +30,7 @@ import onnx_ir as ir
 import onnx_ir.passes.common as common
 
 from mhe_edge.contract import KEY_CONFIG, MS_DOMAIN
-from mhe_edge.passes._graph import add_initializer
+from mhe_edge.passes._graph import add_concatenated_initializer, add_initializer
 
 COS_CACHE, SIN_CACHE, POSITION_IDS = 7, 8, 9  # GroupQueryAttention's input positions
 ROTARY_HEAD_MULTIPLE = 16  # the CPU kernel rotates only head sizes that are a multiple of 16
@@ -292,8 +292,8 @@ class FuseGqaInputsPass(ir.passes.InPlacePass):
         if len(projections) != 3 or len({id(p[0]) for p in projections}) != 1:
             return False
         x = projections[0][0]
-        weight = np.concatenate([p[1] for p in projections], axis=1)
-        new_nodes = [ir.node("MatMul", [x, add_initializer(graph, "qkv_weight", weight)])]
+        weight = add_concatenated_initializer(graph, "qkv_weight", [p[1] for p in projections], 1)
+        new_nodes = [ir.node("MatMul", [x, weight])]
         if any(p[2] is not None for p in projections):
             bias = np.concatenate(
                 [

@@ -109,11 +109,10 @@ def build_passes(
         target == "ort"
     ):  # Q/K/V in one MatMul, rotary inside GroupQueryAttention; residual add + RMSNorm
         # -> ONNX Runtime's SkipSimplifiedLayerNormalization (as onnxruntime-genai's model builder writes)
-        from mhe_edge.passes.fuse_gate_up import FuseGateUpPass
         from mhe_edge.passes.fuse_gqa_inputs import FuseGqaInputsPass
         from mhe_edge.passes.fuse_skip_norm import FuseSkipRmsNormPass
 
-        passes += [FuseGqaInputsPass(), FuseGateUpPass(), FuseSkipRmsNormPass()]
+        passes += [FuseGqaInputsPass(), FuseSkipRmsNormPass()]
     if fp16:
         from mhe_edge.passes.float16 import ConvertToFloat16Pass
 
