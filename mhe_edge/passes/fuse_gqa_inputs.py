@@ -15,10 +15,11 @@ mask with right padding (row b's new tokens at seqlens_k[b] + 1 - T + i; the fir
 with `query_seqlens` (row s of a chunk at P + s, P the row's tokens before it). For left padding
 (`AnyPaddingFromAttentionMaskPass`) they do not: that pass turns rotary back out into explicit
 RotaryEmbedding nodes fed the export's positions. A layer whose query or key is not this exact pattern
-(MHE's per-head query constant after the rotation, scaled or partial rotary, interleaved layouts) is
-left as it is, and so is one whose head size is not a multiple of 16 (the kernel's rotary refuses it);
-a layer with no rotary at all has its three projections packed only. `modified` says
-whether any GroupQueryAttention was rewritten.
+(MHE's per-head query constant after the rotation) or whose head size is not a multiple of 16 (the
+kernel's rotary refuses it) keeps its projections apart, and each of its rotations becomes one
+`com.microsoft.RotaryEmbedding` on the export's own (B, T) positions and the same caches. Scaled,
+partial or interleaved rotary matches neither and stays written out; a layer with no rotary at all has
+its three projections packed only. `modified` says whether any node was rewritten.
 """
 
 from __future__ import annotations
