@@ -33,20 +33,30 @@ def _llama(**overrides):
     return transformers.LlamaForCausalLM(transformers.LlamaConfig(**{**fields, **overrides}))
 
 
-FAMILIES = {
-    "llama-gqa": lambda: _llama(),
-    "llama-mqa-tied": lambda: _llama(num_key_value_heads=1, tie_word_embeddings=True),
-    "qwen2": lambda: transformers.Qwen2ForCausalLM(
+def _qwen2():
+    """Head size 16 (what GroupQueryAttention's rotary takes) and Q/K/V biases away from their zero init."""
+    model = transformers.Qwen2ForCausalLM(
         transformers.Qwen2Config(
-            hidden_size=48,
+            hidden_size=64,
             intermediate_size=100,
             num_hidden_layers=2,
-            num_attention_heads=6,
+            num_attention_heads=4,
             num_key_value_heads=2,
             max_position_embeddings=64,
             **SMALL,
         )
-    ),
+    )
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    return model
+
+
+FAMILIES = {
+    "llama-gqa": lambda: _llama(),
+    "llama-mqa-tied": lambda: _llama(num_key_value_heads=1, tie_word_embeddings=True),
+    "qwen2": lambda: _qwen2(),
     "gpt2": lambda: transformers.GPT2LMHeadModel(
         transformers.GPT2Config(n_embd=48, n_layer=2, n_head=4, n_positions=64, **SMALL)
     ),
@@ -286,3 +296,55 @@ def test_a_gpt2_tensor_that_does_not_fit_its_config_is_refused(tmp_path, name, s
     save_file({**state, name: torch.zeros(shape)}, tmp_path / "m" / "model.safetensors")
     with pytest.raises(CheckpointError, match=re.escape(f"{name} has shape {shape}")):
         load_model(tmp_path / "m")
+
+
+def _right_padded_then_decoding(runner) -> np.ndarray:
+    """The last logits of three decode steps after a right-padded prompt, the mask growing at the end."""
+    ids = np.array([[5, 6, 7, 8, 9, 10], [11, 12, 13, 0, 0, 0]])
+    mask = np.array([[1] * 6, [1, 1, 1, 0, 0, 0]])
+    logits, cache = runner.step(ids, runner.empty_cache(2), mask)
+    steps = []
+    for t in range(3):
+        mask = np.concatenate([mask, np.ones((2, 1), np.int64)], axis=1)
+        logits, cache = runner.step(np.array([[3 + t], [4 + t]]), cache, mask)
+        steps.append(logits[:, -1])
+    return np.stack(steps)
+
+
+def test_qwen2_folder_optimizes_fused_and_keeps_its_tokens(folders, tmp_path):
+    """--target ort packs Q/K/V (with their biases) into one MatMul and rotates inside GroupQueryAttention:
+    the layer is 13 nodes (its bias Add included), not 34. The tokens stay the export's,
+    right-padded and (after the any-padding rewrite, which turns rotary back out onto the export's
+    positions) left-padded too."""
+    import onnx_ir as ir
+    from passes_helpers import op_counts
+    from test_padding import alone_and_left_padded
+
+    from mhe_edge.edge.padding import take_any_padding
+    from mhe_edge.files import save_ir_model
+    from mhe_edge.runtime import ExportedModel
+
+    _, _, onnx_path = folders["qwen2"]
+    report = optimize(onnx_path, tmp_path / "ort.onnx", target="ort")
+    counts = report.op_counts_after
+    assert counts["MatMul"] == 2 * 5 + 1  # qkv, out, gate, up, down; the head
+    assert not counts.get("Cos") and not counts.get("Neg")
+    graph = ir.load(report.output).graph
+    assert len(graph) <= 2 * 13 + 16, len(graph)
+    rows = [[5, 6, 7, 8, 9, 10], [11, 12, 13]]
+    want = ExportedModel(onnx_path).generate_rows(rows, 8, stop_at_eos=False)
+    assert ExportedModel(report.output).generate_rows(rows, 8, stop_at_eos=False) == want
+    model = ir.load(report.output)
+    assert take_any_padding(model)
+    assert op_counts(model)["com.microsoft.RotaryEmbedding"] == 4
+    padded = tmp_path / "any.onnx"
+    save_ir_model(model, padded)
+    alone, batch = alone_and_left_padded(padded)
+    assert batch == alone
+    # a right-padded row that goes on decoding: its cache slots run ahead of its positions (1e-2 off if
+    # the kernel rotated by slot)
+    got, reference = (_right_padded_then_decoding(ExportedModel(p)) for p in (padded, onnx_path))
+    assert np.abs(got - reference).max() <= 1e-4
+
+    int4 = optimize(onnx_path, tmp_path / "int4.onnx", target="ort", int4=True).op_counts_after
+    assert int4["com.microsoft.MatMulNBits"] == 2 * 5 + 1 and not int4.get("MatMul")

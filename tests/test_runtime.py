@@ -94,6 +94,13 @@ def test_cuda_is_refused_not_silently_replaced(tmp_path, cli):
     assert result.code == ProviderError.exit_code and "CUDAExecutionProvider" in result.stderr
 
 
+def test_sessions_do_not_spin_waiting_threads(tmp_path):
+    _, path = exported(tmp_path, attention="mhe-mul")
+    options = create_session(path, threads=2).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.intra_op_num_threads == 2
+
+
 def test_profile_json_has_every_field_with_sane_values(tmp_path, cli):
     _, path = exported(tmp_path, attention="mhe-add")
     trace = tmp_path / "trace.json"

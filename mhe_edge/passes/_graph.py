@@ -75,6 +75,32 @@ def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Va
     return value
 
 
+def add_concatenated_initializer(
+    graph: ir.Graph, base_name: str, arrays: list[np.ndarray], axis: int
+) -> ir.Value:
+    """Register the concatenation of `arrays` as a new initializer, computed only when the tensor is
+    read (on writing, most often): a pass that packs every layer's weights then never holds all the
+    packed copies beside the originals at once."""
+    name, k = base_name, 0
+    while name in graph.initializers:
+        k += 1
+        name = f"{base_name}_{k}"
+    shape = list(arrays[0].shape)
+    shape[axis] = sum(a.shape[axis] for a in arrays)
+    dtype = ir.DataType.from_numpy(arrays[0].dtype)
+    tensor = ir.LazyTensor(
+        lambda: ir.tensor(np.concatenate(arrays, axis=axis)),
+        dtype=dtype,
+        shape=ir.Shape(shape),
+        name=name,
+    )
+    value = ir.Value(
+        name=name, shape=ir.Shape(shape), type=ir.TensorType(dtype), const_value=tensor
+    )
+    graph.register_initializer(value)
+    return value
+
+
 def sole_consumer(value: ir.Value, op_type: str) -> ir.Node | None:
     """The single node reading `value`, if it is one `op_type` node and the value is not a graph output."""
     consumers = value.consumers()

@@ -76,10 +76,44 @@ class SeqlensFromAttentionMaskPass(ir.passes.InPlacePass):
         return ir.passes.PassResult(model, modified=True)
 
 
-ATTENTION_BIAS, QUERY_SEQLENS = 10, 16  # GroupQueryAttention's input positions
+COS_CACHE, SIN_CACHE, ATTENTION_BIAS, QUERY_SEQLENS = 7, 8, 10, 16  # GroupQueryAttention's inputs
 MIN_ORT_ATTENTION_BIAS = (
     "1.22"  # the oldest ONNX Runtime whose GroupQueryAttention takes attention_bias
 )
+
+
+def _rotates(node: ir.Node) -> bool:
+    rotary = node.attributes.get("do_rotary")
+    return rotary is not None and rotary.as_int() == 1
+
+
+def _rotary_outside(
+    graph: ir.Graph, node: ir.Node, inputs: list, positions: ir.Value
+) -> tuple[list, list]:
+    """RotaryEmbedding nodes turning query and key by `positions` (B, T), and the kernel's new query, key
+    and value: a packed QKV input is split first."""
+    heads, kv_heads = (node.attributes[k].as_int() for k in ("num_heads", "kv_num_heads"))
+    query, key, value = inputs[:3]
+    nodes: list[ir.Node] = []
+    if key is None:  # packed (B, T, (heads + 2 kv_heads) d)
+        head_size = 2 * inputs[COS_CACHE].shape[1]
+        sizes = [heads * head_size, kv_heads * head_size, kv_heads * head_size]
+        split = ints(graph, "padding_qkv_sizes", sizes)
+        nodes.append(ir.node("Split", [query, split], {"axis": -1}, num_outputs=3))
+        query, key, value = nodes[-1].outputs
+    interleaved = node.attributes.get("rotary_interleaved")
+    turned = []
+    for x in (query, key):
+        nodes.append(
+            ir.node(
+                "RotaryEmbedding",
+                [x, positions, inputs[COS_CACHE], inputs[SIN_CACHE]],
+                {"interleaved": 0 if interleaved is None else interleaved.as_int()},
+                domain=MS_DOMAIN,
+            )
+        )
+        turned.append(nodes[-1].outputs[0])
+    return nodes, [turned[0], turned[1], value]
 
 
 class AnyPaddingFromAttentionMaskPass(ir.passes.InPlacePass):
@@ -93,6 +127,10 @@ class AnyPaddingFromAttentionMaskPass(ir.passes.InPlacePass):
     cumsum). Right padding stays right (its padding is masked the same way), and the in-place cache too:
     a step writes its tokens at the mask's last columns, which is where the runtime's mask puts them.
     `query_seqlens`, where present, becomes T for every row (no row of a chunk is padding any more).
+    Rotary inside the kernel (`do_rotary`) would turn each token by its cache slot, not by the export's
+    position (the mask's 1s so far): a right-padded row that goes on decoding has slots ahead of its
+    positions. So such a node gets explicit `com.microsoft.RotaryEmbedding` nodes for query and key, fed
+    the export's positions and the node's own caches (a packed QKV input is split first).
     """
 
     def requires(self, model: ir.Model) -> None:
@@ -148,6 +186,25 @@ class AnyPaddingFromAttentionMaskPass(ir.passes.InPlacePass):
         )
         bias = emit("Expand", [bias, shape])  # (B, 1, T, total): the kernel wants T spelled out
         query_seqlens = emit("Cast", [emit("Expand", [new_len, batch])], {"to": ir.DataType.INT32})
+        positions = None
+        if any(_rotates(node) for node in gqa):  # the export's: the mask's 1s so far - 1, (B, T)
+            counted = emit("CumSum", [mask, ints(graph, "padding_axis1", [1])])
+            counted = emit(
+                "Max",
+                [
+                    emit("Sub", [counted, ints(graph, "padding_position_one", [1])]),
+                    ints(graph, "padding_position_zero", [0]),
+                ],
+            )
+            positions = emit(
+                "Slice",
+                [
+                    counted,
+                    emit("Neg", [new_len]),
+                    ints(graph, "padding_end", [2**62]),
+                    ints(graph, "padding_axis1", [1]),
+                ],
+            )
         graph.insert_before(next(iter(graph)), nodes)
         for node in gqa:
             inputs = list(node.inputs) + [None] * (ATTENTION_BIAS + 1 - len(node.inputs))
@@ -155,16 +212,27 @@ class AnyPaddingFromAttentionMaskPass(ir.passes.InPlacePass):
             inputs[ATTENTION_BIAS] = bias
             if len(inputs) > QUERY_SEQLENS and inputs[QUERY_SEQLENS] is not None:
                 inputs[QUERY_SEQLENS] = query_seqlens
+            attributes = {k: a.value for k, a in node.attributes.items()}
+            rotations: list[ir.Node] = []
+            if _rotates(node) and positions is not None:
+                rotations, inputs[:3] = _rotary_outside(graph, node, inputs, positions)
+                inputs[COS_CACHE] = inputs[SIN_CACHE] = None
+                attributes["do_rotary"] = 0
             replacement = ir.node(
                 node.op_type,
                 inputs,
-                node.attributes,
+                attributes,
                 domain=node.domain,
                 num_outputs=len(node.outputs),
                 name=node.name,
             )
             ir.convenience.replace_nodes_and_values(
-                graph, node, [node], [replacement], list(node.outputs), list(replacement.outputs)
+                graph,
+                node,
+                [node],
+                [*rotations, replacement],
+                list(node.outputs),
+                list(replacement.outputs),
             )
         common.RemoveUnusedNodesPass()(model)
         return ir.passes.PassResult(model, modified=True)

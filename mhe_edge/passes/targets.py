@@ -105,10 +105,14 @@ def build_passes(
 
         passes.append(DecomposeAttentionPass())
     passes.append(CleanupPass())
-    if target == "ort":  # residual add + RMSNorm -> ONNX Runtime's SkipSimplifiedLayerNormalization
+    if (
+        target == "ort"
+    ):  # Q/K/V in one MatMul, rotary inside GroupQueryAttention; residual add + RMSNorm
+        # -> ONNX Runtime's SkipSimplifiedLayerNormalization (as onnxruntime-genai's model builder writes)
+        from mhe_edge.passes.fuse_gqa_inputs import FuseGqaInputsPass
         from mhe_edge.passes.fuse_skip_norm import FuseSkipRmsNormPass
 
-        passes.append(FuseSkipRmsNormPass())
+        passes += [FuseGqaInputsPass(), FuseSkipRmsNormPass()]
     if fp16:
         from mhe_edge.passes.float16 import ConvertToFloat16Pass
 
