@@ -128,13 +128,23 @@ def held_out_start(path: Path) -> int:
     with open(path, "rb") as file:
         file.seek(cut)
         tail = file.read(min(size - cut, 1 << 20))
+    return cut + _line_start(tail)
+
+
+def held_out_start_of(data: bytes) -> int:
+    """`held_out_start` of a file's bytes held in memory (to find a shards document's held-out tail)."""
+    cut = len(data) - int(len(data) * HELD_OUT_FRACTION)
+    return cut + _line_start(data[cut : cut + (1 << 20)])
+
+
+def _line_start(tail: bytes) -> int:
     newline = tail.find(b"\n")
     if 0 <= newline < len(tail) - 1:
-        return cut + newline + 1
+        return newline + 1
     skip = 0  # no line start: the first character boundary
     while skip < len(tail) and tail[skip] & 0xC0 == 0x80:
         skip += 1
-    return cut + skip
+    return skip
 
 
 def tokenize_files(

@@ -17,7 +17,7 @@ from mhe_edge.config import ModelConfig, preset_config
 from mhe_edge.errors import CheckpointError, ConfigError, RequestError, first_line
 from mhe_edge.files import FOLDER_MARKER, check_output
 from mhe_edge.options import DISTILL_WEIGHT
-from mhe_edge.text.corpus import RECORD_FILE, Corpus, read_training_record
+from mhe_edge.text.corpus import RECORD_FILE, Corpus, other_python, read_training_record
 from mhe_edge.text.shards import Shards
 from mhe_edge.training.loop import TrainOptions, row_length
 from mhe_edge.training.record import flag_of, resumed_options, tokenizer_fingerprint
@@ -229,13 +229,25 @@ def resume_plan(
     elif text_files:
         requested["text"] = [_sha256(Path(p)) for p in text_files]
     resumed = resumed_options(record, where, requested, run_tokenizer, processes())
+    if not text_files and other_python(record["corpus"]) is not None:
+        raise RequestError(
+            f"TEXT: the recorded run trained on the documentation text of Python"
+            f" {other_python(record['corpus'])}, which differs from this Python's; a resumed run keeps"
+            " its text: resume it under that Python, or start a new run with --force"
+        )
     if teacher_model is None and record.get("teacher") is not None:
         teacher_model = _recorded_teacher(folder, record, where, config.vocab_size)
     stage("text")
     if shards is not None:
         plan = _streamed(record, resumed, config, shards, ShardCorpus.of(shards), resumed=True)
     else:
-        corpus = load_corpus(text_files) if text_files else corpus_from_record(record["corpus"])
+        corpus = (
+            load_corpus(text_files)
+            if text_files
+            else corpus_from_record(
+                record["corpus"], f"as TEXT: mhe-edge train FILE -o {folder} --resume"
+            )
+        )
         plan = _encoded(record, resumed, config, run_tokenizer, corpus, resumed=True, stage=stage)
     plan.teacher = teacher_model
     return _checked_teacher(plan)

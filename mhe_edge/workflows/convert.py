@@ -242,29 +242,26 @@ def _text_plan(source: Path, text) -> dict[str, Any] | None:
 
 
 def _text_to_score(source: Path, text) -> dict[str, Any] | None:
-    from mhe_edge.text.corpus import RECORD_FILE, corpus_from_record
-    from mhe_edge.text.quality import read_eval_text
+    from mhe_edge.text.corpus import RECORD_FILE, check_corpus_record
+    from mhe_edge.text.held_out import scored_text
 
-    if text:
-        return {
-            "body": read_eval_text(text),
-            "train": None,
-            "record": None,
-            "description": ", ".join(Path(t).name for t in text),
-        }
-    record_path = source / RECORD_FILE
-    if not record_path.is_file():
+    record_path, corpus_record = source / RECORD_FILE, None
+    if (
+        source.is_dir() and record_path.is_file()
+    ):  # a trained run's, or a converted folder's (corpus only)
+        try:
+            corpus_record = json.loads(record_path.read_text())["corpus"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{source.name}/{RECORD_FILE} is damaged: {exc}") from exc
+        check_corpus_record(corpus_record, f"{source.name}/{RECORD_FILE} corpus")
+    found = scored_text(text, corpus_record)
+    if found is None:
         return None
-    try:
-        corpus_record = json.loads(record_path.read_text())["corpus"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{source.name}/{RECORD_FILE} is damaged: {exc}") from exc
-    corpus = corpus_from_record(corpus_record)
     return {
-        "body": corpus.held_out,
-        "train": corpus.documents,
-        "record": corpus_record,
-        "description": f"held-out split of {corpus.name}",
+        "body": found.body,
+        "train": found.train_documents,
+        "record": found.record,
+        "description": found.description,
     }
 
 
