@@ -946,4 +946,3 @@ def _fresh(tmp_path, name):
 def _half(path: Path) -> bytes:
     data = path.read_bytes()
     return data[: len(data) // 2]
-

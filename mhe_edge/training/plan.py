@@ -94,6 +94,7 @@ def new_plan(
     else:
         # a bad config is refused before any text is read
         requested = preset_config(preset, attention=attention, **overrides)
+    check_training_fits(requested, options)  # and one larger than memory, before anything is built
     if teacher is not None and not Path(teacher).exists():
         raise RequestError(f"--teacher {str(teacher)!r} does not exist")
     stage("text")
@@ -229,6 +230,7 @@ def resume_plan(
     elif text_files:
         requested["text"] = [_sha256(Path(p)) for p in text_files]
     resumed = resumed_options(record, where, requested, run_tokenizer, processes())
+    check_training_fits(config, resumed)  # from the record, before the model is built
     if not text_files and other_python(record["corpus"]) is not None:
         raise RequestError(
             f"TEXT: the recorded run trained on the documentation text of Python"
@@ -408,6 +410,20 @@ def _streamed(record, options, config, shards: Shards, corpus, *, resumed: bool)
     if len(held) < 2:
         raise RequestError(f"the shards {shards.folder.name} hold no held-out text")
     return Plan(record, options, config, shards.tokenizer, corpus, resumed, shards.train, held)
+
+
+def check_training_fits(config: ModelConfig, options: TrainOptions) -> None:
+    """Refuse (exit 2) a run whose weights, gradients, AdamW state, activations and logits of one
+    micro-batch exceed the memory this machine has available, with the estimate."""
+    from mhe_edge.accounting import check_fits, training_memory
+
+    seq_len = min(options.seq_len or min(config.max_seq_len, 256), config.max_seq_len)
+    check_fits(
+        training_memory(config, options.batch, seq_len),
+        f"training this model ({config.n_layers} layers of width {config.d_model}, batch"
+        f" {options.batch} x {seq_len} tokens)",
+        "use a smaller model, --batch or --seq-len",
+    )
 
 
 def processes() -> int:

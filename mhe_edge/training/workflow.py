@@ -150,7 +150,8 @@ def _train_new_run(plan, built, folder: Path, force: bool, on_step, stage, world
     if interrupted is not None:
         raise TrainingInterrupted(
             f"interrupted at step {interrupted.step}; a checkpoint of step {interrupted.checkpoint} is"
-            f" saved in {folder.name}/checkpoints: continue with `mhe-edge train -o {folder} --resume`"
+            f" saved in {folder.name}/checkpoints: continue with"
+            f" `mhe-edge train {_text_arguments(plan.corpus)}-o {folder} --resume`"
         ) from interrupted
     return report
 
@@ -212,6 +213,13 @@ def _train(plan, built, run_folder: Path, shown: Path, on_step, stage, world) ->
         sample,
         files,
     )
+
+
+def _text_arguments(corpus) -> str:
+    """The TEXT a resumed run is given again (the record names files, never where they are), as shown."""
+    from mhe_edge.text.corpus import BUILTIN
+
+    return "" if corpus.name == BUILTIN else f"{corpus.name.replace(', ', ' ')} "
 
 
 def _write_record(folder: Path, record: dict[str, Any]) -> None:

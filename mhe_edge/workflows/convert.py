@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mhe_edge.accounting import count_parameters, kv_cache_bytes_per_token
-from mhe_edge.errors import CheckpointError, OutputError, first_line
+from mhe_edge.errors import CheckpointError, OutputError, RequestError, first_line
 from mhe_edge.files import check_output, staged_output
 from mhe_edge.results import Result
 
@@ -79,7 +79,13 @@ def convert(
     target = converted_config(src.config, attention)  # refusals come before any output
     tokenizer_note = _tokenizer_note(Path(source))
     # the text is read and tokenized now, so that text the tokenizer cannot encode is refused before output
-    text_plan = _text_plan(Path(source), text) if tokenizer_note is None else None
+    try:
+        text_plan = _text_plan(Path(source), text) if tokenizer_note is None else None
+    except RequestError as exc:
+        if text:
+            raise
+        # the recorded training text is not at hand (files are recorded by name and hash, not path)
+        text_plan, tokenizer_note = None, f"no held-out score: {first_line(exc)}"
     layers: list[LayerFit] = []
     with staged_output(folder, force=force, folder=True) as stage:
         # Written in the source's own precision: a bfloat16 model stays half the bytes of float32.

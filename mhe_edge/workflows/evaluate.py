@@ -52,6 +52,7 @@ def evaluate(
 
     Example: `mhe_edge.evaluate(["my-model", "my-model.onnx"]).rows[1].bits_per_byte`
     """
+    from mhe_edge.accounting import check_fits, inference_memory
     from mhe_edge.text.held_out import scored_text
     from mhe_edge.text.scoring import score, unigram_bits_per_byte
 
@@ -79,9 +80,17 @@ def evaluate(
             if on_progress
             else None
         )
+        ids = tokenizer.encode_exactly(body, "the text to score")  # every byte counted is scored
+        rows_per_call = min(batch, -(-len(ids) // window))
+        parts = inference_memory(item["config"], rows_per_call, window + 1)
+        del parts["weights"]  # loaded already
+        check_fits(
+            parts,
+            f"scoring {Path(item['name']).name} ({rows_per_call} windows of {window} per call)",
+        )
         result = score(
             item["logits"],
-            tokenizer.encode_exactly(body, "the text to score"),  # every byte counted is scored
+            ids,
             n_bytes,
             tokenizer.bos_token_id,
             window,
