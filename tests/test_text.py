@@ -469,3 +469,46 @@ def test_generate_refuses_prompts_that_are_not_text(trained, cli):
     _, root = trained
     with pytest.raises(RequestError, match="prompt 1 is not UTF-8 text"):
         mhe_edge.generate_text(root / "model.onnx", "caf\udce9")
+
+
+ENCODE_IN_A_CHILD = """
+import resource, sys
+import numpy as np
+from mhe_edge.text.tokenizer import load_tokenizer
+text, tokenizer = open(sys.argv[1]).read(), load_tokenizer(sys.argv[2])
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if sys.argv[3] == "pieces":
+    ids = tokenizer.ids_exactly(text, "the text")
+else:
+    ids = np.asarray(tokenizer.backend.encode(text, add_special_tokens=False).ids)
+np.save(sys.argv[4], ids)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+"""
+
+
+def test_one_long_line_is_tokenized_in_bounded_memory_to_the_same_ids(tmp_path):
+    """A 1 MB line: encoded in pieces, the ids are those of the whole line, and the peak grows by a
+    fraction of what encoding it whole costs (tokenizers keeps ~300 bytes per id while it encodes)."""
+    import pydoc_data.topics
+    import random
+    import subprocess
+    import sys
+
+    words = " ".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)).split()
+    rng = random.Random(0)
+    line = " ".join(rng.choice(words) for _ in range(170_000))[:1_000_000]
+    (tmp_path / "line.txt").write_text(line)
+    byte_tokenizer().backend.save(str(tmp_path / "bytes.json"))
+    grown = {}
+    for how in ("pieces", "whole"):
+        done = subprocess.run(
+            [sys.executable, "-c", ENCODE_IN_A_CHILD, tmp_path / "line.txt", tmp_path / "bytes.json",
+             how, tmp_path / f"{how}.npy"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        grown[how] = int(done.stdout)
+    assert np.array_equal(np.load(tmp_path / "pieces.npy"), np.load(tmp_path / "whole.npy"))
+    assert grown["pieces"] < 80 << 20 and grown["pieces"] * 3 < grown["whole"], grown
+    bpe, part = train_bpe([line[:100_000]], 400), line[:300_000]  # BPE merges across no cut either
+    assert bpe.encode_array(part).tolist() == bpe.backend.encode(part).ids

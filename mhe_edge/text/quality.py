@@ -64,7 +64,7 @@ def score_text(logits_fn: LogitsFn, tokenizer, text: str, window: int) -> TextSc
     text = text[:MAX_SCORED_BYTES]
     return score(
         logits_fn,
-        tokenizer.encode_exactly(text, "the text to judge by"),
+        tokenizer.ids_exactly(text, "the text to judge by"),
         len(text.encode("utf-8")),
         tokenizer.bos_token_id,
         window,

@@ -7,11 +7,11 @@ fit 16 bits), each `shard_tokens` ids except the last of its split. Every docume
 <|endoftext|>; its last HELD_OUT_FRACTION (cut at a line start, as the in-memory corpus is) goes to the
 held-out split, which training never samples from.
 
-Text is read in pieces of READ_BYTES cut after a newline (or, in a line longer than that, before a space or
-anywhere at a character boundary), so memory stays bounded by one batch of pieces and one shard's buffer,
-whatever the size of the file or its lines. The index records the documents (name, bytes, sha256, tokens per
-split), the shards (name, split, tokens, bytes), the tokenizer's sha256 and vocabulary, and the split;
-`open_shards` checks all of it against the files before training starts.
+Text is read in pieces of READ_BYTES cut where the tokenizer's ids do not change (text/pieces.py: before a
+space that follows a word, else at a word start), so memory stays bounded by one batch of pieces and one
+shard's buffer, whatever the size of the file or its lines. The index records the documents (name, bytes,
+sha256, tokens per split), the shards (name, split, tokens, bytes), the tokenizer's sha256 and vocabulary,
+and the split; `open_shards` checks all of it against the files before training starts.
 """
 
 from __future__ import annotations
@@ -29,10 +29,10 @@ import numpy as np
 
 from mhe_edge.errors import CheckpointError, RequestError
 from mhe_edge.text.corpus import HELD_OUT_FRACTION
+from mhe_edge.text.pieces import batches
 
 INDEX_FILE, FORMAT, VERSION = "index.json", "mhe-edge-token-shards", 1
 READ_BYTES = 1 << 16  # text read per piece (tokenizers holds ~300 bytes per id while it encodes)
-BATCH_BYTES = 1 << 19  # pieces encoded together (tokenizers spreads a batch over the cores)
 DEFAULT_SHARD_TOKENS = 1 << 23  # 8M ids: 16 MiB per uint16 shard
 SPLITS = ("train", "held")
 MAX_INDEX_BYTES = 50_000_000
@@ -80,9 +80,16 @@ class _ShardWriter:
         self.filled = 0
 
 
-def text_pieces(path: Path, start: int = 0, end: int | None = None) -> Iterator[str]:
-    """The UTF-8 text of bytes [start, end) of `path` in pieces of about READ_BYTES, each cut after a newline
-    (or a space, or at a character boundary in a longer line); never more than one piece in memory."""
+def text_pieces(
+    path: Path, start: int = 0, end: int | None = None, tokenizer=None
+) -> Iterator[str]:
+    """The UTF-8 text of bytes [start, end) of `path` in pieces of about READ_BYTES characters, cut where
+    `tokenizer` (default: plain bytes) keeps its ids (text/pieces.py: before a space that follows a word,
+    else at a word start); never more than a piece or two in memory (a word up to MAX_WORD_CHARS)."""
+    if tokenizer is None:
+        from mhe_edge.text.tokenizer import byte_tokenizer
+
+        tokenizer = byte_tokenizer()
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     carry = ""
     with open(path, "rb") as file:
@@ -94,30 +101,11 @@ def text_pieces(path: Path, start: int = 0, end: int | None = None) -> Iterator[
                 break
             left -= len(block)
             text = carry + decoder.decode(block, final=left <= 0)
-            # after a newline; in a longer line before a space (BPE joins a space to the word after
-            # it); in a word of a megabyte anywhere (at a character)
-            cut = text.rfind("\n") + 1 if left > 0 else len(text)
-            if cut <= 0:
-                cut = text.rfind(" ")
-            if cut <= 0:
-                cut = len(text)
-            carry = text[cut:]
-            if text[:cut]:
-                yield text[:cut]
+            parts = list(tokenizer.pieces(text, whole_unless_exact=False))
+            carry = parts.pop() if left > 0 and parts else ""  # the last piece may go on
+            yield from (part for part in parts if part)
         if carry:
             yield carry
-
-
-def _batches(pieces: Iterator[str]) -> Iterator[list[str]]:
-    batch, size = [], 0
-    for piece in pieces:
-        batch.append(piece)
-        size += len(piece)
-        if size >= BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
 
 
 def held_out_start(path: Path) -> int:
@@ -172,7 +160,7 @@ def tokenize_files(
         for split, (start, end) in zip(SPLITS, ((0, cut), (cut, path.stat().st_size))):
             before = writers[split].tokens
             try:
-                for batch in _batches(text_pieces(path, start, end)):
+                for batch in batches(text_pieces(path, start, end, tokenizer)):
                     for piece, encoded in zip(batch, encode(batch, add_special_tokens=False)):
                         ids = encoded.ids
                         data = piece.encode("utf-8")

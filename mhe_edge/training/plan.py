@@ -298,12 +298,13 @@ def _checked_teacher(plan: Plan) -> Plan:
 
 def _encoded(record, options, config, tokenizer, corpus, *, resumed: bool, stage) -> Plan:
     stage("encode")
-    eos = tokenizer.eos_token_id
-    train_ids = np.fromiter(
-        (i for doc in tokenizer.encode_batch(corpus.documents) for i in [*doc, eos]),
-        dtype=np.int64,
+    eos = np.array([tokenizer.eos_token_id], dtype=np.int64)
+    # each document in bounded pieces (one 20 MB line costs its ids, not gigabytes of tokenizer state)
+    train_ids = np.concatenate(
+        [part for doc in corpus.documents for part in (tokenizer.encode_array(doc), eos)]
+        or [eos[:0]]
     )
-    held_ids = np.asarray(tokenizer.encode(corpus.held_out), dtype=np.int64)
+    held_ids = tokenizer.encode_array(corpus.held_out)
     if (
         tokenizer.vocab_size > config.vocab_size
         or int(train_ids.max(initial=0)) >= config.vocab_size

@@ -254,7 +254,7 @@ def evaluate_held_out(
     """The model's bits per byte on the held-out text, beside a unigram and a bigram model of the same text."""
     from mhe_edge.text.scoring import bigram_score, score, unigram_bits_per_byte
 
-    ids = tokenizer.encode(corpus.held_out)
+    ids = tokenizer.encode_array(corpus.held_out)
     n_bytes = len(corpus.held_out.encode("utf-8"))
     result = score(torch_logits(model), ids, n_bytes, tokenizer.bos_token_id, window).to_dict()
     result["unigram_bits_per_byte"] = unigram_bits_per_byte(corpus.held_out)

@@ -77,6 +77,10 @@ def convert(
     step("read headers")
     src = open_source(source)
     target = converted_config(src.config, attention)  # refusals come before any output
+    if Path(source).is_dir():  # copied into the output as it is: checked first
+        from mhe_edge.text.tokenizer import read_tokenizer_config
+
+        read_tokenizer_config(source)
     tokenizer_note = _tokenizer_note(Path(source))
     # the text is read and tokenized now, so that text the tokenizer cannot encode is refused before output
     try:
@@ -243,7 +247,7 @@ def _text_plan(source: Path, text) -> dict[str, Any] | None:
     if plan is not None:
         from mhe_edge.text.tokenizer import load_tokenizer
 
-        plan["ids"] = load_tokenizer(source).encode_exactly(plan["body"], "the text to score")
+        plan["ids"] = load_tokenizer(source).ids_exactly(plan["body"], "the text to score")
     return plan
 
 

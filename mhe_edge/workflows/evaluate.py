@@ -80,7 +80,7 @@ def evaluate(
             if on_progress
             else None
         )
-        ids = tokenizer.encode_exactly(body, "the text to score")  # every byte counted is scored
+        ids = tokenizer.ids_exactly(body, "the text to score")  # every byte counted is scored
         rows_per_call = min(batch, -(-len(ids) // window))
         parts = inference_memory(item["config"], rows_per_call, window + 1)
         del parts["weights"]  # loaded already
