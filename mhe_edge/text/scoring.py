@@ -49,7 +49,7 @@ class TextScore:
         }
 
 
-def windows(ids: list[int], start_id: int, window: int) -> list[np.ndarray]:
+def windows(ids: list[int] | np.ndarray, start_id: int, window: int) -> list[np.ndarray]:
     """[start_id] + ids as windows of up to window + 1 ids, consecutive windows sharing one id."""
     if window < 1:
         raise RequestError(f"the scoring window must be at least 1 token, not {window}")
@@ -110,7 +110,7 @@ def unigram_bits_per_byte(text: str) -> float:
 
 
 def bigram_score(
-    train_ids: list[int], ids: list[int], n_bytes: int, start_id: int, vocab_size: int
+    train_ids: list[int], ids: list[int] | np.ndarray, n_bytes: int, start_id: int, vocab_size: int
 ) -> TextScore:
     """A token bigram model fit on `train_ids` (Witten-Bell interpolation with an add-one unigram), scored on
     `ids` as the models are: the level a model reaches from the previous token alone."""
