@@ -471,18 +471,21 @@ def test_generate_refuses_prompts_that_are_not_text(trained, cli):
         mhe_edge.generate_text(root / "model.onnx", "caf\udce9")
 
 
+# the child's peak: VmHWM reset first (getrusage's ru_maxrss keeps the forking parent's peak across exec)
 ENCODE_IN_A_CHILD = """
-import resource, sys
+import sys
 import numpy as np
+from mhe_edge.runtime.memory import peak_rss_bytes, reset_peak_rss
 from mhe_edge.text.tokenizer import load_tokenizer
 text, tokenizer = open(sys.argv[1]).read(), load_tokenizer(sys.argv[2])
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+assert reset_peak_rss()
+before = peak_rss_bytes()
 if sys.argv[3] == "pieces":
     ids = tokenizer.ids_exactly(text, "the text")
 else:
     ids = np.asarray(tokenizer.backend.encode(text, add_special_tokens=False).ids)
 np.save(sys.argv[4], ids)
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024)
+print(peak_rss_bytes() - before)
 """
 
 
