@@ -21,14 +21,14 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mhe_edge.errors import CheckpointError, RequestError
-from mhe_edge.text.corpus import HELD_OUT_FRACTION
+from mhe_edge.text.corpus import HELD_OUT_FRACTION, Corpus
 from mhe_edge.text.pieces import batches
 
 INDEX_FILE, FORMAT, VERSION = "index.json", "mhe-edge-token-shards", 1
@@ -343,3 +343,50 @@ def _read_index(folder: Path) -> dict[str, Any]:
 
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 50
+
+
+@dataclass
+class ShardCorpus(Corpus):
+    """Token shards as the corpus of a run: their held-out text (a bounded prefix, decoded whole) for the
+    final evaluation, and a record that names them by their index's sha256 (never a path)."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, shards: Shards) -> ShardCorpus:
+        index = shards.index
+        summary = {
+            "kind": "shards",
+            "name": shards.folder.name,
+            "sources": [{"name": shards.folder.name, "sha256": shards.digest}],
+            "documents": [
+                {k: d.get(k) for k in ("name", "bytes", "sha256")} for d in index["documents"]
+            ],
+            "held_out_fraction": index.get("held_out_fraction"),
+            "train_tokens": index["train_tokens"],
+            "held_out_tokens": index["held_out_tokens"],
+        }
+        held = _held_out_text(shards)
+        return cls(shards.folder.name, [], [], held, summary=summary)
+
+    def record(self) -> dict[str, Any]:
+        return dict(self.summary)
+
+
+HELD_OUT_TOKENS = (
+    1 << 15
+)  # the final evaluation of a shards run scores at most this many held-out ids
+
+
+def _held_out_text(shards: Shards) -> str:
+    """The held-out split's first documents up to HELD_OUT_TOKENS ids, decoded: cut after an
+    <|endoftext|> (or, in one longer document, where the bytes decode whole)."""
+    ids = shards.held[:HELD_OUT_TOKENS]
+    eos = np.flatnonzero(ids == shards.tokenizer.eos_token_id)
+    if len(eos):
+        ids = ids[: int(eos[-1])]
+    for trim in range(4):  # a cut inside a multi-byte character decodes to U+FFFD
+        text = shards.tokenizer.decode(ids[: len(ids) - trim].tolist())
+        if not text.endswith("\ufffd"):
+            return text
+    return text

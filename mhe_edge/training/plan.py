@@ -18,7 +18,7 @@ from mhe_edge.errors import CheckpointError, ConfigError, RequestError, first_li
 from mhe_edge.files import FOLDER_MARKER, check_output
 from mhe_edge.options import DISTILL_WEIGHT
 from mhe_edge.text.corpus import RECORD_FILE, Corpus, other_python, read_training_record
-from mhe_edge.text.shards import Shards
+from mhe_edge.text.shards import ShardCorpus, Shards
 from mhe_edge.training.loop import TrainOptions, row_length
 from mhe_edge.training.record import flag_of, resumed_options, tokenizer_fingerprint
 from mhe_edge.training.uptraining import model_fingerprint
@@ -350,53 +350,6 @@ def _shards_tokenizer(
             " tokenize the text again with it"
         )
     return shards.tokenizer
-
-
-@dataclass
-class ShardCorpus(Corpus):
-    """Token shards as the corpus of a run: their held-out text (a bounded prefix, decoded whole) for the
-    final evaluation, and a record that names them by their index's sha256 (never a path)."""
-
-    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def of(cls, shards: Shards) -> ShardCorpus:
-        index = shards.index
-        summary = {
-            "kind": "shards",
-            "name": shards.folder.name,
-            "sources": [{"name": shards.folder.name, "sha256": shards.digest}],
-            "documents": [
-                {k: d.get(k) for k in ("name", "bytes", "sha256")} for d in index["documents"]
-            ],
-            "held_out_fraction": index.get("held_out_fraction"),
-            "train_tokens": index["train_tokens"],
-            "held_out_tokens": index["held_out_tokens"],
-        }
-        held = _held_out_text(shards)
-        return cls(shards.folder.name, [], [], held, summary=summary)
-
-    def record(self) -> dict[str, Any]:
-        return dict(self.summary)
-
-
-HELD_OUT_TOKENS = (
-    1 << 15
-)  # the final evaluation of a shards run scores at most this many held-out ids
-
-
-def _held_out_text(shards: Shards) -> str:
-    """The held-out split's first documents up to HELD_OUT_TOKENS ids, decoded: cut after an
-    <|endoftext|> (or, in one longer document, where the bytes decode whole)."""
-    ids = shards.held[:HELD_OUT_TOKENS]
-    eos = np.flatnonzero(ids == shards.tokenizer.eos_token_id)
-    if len(eos):
-        ids = ids[: int(eos[-1])]
-    for trim in range(4):  # a cut inside a multi-byte character decodes to U+FFFD
-        text = shards.tokenizer.decode(ids[: len(ids) - trim].tolist())
-        if not text.endswith("\ufffd"):
-            return text
-    return text
 
 
 def _streamed(record, options, config, shards: Shards, corpus, *, resumed: bool) -> Plan:
