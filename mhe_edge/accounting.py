@@ -1,4 +1,5 @@
-"""Parameter and KV-cache accounting, computed from the config alone (tests hold it to the real modules)."""
+"""Parameter, KV-cache and memory accounting, computed from the config alone (tests hold it to the real
+modules), and the refusal of a run whose estimate exceeds the memory the machine has available."""
 
 from __future__ import annotations
 
@@ -52,3 +53,74 @@ def kv_cache_bytes(
     config: ModelConfig, batch: int, seq_len: int, bytes_per_element: int = 4
 ) -> int:
     return batch * seq_len * kv_cache_bytes_per_token(config, bytes_per_element)
+
+
+# -- memory, estimated from the config before anything is allocated -------------------------------------
+# float32 values a layer keeps per token for the backward pass (roughly: q, k, v, attention output, two
+# norms and residuals of width d_model; the MLP's hidden width twice); attention weights come on top
+ACTIVATIONS_PER_TOKEN_D, ACTIVATIONS_PER_TOKEN_FF = 12, 2
+
+
+def activation_bytes(config: ModelConfig, batch: int, seq_len: int, training: bool) -> int:
+    """Activations of one forward pass over `batch` rows of `seq_len` tokens (kept for the backward pass
+    when `training`, else one layer's at a time), float32."""
+    per_token = ACTIVATIONS_PER_TOKEN_D * config.d_model + ACTIVATIONS_PER_TOKEN_FF * config.d_ff
+    scores = config.n_heads * seq_len  # one row of attention weights per head
+    per_layer = batch * seq_len * (per_token + scores) * 4
+    return per_layer * (config.n_layers if training else 2)
+
+
+def training_memory(config: ModelConfig, batch: int, seq_len: int) -> dict[str, int]:
+    """Bytes a training step needs (name -> bytes): float32 weights, their gradients, AdamW's two moments,
+    activations and the logits (with their gradient) of a micro-batch."""
+    weights = count_parameters(config)["total"] * 4
+    return {
+        "weights": weights,
+        "gradients": weights,
+        "optimizer state": 2 * weights,
+        "activations": activation_bytes(config, batch, seq_len, training=True),
+        "logits": 2 * batch * seq_len * config.vocab_size * 4,
+    }
+
+
+def inference_memory(config: ModelConfig, batch: int, seq_len: int) -> dict[str, int]:
+    """Bytes a forward pass over `batch` rows of `seq_len` tokens needs: float32 weights, one layer's
+    activations at a time and the logits."""
+    return {
+        "weights": count_parameters(config)["total"] * 4,
+        "activations": activation_bytes(config, batch, seq_len, training=False),
+        "logits": batch * seq_len * config.vocab_size * 4,
+    }
+
+
+def available_memory_bytes() -> int | None:
+    """What the machine can still give this process (Linux MemAvailable), or None where it cannot tell."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits(
+    parts: dict[str, int], what: str, advice: str = "use a smaller batch or length"
+) -> None:
+    """Refuse (RequestError, exit 2), before allocating, a run whose estimated buffers (name -> bytes)
+    exceed the memory available, naming the estimate, its largest part and what the machine has."""
+    from mhe_edge.errors import RequestError
+
+    available = available_memory_bytes()
+    needed = sum(parts.values())
+    if available is not None and needed > available:
+        largest = max(parts, key=parts.__getitem__)
+        raise RequestError(
+            f"{what} needs about {_gib(needed)} GiB ({largest} {_gib(parts[largest])} GiB), more than"
+            f" the {_gib(available)} GiB this machine has available; {advice}"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f}"

@@ -18,7 +18,7 @@ ALLOWED = {
     "config": {"errors"},
     "contract": {"config"},
     "options": {"errors", "config", "contract"},
-    "accounting": {"config"},
+    "accounting": {"errors", "config"},
     "files": BASE,
     "sessions": {"errors"},
     "verification": BASE,

@@ -946,3 +946,39 @@ def _fresh(tmp_path, name):
 def _half(path: Path) -> bytes:
     data = path.read_bytes()
     return data[: len(data) // 2]
+
+
+DAMAGED_TEXT_RECORDS = [
+    ("{not json", "is not JSON"),
+    ("[" * 40 + "]" * 40, "levels deep"),
+    ('["python-docs"]', "not a JSON object"),
+    ('{"name": 7}', "field name=7"),
+    ('{"name": "x.txt", "sources": [{"name": "x.txt", "sha256": "zz"}]}', "sources[0].sha256"),
+    ('{"name": "x.txt", "sources": "x.txt"}', "field sources="),
+    ('{"name": "python-docs", "held_out_fraction": 3}', "held_out_fraction"),
+]
+
+
+def test_a_damaged_training_text_record_is_refused_naming_the_field(tmp_path, cli):
+    from mhe_edge.contract import KEY_TEXT
+    from mhe_edge.text.tokenizer import byte_tokenizer
+
+    tokenizer = tmp_path / "tokenizer.json"
+    byte_tokenizer().backend.save(str(tokenizer))
+    export(tiny_model(vocab_size=257), tmp_path / "good.onnx", tokenizer=tokenizer)
+    for record, fragment in DAMAGED_TEXT_RECORDS:
+        proto = onnx.load(tmp_path / "good.onnx")
+        proto.metadata_props.add(key=KEY_TEXT, value=record)
+        onnx.save(proto, tmp_path / "m.onnx")
+        optimize = ["optimize", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--int8"]
+        for args in [["eval", tmp_path / "m.onnx"]] + [optimize] * (
+            fragment == "sources[0].sha256"
+        ):
+            done = cli(*args)
+            error = done.stderr.strip().splitlines()[-1]  # after optimize's progress lines
+            assert done.code == 4 and fragment in error and KEY_TEXT in error, (
+                args[0],
+                done.stderr,
+            )
+            assert done.stderr.count("error") == 1 and "Traceback" not in done.stderr
+    assert not (tmp_path / "o.onnx").exists()

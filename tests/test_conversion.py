@@ -215,12 +215,13 @@ def trained_mha(tmp_path_factory):
 
 
 def test_held_out_bits_per_byte_before_training(trained_mha, tmp_path, cli):
-    report = convert(trained_mha, tmp_path / "mhe", attention="mhe-mul", init="svd")
+    text = [trained_mha.parent / "docs.txt"]  # recorded by name and sha256: given again
+    report = convert(trained_mha, tmp_path / "mhe", attention="mhe-mul", init="svd", text=text)
     held = report.held_out
     assert report.held_out_note == "held-out split of docs.txt"
     assert held["bigram_bits_per_byte"] > 0 and held["bits_per_byte"] > 0
     scored = cli(
-        "eval", trained_mha, tmp_path / "mhe", "--window", "128", "--json"
+        "eval", trained_mha, tmp_path / "mhe", "--window", "128", "--text", text[0], "--json"
     )  # the converter's window
     assert scored.code == 0, scored.stderr
     source_row, converted_row = json.loads(scored.stdout)["rows"]
@@ -246,7 +247,9 @@ def test_uptraining_freezes_then_trains_everything_and_loss_falls(trained_mha, t
     uptrained = cli("train", "-o", tmp_path / "up", *args, *common)
     assert uptrained.code == 0, uptrained.stderr
     report = json.loads(uptrained.stdout)
-    before = convert(trained_mha, tmp_path / "again", attention="mhe-mul", init="mean").held_out
+    before = convert(
+        trained_mha, tmp_path / "again", attention="mhe-mul", init="mean", text=[text]
+    ).held_out
     assert report["held_out"]["bits_per_byte"] < before["bits_per_byte"] - 0.05
     record = json.loads((tmp_path / "up" / "training.json").read_text())
     assert record["init_from"] == "mhe" and not record["teacher"].startswith("/")
@@ -254,12 +257,12 @@ def test_uptraining_freezes_then_trains_everything_and_loss_falls(trained_mha, t
     assert not torch.equal(start["blocks.0.mlp.fc_in.weight"], after["blocks.0.mlp.fc_in.weight"])
 
     resumed = cli(
-        "train", "-o", tmp_path / "up", "--resume", "--steps", "27", "--json"
+        "train", text, "-o", tmp_path / "up", "--resume", "--steps", "27", "--json"
     )  # teacher re-read
     assert resumed.code == 0, resumed.stderr
     assert json.loads(resumed.stdout)["steps"] == 27
     same = cli(
-        "train", "-o", tmp_path / "up", "--resume", "--teacher", trained_mha, "--steps", "27"
+        "train", text, "-o", tmp_path / "up", "--resume", "--teacher", trained_mha, "--steps", "27"
     )
     assert same.code == 0, same.stderr  # the recorded teacher, named again: accepted
     other = tmp_path / "frozen"  # a decoder over the same vocabulary, but another model
@@ -269,11 +272,11 @@ def test_uptraining_freezes_then_trains_everything_and_loss_falls(trained_mha, t
         (["--distill-weight", "0.9"], "--distill-weight (recorded: 0.5)"),
         (["--freeze-steps", "2"], "--freeze-steps (recorded: 5)"),
     ):
-        changed = cli("train", "-o", tmp_path / "up", "--resume", "--steps", "28", *flags)
+        changed = cli("train", text, "-o", tmp_path / "up", "--resume", "--steps", "28", *flags)
         assert changed.code == 2 and named in changed.stderr, changed.stderr
         assert "not as the recorded run" in changed.stderr
     assert json.loads((tmp_path / "up" / "training.json").read_text())["results"]["steps"] == 27
-    never = cli("train", "-o", tmp_path / "frozen", "--resume", "--teacher", trained_mha)
+    never = cli("train", text, "-o", tmp_path / "frozen", "--resume", "--teacher", trained_mha)
     assert never.code == 2 and "--teacher" in never.stderr, never.stderr  # it had none
     for flags in (["--attention", "mha"], ["--tokenizer", "bytes"], ["--vocab-size", "300"]):
         beside = cli("train", "-o", tmp_path / "bad", "--init-from", tmp_path / "mhe", *flags)
@@ -290,7 +293,7 @@ def test_uptraining_freezes_then_trains_everything_and_loss_falls(trained_mha, t
         ("teacher", "../nowhere", "is gone: give it with --teacher"),
     ):  # the recorded teacher is read again and must be the one the run was trained with
         record_path.write_text(json.dumps({**record, key: value}))
-        moved = cli("train", "-o", tmp_path / "up", "--resume", "--steps", "28")
+        moved = cli("train", text, "-o", tmp_path / "up", "--resume", "--steps", "28")
         assert moved.code == 2 and message in moved.stderr, moved.stderr
 
     refused = cli("train", "-o", tmp_path / "bad", "--init-from", tmp_path / "mhe", "--layers", "3")

@@ -138,3 +138,85 @@ def test_cli_argument_parsing(tmp_path, cli, valid_files, command, args):
     assert result.code in (0, 1, 2, 3, 4, 6, 7), (command, args, result)
     if result.code:
         assert result.stderr.strip(), "a refusal must say why"
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+TOKENIZER_FIELDS = ["bos_token", "eos_token", "pad_token", "add_bos_token", "model_max_length",
+                    "padding_side", "model_input_names", "chat_template", "added_tokens_decoder",
+                    "tokenizer_class", "other"]  # fmt: skip
+
+
+@FUZZ
+@given(
+    fields=st.dictionaries(st.sampled_from(TOKENIZER_FIELDS), JSON, max_size=4),
+    raw=st.one_of(st.none(), st.binary(max_size=64), st.just(b"[" * 5000 + b"]" * 5000)),
+)
+def test_tokenizer_config_reader_on_arbitrary_json(fields, raw):
+    import json
+
+    from mhe_edge.text.tokenizer import TOKENIZER_CONFIG_FIELDS, read_tokenizer_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = raw if raw is not None else json.dumps(fields).encode()
+        (Path(tmp) / "tokenizer_config.json").write_bytes(data)
+        try:
+            settings = read_tokenizer_config(tmp)
+        except CheckpointError as exc:
+            assert len(str(exc).splitlines()) == 1 and "tokenizer_config.json" in str(exc)
+            return
+        for field, (ok, _) in TOKENIZER_CONFIG_FIELDS.items():  # accepted: every known field fits
+            assert settings.get(field) is None or ok(settings[field])
+
+
+RECORD_FIELDS = ["name", "kind", "sources", "documents", "held_out_fraction", "train_chars"]
+SOURCE = st.fixed_dictionaries(
+    {},
+    optional={
+        "name": JSON | st.just("notes.txt"),
+        "sha256": JSON | st.just("ab" * 32),
+        "bytes": JSON | st.integers(0, 99),
+        "python": JSON,
+    },
+)
+
+
+@FUZZ
+@given(
+    record=st.dictionaries(
+        st.sampled_from(RECORD_FIELDS),
+        JSON | st.lists(SOURCE, max_size=2) | st.sampled_from(["python-docs", "shards", "x.txt"]),
+        max_size=5,
+    ),
+    raw=st.one_of(st.none(), st.text(max_size=40), st.just("[" * 50 + "]" * 50)),
+)
+def test_training_text_metadata_is_checked_before_use(record, raw):
+    """The training-text record an export carries, damaged any way: eval and optimize --int8 either find
+    text by it or refuse with one line (a damaged record: ModelFileError naming the field)."""
+    import json
+
+    from mhe_edge.contract import KEY_TEXT
+    from mhe_edge.errors import ModelFileError
+    from mhe_edge.text.held_out import corpus_record_of_export
+    from mhe_edge.text.quality import held_out_text
+
+    metadata = {KEY_TEXT: raw if raw is not None else json.dumps(record)}
+    try:
+        checked = corpus_record_of_export(metadata, "m.onnx")
+    except ModelFileError as exc:
+        assert len(str(exc).splitlines()) == 1 and KEY_TEXT in str(exc)
+        return
+    assert isinstance(checked["name"], str)
+    try:
+        found = held_out_text(
+            metadata, None, "m.onnx"
+        )  # the builtin text, or a request for --eval-text
+    except MheEdgeError as exc:
+        assert len(str(exc).splitlines()) == 1
+        return
+    assert found is not None and found[0]

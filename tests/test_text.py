@@ -1,6 +1,7 @@
 """Text end to end: train a folder, eval it beside its exports, quality gates, generate --text (greedy,
 sampled, batched, stop strings), and onnxruntime-genai text from the package."""
 
+import hashlib
 import json
 import math
 
@@ -222,6 +223,25 @@ def test_sampling_repeats_with_a_seed_and_stop_strings_cut(trained, cli):
     )
 
 
+@pytest.mark.parametrize("temperature", ["1e-30", "5e-324", "100", "1e30", "inf", "nan", "-1"])
+def test_extreme_temperatures_sample_or_are_refused_in_one_line(trained, cli, temperature):
+    _, root = trained
+    done = cli(
+        "generate", root / "model.onnx", "--text", "The ", "--max-new-tokens", "6",
+        "--temperature", temperature, "--seed", "3", "--json",
+    )  # fmt: skip
+    if not 0 <= float(temperature) <= 100:  # NaN too
+        assert done.code == 2 and "--temperature" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+        return
+    assert done.code == 0, done.stderr
+    generation = json.loads(done.stdout)["generations"][0]
+    assert len(generation["tokens"]) == 6 or generation["stopped_by"] != "length"
+    if float(temperature) < 1e-20:  # so cold that sampling is greedy
+        greedy = cli("generate", root / "model.onnx", "--text", "The ", "--max-new-tokens", "6")
+        assert greedy.code == 0 and generation["text"] in greedy.stdout, greedy.stdout
+
+
 def test_genai_package_text_equals_generate_text(trained):
     pytest.importorskip("onnxruntime_genai")
     from mhe_edge.edge.genai import genai_text
@@ -242,40 +262,68 @@ def test_genai_package_text_equals_generate_text(trained):
         )
 
 
-def test_resume_continues_a_run_and_user_text_is_recorded(tmp_path, cli):
-    text = tmp_path / "notes.txt"
+def test_resume_continues_a_run_and_user_text_is_recorded_without_its_path(tmp_path, cli):
+    private = tmp_path / "private-place-7c1f"
+    private.mkdir()
+    text = private / "notes.txt"
     text.write_text(
         "".join(
             f"line {i}: the quick brown fox jumps over the lazy dog {i % 7}\n" for i in range(400)
         )
     )
     folder = tmp_path / "run"
+    small = ["--layers", "1", "--d-model", "32", "--heads", "2", "--d-ff", "64"]
     first = cli(
-        "train",
-        text,
-        "-o",
-        folder,
-        "--tokenizer",
-        "bytes",
-        "--steps",
-        "20",
-        "--batch",
-        "4",
-        "--seq-len",
-        "32",
-    )
+        "train", text, "-o", folder, "--tokenizer", "bytes", "--steps", "20", "--batch", "4",
+        "--seq-len", "32", *small,
+    )  # fmt: skip
     assert first.code == 0, first.stderr
-    resumed = cli("train", "-o", folder, "--resume", "--steps", "30", "--json")
+    # the text is recorded by name and sha256, never by path: a resumed run is given it again (moved: fine)
+    unnamed = cli("train", "-o", folder, "--resume", "--steps", "30")
+    assert unnamed.code == 2 and "notes.txt" in unnamed.stderr and "as TEXT" in unnamed.stderr
+    moved = tmp_path / "moved.txt"
+    moved.write_bytes(text.read_bytes())
+    resumed = cli("train", moved, "-o", folder, "--resume", "--steps", "30", "--json")
     assert resumed.code == 0, resumed.stderr and json.loads(resumed.stdout)["steps"] == 30
     record = json.loads((folder / "training.json").read_text())
-    assert (
-        record["corpus"]["sources"][0]["path"] == str(text.resolve())
-        and record["results"]["steps"] == 30
-    )
-    assert cli("eval", folder).code == 0
-    text.write_text("changed")
-    changed = cli("eval", folder)
-    assert changed.code == 2 and "changed" in changed.stderr
+    assert record["corpus"]["sources"][0] == {
+        "name": "notes.txt",
+        "bytes": text.stat().st_size,
+        "sha256": hashlib.sha256(text.read_bytes()).hexdigest(),
+    }
+    assert record["results"]["steps"] == 30
+    _nothing_written_names(private, folder, cli)
+    assert cli("eval", folder).code == 2  # which file it was is the user's to say
+    held = cli("eval", folder, "--text", moved, "--json")
+    assert held.code == 0, held.stderr
+    assert json.loads(held.stdout)["text"] == "held-out split of moved.txt"
+    assert json.loads(held.stdout)["bytes"] < text.stat().st_size * 0.06  # the tail alone
+    text.write_text("changed " * 400)  # same name, other content: refused on resume, whole on eval
+    changed = cli("train", text, "-o", folder, "--resume", "--steps", "40")
+    assert changed.code == 2 and "TEXT" in changed.stderr, changed.stderr
+    whole = cli("eval", folder, "--text", text, "--json")
+    assert whole.code == 0 and json.loads(whole.stdout)["text"] == "notes.txt"
+
+
+def _nothing_written_names(private, run, cli):
+    """No file that train, export, package (genai, transformers-js) or to-ort writes holds the text's folder."""
+    out = run.parent / "made"
+    out.mkdir()
+    steps = [
+        ["export", run, "-o", out / "m.onnx"],
+        ["package", out / "m.onnx", "--format", "genai", "-o", out / "genai"],
+        ["package", out / "m.onnx", "--format", "transformers-js", "-o", out / "tjs"],
+        ["to-ort", out / "m.onnx", "-o", out / "m.ort"],
+    ]
+    for args in steps:
+        done = cli(*args)
+        assert done.code == 0, (args[0], done.stderr)
+    needles = [str(private).encode(), str(private.resolve()).encode(), private.name.encode()]
+    written = [p for root in (run, out) for p in sorted(root.rglob("*")) if p.is_file()]
+    assert len(written) >= 10 and any(p.name == "training.json" for p in written)
+    for path in written:
+        data = path.read_bytes()
+        assert not any(needle in data for needle in needles), f"{path.name} holds the text's folder"
 
 
 @pytest.mark.parametrize(
@@ -421,3 +469,49 @@ def test_generate_refuses_prompts_that_are_not_text(trained, cli):
     _, root = trained
     with pytest.raises(RequestError, match="prompt 1 is not UTF-8 text"):
         mhe_edge.generate_text(root / "model.onnx", "caf\udce9")
+
+
+# the child's peak: VmHWM reset first (getrusage's ru_maxrss keeps the forking parent's peak across exec)
+ENCODE_IN_A_CHILD = """
+import sys
+import numpy as np
+from mhe_edge.runtime.memory import peak_rss_bytes, reset_peak_rss
+from mhe_edge.text.tokenizer import load_tokenizer
+text, tokenizer = open(sys.argv[1]).read(), load_tokenizer(sys.argv[2])
+assert reset_peak_rss()
+before = peak_rss_bytes()
+if sys.argv[3] == "pieces":
+    ids = tokenizer.ids_exactly(text, "the text")
+else:
+    ids = np.asarray(tokenizer.backend.encode(text, add_special_tokens=False).ids)
+np.save(sys.argv[4], ids)
+print(peak_rss_bytes() - before)
+"""
+
+
+def test_one_long_line_is_tokenized_in_bounded_memory_to_the_same_ids(tmp_path):
+    """A 1 MB line: encoded in pieces, the ids are those of the whole line, and the peak grows by a
+    fraction of what encoding it whole costs (tokenizers keeps ~300 bytes per id while it encodes)."""
+    import pydoc_data.topics
+    import random
+    import subprocess
+    import sys
+
+    words = " ".join(pydoc_data.topics.topics[k] for k in sorted(pydoc_data.topics.topics)).split()
+    rng = random.Random(0)
+    line = " ".join(rng.choice(words) for _ in range(170_000))[:1_000_000]
+    (tmp_path / "line.txt").write_text(line)
+    byte_tokenizer().backend.save(str(tmp_path / "bytes.json"))
+    grown = {}
+    for how in ("pieces", "whole"):
+        done = subprocess.run(
+            [sys.executable, "-c", ENCODE_IN_A_CHILD, tmp_path / "line.txt", tmp_path / "bytes.json",
+             how, tmp_path / f"{how}.npy"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        grown[how] = int(done.stdout)
+    assert np.array_equal(np.load(tmp_path / "pieces.npy"), np.load(tmp_path / "whole.npy"))
+    assert grown["pieces"] < 80 << 20 and grown["pieces"] * 3 < grown["whole"], grown
+    bpe, part = train_bpe([line[:100_000]], 400), line[:300_000]  # BPE merges across no cut either
+    assert bpe.encode_array(part).tolist() == bpe.backend.encode(part).ids

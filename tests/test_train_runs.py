@@ -51,7 +51,7 @@ def test_resume_refuses_changed_options_and_continues_with_more_steps(tmp_path, 
         (["--seed", "1"], "--seed"),
         (["--rope-pair-tied-embeddings"], "--rope-pair-tied-embeddings"),
     ]:
-        result = cli("train", "-o", run, "--resume", "--steps", "5", *args)
+        result = cli("train", text, "-o", run, "--resume", "--steps", "5", *args)
         assert result.code == 2, (args, result.stderr)
         assert named in result.stderr and len(result.stderr.strip().splitlines()) == 1
         assert "--steps" not in result.stderr.split(":")[0]  # the budget is never the complaint
@@ -69,12 +69,12 @@ def test_resume_refuses_changed_options_and_continues_with_more_steps(tmp_path, 
 
 
 def test_api_resume_with_full_options_checks_every_field(tmp_path):
-    run, _ = _run(tmp_path)
+    run, text = _run(tmp_path)
     with pytest.raises(RequestError, match="--lr"):
-        train(run, resume=True, options=TrainOptions(steps=5, batch=2, seq_len=16, lr=1e-3))
+        train(run, [text], resume=True, options=TrainOptions(steps=5, batch=2, seq_len=16, lr=1e-3))
     with pytest.raises(RequestError, match="--eval-every"):  # every result-changing field counts
-        train(run, resume=True, options=TrainOptions(steps=5, batch=2, seq_len=16))
-    report = train(run, resume=True, options={"steps": 4})
+        train(run, [text], resume=True, options=TrainOptions(steps=5, batch=2, seq_len=16))
+    report = train(run, [text], resume=True, options={"steps": 4})
     assert report.steps == 4
 
 
@@ -93,10 +93,10 @@ def test_a_record_older_than_a_config_field_holds_its_default():
 
 
 def test_resume_may_split_the_recorded_rows_differently(tmp_path, cli):
-    run, _ = _run(tmp_path)  # batch 2: two rows per step
-    result = cli("train", "-o", run, "--resume", "--steps", "5", "--grad-accum", "3")
+    run, text = _run(tmp_path)  # batch 2: two rows per step
+    result = cli("train", text, "-o", run, "--resume", "--steps", "5", "--grad-accum", "3")
     assert result.code == 2 and "rows per step" in result.stderr
-    report = train(run, resume=True, options={"steps": 4, "batch": 1})  # 1 x grad-accum 2
+    report = train(run, [text], resume=True, options={"steps": 4, "batch": 1})  # 1 x grad-accum 2
     assert report.steps == 4 and report.tokens_trained == 4 * 2 * 16
     assert json.loads((run / "training.json").read_text())["options"]["grad_accum"] == 2
 
@@ -244,13 +244,13 @@ def test_interrupted_before_a_checkpoint_says_so_and_after_one_resumes(tmp_path)
     with pytest.raises(TrainingInterrupted, match="checkpoint of step 1 is saved"):
         train(tmp_path / "run", [text], tokenizer="bytes", options=OPTIONS, on_step=stop, **SHAPE)
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step-1"
-    assert train(tmp_path / "run", resume=True).steps == 3
+    assert train(tmp_path / "run", [text], resume=True).steps == 3
 
 
 def test_non_finite_or_damaged_state_is_refused_at_load(tmp_path, cli):
     from safetensors.torch import load_file, save_file
 
-    run, _ = _run(tmp_path)
+    run, text = _run(tmp_path)
     checkpoint = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     for file in ("model.safetensors", "optimizer.safetensors"):
         original = (checkpoint / file).read_bytes()
@@ -258,22 +258,22 @@ def test_non_finite_or_damaged_state_is_refused_at_load(tmp_path, cli):
         name = sorted(tensors)[0]
         tensors[name] = tensors[name].clone().fill_(float("nan"))
         save_file(tensors, str(checkpoint / file))
-        result = cli("train", "-o", run, "--resume", "--steps", "6")
+        result = cli("train", text, "-o", run, "--resume", "--steps", "6")
         assert result.code == CheckpointError.exit_code and "non-finite" in result.stderr, file
         (checkpoint / file).write_bytes(original)
     state = json.loads((checkpoint / "state.json").read_text())
     for damage in ({"step": "3"}, {"log": 7}, {"elapsed": -1}):
         (checkpoint / "state.json").write_text(json.dumps({**state, **damage}))
-        result = cli("train", "-o", run, "--resume", "--steps", "6")
+        result = cli("train", text, "-o", run, "--resume", "--steps", "6")
         assert (
             result.code == 3 and "state.json" in result.stderr and "Traceback" not in result.stderr
         )
     (checkpoint / "state.json").write_text(json.dumps(state))
     record = json.loads((run / "training.json").read_text())
     damaged = {
-        "[1, 2]": (["train", "-o", run, "--resume", "--steps", "6"], ["eval", run]),
+        "[1, 2]": (["train", text, "-o", run, "--resume", "--steps", "6"], ["eval", run]),
         json.dumps({**record, "options": {**record["options"], "batch": "x"}}): (
-            ["train", "-o", run, "--resume", "--steps", "6"],
+            ["train", text, "-o", run, "--resume", "--steps", "6"],
         ),
     }
     for damage, commands in damaged.items():
@@ -281,3 +281,24 @@ def test_non_finite_or_damaged_state_is_refused_at_load(tmp_path, cli):
         for args in commands:
             result = cli(*args)
             assert result.code == 3 and "training.json" in result.stderr, (args, result.stderr)
+
+
+def test_a_run_larger_than_memory_is_refused_before_anything_is_built(tmp_path, cli):
+    import time
+
+    text = _text(tmp_path)
+    huge = ["--d-model", "65536", "--heads", "16", "--layers", "1024", "--d-ff", "262144"]
+    started = time.monotonic()
+    result = cli("train", text, "-o", tmp_path / "huge", "--tokenizer", "bytes", *huge)
+    assert time.monotonic() - started < 5
+    assert result.code == 2 and "needs about" in result.stderr and "available" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "huge").exists()
+    # a record edited to claim a huge model: refused on resume from the record, before the model is built
+    run, _ = _run(tmp_path)
+    record = json.loads((run / "training.json").read_text())
+    record["config"].update(d_model=65536, n_heads=16, n_layers=1024, d_ff=262144)
+    (run / "training.json").write_text(json.dumps(record))
+    started = time.monotonic()
+    result = cli("train", text, "-o", run, "--resume", "--steps", "5")
+    assert time.monotonic() - started < 5
+    assert result.code == 2 and "needs about" in result.stderr, result.stderr

@@ -98,7 +98,8 @@ def train(
         typer.Option(
             "--resume",
             help="Continue the run in OUTPUT from its newest checkpoint: --steps may extend it, --minutes,"
-            " --provider, --threads and --fsdp may change; any other option must match the recorded run.",
+            " --provider, --threads and --fsdp may change; any other option must match the recorded run."
+            " Give TEXT again (runs record text files by name and sha256, never by path).",
             metavar="",
         ),
     ] = False,

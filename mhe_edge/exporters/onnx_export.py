@@ -124,6 +124,7 @@ def export(
             model = load_model(model)
         model.eval()
         config = model.config
+        _check_export_fits(config)
         carried = _carried_text(source if from_path else None, tokenizer)
     with step("trace"):
         from mhe_edge.exporters.tracing import attach_mhe_function, trace
@@ -190,6 +191,21 @@ def _check_fused_nodes(ir_model, config) -> None:
     ]
     if len(fused) != config.n_layers:
         raise ExportError(f"expected {config.n_layers} fused attention nodes, traced {len(fused)}")
+
+
+def _check_export_fits(config) -> None:
+    """Refuse (exit 2) before tracing an export whose copies of the weights (the traced graph, the
+    serialized file, the ONNX Runtime session of the parity check) and check runs exceed the memory left."""
+    from mhe_edge.accounting import check_fits, inference_memory
+
+    parts = inference_memory(config, 2, min(config.max_seq_len, 16))
+    weights = parts.pop("weights")
+    parts.update({"traced weights": weights, "serialized file": weights, "session": weights})
+    check_fits(
+        parts,
+        f"exporting this model ({config.n_layers} layers of width {config.d_model})",
+        "export on a machine with more memory",
+    )
 
 
 def _carried_text(source: str | None, tokenizer: str | os.PathLike | None) -> dict[str, str]:

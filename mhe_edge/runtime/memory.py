@@ -8,6 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+# re-exported for the runtime: memory estimates live with the accounting, which training reads too
+from mhe_edge.accounting import available_memory_bytes, check_fits  # noqa: F401
+
 
 def reset_peak_rss() -> bool:
     """Reset VmHWM to the current RSS (Linux: write 5 to /proc/self/clear_refs). False where unsupported."""
@@ -76,30 +79,3 @@ def read_bandwidth_bytes_per_s(size_bytes: int = 256 << 20, repeats: int = 5) ->
         matrix @ vector
         best = min(best, time.perf_counter() - started)
     return matrix.nbytes / best
-
-
-def available_memory_bytes() -> int | None:
-    """What the machine can still give this process (Linux MemAvailable), or None where it cannot tell."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def check_fits(parts: dict[str, int], what: str) -> None:
-    """Refuse, before allocating, a run whose estimated buffers (name -> bytes) exceed the memory
-    available, naming the estimate and the largest part."""
-    from mhe_edge.errors import RequestError
-
-    available = available_memory_bytes()
-    needed = sum(parts.values())
-    if available is not None and needed > available:
-        largest = max(parts, key=parts.__getitem__)
-        raise RequestError(
-            f"{what} needs about {needed / 2**30:,.1f} GiB ({largest} {parts[largest] / 2**30:,.1f}"
-            f" GiB), more than the {available / 2**30:,.1f} GiB this machine has available;"
-            " use a smaller batch or length"
-        )

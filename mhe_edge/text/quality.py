@@ -4,7 +4,6 @@ byte on held-out text, measured on the model's own tokenizer, refused beyond a t
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -12,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from mhe_edge.contract import ATTENTION_MASK, INPUT_IDS, KEY_TEXT, LOGITS, PAST_PREFIX
+from mhe_edge.contract import ATTENTION_MASK, INPUT_IDS, LOGITS, PAST_PREFIX
 from mhe_edge.errors import ParityError, RequestError
 from mhe_edge.text.scoring import LogitsFn, TextScore, score
 
@@ -50,23 +49,22 @@ def read_eval_text(files: Sequence[str | os.PathLike]) -> str:
 
 
 def held_out_text(
-    metadata: dict[str, str], eval_text: Sequence[str | os.PathLike] | None
+    metadata: dict[str, str], eval_text: Sequence[str | os.PathLike] | None, name: str = "the model"
 ) -> tuple[str, str] | None:
-    """(text, where it came from): the files given, else the held-out split of the training text the export
-    records; None when neither exists (a random-weight model: its quality cannot be judged)."""
-    from mhe_edge.text.corpus import held_out_from_record
+    """(text, where it came from): the files given (a training file by its held-out tail alone, found by
+    its sha256 in the export's training-text record), else the held-out split of the builtin text the
+    export records; None when neither exists (a random-weight model: its quality cannot be judged)."""
+    from mhe_edge.text.held_out import corpus_record_of_export, scored_text
 
-    if eval_text:
-        return read_eval_text(eval_text), ", ".join(os.path.basename(str(f)) for f in eval_text)
-    record = metadata.get(KEY_TEXT)
-    return None if record is None else held_out_from_record(json.loads(record))
+    found = scored_text(eval_text, corpus_record_of_export(metadata, name), "with --eval-text")
+    return None if found is None else (found.body, found.description)
 
 
 def score_text(logits_fn: LogitsFn, tokenizer, text: str, window: int) -> TextScore:
     text = text[:MAX_SCORED_BYTES]
     return score(
         logits_fn,
-        tokenizer.encode_exactly(text, "the text to judge by"),
+        tokenizer.ids_exactly(text, "the text to judge by"),
         len(text.encode("utf-8")),
         tokenizer.bos_token_id,
         window,

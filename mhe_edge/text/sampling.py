@@ -84,12 +84,14 @@ class TokenPicker:
         return chosen.astype(np.int64)
 
     def _sample(self, scores: np.ndarray) -> int:
-        scores = scores / self.options.temperature
         order = np.argsort(-scores, kind="stable")
         if self.options.top_k:
             order = order[: self.options.top_k]
-        kept = scores[order]
-        probs = np.exp(kept - kept.max())
+        # gaps below the best (<= 0), then scaled: a tiny temperature sends them to -inf, never NaN
+        # (inf - inf), and exp(0) = 1 keeps the best token, so the sum is at least 1
+        with np.errstate(over="ignore"):
+            kept = (scores[order] - scores[order[0]]) / self.options.temperature
+        probs = np.exp(kept)
         probs /= probs.sum()
         if self.options.top_p < 1.0:
             keep = int(

@@ -49,11 +49,11 @@ class TextScore:
         }
 
 
-def windows(ids: list[int], start_id: int, window: int) -> list[np.ndarray]:
+def windows(ids: list[int] | np.ndarray, start_id: int, window: int) -> list[np.ndarray]:
     """[start_id] + ids as windows of up to window + 1 ids, consecutive windows sharing one id."""
     if window < 1:
         raise RequestError(f"the scoring window must be at least 1 token, not {window}")
-    stream = np.asarray([start_id, *ids], dtype=np.int64)
+    stream = np.concatenate(([start_id], np.asarray(ids, dtype=np.int64)))
     return [stream[i : i + window + 1] for i in range(0, len(stream) - 1, window)]
 
 
@@ -78,7 +78,7 @@ def window_nats(logits: np.ndarray, targets: np.ndarray) -> float:
 
 def score(
     logits_fn: LogitsFn,
-    ids: list[int],
+    ids: list[int] | np.ndarray,
     n_bytes: int,
     start_id: int,
     window: int,
@@ -87,7 +87,7 @@ def score(
 ) -> TextScore:
     """Score a model (any callable from ids to logits: PyTorch or ONNX Runtime) on `ids`, the"
     " tokens of a text of `n_bytes` bytes."""
-    if not ids:
+    if len(ids) == 0:
         raise RequestError("the text is empty after tokenization; nothing to score")
     parts = windows(ids, start_id, window)
     nats, done = 0.0, 0
@@ -110,7 +110,7 @@ def unigram_bits_per_byte(text: str) -> float:
 
 
 def bigram_score(
-    train_ids: list[int], ids: list[int], n_bytes: int, start_id: int, vocab_size: int
+    train_ids: list[int], ids: list[int] | np.ndarray, n_bytes: int, start_id: int, vocab_size: int
 ) -> TextScore:
     """A token bigram model fit on `train_ids` (Witten-Bell interpolation with an add-one unigram), scored on
     `ids` as the models are: the level a model reaches from the previous token alone."""
@@ -119,7 +119,7 @@ def bigram_score(
     pair_keys, pair_counts = np.unique(train[:-1] * vocab_size + train[1:], return_counts=True)
     context_counts = np.bincount(train[:-1], minlength=vocab_size).astype(np.float64)
     context_types = np.bincount(pair_keys // vocab_size, minlength=vocab_size).astype(np.float64)
-    stream = np.asarray([start_id, *ids], dtype=np.int64)
+    stream = np.concatenate(([start_id], np.asarray(ids, dtype=np.int64)))
     prev, nxt = stream[:-1], stream[1:]
     where = np.searchsorted(pair_keys, prev * vocab_size + nxt)
     where = np.minimum(where, len(pair_keys) - 1)

@@ -7,11 +7,11 @@ fit 16 bits), each `shard_tokens` ids except the last of its split. Every docume
 <|endoftext|>; its last HELD_OUT_FRACTION (cut at a line start, as the in-memory corpus is) goes to the
 held-out split, which training never samples from.
 
-Text is read in pieces of READ_BYTES cut after a newline (or, in a line longer than that, before a space or
-anywhere at a character boundary), so memory stays bounded by one batch of pieces and one shard's buffer,
-whatever the size of the file or its lines. The index records the documents (name, bytes, sha256, tokens per
-split), the shards (name, split, tokens, bytes), the tokenizer's sha256 and vocabulary, and the split;
-`open_shards` checks all of it against the files before training starts.
+Text is read in pieces of READ_BYTES cut where the tokenizer's ids do not change (text/pieces.py: before a
+space that follows a word, else at a word start), so memory stays bounded by one batch of pieces and one
+shard's buffer, whatever the size of the file or its lines. The index records the documents (name, bytes,
+sha256, tokens per split), the shards (name, split, tokens, bytes), the tokenizer's sha256 and vocabulary,
+and the split; `open_shards` checks all of it against the files before training starts.
 """
 
 from __future__ import annotations
@@ -21,18 +21,18 @@ import hashlib
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mhe_edge.errors import CheckpointError, RequestError
-from mhe_edge.text.corpus import HELD_OUT_FRACTION
+from mhe_edge.text.corpus import HELD_OUT_FRACTION, Corpus
+from mhe_edge.text.pieces import batches
 
 INDEX_FILE, FORMAT, VERSION = "index.json", "mhe-edge-token-shards", 1
 READ_BYTES = 1 << 16  # text read per piece (tokenizers holds ~300 bytes per id while it encodes)
-BATCH_BYTES = 1 << 19  # pieces encoded together (tokenizers spreads a batch over the cores)
 DEFAULT_SHARD_TOKENS = 1 << 23  # 8M ids: 16 MiB per uint16 shard
 SPLITS = ("train", "held")
 MAX_INDEX_BYTES = 50_000_000
@@ -80,9 +80,16 @@ class _ShardWriter:
         self.filled = 0
 
 
-def text_pieces(path: Path, start: int = 0, end: int | None = None) -> Iterator[str]:
-    """The UTF-8 text of bytes [start, end) of `path` in pieces of about READ_BYTES, each cut after a newline
-    (or a space, or at a character boundary in a longer line); never more than one piece in memory."""
+def text_pieces(
+    path: Path, start: int = 0, end: int | None = None, tokenizer=None
+) -> Iterator[str]:
+    """The UTF-8 text of bytes [start, end) of `path` in pieces of about READ_BYTES characters, cut where
+    `tokenizer` (default: plain bytes) keeps its ids (text/pieces.py: before a space that follows a word,
+    else at a word start); never more than a piece or two in memory (a word up to MAX_WORD_CHARS)."""
+    if tokenizer is None:
+        from mhe_edge.text.tokenizer import byte_tokenizer
+
+        tokenizer = byte_tokenizer()
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
     carry = ""
     with open(path, "rb") as file:
@@ -94,30 +101,11 @@ def text_pieces(path: Path, start: int = 0, end: int | None = None) -> Iterator[
                 break
             left -= len(block)
             text = carry + decoder.decode(block, final=left <= 0)
-            # after a newline; in a longer line before a space (BPE joins a space to the word after
-            # it); in a word of a megabyte anywhere (at a character)
-            cut = text.rfind("\n") + 1 if left > 0 else len(text)
-            if cut <= 0:
-                cut = text.rfind(" ")
-            if cut <= 0:
-                cut = len(text)
-            carry = text[cut:]
-            if text[:cut]:
-                yield text[:cut]
+            parts = list(tokenizer.pieces(text, whole_unless_exact=False))
+            carry = parts.pop() if left > 0 and parts else ""  # the last piece may go on
+            yield from (part for part in parts if part)
         if carry:
             yield carry
-
-
-def _batches(pieces: Iterator[str]) -> Iterator[list[str]]:
-    batch, size = [], 0
-    for piece in pieces:
-        batch.append(piece)
-        size += len(piece)
-        if size >= BATCH_BYTES:
-            yield batch
-            batch, size = [], 0
-    if batch:
-        yield batch
 
 
 def held_out_start(path: Path) -> int:
@@ -128,13 +116,23 @@ def held_out_start(path: Path) -> int:
     with open(path, "rb") as file:
         file.seek(cut)
         tail = file.read(min(size - cut, 1 << 20))
+    return cut + _line_start(tail)
+
+
+def held_out_start_of(data: bytes) -> int:
+    """`held_out_start` of a file's bytes held in memory (to find a shards document's held-out tail)."""
+    cut = len(data) - int(len(data) * HELD_OUT_FRACTION)
+    return cut + _line_start(data[cut : cut + (1 << 20)])
+
+
+def _line_start(tail: bytes) -> int:
     newline = tail.find(b"\n")
     if 0 <= newline < len(tail) - 1:
-        return cut + newline + 1
+        return newline + 1
     skip = 0  # no line start: the first character boundary
     while skip < len(tail) and tail[skip] & 0xC0 == 0x80:
         skip += 1
-    return cut + skip
+    return skip
 
 
 def tokenize_files(
@@ -162,7 +160,7 @@ def tokenize_files(
         for split, (start, end) in zip(SPLITS, ((0, cut), (cut, path.stat().st_size))):
             before = writers[split].tokens
             try:
-                for batch in _batches(text_pieces(path, start, end)):
+                for batch in batches(text_pieces(path, start, end, tokenizer)):
                     for piece, encoded in zip(batch, encode(batch, add_special_tokens=False)):
                         ids = encoded.ids
                         data = piece.encode("utf-8")
@@ -345,3 +343,50 @@ def _read_index(folder: Path) -> dict[str, Any]:
 
 def _count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << 50
+
+
+@dataclass
+class ShardCorpus(Corpus):
+    """Token shards as the corpus of a run: their held-out text (a bounded prefix, decoded whole) for the
+    final evaluation, and a record that names them by their index's sha256 (never a path)."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, shards: Shards) -> ShardCorpus:
+        index = shards.index
+        summary = {
+            "kind": "shards",
+            "name": shards.folder.name,
+            "sources": [{"name": shards.folder.name, "sha256": shards.digest}],
+            "documents": [
+                {k: d.get(k) for k in ("name", "bytes", "sha256")} for d in index["documents"]
+            ],
+            "held_out_fraction": index.get("held_out_fraction"),
+            "train_tokens": index["train_tokens"],
+            "held_out_tokens": index["held_out_tokens"],
+        }
+        held = _held_out_text(shards)
+        return cls(shards.folder.name, [], [], held, summary=summary)
+
+    def record(self) -> dict[str, Any]:
+        return dict(self.summary)
+
+
+HELD_OUT_TOKENS = (
+    1 << 15
+)  # the final evaluation of a shards run scores at most this many held-out ids
+
+
+def _held_out_text(shards: Shards) -> str:
+    """The held-out split's first documents up to HELD_OUT_TOKENS ids, decoded: cut after an
+    <|endoftext|> (or, in one longer document, where the bytes decode whole)."""
+    ids = shards.held[:HELD_OUT_TOKENS]
+    eos = np.flatnonzero(ids == shards.tokenizer.eos_token_id)
+    if len(eos):
+        ids = ids[: int(eos[-1])]
+    for trim in range(4):  # a cut inside a multi-byte character decodes to U+FFFD
+        text = shards.tokenizer.decode(ids[: len(ids) - trim].tolist())
+        if not text.endswith("\ufffd"):
+            return text
+    return text

@@ -359,7 +359,8 @@ def _interrupted(step: int, checkpoint: int | None, run_folder: Path) -> RunInte
     else:
         message = (
             f"interrupted at step {step}; a checkpoint of step {checkpoint} was saved in"
-            f" {run_folder.name}/checkpoints: continue with `mhe-edge train -o {run_folder} --resume`"
+            f" {run_folder.name}/checkpoints: continue with `mhe-edge train [TEXT] -o {run_folder}"
+            " --resume` (TEXT: the run's text files again, when it was trained on files)"
         )
     return RunInterrupted(message, step, checkpoint)
 

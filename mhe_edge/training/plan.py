@@ -17,8 +17,8 @@ from mhe_edge.config import ModelConfig, preset_config
 from mhe_edge.errors import CheckpointError, ConfigError, RequestError, first_line
 from mhe_edge.files import FOLDER_MARKER, check_output
 from mhe_edge.options import DISTILL_WEIGHT
-from mhe_edge.text.corpus import RECORD_FILE, Corpus, read_training_record
-from mhe_edge.text.shards import Shards
+from mhe_edge.text.corpus import RECORD_FILE, Corpus, other_python, read_training_record
+from mhe_edge.text.shards import ShardCorpus, Shards
 from mhe_edge.training.loop import FSDP_NEEDS_PROCESSES, TrainOptions, row_length
 from mhe_edge.training.record import flag_of, resumed_options, tokenizer_fingerprint
 from mhe_edge.training.uptraining import model_fingerprint
@@ -94,6 +94,7 @@ def new_plan(
     else:
         # a bad config is refused before any text is read
         requested = preset_config(preset, attention=attention, **overrides)
+    check_training_fits(requested, options)  # and one larger than memory, before anything is built
     if teacher is not None and not Path(teacher).exists():
         raise RequestError(f"--teacher {str(teacher)!r} does not exist")
     stage("text")
@@ -229,13 +230,26 @@ def resume_plan(
     elif text_files:
         requested["text"] = [_sha256(Path(p)) for p in text_files]
     resumed = _placed(resumed_options(record, where, requested, run_tokenizer, processes()))
+    check_training_fits(config, resumed)  # from the record, before the model is built
+    if not text_files and other_python(record["corpus"]) is not None:
+        raise RequestError(
+            f"TEXT: the recorded run trained on the documentation text of Python"
+            f" {other_python(record['corpus'])}, which differs from this Python's; a resumed run keeps"
+            " its text: resume it under that Python, or start a new run with --force"
+        )
     if teacher_model is None and record.get("teacher") is not None:
         teacher_model = _recorded_teacher(folder, record, where, config.vocab_size)
     stage("text")
     if shards is not None:
         plan = _streamed(record, resumed, config, shards, ShardCorpus.of(shards), resumed=True)
     else:
-        corpus = load_corpus(text_files) if text_files else corpus_from_record(record["corpus"])
+        corpus = (
+            load_corpus(text_files)
+            if text_files
+            else corpus_from_record(
+                record["corpus"], f"as TEXT: mhe-edge train FILE -o {folder} --resume"
+            )
+        )
         plan = _encoded(record, resumed, config, run_tokenizer, corpus, resumed=True, stage=stage)
     plan.teacher = teacher_model
     return _checked_teacher(plan)
@@ -291,12 +305,13 @@ def _checked_teacher(plan: Plan) -> Plan:
 
 def _encoded(record, options, config, tokenizer, corpus, *, resumed: bool, stage) -> Plan:
     stage("encode")
-    eos = tokenizer.eos_token_id
-    train_ids = np.fromiter(
-        (i for doc in tokenizer.encode_batch(corpus.documents) for i in [*doc, eos]),
-        dtype=np.int64,
+    eos = np.array([tokenizer.eos_token_id], dtype=np.int64)
+    # each document in bounded pieces (one 20 MB line costs its ids, not gigabytes of tokenizer state)
+    train_ids = np.concatenate(
+        [part for doc in corpus.documents for part in (tokenizer.encode_array(doc), eos)]
+        or [eos[:0]]
     )
-    held_ids = np.asarray(tokenizer.encode(corpus.held_out), dtype=np.int64)
+    held_ids = tokenizer.encode_array(corpus.held_out)
     if (
         tokenizer.vocab_size > config.vocab_size
         or int(train_ids.max(initial=0)) >= config.vocab_size
@@ -344,53 +359,6 @@ def _shards_tokenizer(
     return shards.tokenizer
 
 
-@dataclass
-class ShardCorpus(Corpus):
-    """Token shards as the corpus of a run: their held-out text (a bounded prefix, decoded whole) for the
-    final evaluation, and a record that names them by their index's sha256 (never a path)."""
-
-    summary: dict[str, Any] = dataclasses.field(default_factory=dict)
-
-    @classmethod
-    def of(cls, shards: Shards) -> ShardCorpus:
-        index = shards.index
-        summary = {
-            "kind": "shards",
-            "name": shards.folder.name,
-            "sources": [{"name": shards.folder.name, "sha256": shards.digest}],
-            "documents": [
-                {k: d.get(k) for k in ("name", "bytes", "sha256")} for d in index["documents"]
-            ],
-            "held_out_fraction": index.get("held_out_fraction"),
-            "train_tokens": index["train_tokens"],
-            "held_out_tokens": index["held_out_tokens"],
-        }
-        held = _held_out_text(shards)
-        return cls(shards.folder.name, [], [], held, summary=summary)
-
-    def record(self) -> dict[str, Any]:
-        return dict(self.summary)
-
-
-HELD_OUT_TOKENS = (
-    1 << 15
-)  # the final evaluation of a shards run scores at most this many held-out ids
-
-
-def _held_out_text(shards: Shards) -> str:
-    """The held-out split's first documents up to HELD_OUT_TOKENS ids, decoded: cut after an
-    <|endoftext|> (or, in one longer document, where the bytes decode whole)."""
-    ids = shards.held[:HELD_OUT_TOKENS]
-    eos = np.flatnonzero(ids == shards.tokenizer.eos_token_id)
-    if len(eos):
-        ids = ids[: int(eos[-1])]
-    for trim in range(4):  # a cut inside a multi-byte character decodes to U+FFFD
-        text = shards.tokenizer.decode(ids[: len(ids) - trim].tolist())
-        if not text.endswith("\ufffd"):
-            return text
-    return text
-
-
 def _streamed(record, options, config, shards: Shards, corpus, *, resumed: bool) -> Plan:
     """A plan whose training ids are the shards, memory-mapped (nothing is read until a batch is)."""
     if shards.tokenizer.vocab_size > config.vocab_size:
@@ -403,6 +371,20 @@ def _streamed(record, options, config, shards: Shards, corpus, *, resumed: bool)
     if len(held) < 2:
         raise RequestError(f"the shards {shards.folder.name} hold no held-out text")
     return Plan(record, options, config, shards.tokenizer, corpus, resumed, shards.train, held)
+
+
+def check_training_fits(config: ModelConfig, options: TrainOptions) -> None:
+    """Refuse (exit 2) a run whose weights, gradients, AdamW state, activations and logits of one
+    micro-batch exceed the memory this machine has available, with the estimate."""
+    from mhe_edge.accounting import check_fits, training_memory
+
+    seq_len = min(options.seq_len or min(config.max_seq_len, 256), config.max_seq_len)
+    check_fits(
+        training_memory(config, options.batch, seq_len),
+        f"training this model ({config.n_layers} layers of width {config.d_model}, batch"
+        f" {options.batch} x {seq_len} tokens)",
+        "use a smaller model, --batch or --seq-len",
+    )
 
 
 def processes() -> int:

@@ -150,7 +150,8 @@ def _train_new_run(plan, built, folder: Path, force: bool, on_step, stage, world
     if interrupted is not None:
         raise TrainingInterrupted(
             f"interrupted at step {interrupted.step}; a checkpoint of step {interrupted.checkpoint} is"
-            f" saved in {folder.name}/checkpoints: continue with `mhe-edge train -o {folder} --resume`"
+            f" saved in {folder.name}/checkpoints: continue with"
+            f" `mhe-edge train {_text_arguments(plan.corpus)}-o {folder} --resume`"
         ) from interrupted
     return report
 
@@ -214,6 +215,13 @@ def _train(plan, built, run_folder: Path, shown: Path, on_step, stage, world) ->
     )
 
 
+def _text_arguments(corpus) -> str:
+    """The TEXT a resumed run is given again (the record names files, never where they are), as shown."""
+    from mhe_edge.text.corpus import BUILTIN
+
+    return "" if corpus.name == BUILTIN else f"{corpus.name.replace(', ', ' ')} "
+
+
 def _write_record(folder: Path, record: dict[str, Any]) -> None:
     with staged_output(check_output(folder / RECORD_FILE, force=True), force=True) as path:
         path.write_text(json.dumps(record, indent=2) + "\n")
@@ -246,7 +254,7 @@ def evaluate_held_out(
     """The model's bits per byte on the held-out text, beside a unigram and a bigram model of the same text."""
     from mhe_edge.text.scoring import bigram_score, score, unigram_bits_per_byte
 
-    ids = tokenizer.encode(corpus.held_out)
+    ids = tokenizer.encode_array(corpus.held_out)
     n_bytes = len(corpus.held_out.encode("utf-8"))
     result = score(torch_logits(model), ids, n_bytes, tokenizer.bos_token_id, window).to_dict()
     result["unigram_bits_per_byte"] = unigram_bits_per_byte(corpus.held_out)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mhe_edge.accounting import count_parameters, kv_cache_bytes_per_token
-from mhe_edge.errors import CheckpointError, OutputError, first_line
+from mhe_edge.errors import CheckpointError, OutputError, RequestError, first_line
 from mhe_edge.files import check_output, staged_output
 from mhe_edge.results import Result
 
@@ -77,9 +77,19 @@ def convert(
     step("read headers")
     src = open_source(source)
     target = converted_config(src.config, attention)  # refusals come before any output
+    if Path(source).is_dir():  # copied into the output as it is: checked first
+        from mhe_edge.text.tokenizer import read_tokenizer_config
+
+        read_tokenizer_config(source)
     tokenizer_note = _tokenizer_note(Path(source))
     # the text is read and tokenized now, so that text the tokenizer cannot encode is refused before output
-    text_plan = _text_plan(Path(source), text) if tokenizer_note is None else None
+    try:
+        text_plan = _text_plan(Path(source), text) if tokenizer_note is None else None
+    except RequestError as exc:
+        if text:
+            raise
+        # the recorded training text is not at hand (files are recorded by name and hash, not path)
+        text_plan, tokenizer_note = None, f"no held-out score: {first_line(exc)}"
     layers: list[LayerFit] = []
     with staged_output(folder, force=force, folder=True) as stage:
         # Written in the source's own precision: a bfloat16 model stays half the bytes of float32.
@@ -237,34 +247,31 @@ def _text_plan(source: Path, text) -> dict[str, Any] | None:
     if plan is not None:
         from mhe_edge.text.tokenizer import load_tokenizer
 
-        plan["ids"] = load_tokenizer(source).encode_exactly(plan["body"], "the text to score")
+        plan["ids"] = load_tokenizer(source).ids_exactly(plan["body"], "the text to score")
     return plan
 
 
 def _text_to_score(source: Path, text) -> dict[str, Any] | None:
-    from mhe_edge.text.corpus import RECORD_FILE, corpus_from_record
-    from mhe_edge.text.quality import read_eval_text
+    from mhe_edge.text.corpus import RECORD_FILE, check_corpus_record
+    from mhe_edge.text.held_out import scored_text
 
-    if text:
-        return {
-            "body": read_eval_text(text),
-            "train": None,
-            "record": None,
-            "description": ", ".join(Path(t).name for t in text),
-        }
-    record_path = source / RECORD_FILE
-    if not record_path.is_file():
+    record_path, corpus_record = source / RECORD_FILE, None
+    if (
+        source.is_dir() and record_path.is_file()
+    ):  # a trained run's, or a converted folder's (corpus only)
+        try:
+            corpus_record = json.loads(record_path.read_text())["corpus"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CheckpointError(f"{source.name}/{RECORD_FILE} is damaged: {exc}") from exc
+        check_corpus_record(corpus_record, f"{source.name}/{RECORD_FILE} corpus")
+    found = scored_text(text, corpus_record)
+    if found is None:
         return None
-    try:
-        corpus_record = json.loads(record_path.read_text())["corpus"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{source.name}/{RECORD_FILE} is damaged: {exc}") from exc
-    corpus = corpus_from_record(corpus_record)
     return {
-        "body": corpus.held_out,
-        "train": corpus.documents,
-        "record": corpus_record,
-        "description": f"held-out split of {corpus.name}",
+        "body": found.body,
+        "train": found.train_documents,
+        "record": found.record,
+        "description": found.description,
     }
 
 

@@ -52,16 +52,19 @@ def evaluate(
 
     Example: `mhe_edge.evaluate(["my-model", "my-model.onnx"]).rows[1].bits_per_byte`
     """
-    from mhe_edge.text.quality import read_eval_text
+    from mhe_edge.accounting import check_fits, inference_memory
+    from mhe_edge.text.held_out import scored_text
     from mhe_edge.text.scoring import score, unigram_bits_per_byte
 
     if not models:
         raise RequestError("give at least one model to evaluate")
     loaded = [_load(Path(m), provider, threads) for m in models]
-    if text:
-        body, described = read_eval_text(text), ", ".join(Path(t).name for t in text)
-    else:
-        body, described = _default_text(loaded[0])
+    found = scored_text(text, _training_record(loaded[0]))
+    if found is None:
+        raise RequestError(
+            f"{Path(loaded[0]['name']).name} records no training text: give --text FILE"
+        )
+    body, described = found.body, found.description
     if not body.strip():
         raise RequestError("the text to score is empty")
     window = window or min(min(item["config"].max_seq_len for item in loaded), 256)
@@ -77,9 +80,17 @@ def evaluate(
             if on_progress
             else None
         )
+        ids = tokenizer.ids_exactly(body, "the text to score")  # every byte counted is scored
+        rows_per_call = min(batch, -(-len(ids) // window))
+        parts = inference_memory(item["config"], rows_per_call, window + 1)
+        del parts["weights"]  # loaded already
+        check_fits(
+            parts,
+            f"scoring {Path(item['name']).name} ({rows_per_call} windows of {window} per call)",
+        )
         result = score(
             item["logits"],
-            tokenizer.encode_exactly(body, "the text to score"),  # every byte counted is scored
+            ids,
             n_bytes,
             tokenizer.bos_token_id,
             window,
@@ -157,15 +168,12 @@ def _load(path: Path, provider: str, threads: int | None) -> dict[str, Any]:
     }
 
 
-def _default_text(item: dict[str, Any]) -> tuple[str, str]:
-    from mhe_edge.text.corpus import held_out_from_record, read_training_record
-    from mhe_edge.text.quality import held_out_text
+def _training_record(item: dict[str, Any]) -> dict[str, Any] | None:
+    """The training-text record of a model folder (training.json) or an export (its metadata), checked."""
+    from mhe_edge.text.corpus import read_training_record
+    from mhe_edge.text.held_out import corpus_record_of_export
 
     if item["runtime"] == "pytorch":
         record = read_training_record(item["path"])
-        found = held_out_from_record(record["corpus"]) if record is not None else None
-    else:
-        found = held_out_text(item["metadata"], None)
-    if found is None:
-        raise RequestError(f"{Path(item['name']).name} records no training text: give --text FILE")
-    return found
+        return record["corpus"] if record is not None else None
+    return corpus_record_of_export(item["metadata"], Path(item["name"]).name)
