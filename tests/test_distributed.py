@@ -84,15 +84,15 @@ def test_two_processes_ddp_and_fsdp_equal_one_at_twice_the_batch_and_resume_in_o
     _same_checkpoints(tmp_path / "two", tmp_path / "sharded")
 
     # the 2-process run continues in one process: the same 8 rows per step, as batch 4 x grad-accum 2
-    resumed = train(tmp_path / "two", resume=True, options={"steps": 8})
+    resumed = train(tmp_path / "two", [text], resume=True, options={"steps": 8})
     assert resumed.steps == 8
     assert (
         json.loads((tmp_path / "two" / "training.json").read_text())["options"]["grad_accum"] == 2
     )
-    train(tmp_path / "one", resume=True, options={"steps": 8})
+    train(tmp_path / "one", [text], resume=True, options={"steps": 8})
     _close(tmp_path / "one", tmp_path / "two")
     # and so does the sharded run (in one process it trains whole, as recorded then)
-    train(tmp_path / "sharded", resume=True, options={"steps": 8})
+    train(tmp_path / "sharded", [text], resume=True, options={"steps": 8})
     record = json.loads((tmp_path / "sharded" / "training.json").read_text())
     assert record["options"]["fsdp"] is False and record["processes"] == 1
     _close(tmp_path / "one", tmp_path / "sharded")
@@ -136,9 +136,9 @@ def test_uptraining_in_two_processes_equals_one_at_twice_the_batch(tmp_path):
         options=dict(steps=2, batch=8, seq_len=16, freeze_steps=2),
     )
     shutil.copytree(tmp_path / "base", tmp_path / "sharded")
-    train(tmp_path / "base", resume=True, options={"steps": 5})
-    _torchrun("-o", tmp_path / "sharded", "--resume", "--steps", "5", "--fsdp", "--batch", "2",
-              "--grad-accum", "2")  # fmt: skip
+    train(tmp_path / "base", [text], resume=True, options={"steps": 5})
+    _torchrun(text, "-o", tmp_path / "sharded", "--resume", "--steps", "5", "--fsdp", "--batch",
+              "2", "--grad-accum", "2")  # fmt: skip
     assert "lm_head.weight" not in load_file(str(tmp_path / "sharded" / "model.safetensors"))
     _close(tmp_path / "base", tmp_path / "sharded")
     _same_checkpoints(tmp_path / "base", tmp_path / "sharded")
@@ -162,7 +162,10 @@ def test_fsdp_over_nccl_ends_where_ddp_ends(tmp_path):
     _same_checkpoints_named(tmp_path / "ddp", tmp_path / "sharded")
     # and the sharded run continues in one process on the CPU, from its whole checkpoint
     assert (
-        train(tmp_path / "sharded", resume=True, options={"steps": 7, "provider": "cpu"}).steps == 7
+        train(
+            tmp_path / "sharded", [text], resume=True, options={"steps": 7, "provider": "cpu"}
+        ).steps
+        == 7
     )
 
 
