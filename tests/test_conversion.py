@@ -8,12 +8,12 @@ import json
 import onnx
 import pytest
 import torch
+from conftest import tiny_config
 
 from mhe_edge import convert
 from mhe_edge.config import ModelConfig
 from mhe_edge.errors import CheckpointError
 from mhe_edge.models import build_model, load_model, save_checkpoint
-from tests.conftest import tiny_config
 
 transformers = pytest.importorskip("transformers")
 
