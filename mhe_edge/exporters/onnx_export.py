@@ -159,10 +159,12 @@ def export(
             # PyTorch's answers first; then the graph and a model loaded here are dropped, so ONNX Runtime
             # loads the weights into a process that no longer holds them twice
             reference = recorded_runner(config, torch_runner(model))
+            weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
             del ir_model
             if from_path:
                 del model
-            gc.collect()  # modules and traced graphs hold reference cycles
+            if weight_bytes > COLLECT_BEFORE_CHECK_BYTES:
+                gc.collect()  # modules and traced graphs hold reference cycles
             records = compare_runners(
                 config, ort_runner(create_session(staged, "cpu")), reference, atol, rtol=rtol
             )
@@ -179,6 +181,11 @@ def export(
         records,
         seconds,
     )
+
+
+# Above this many bytes of weights, a full garbage collection (a fraction of a second with PyTorch
+# loaded) frees the traced graph and the model before ONNX Runtime loads the file; below, it is not worth it
+COLLECT_BEFORE_CHECK_BYTES = 64 << 20
 
 
 def _check_fused_nodes(ir_model, config) -> None:

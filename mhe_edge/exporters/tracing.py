@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from typing import Any
 
@@ -100,15 +101,30 @@ MATCHER_STATE = ("_graph", "_current_node", "_match", "_tracer")
 def release_rewriter_state() -> None:
     """onnxscript's rewrite rules are module-level objects, and each rule's matcher keeps the last graph it
     matched (and through the graph every initializer: here, the PyTorch parameters). Drop those
-    references, so the exported graph and the weights can be freed once the caller lets go of them."""
-    import gc
+    references, so the exported graph and the weights can be freed once the caller lets go of them.
+    Only module-level rules can hold on past the export (rules made inside a call die with it), so the
+    loaded onnxscript modules' globals are searched, not every object in the process."""
+    from onnxscript.rewriter import _matcher, _rewrite_rule
 
-    from onnxscript.rewriter import _matcher
+    def rules(value):
+        if isinstance(value, _rewrite_rule.RewriteRule):
+            yield value
+        elif isinstance(value, _rewrite_rule.RewriteRuleSet):
+            yield from value.rules
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                if isinstance(item, (_rewrite_rule.RewriteRule, _rewrite_rule.RewriteRuleSet)):
+                    yield from rules(item)
 
-    for obj in gc.get_objects():
-        if isinstance(obj, _matcher.SimplePatternMatcher):
-            for attr in MATCHER_STATE:
-                obj.__dict__.pop(attr, None)
+    for name, module in list(sys.modules.items()):
+        if not name.startswith("onnxscript") or module is None:
+            continue
+        for value in list(vars(module).values()):
+            for rule in rules(value):
+                matcher = getattr(rule, "_matcher", None)
+                if isinstance(matcher, _matcher.SimplePatternMatcher):
+                    for attr in MATCHER_STATE:
+                        matcher.__dict__.pop(attr, None)
 
 
 def _name_mask_length(ir_model) -> None:
