@@ -11,7 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mhe_edge import load_model, save_checkpoint
-from mhe_edge.errors import CheckpointError, MheEdgeError
+from mhe_edge.contract import KEY_IO
+from mhe_edge.errors import CheckpointError, MheEdgeError, ModelFileError
 from mhe_edge.files import read_header
 
 FUZZ = settings(
@@ -89,6 +90,17 @@ def test_onnx_reader_on_mutated_exports(valid_files, cut, edits):
             read_header(path)
         except MheEdgeError:
             pass
+
+
+def test_metadata_that_is_not_utf8_is_refused(valid_files, tmp_path):
+    """A string field protobuf cannot decode comes back as bytes: one clear refusal, not a TypeError (a
+    case the mutation search above found)."""
+    data = bytearray(valid_files[".onnx"])
+    key = data.index(KEY_IO.encode())
+    data[data.index(b"{", key) + 1] = 0x80  # no UTF-8 sequence starts with a continuation byte
+    (tmp_path / "x.onnx").write_bytes(bytes(data))
+    with pytest.raises(ModelFileError, match="not UTF-8"):
+        read_header(tmp_path / "x.onnx")  # reads the I/O layout too
 
 
 ARG = st.one_of(

@@ -142,6 +142,8 @@ MAX_METADATA_DEPTH = 8  # the deepest entry mhe-edge writes nests 3 levels
 
 def parse_metadata_json(text: str, key: str, name: str) -> dict[str, Any]:
     """A metadata entry as a JSON object, refused when too long, too deeply nested or not JSON."""
+    if not isinstance(text, str):  # protobuf hands back bytes for a string field that is not UTF-8
+        raise ModelFileError(f"{name}: metadata {key} is not UTF-8 text")
     if len(text) > MAX_METADATA_CHARS:
         raise ModelFileError(f"{name}: metadata {key} is {len(text):,} characters long; refused")
     depth = deepest = 0
