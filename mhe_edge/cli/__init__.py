@@ -120,12 +120,23 @@ def main(argv: list[str] | None = None) -> None:
         )
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted; nothing was written", highlight=False, markup=False)
-        sys.exit(INTERRUPTED)
+        _exit_interrupted()
     if (
         code == INTERRUPTED
     ):  # typer turns Ctrl-C into exit code 130; staged outputs were removed on the way out
         err.print("interrupted; nothing was written", highlight=False, markup=False)
+        _exit_interrupted()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_interrupted() -> None:
+    """End with exit code 130 now: the staged outputs are already gone. A normal interpreter exit was seen
+    to end the process by SIGINT instead (a Ctrl-C during an export on a loaded machine, after this
+    message: CPython kills itself with SIGINT at exit when it believes a KeyboardInterrupt went
+    unhandled), which a caller reads as a crash, not as the documented exit code."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(INTERRUPTED)
 
 
 def _fail(message: str, exit_code: int) -> None:
