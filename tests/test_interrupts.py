@@ -22,10 +22,11 @@ def _mhe_edge(*args, **kwargs):
     )
 
 
-@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGHUP"])
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
 def test_a_signal_during_export_leaves_nothing(tmp_path, signal_name):
-    """Ctrl-C, SIGTERM or SIGHUP while the staged export exists: exit 130, the previous output intact, nothing
-    else left. This holds from a background shell too, where SIGINT starts ignored (the CLI re-arms it)."""
+    """Ctrl-C or SIGTERM while the staged export exists: exit 130, the previous output intact, nothing else
+    left. This holds from a background shell too, where SIGINT starts ignored (the CLI re-arms it). SIGHUP
+    has SIGTERM's handler (the CLI installs one function for both), so it is not run a third time."""
     # big enough that checking and validating the staged file takes a while
     save_checkpoint(
         tiny_model(
