@@ -48,20 +48,20 @@ def save_inline(ir_model, path: Path) -> None:
         model.graph.ClearField("initializer")
         graph = model.graph.SerializeToString()
         model.ClearField("graph")
-        pieces = []  # (tensor fields without its data, where its data lies in the staging file)
+        # (tensor fields without its data, its serialized size, where its data lies in the staging file)
+        pieces = []
         for tensor in tensors:
-            where = {entry.key: entry.value for entry in tensor.external_data}
             if tensor.data_location == onnx.TensorProto.EXTERNAL:
+                where = {entry.key: entry.value for entry in tensor.external_data}
                 offset, length = int(where.get("offset", 0)), int(where["length"])
                 tensor.ClearField("external_data")
                 tensor.data_location = onnx.TensorProto.DEFAULT
-            else:  # small tensors stay inline
+            else:  # a tensor onnx_ir kept inline (a small one) already holds its data
                 offset, length = 0, -1
-            pieces.append((tensor.SerializeToString(), offset, length))
+            head = tensor.SerializeToString()
+            pieces.append((head, _tensor_length(head, length), offset, length))
         graph_length = len(graph) + sum(
-            len(_length_prefixed(GRAPH_INITIALIZER, _tensor_length(head, length)))
-            + _tensor_length(head, length)
-            for head, _, length in pieces
+            len(_length_prefixed(GRAPH_INITIALIZER, size)) + size for _, size, _, _ in pieces
         )
         with (
             open(path, "wb") as out,
@@ -70,8 +70,8 @@ def save_inline(ir_model, path: Path) -> None:
             out.write(model.SerializeToString())
             out.write(_length_prefixed(MODEL_GRAPH, graph_length))
             out.write(graph)
-            for head, offset, length in pieces:
-                out.write(_length_prefixed(GRAPH_INITIALIZER, _tensor_length(head, length)))
+            for head, size, offset, length in pieces:
+                out.write(_length_prefixed(GRAPH_INITIALIZER, size))
                 out.write(head)
                 if length >= 0:
                     out.write(_length_prefixed(TENSOR_RAW_DATA, length))
