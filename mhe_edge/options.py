@@ -211,6 +211,15 @@ INT4_ALGORITHM = Option(
     str,
     choices=("rtn", "hqq", "k-quant", "gptq"),
 )
+INT4_SHARE_TIED_TABLE = Option(
+    "int4_share_tied_table",
+    "With --int4 on a model whose head is its embedding table: the table reads the head's 4-bit"
+    " bytes, so the file holds one copy (85 MB less at Qwen2-0.5B's shape). ONNX Runtime then keeps"
+    " those bytes beside the head's prepacked ones, so a session holds about as much more: smaller"
+    " to ship, larger to run.",
+    False,
+    bool,
+)
 MAX_QUALITY_LOSS = Option(
     "max_quality_loss",
     "Refuse --fp16/--int8/--int4 beyond this many bits per byte lost (defaults: fp16 0.005, int8 0.02,"

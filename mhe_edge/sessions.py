@@ -48,10 +48,14 @@ def create_session(
     provider: str = "cpu",
     threads: int | None = None,
     profile_prefix: str | None = None,
+    checking: bool = False,
 ):
     """An InferenceSession on exactly `provider`; raises ProviderError if ONNX Runtime lands elsewhere.
 
-    `profile_prefix` turns on ONNX Runtime's profiler (its trace goes to PREFIX_<time>.json)."""
+    `profile_prefix` turns on ONNX Runtime's profiler (its trace goes to PREFIX_<time>.json). `checking`
+    is for a session that runs a few parity or scoring calls: ONNX Runtime's weight prepacking is off, so
+    the weights stay where the file's data is mapped instead of each MatMul's being copied into a packed
+    buffer (at Qwen2-0.5B's shape, a 1.1 GB peak instead of 2.5 GB); a session that decodes keeps it."""
     ort = onnxruntime()
 
     wanted = check_provider(provider)
@@ -67,6 +71,8 @@ def create_session(
     # other work a spinning pool loses its time slices (int4 decode at Qwen2-0.5B's size, 2 loaded cores:
     # 58 ms a token spinning, 28 ms not); an idle machine pays ~0.1 ms a step on tiny models.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if checking:
+        options.add_session_config_entry("session.disable_prepacking", "1")
     if profile_prefix:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -390,34 +390,59 @@ def test_int4_on_a_hand_built_graph(tmp_path):
         QuantizeInt4Pass(block_size=48)
 
 
-@pytest.mark.parametrize("algorithm", ["rtn", "hqq", "k-quant", "gptq"])
-def test_int4_quantizes_a_tied_head_and_its_table(tmp_path, algorithm):
-    """ids -> Gather(E) -> MatMul(., Transpose(E)): the head becomes a MatMulNBits, the table a
-    GatherBlockQuantized, and no float32 copy of E is left."""
-    from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass
-
+def _tied_model(head: bool = True) -> ir.Model:
+    """ids -> Gather(E) -> MatMul(., Transpose(E)), the gathered rows an output too (without `head`,
+    the Gather alone)."""
     ids = _value("input_ids", ["B", "T"], ir.DataType.INT64)
     graph = ir.Graph([ids], [], nodes=[], name="tied")
-    table = _const(graph, "E", RNG.standard_normal((WIDTH, 64)).astype(np.float32))
+    table = _const(
+        graph, "E", np.random.default_rng(7).standard_normal((WIDTH, 64)).astype(np.float32)
+    )
     gather = ir.node("Gather", [table, ids])
-    transpose = ir.node("Transpose", [table], {"perm": [1, 0]})
-    head = ir.node("MatMul", [gather.outputs[0], transpose.outputs[0]])
-    for node in (gather, transpose, head):
-        graph.append(node)
-    head.outputs[0].name = "logits"
-    graph.outputs.append(head.outputs[0])
-    model = _model(graph)
-    feeds = {"input_ids": np.array([[0, 5, 7]], dtype=np.int64)}
+    graph.append(gather)
+    gather.outputs[0].name = "rows"
+    if head:
+        transpose = ir.node("Transpose", [table], {"perm": [1, 0]})
+        matmul = ir.node("MatMul", [gather.outputs[0], transpose.outputs[0]])
+        graph.extend([transpose, matmul])
+        matmul.outputs[0].name = "logits"
+        graph.outputs.append(matmul.outputs[0])
+    graph.outputs.append(gather.outputs[0])
+    return _model(graph)
+
+
+@pytest.mark.parametrize(
+    "algorithm,share",
+    [("rtn", False), ("rtn", True), ("hqq", True), ("k-quant", False), ("gptq", False)],
+)
+def test_int4_quantizes_a_tied_head_and_its_table(tmp_path, algorithm, share):
+    """The tied head becomes a MatMulNBits, the table a GatherBlockQuantized, and no float32 copy of E
+    is left. Where the head has no zero points (not HQQ's), the table is given the head's 4-bit bytes,
+    which are exactly those of the table's own round-to-nearest; with `share_tied_table` it reads the
+    head's initializers themselves, one copy in the file."""
+    from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass
+
+    model = _tied_model()
+    feeds = {"input_ids": np.array([[0, 5, 7], [WIDTH - 1, 1, 2]], dtype=np.int64)}
     before = _run(model, feeds, tmp_path, "before")
     calibration = (
         [RNG.integers(0, WIDTH, (1, 8)) for _ in range(3)] if algorithm == "gptq" else None
     )
-    result = QuantizeInt4Pass(block_size=32, algorithm=algorithm, calibration_ids=calibration)(
-        model
-    )
+    result = QuantizeInt4Pass(
+        block_size=32, algorithm=algorithm, calibration_ids=calibration, share_tied_table=share
+    )(model)
     ops = sorted(f"{n.domain}.{n.op_type}" for n in result.model.graph)
     assert result.modified
-    assert ops == ["com.microsoft.GatherBlockQuantized", "com.microsoft.MatMulNBits"]
+    head = next(n for n in result.model.graph if n.op_type == "MatMulNBits")
+    gather = next(n for n in result.model.graph if n.op_type == "GatherBlockQuantized")
+    served = len(head.inputs) == 3  # the head has no zero points
+    assert served or algorithm not in ("rtn", "gptq")
+    assert ops == [
+        *([".Reshape"] * (2 * (share and served))),
+        "com.microsoft.GatherBlockQuantized",
+        "com.microsoft.MatMulNBits",
+    ]
+    assert (gather.inputs[0] is head.inputs[1]) == (share and served)
     floats = [
         v.name
         for v in result.model.graph.initializers.values()
@@ -426,10 +451,53 @@ def test_int4_quantizes_a_tied_head_and_its_table(tmp_path, algorithm):
     assert not floats, f"a float32 copy of the table is left: {floats}"
     after = _run(result.model, feeds, tmp_path, "after")
     assert np.abs(after["logits"] - before["logits"]).max() < 0.2 * np.abs(before["logits"]).max()
+    if (
+        algorithm == "rtn"
+    ):  # the rows of the table's own round-to-nearest (an untied table), exactly
+        own = QuantizeInt4Pass(block_size=32)(_tied_model(head=False)).model
+        assert "MatMulNBits" not in {n.op_type for n in own.graph}
+        np.testing.assert_array_equal(after["rows"], _run(own, feeds, tmp_path, "own")["rows"])
     with pytest.raises(RequestError, match="algorithm"):
         QuantizeInt4Pass(algorithm="gptq-without-text")
     with pytest.raises(RequestError, match="calibration"):
         QuantizeInt4Pass(algorithm="gptq")
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_int4_round_to_nearest_writes_the_quantizers_own_node(symmetric):
+    """The pass feeds each MatMul's weight to the quantizer's kernel itself; the node and initializers
+    equal those of ONNX Runtime's MatMulNBitsQuantizer on the same graph."""
+    from mhe_edge.passes.quantize_int4 import QuantizeInt4Pass, _import_quantizer
+
+    def graph_with_matmul():
+        x = _value("x", ["B", 64])
+        graph = ir.Graph([x], [], nodes=[], name="int4")
+        weight = np.random.default_rng(3).standard_normal((64, WIDTH)).astype(np.float32)
+        matmul = ir.node("MatMul", [x, _const(graph, "w", weight)], name="mm")
+        graph.append(matmul)
+        matmul.outputs[0].name = "y"
+        graph.outputs.append(matmul.outputs[0])
+        return _model(graph)
+
+    ours = QuantizeInt4Pass(block_size=32, symmetric=symmetric)(graph_with_matmul()).model
+    theirs = _import_quantizer()(
+        ir.to_proto(graph_with_matmul()),
+        bits=4,
+        block_size=32,
+        is_symmetric=symmetric,
+        accuracy_level=4,
+        op_types_to_quantize=("MatMul",),
+    )
+    theirs.process()
+    library = ir.serde.deserialize_model(theirs.model.model)
+    (a,), (b,) = list(ours.graph), list(library.graph)
+    assert (a.domain, a.op_type, a.name) == (b.domain, b.op_type, b.name)
+    assert {k: v.value for k, v in a.attributes.items()} == {
+        k: v.value for k, v in b.attributes.items()
+    }
+    assert [v.name for v in a.inputs] == [v.name for v in b.inputs]
+    for mine, library_value in zip(a.inputs[1:], b.inputs[1:]):
+        np.testing.assert_array_equal(mine.const_value.numpy(), library_value.const_value.numpy())
 
 
 # --- FuseSkipRmsNormPass

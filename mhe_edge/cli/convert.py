@@ -156,6 +156,9 @@ def optimize(
         list[Path] | None,
         typer.Option(help="With --int4-algorithm gptq: text files to calibrate on."),
     ] = None,
+    int4_share_tied_table: Annotated[
+        bool, cli_option(options.INT4_SHARE_TIED_TABLE)
+    ] = options.INT4_SHARE_TIED_TABLE.default,
     atol: Annotated[float, cli_option(options.ATOL)] = options.ATOL.default,
     rtol: Annotated[float, cli_option(options.RTOL)] = options.RTOL.default,
     eval_text: Annotated[
@@ -198,6 +201,7 @@ def optimize(
             int4_accuracy_level=int4_accuracy_level,
             int4_algorithm=int4_algorithm,
             int4_calibration_text=int4_calibration_text,
+            int4_share_tied_table=int4_share_tied_table,
             atol=atol,
             rtol=rtol,
             opset=opset,

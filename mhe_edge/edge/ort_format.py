@@ -132,8 +132,8 @@ def to_ort(
         atol, rtol = ORT_TOLERANCE[header.float_dtype]
         records = compare_runners(
             header.config,
-            ort_runner(create_session(produced[0])),
-            ort_runner(create_session(source)),
+            ort_runner(create_session(produced[0], checking=True)),
+            ort_runner(create_session(source, checking=True)),
             atol,
             batched_chunks=header.batched_chunks,
             rtol=rtol,

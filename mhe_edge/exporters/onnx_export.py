@@ -166,7 +166,11 @@ def export(
             if weight_bytes > COLLECT_BEFORE_CHECK_BYTES:
                 gc.collect()  # modules and traced graphs hold reference cycles
             records = compare_runners(
-                config, ort_runner(create_session(staged, "cpu")), reference, atol, rtol=rtol
+                config,
+                ort_runner(create_session(staged, "cpu", checking=True)),
+                reference,
+                atol,
+                rtol=rtol,
             )
             raise_on_failures(records, "ONNX Runtime disagrees with PyTorch")
         size = file_bytes(staged)

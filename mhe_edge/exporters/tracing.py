@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from typing import Any
 
@@ -15,6 +14,7 @@ from mhe_edge.config import ModelConfig
 from mhe_edge.contract import DOMAIN, DOMAIN_VERSION, MODES, input_names, output_names
 from mhe_edge.exporters.cores import export_core
 from mhe_edge.exporters.mhe_function import mhe_attention_function
+from mhe_edge.files.rewriter_state import release_rewriter_state
 from mhe_edge.models import Transformer, use_attention_core
 
 
@@ -93,38 +93,6 @@ def trace(model: Transformer, opset: int):
     if config.arch == "decoder":
         _name_mask_length(ir_model)
     return ir_model
-
-
-MATCHER_STATE = ("_graph", "_current_node", "_match", "_tracer")
-
-
-def release_rewriter_state() -> None:
-    """onnxscript's rewrite rules are module-level objects, and each rule's matcher keeps the last graph it
-    matched (and through the graph every initializer: here, the PyTorch parameters). Drop those
-    references, so the exported graph and the weights can be freed once the caller lets go of them.
-    Only module-level rules can hold on past the export (rules made inside a call die with it), so the
-    loaded onnxscript modules' globals are searched, not every object in the process."""
-    from onnxscript.rewriter import _matcher, _rewrite_rule
-
-    def rules(value):
-        if isinstance(value, _rewrite_rule.RewriteRule):
-            yield value
-        elif isinstance(value, _rewrite_rule.RewriteRuleSet):
-            yield from value.rules
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                if isinstance(item, (_rewrite_rule.RewriteRule, _rewrite_rule.RewriteRuleSet)):
-                    yield from rules(item)
-
-    for name, module in list(sys.modules.items()):
-        if not name.startswith("onnxscript") or module is None:
-            continue
-        for value in list(vars(module).values()):
-            for rule in rules(value):
-                matcher = getattr(rule, "_matcher", None)
-                if isinstance(matcher, _matcher.SimplePatternMatcher):
-                    for attr in MATCHER_STATE:
-                        matcher.__dict__.pop(attr, None)
 
 
 def _name_mask_length(ir_model) -> None:

@@ -3,6 +3,7 @@ against the input with ONNX Runtime before it is written."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -30,6 +31,7 @@ from mhe_edge.files import (
     save_ir_model,
     staged_output,
 )
+from mhe_edge.files.rewriter_state import release_rewriter_state
 from mhe_edge.options import check_all
 from mhe_edge.passes.targets import build_passes, check_target, min_onnxruntime
 from mhe_edge.progress import timed_steps
@@ -42,6 +44,7 @@ from mhe_edge.verification import (
     compare_runners,
     ort_runner,
     raise_on_failures,
+    recorded_runner,
 )
 
 # fp16 without text to judge by: close to the input (per unit of each output's largest magnitude too)
@@ -99,6 +102,7 @@ def optimize(
     int4_accuracy_level: int = 4,
     int4_algorithm: str = "rtn",
     int4_calibration_text: Sequence[str | os.PathLike] | None = None,
+    int4_share_tied_table: bool = False,
     opset: int | None = None,
     ort_query_seqlens: bool = False,
     atol: float = options.ATOL.default,
@@ -114,7 +118,8 @@ def optimize(
     steps (fp16, int8, int4: ONNX Runtime's MatMulNBits, `int4_block_size` weights per scale, symmetric
     unless `int4_symmetric=False`, compute per `int4_accuracy_level`, weights by `int4_algorithm`: rtn,
     hqq, k-quant or gptq (calibrated on `int4_calibration_text` files, tokenized by the model's own
-    tokenizer); the tied head and the embedding table included) are judged on text: for a model that
+    tokenizer); the tied head and the embedding table included, one 4-bit copy for both with
+    `int4_share_tied_table`) are judged on text: for a model that
     carries a tokenizer (a trained folder's export) the held-out text's bits per byte before and after, refused beyond
     `max_quality_loss` (default per step: text/quality.py) unless `allow_quality_loss`; `eval_text` files
     replace the held-out text. A random-weight model's quality cannot be judged (the report says so); its
@@ -151,6 +156,7 @@ def optimize(
         int4_accuracy_level,
         int4_algorithm,
         calibration,
+        int4_share_tied_table,
     )
     opset = check_target(target, opset, ort_query_seqlens)
     default = source.with_name(source.stem + ".opt.onnx")
@@ -203,48 +209,21 @@ def optimize(
             check_full(staged)
             after = op_counts(model.graph)
             del model  # its weights are on disk now; the sessions below load their own
+            release_rewriter_state()  # the rewrite rules the passes ran hold the graph
+            gc.collect()  # and the graph's nodes and values hold each other
         with step("validate"):
-            # one session per file, for the parity and the text check alike: a large model's process
-            # holds each file's weights once, not twice
-            staged_session, source_session = (
-                create_session(staged, "cpu"),
-                create_session(source, "cpu"),
+            records, quality = _validate(
+                header,
+                source,
+                staged,
+                precision if fp16 or int8 or int4 else None,
+                batched=target != "ort" or ort_query_seqlens,
+                atol=atol,
+                rtol=rtol,
+                eval_text=eval_text,
+                max_quality_loss=max_quality_loss,
+                allow_quality_loss=allow_quality_loss,
             )
-            candidate, reference = ort_runner(staged_session), ort_runner(source_session)
-            config = header.config
-            batched = target != "ort" or ort_query_seqlens
-
-            def check(atol, **options):
-                return compare_runners(
-                    config, candidate, reference, atol, batched_chunks=batched, **options
-                )
-
-            quality = None
-            if fp16 or int8 or int4:
-                from mhe_edge.text.quality import judge_quality
-
-                quality = judge_quality(
-                    precision,
-                    config,
-                    header.metadata,
-                    source_session,
-                    staged_session,
-                    eval_text=eval_text,
-                    max_loss=max_quality_loss,
-                    allow_loss=allow_quality_loss,
-                )
-            if (
-                fp16 and quality is not None and not quality.judged
-            ):  # no text to judge by: the numbers must stay close
-                records = check(FP16_ATOL, rtol=FP16_RTOL, min_argmax_agreement=FP16_MIN_ARGMAX)
-                raise_on_failures(records, "the fp16 model disagrees with its input")
-            elif (
-                fp16 or int8 or int4
-            ):  # quantization error is expected; quality was judged on text (or cannot be)
-                records = check(float("inf"))
-            else:
-                records = check(atol, rtol=rtol)
-                raise_on_failures(records, "the optimized model disagrees with its input")
         written = file_bytes(staged)
     return OptimizeReport(
         str(source),
@@ -260,6 +239,59 @@ def optimize(
         seconds,
         quality,
     )
+
+
+def _validate(
+    header,
+    source: Path,
+    staged: Path,
+    lossy: str | None,
+    *,
+    batched: bool,
+    atol: float,
+    rtol: float,
+    eval_text,
+    max_quality_loss: float | None,
+    allow_quality_loss: bool,
+):
+    """The optimized file against its input on ONNX Runtime: the parity records and, for a lossy step,
+    the quality check. The input's answers (and its bits per byte) are taken first and its session freed
+    before the optimized file loads: a large model's process holds one file's weights at a time."""
+    config = header.config
+    gate = None
+    if lossy is not None:
+        from mhe_edge.text.quality import quality_gate
+
+        gate = quality_gate(
+            lossy, config, header.metadata, eval_text=eval_text, max_loss=max_quality_loss
+        )
+    source_session = create_session(source, "cpu", checking=True)
+    reference = recorded_runner(config, ort_runner(source_session), batched_chunks=batched)
+    base = gate.score(source_session) if gate is not None else None
+    del source_session
+    staged_session = create_session(staged, "cpu", checking=True)
+    candidate = ort_runner(staged_session)
+
+    def check(atol, **options):
+        return compare_runners(
+            config, candidate, reference, atol, batched_chunks=batched, **options
+        )
+
+    quality = None
+    if gate is not None:
+        quality = gate.verdict(base, gate.score(staged_session), allow_quality_loss)
+    if lossy == "fp16" and quality is not None and not quality.judged:
+        # no text to judge by: the numbers must stay close
+        records = check(FP16_ATOL, rtol=FP16_RTOL, min_argmax_agreement=FP16_MIN_ARGMAX)
+        raise_on_failures(records, "the fp16 model disagrees with its input")
+    elif (
+        lossy is not None
+    ):  # quantization error is expected; quality was judged on text (or cannot be)
+        records = check(float("inf"))
+    else:
+        records = check(atol, rtol=rtol)
+        raise_on_failures(records, "the optimized model disagrees with its input")
+    return records, quality
 
 
 CALIBRATION_ROWS, CALIBRATION_TOKENS = 16, 128  # GPTQ's sample: at most 16 windows of 128 tokens

@@ -72,6 +72,7 @@ def build_passes(
     int4_accuracy_level: int = 4,
     int4_algorithm: str = "rtn",
     int4_calibration_ids: list | None = None,
+    int4_share_tied_table: bool = False,
 ) -> list[ir.passes.PassBase]:
     """The pass list for a target and precision, in order (each pass one file in mhe_edge/passes/)."""
     from mhe_edge.passes.cleanup import CleanupPass
@@ -83,10 +84,11 @@ def build_passes(
     if not int4 and (
         (int4_algorithm, int4_accuracy_level, int4_block_size) != ("rtn", 4, 32)
         or int4_calibration_ids
+        or int4_share_tied_table
     ):
         raise RequestError(
-            "--int4-algorithm, --int4-accuracy-level, --int4-block-size and"
-            " --int4-calibration-text need --int4"
+            "--int4-algorithm, --int4-accuracy-level, --int4-block-size,"
+            " --int4-calibration-text and --int4-share-tied-table need --int4"
         )
     if int4 and target == "portable":
         raise RequestError(
@@ -131,6 +133,7 @@ def build_passes(
                 int4_accuracy_level,
                 int4_algorithm,
                 int4_calibration_ids,
+                share_tied_table=int4_share_tied_table,
             )
         )
     if target in TARGET_IR_VERSION:

@@ -213,6 +213,17 @@ class ExportedModel:
     ) -> tuple[np.ndarray, SessionCache]:
         """One decoder call: ids (B, T) int64, the cache and the attention mask over past + new tokens (default:
         all ones) -> logits (B, T, V) and the cache holding T more positions (the same buffers, when in place)."""
+        return self._step(ids, cache, mask, None)
+
+    def _step(
+        self,
+        ids: np.ndarray,
+        cache: SessionCache,
+        mask: np.ndarray | None,
+        positions: np.ndarray | None,
+    ) -> tuple[np.ndarray, SessionCache]:
+        """`step`; with `positions` (B,), only each row's logits at its position are copied out, (B, V): a
+        prompt's (B, T, V) logits are then held once, in the session's output, not copied beside it."""
         total = cache.length + ids.shape[1]
         if cache.in_place and total > cache.capacity:
             raise RequestError(
@@ -222,7 +233,7 @@ class ExportedModel:
             mask = np.ones((ids.shape[0], total), np.int64)
         self._check_positions(ids, cache, mask, total)
         if cache.in_place:
-            return self._step_in_place(ids, cache, mask, total)
+            return self._step_in_place(ids, cache, mask, total, positions)
         binding = self.session.io_binding()
         binding.bind_ortvalue_input(INPUT_IDS, self._ortvalue(ids.astype(np.int64)))
         if self.takes_mask and mask is not None:  # set above whenever the model takes one
@@ -237,7 +248,10 @@ class ExportedModel:
         with self._running():
             self.session.run_with_iobinding(binding)
         outputs = binding.get_outputs()  # in binding order: logits, then one present per past
-        return outputs[0].numpy(), SessionCache(dict(zip(self.past_names, outputs[1:])), total)
+        logits = outputs[0].numpy()  # a view of the session's own output
+        return _kept(logits, positions, copy=False), SessionCache(
+            dict(zip(self.past_names, outputs[1:])), total
+        )
 
     def _check_positions(self, ids: np.ndarray, cache: SessionCache, mask, total: int) -> None:
         """Refuse, before running, a step the file would get wrong: a position past the model's table
@@ -264,7 +278,12 @@ class ExportedModel:
                 )
 
     def _step_in_place(
-        self, ids: np.ndarray, cache: SessionCache, mask: np.ndarray | None, total: int
+        self,
+        ids: np.ndarray,
+        cache: SessionCache,
+        mask: np.ndarray | None,
+        total: int,
+        positions: np.ndarray | None,
     ) -> tuple[np.ndarray, SessionCache]:
         """A step on preallocated buffers: the present is the past's own buffer, so the kernel writes the new
         positions into it. The binding (and the logits buffer, per step length) is kept on the cache and
@@ -297,7 +316,7 @@ class ExportedModel:
             self.session.run_with_iobinding(binding)
         cache.length = total
         assert logits is not None  # made with the binding, or kept with it
-        return logits.numpy().copy(), cache
+        return _kept(logits.numpy(), positions, copy=True), cache  # the buffer is reused next step
 
     def prefill(
         self, ids: np.ndarray, chunk: int | None = None, capacity: int | None = None
@@ -318,9 +337,10 @@ class ExportedModel:
                 f"{self.path.name} cannot prefill a batch in chunks (GroupQueryAttention needs query_seqlens for that):"
                 " prefill whole, use batch 1, or optimize with --ort-query-seqlens (ONNX Runtime 1.32+)"
             )
+        last = np.full(ids.shape[0], -1)
         for start in range(0, ids.shape[1], chunk):
-            logits, cache = self.step(ids[:, start : start + chunk], cache)
-        return logits[:, -1], cache
+            logits, cache = self._step(ids[:, start : start + chunk], cache, None, last)
+        return logits, cache
 
     def generate(
         self, prompt: np.ndarray, max_new_tokens: int, prefill_chunk: int | None = None
@@ -389,8 +409,9 @@ class ExportedModel:
         capacity = width + max_new_tokens
         if ragged:
             mask = (np.arange(width)[None, :] < np.array(lengths)[:, None]).astype(np.int64)
-            logits, cache = self.step(ids, self.empty_cache(len(prompts), capacity), mask)
-            last = logits[np.arange(len(prompts)), np.array(lengths) - 1]
+            last, cache = self._step(
+                ids, self.empty_cache(len(prompts), capacity), mask, np.array(lengths) - 1
+            )
         else:
             mask = np.ones_like(ids)
             last, cache = self.prefill(ids, prefill_chunk, capacity)
@@ -494,3 +515,10 @@ def generate(
     runner._require("decoder", "generation")
     tokens = runner.generate(ids, max_new_tokens, prefill_chunk)
     return GenerateResult(str(model), provider, ids.tolist(), tokens.tolist())
+
+
+def _kept(logits: np.ndarray, positions: np.ndarray | None, copy: bool) -> np.ndarray:
+    """(B, T, V) logits, or each row's logits at its position (B, V), always a new array when `copy`."""
+    if positions is not None:
+        return logits[np.arange(logits.shape[0]), positions]  # indexing by arrays copies
+    return logits.copy() if copy else logits

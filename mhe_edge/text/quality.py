@@ -100,6 +100,63 @@ class QualityCheck:
         }
 
 
+@dataclass
+class QualityGate:
+    """What a lossy step is judged by: the tokenizer and held-out text (or why there are none) and the
+    threshold. Each file is scored on its own (`score`), so the caller can free one session before it
+    loads the next; `verdict` then compares the two."""
+
+    step: str
+    config: Any
+    threshold: float
+    tokenizer: Any = None
+    text: tuple[str, str] | None = None  # (the text, what it is)
+    why_not: str = ""  # why quality cannot be judged, when it cannot
+
+    def score(self, session) -> float | None:
+        """Bits per byte of `session` on the held-out text; None when there is none to judge by."""
+        if self.text is None:
+            return None
+        window = min(self.config.max_seq_len, 256)
+        logits = session_logits(session, self.config)
+        return score_text(logits, self.tokenizer, self.text[0], window).bits_per_byte
+
+    def verdict(self, base: float | None, lossy: float | None, allow_loss: bool) -> QualityCheck:
+        """The check of `lossy` against `base`; ParityError beyond the threshold (unless `allow_loss`)."""
+        if self.text is None or base is None or lossy is None:
+            return QualityCheck(False, self.why_not, threshold=self.threshold)
+        check = QualityCheck(True, "", self.text[1], base, lossy, self.threshold, allow_loss)
+        if lossy - base > self.threshold and not allow_loss:  # check.change
+            raise ParityError(
+                f"{self.step} costs {check.change:+.4f} bits per byte on {self.text[1]} ({base:.4f} -> {lossy:.4f}),"
+                f" beyond the threshold {self.threshold}; nothing was written (--allow-quality-loss writes it anyway)"
+            )
+        return check
+
+
+def quality_gate(
+    step: str, config, metadata: dict[str, str], *, eval_text=None, max_loss: float | None = None
+) -> QualityGate:
+    """The gate for `step` on a model with this metadata: its own tokenizer and held-out text (or the
+    `eval_text` files), the threshold `max_loss` or the step's default."""
+    from mhe_edge.text.tokenizer import tokenizer_of_export
+
+    threshold = DEFAULT_MAX_LOSS[step] if max_loss is None else max_loss
+    if threshold < 0:
+        raise RequestError(f"the quality threshold must not be negative, not {threshold}")
+    tokenizer = tokenizer_of_export(metadata, "the model")
+    text = held_out_text(metadata, eval_text) if tokenizer is not None else None
+    why = ""
+    if tokenizer is None or text is None:
+        reason = (
+            "the model carries no tokenizer"
+            if tokenizer is None
+            else "no held-out text: give --eval-text"
+        )
+        why = f"{reason} (a random-weight model?): quality cannot be judged"
+    return QualityGate(step, config, threshold, tokenizer, text, why)
+
+
 def judge_quality(
     step: str,
     config,
@@ -113,29 +170,5 @@ def judge_quality(
 ) -> QualityCheck:
     """Score `before` and `after` (sessions) on held-out text; raise ParityError when `after` costs more
     than the threshold in bits per byte (unless `allow_loss`)."""
-    from mhe_edge.text.tokenizer import tokenizer_of_export
-
-    threshold = DEFAULT_MAX_LOSS[step] if max_loss is None else max_loss
-    if threshold < 0:
-        raise RequestError(f"the quality threshold must not be negative, not {threshold}")
-    tokenizer = tokenizer_of_export(metadata, "the model")
-    text = held_out_text(metadata, eval_text) if tokenizer is not None else None
-    if tokenizer is None or text is None:
-        why = (
-            "the model carries no tokenizer"
-            if tokenizer is None
-            else "no held-out text: give --eval-text"
-        )
-        return QualityCheck(
-            False, f"{why} (a random-weight model?): quality cannot be judged", threshold=threshold
-        )
-    window = min(config.max_seq_len, 256)
-    base = score_text(session_logits(before, config), tokenizer, text[0], window).bits_per_byte
-    lossy = score_text(session_logits(after, config), tokenizer, text[0], window).bits_per_byte
-    check = QualityCheck(True, "", text[1], base, lossy, threshold, allow_loss)
-    if lossy - base > threshold and not allow_loss:  # check.change
-        raise ParityError(
-            f"{step} costs {check.change:+.4f} bits per byte on {text[1]} ({base:.4f} -> {lossy:.4f}),"
-            f" beyond the threshold {threshold}; nothing was written (--allow-quality-loss writes it anyway)"
-        )
-    return check
+    gate = quality_gate(step, config, metadata, eval_text=eval_text, max_loss=max_loss)
+    return gate.verdict(gate.score(before), gate.score(after), allow_loss)
