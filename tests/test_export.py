@@ -46,9 +46,18 @@ def exports(tmp_path_factory):
     return get
 
 
-@pytest.mark.parametrize("size", list(SIZES))
-@pytest.mark.parametrize("arch", ["decoder", "encoder"])
-@pytest.mark.parametrize("attention", ALL_KINDS)
+# odd sizes for every decoder and for the MHE encoders: an MHA-family encoder at odd sizes exercises
+# nothing an odd decoder and a default encoder do not (and each export costs ~5 s of the suite's budget)
+CASES = [
+    (attention, arch, size)
+    for attention in ALL_KINDS
+    for arch in ("decoder", "encoder")
+    for size in SIZES
+    if size == "default" or arch == "decoder" or attention.startswith("mhe")
+]
+
+
+@pytest.mark.parametrize("attention,arch,size", CASES)
 def test_export_structure_and_parity(exports, arch, attention, size):
     model, report = exports(arch, attention, size)
     cfg = model.config

@@ -48,8 +48,17 @@ def _init(tmp_path, attention, options):
     )
 
 
-@pytest.mark.parametrize("options", list(OPTION_SETS))
-@pytest.mark.parametrize("attention", ALL_KINDS)
+# MHE with every option set; MHA, MQA and GQA with the Llama-shaped one (their GPT-2- and BERT-shaped
+# exports are covered by test_export.py's kinds and archs, and each costs ~5 s of the suite's budget)
+KIND_OPTIONS = [
+    (attention, options)
+    for attention in ALL_KINDS
+    for options in OPTION_SETS
+    if attention.startswith("mhe") or options == "llama-shaped"
+]
+
+
+@pytest.mark.parametrize("attention,options", KIND_OPTIONS)
 def test_every_kind_with_every_option_exports_and_folds(tmp_path, attention, options):
     init = _init(tmp_path, attention, OPTION_SETS[options])
     model = load_model(init.path)
