@@ -19,6 +19,7 @@ from mhe_edge.files import (
     save_ir_model,
     staged_output,
 )
+from mhe_edge.files.rewriter_state import COLLECT_ABOVE_BYTES
 from mhe_edge.models import Transformer
 from mhe_edge.options import check_all
 from mhe_edge.progress import timed_steps
@@ -163,7 +164,7 @@ def export(
             del ir_model
             if from_path:
                 del model
-            if weight_bytes > COLLECT_BEFORE_CHECK_BYTES:
+            if weight_bytes > COLLECT_ABOVE_BYTES:
                 gc.collect()  # modules and traced graphs hold reference cycles
             records = compare_runners(
                 config,
@@ -185,11 +186,6 @@ def export(
         records,
         seconds,
     )
-
-
-# Above this many bytes of weights, a full garbage collection (a fraction of a second with PyTorch
-# loaded) frees the traced graph and the model before ONNX Runtime loads the file; below, it is not worth it
-COLLECT_BEFORE_CHECK_BYTES = 64 << 20
 
 
 def _check_fused_nodes(ir_model, config) -> None:

@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import gc
 import sys
+
+# Above this many bytes of weights, a full garbage collection (a fraction of a second with PyTorch
+# loaded) frees a graph and its weights before ONNX Runtime loads a file; below, it is not worth it
+COLLECT_ABOVE_BYTES = 64 << 20
+
+
+def let_go_of_graph(weight_bytes: int) -> None:
+    """After the last reference to a model's graph is dropped: the rewriter's matchers let go of it, and
+    for a large model a collection frees it (its nodes and values hold each other in cycles)."""
+    release_rewriter_state()
+    if weight_bytes > COLLECT_ABOVE_BYTES:
+        gc.collect()
+
 
 MATCHER_STATE = ("_graph", "_current_node", "_match", "_tracer")
 

@@ -3,7 +3,6 @@ against the input with ONNX Runtime before it is written."""
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -31,7 +30,7 @@ from mhe_edge.files import (
     save_ir_model,
     staged_output,
 )
-from mhe_edge.files.rewriter_state import release_rewriter_state
+from mhe_edge.files.rewriter_state import let_go_of_graph
 from mhe_edge.options import check_all
 from mhe_edge.passes.targets import build_passes, check_target, min_onnxruntime
 from mhe_edge.progress import timed_steps
@@ -209,8 +208,7 @@ def optimize(
             check_full(staged)
             after = op_counts(model.graph)
             del model  # its weights are on disk now; the sessions below load their own
-            release_rewriter_state()  # the rewrite rules the passes ran hold the graph
-            gc.collect()  # and the graph's nodes and values hold each other
+            let_go_of_graph(header.parameter_bytes)
         with step("validate"):
             records, quality = _validate(
                 header,
