@@ -59,20 +59,31 @@ def constant_array(value: ir.Value | None, what: str) -> np.ndarray:
     return tensor.numpy()
 
 
-def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Value:
-    """Register `array` as a new initializer with a name not yet used in the graph."""
+def free_name(graph: ir.Graph, base_name: str) -> str:
+    """`base_name`, or where an initializer already has it, the first free `base_name_k`."""
     name, k = base_name, 0
     while name in graph.initializers:
         k += 1
         name = f"{base_name}_{k}"
+    return name
+
+
+def register_tensor(graph: ir.Graph, tensor) -> ir.Value:
+    """A new initializer for `tensor`, under its name or, where that is taken, a free variant of it."""
+    tensor.name = free_name(graph, tensor.name)
     value = ir.Value(
-        name=name,
-        shape=ir.Shape(array.shape),
-        type=ir.TensorType(ir.DataType.from_numpy(array.dtype)),
-        const_value=ir.tensor(array, name=name),
+        name=tensor.name,
+        shape=ir.Shape(tensor.shape),  # its own: a pass may refine the value's shape
+        type=ir.TensorType(tensor.dtype),
+        const_value=tensor,
     )
     graph.register_initializer(value)
     return value
+
+
+def add_initializer(graph: ir.Graph, base_name: str, array: np.ndarray) -> ir.Value:
+    """Register `array` as a new initializer with a name not yet used in the graph."""
+    return register_tensor(graph, ir.tensor(array, name=base_name))
 
 
 def add_concatenated_initializer(
@@ -81,24 +92,15 @@ def add_concatenated_initializer(
     """Register the concatenation of `arrays` as a new initializer, computed only when the tensor is
     read (on writing, most often): a pass that packs every layer's weights then never holds all the
     packed copies beside the originals at once."""
-    name, k = base_name, 0
-    while name in graph.initializers:
-        k += 1
-        name = f"{base_name}_{k}"
     shape = list(arrays[0].shape)
     shape[axis] = sum(a.shape[axis] for a in arrays)
-    dtype = ir.DataType.from_numpy(arrays[0].dtype)
     tensor = ir.LazyTensor(
         lambda: ir.tensor(np.concatenate(arrays, axis=axis)),
-        dtype=dtype,
+        dtype=ir.DataType.from_numpy(arrays[0].dtype),
         shape=ir.Shape(shape),
-        name=name,
+        name=base_name,
     )
-    value = ir.Value(
-        name=name, shape=ir.Shape(shape), type=ir.TensorType(dtype), const_value=tensor
-    )
-    graph.register_initializer(value)
-    return value
+    return register_tensor(graph, tensor)
 
 
 def sole_consumer(value: ir.Value, op_type: str) -> ir.Node | None:

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mhe_edge.contract import MS_DOMAIN
-from mhe_edge.passes._graph import GraphRefused
+from mhe_edge.passes._graph import GraphRefused, register_tensor
 
 
 def quantize_node(graph: ir.Graph, node: ir.Node, quantizer) -> None:
@@ -108,17 +108,3 @@ def quantize_matmul_rtn(
     ir.convenience.replace_nodes_and_values(
         graph, node, [node], [quantized], node.outputs, quantized.outputs
     )
-
-
-def register_tensor(graph: ir.Graph, tensor) -> ir.Value:
-    """A new initializer for `tensor`, under its name or, where that is taken, a free variant of it."""
-    name, k = tensor.name, 0
-    while name in graph.initializers:
-        k += 1
-        name = f"{tensor.name}_{k}"
-    tensor.name = name
-    value = ir.Value(
-        name=name, shape=tensor.shape, type=ir.TensorType(tensor.dtype), const_value=tensor
-    )
-    graph.register_initializer(value)
-    return value

@@ -8,8 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from mhe_edge.contract import MS_DOMAIN
-from mhe_edge.passes._graph import GraphRefused, NewNodes, ints
-from mhe_edge.passes.int4_nodes import register_tensor
+from mhe_edge.passes._graph import GraphRefused, NewNodes, ints, register_tensor
 
 
 def tied_heads(model: ir.Model) -> list[tuple[ir.Node, ir.Node]]:
@@ -53,22 +52,13 @@ def untie_heads(model: ir.Model) -> dict[str, str]:
 
 def _transposed_initializer(graph: ir.Graph, table_name: str, table) -> ir.Value:
     rows, cols = table.shape
-    name, k = f"{table_name}_transposed", 0
-    while name in graph.initializers:
-        k += 1
-        name = f"{table_name}_transposed_{k}"
-    shape = ir.Shape([cols, rows])
     lazy = ir.LazyTensor(
         lambda: ir.tensor(np.ascontiguousarray(table.numpy().T)),
         dtype=ir.DataType.FLOAT,
-        shape=shape,
-        name=name,
+        shape=ir.Shape([cols, rows]),
+        name=f"{table_name}_transposed",
     )
-    value = ir.Value(
-        name=name, shape=shape, type=ir.TensorType(ir.DataType.FLOAT), const_value=lazy
-    )
-    graph.register_initializer(value)
-    return value
+    return register_tensor(graph, lazy)
 
 
 def tables_from_heads(
