@@ -59,6 +59,21 @@ def test_a_signal_during_export_leaves_nothing(tmp_path, signal_name):
     assert (tmp_path / "m.onnx").read_bytes() == b"the previous export"
 
 
+def test_the_interrupted_line_survives_a_signal_inside_a_rich_print():
+    """A signal that lands inside a rich print (a step's tick line, as the staged file appears) can leave
+    the console buffering everything after it; the interrupted line must still reach stderr."""
+    code = (
+        "from mhe_edge.cli import _exit_interrupted\n"
+        "from mhe_edge.cli.output import err\n"
+        "err.begin_capture()\n"  # the state such a print leaves: output held in rich's buffer
+        "err.print('a tick line that is lost')\n"
+        "_exit_interrupted()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 130, done.stderr
+    assert done.stderr == "interrupted; nothing was written\n"
+
+
 def _file_size_limit(limit_bytes):
     def apply():
         signal.signal(

@@ -14,10 +14,11 @@ import signal
 import sys
 
 import typer
+from rich.console import Console
 from typer.exceptions import TyperException
 
 import mhe_edge
-from mhe_edge.cli.output import err, literal
+from mhe_edge.cli.output import literal
 from mhe_edge.errors import MheEdgeError, OutputError, first_line
 
 INTERRUPTED = 130
@@ -119,27 +120,32 @@ def main(argv: list[str] | None = None) -> None:
             OutputError.exit_code,
         )
     except (typer.Abort, KeyboardInterrupt):
-        err.print("interrupted; nothing was written", highlight=False, markup=False)
         _exit_interrupted()
     if (
         code == INTERRUPTED
     ):  # typer turns Ctrl-C into exit code 130; staged outputs were removed on the way out
-        err.print("interrupted; nothing was written", highlight=False, markup=False)
         _exit_interrupted()
     sys.exit(code if isinstance(code, int) else 0)
 
 
 def _exit_interrupted() -> None:
-    """End with exit code 130 now: the staged outputs are already gone. A normal interpreter exit was seen
-    to end the process by SIGINT instead (a Ctrl-C during an export on a loaded machine, after this
-    message: CPython kills itself with SIGINT at exit when it believes a KeyboardInterrupt went
-    unhandled), which a caller reads as a crash, not as the documented exit code."""
+    """Say so and end with exit code 130 now: the staged outputs are already gone.
+
+    The line is written to stderr directly, not through rich: a signal that lands inside a rich print
+    (a step's tick line) can leave that console buffering everything after it, and the buffer dies with
+    `os._exit`. The exit itself is `os._exit` because a normal interpreter exit was seen to end the
+    process by SIGINT instead (CPython kills itself with SIGINT at exit when it believes a
+    KeyboardInterrupt went unhandled), which a caller reads as a crash, not as the documented code."""
     sys.stdout.flush()
+    sys.stderr.write("interrupted; nothing was written\n")
     sys.stderr.flush()
     os._exit(INTERRUPTED)
 
 
 def _fail(message: str, exit_code: int) -> None:
-    """One line on stderr: control characters in names (newlines included) are shown escaped, never obeyed."""
-    err.print(f"[bold red]error:[/] {literal(message.strip())}", highlight=False, soft_wrap=True)
+    """One line on stderr: control characters in names (newlines included) are shown escaped, never obeyed.
+    It goes through a fresh console: the shared one may be left buffering by a signal (as above)."""
+    Console(stderr=True).print(
+        f"[bold red]error:[/] {literal(message.strip())}", highlight=False, soft_wrap=True
+    )
     sys.exit(exit_code)
