@@ -74,6 +74,43 @@ def test_folders_are_replaced_only_when_mhe_edge_wrote_them(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pkg", "unrelated.txt"]
 
 
+def test_an_interrupt_just_after_the_staging_folder_is_made_leaves_nothing(tmp_path, monkeypatch):
+    """Ctrl-C lands between the mkdir and the line that would remember the folder (seen in CI: a signal
+    sent the moment the staging folder appeared left it behind)."""
+    real_mkdir = os.mkdir
+
+    def mkdir_then_interrupted(path, *args, **kwargs):
+        real_mkdir(path, *args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "mkdir", mkdir_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output(tmp_path / "m.onnx"):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_while_a_folder_is_replaced_puts_the_old_one_back(tmp_path, monkeypatch):
+    folder = tmp_path / "pkg"
+    with staged_output(folder, folder=True) as staged:
+        (staged / "model.onnx").write_text("v1")
+    real_rename, renames = os.rename, []
+
+    def rename_interrupted_on_the_second(source, destination):
+        renames.append(destination)
+        if len(renames) == 2:  # the old folder is retired, the new one not yet in place
+            raise KeyboardInterrupt
+        real_rename(source, destination)
+
+    monkeypatch.setattr(os, "rename", rename_interrupted_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        with staged_output(folder, force=True, folder=True) as staged:
+            (staged / "model.onnx").write_text("v2")
+    assert len(renames) == 3  # retire, (interrupted) publish, put back
+    assert (folder / "model.onnx").read_text() == "v1"
+    assert [p.name for p in tmp_path.iterdir()] == ["pkg"]
+
+
 def _writer(path, barrier, results):
     barrier.wait()
     try:

@@ -12,7 +12,7 @@ from mhe_edge.files.onnx_model import (
     read_header,
     save_ir_model,
 )
-from mhe_edge.files.writing import FOLDER_MARKER, check_output, staged_output
+from mhe_edge.files.writing import FOLDER_MARKER, check_output, scratch_folder, staged_output
 
 __all__ = [
     "EXTERNAL_DATA_THRESHOLD",
@@ -27,5 +27,6 @@ __all__ = [
     "op_counts",
     "read_header",
     "save_ir_model",
+    "scratch_folder",
     "staged_output",
 ]

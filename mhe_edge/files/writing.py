@@ -17,8 +17,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -96,10 +96,7 @@ def staged_output(
     """Yield a staging path for `target` (a file path, or an existing empty folder when `folder`); publish
     it on success, delete everything staged otherwise. `target` should have passed `check_output`."""
     target = Path(target)
-    stage = Path(
-        tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".staging", dir=target.parent)
-    )
-    try:
+    with scratch_folder(target.parent, f".{target.name[:80]}.", ".staging") as stage:
         staged = stage / target.name
         if folder:
             staged.mkdir()
@@ -120,8 +117,27 @@ def staged_output(
             raise OutputError(
                 f"cannot write {target.name}: {exc.strerror or exc}; nothing was written"
             ) from exc
+
+
+@contextlib.contextmanager
+def scratch_folder(parent: Path, prefix: str, suffix: str) -> Iterator[Path]:
+    """A new private folder in `parent`, removed with all it holds however the block ends.
+
+    Its name is held before the folder exists, so a Ctrl-C at any instant (even between the mkdir and
+    the assignment, where `tempfile.mkdtemp` would leave the folder behind) cannot strand it. A name
+    another writer already took is never removed."""
+    path: Path | None = None
+    try:
+        while path is None:
+            path = parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                path = None
+        yield path
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
+        if path is not None:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _publish_file(staged: Path, target: Path, force: bool) -> None:
@@ -156,12 +172,17 @@ def _publish_folder(staged: Path, target: Path, force: bool) -> None:
         return
     if not force or not (target / FOLDER_MARKER).is_file():
         raise FileExistsError(errno.EEXIST, "exists", str(target))
-    retired = Path(
-        tempfile.mkdtemp(prefix=f".{target.name[:80]}.", suffix=".old", dir=target.parent)
-    )
-    os.rename(target, retired / target.name)
-    os.rename(staged, target)
-    shutil.rmtree(retired, ignore_errors=True)
+    with scratch_folder(target.parent, f".{target.name[:80]}.", ".old") as retired:
+        moved = retired / target.name
+        try:
+            os.rename(target, moved)
+            os.rename(staged, target)
+        except (
+            BaseException
+        ):  # Ctrl-C or an error between the two renames: the old folder goes back
+            if moved.exists() and not target.exists():
+                os.rename(moved, target)
+            raise
 
 
 def _companions(path: Path) -> list[Path]:

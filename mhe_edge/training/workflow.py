@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from mhe_edge.errors import TrainingInterrupted
-from mhe_edge.files import check_output, staged_output
+from mhe_edge.files import check_output, scratch_folder, staged_output
 from mhe_edge.results import Result
 from mhe_edge.text.corpus import RECORD_FILE
 from mhe_edge.training.loop import RunInterrupted, StepInfo, TrainOptions
@@ -232,8 +230,7 @@ def _publish_outputs(folder: Path, model, log: list[dict[str, Any]]) -> list[str
     (a resumed run's folder is live: each file is replaced whole, never written through a link)."""
     from mhe_edge.models.folder import write_model_files
 
-    scratch = Path(tempfile.mkdtemp(prefix=".outputs.", dir=folder))
-    try:
+    with scratch_folder(folder, ".outputs.", "") as scratch:
         names = write_model_files(model, scratch)
         (scratch / LOG_FILE).write_text("".join(json.dumps(entry) + "\n" for entry in log))
         names.append(LOG_FILE)
@@ -243,8 +240,6 @@ def _publish_outputs(folder: Path, model, log: list[dict[str, Any]]) -> list[str
         for name in names:
             with staged_output(check_output(folder / name, force=True), force=True) as path:
                 os.replace(scratch / name, path)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return names
 
 
