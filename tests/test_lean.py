@@ -217,3 +217,39 @@ def test_inline_save_writes_what_onnx_ir_writes_holding_one_tensor_at_a_time(wei
     onnx.save(broken, str(tmp_path / "broken.onnx"))
     with pytest.raises(ExportError, match="checker rejects"):
         check_full(tmp_path / "broken.onnx")
+
+
+NO_ONNX_SCRIPT = """
+import sys
+from mhe_edge.runtime.driver import ExportedModel
+model = ExportedModel(sys.argv[1])
+assert "onnx" not in sys.modules, "running a session imported onnx"
+from mhe_edge.files import read_header
+proto = read_header(sys.argv[1]).proto
+import onnx
+assert type(proto) is onnx.ModelProto  # the generated classes alone are onnx's own
+assert onnx.ModelProto.FromString(proto.SerializeToString()) == proto
+print("ok")
+"""
+
+
+def test_running_a_file_reads_its_header_without_importing_onnx(weighty):
+    """onnx's C++ checker and shape inference cost ~10 MiB a process; reading a header needs only its
+    generated protobuf classes, which are the very classes onnx hands out once it is imported."""
+    done = subprocess.run(
+        [sys.executable, "-c", NO_ONNX_SCRIPT, str(weighty)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_a_tensor_of_a_type_without_a_known_size_is_refused(weighty, tmp_path):
+    proto = onnx.load(str(weighty))
+    proto.graph.initializer[
+        0
+    ].data_type = onnx.TensorProto.UINT2  # 4 per byte: not a type mhe-edge writes
+    onnx.save(proto, str(tmp_path / "m.onnx"))
+    with pytest.raises(ModelFileError, match="data type 25, which mhe-edge does not read"):
+        read_header(tmp_path / "m.onnx")

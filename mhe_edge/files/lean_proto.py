@@ -10,7 +10,11 @@ the graph's size, not the weights'.
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
 from typing import BinaryIO
 
 MODEL_GRAPH = 7  # ModelProto.graph
@@ -110,9 +114,36 @@ def _tensor_without_raw_data(stream: BinaryIO, start: int, length: int):
     return bytes(kept), raw
 
 
+_MESSAGES: ModuleType | None = None
+
+
+def onnx_messages() -> ModuleType:
+    """onnx's generated protobuf module (ModelProto, TensorProto, ...) without `import onnx`.
+
+    Importing onnx also loads its C++ checker and shape inference, ~10 MiB of resident memory in a
+    process (`generate`, `profile`) whose only use of onnx is reading a file's header. The generated
+    module alone registers the same descriptors in protobuf's default pool, so its classes are onnx's
+    own (`onnx.ModelProto is onnx_messages().ModelProto`), whichever of the two is loaded first."""
+    global _MESSAGES
+    if "onnx" in sys.modules:
+        return sys.modules["onnx"].onnx_ml_pb2
+    if _MESSAGES is None:
+        spec = importlib.util.find_spec("onnx")
+        if spec is None or not spec.submodule_search_locations:
+            raise ImportError("onnx is not installed")
+        source = Path(list(spec.submodule_search_locations)[0]) / "onnx_ml_pb2.py"
+        generated = importlib.util.spec_from_file_location("mhe_edge._onnx_ml_pb2", source)
+        if generated is None or generated.loader is None:
+            raise ImportError(f"onnx has no generated protobuf module at {source}")
+        module = importlib.util.module_from_spec(generated)
+        generated.loader.exec_module(module)
+        _MESSAGES = module
+    return _MESSAGES
+
+
 def read_model_without_weights(path) -> tuple[object, dict[str, RawData]]:
     """(ModelProto without initializer raw_data, {initializer name: where its raw_data lies})."""
-    import onnx
+    messages = onnx_messages()
 
     model_bytes = bytearray()
     raw_data: dict[str, RawData] = {}
@@ -139,11 +170,11 @@ def read_model_without_weights(path) -> tuple[object, dict[str, RawData]]:
                 tensor, raw = _tensor_without_raw_data(stream, g_payload, g_length)
                 stream.seek(here)
                 if raw is not None:
-                    name = onnx.TensorProto.FromString(tensor).name
+                    name = messages.TensorProto.FromString(tensor).name
                     raw_data[name] = raw
                 graph_bytes += _encode_varint(GRAPH_INITIALIZER << 3 | LENGTH)
                 graph_bytes += _encode_varint(len(tensor)) + tensor
             model_bytes += _encode_varint(MODEL_GRAPH << 3 | LENGTH)
             model_bytes += _encode_varint(len(graph_bytes)) + graph_bytes
             stream.seek(field_end)
-    return onnx.ModelProto.FromString(bytes(model_bytes)), raw_data
+    return messages.ModelProto.FromString(bytes(model_bytes)), raw_data

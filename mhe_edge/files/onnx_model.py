@@ -316,10 +316,7 @@ def file_bytes(path: str | os.PathLike, proto=None) -> int:
 
 
 def _tensor_bytes(tensor) -> int:
-    import onnx
-    from onnx import helper
-
-    if tensor.data_type == onnx.TensorProto.STRING:
+    if tensor.data_type == _STRING:
         return 0
     numel = 1
     for dim in tensor.dims:
@@ -328,10 +325,23 @@ def _tensor_bytes(tensor) -> int:
         tensor.data_type in _PACKED_4BIT
     ):  # two elements per byte (int4 weights: MatMulNBits, GatherBlockQuantized)
         return (numel + 1) // 2
-    return numel * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+    if tensor.data_type not in _ITEM_BYTES:
+        raise ModelFileError(
+            f"tensor {tensor.name!r} has ONNX data type {tensor.data_type}, which mhe-edge does not read"
+        )
+    return numel * _ITEM_BYTES[tensor.data_type]
 
 
+_STRING = 8  # TensorProto.STRING: no fixed size
 _PACKED_4BIT = {22, 21, 23}  # TensorProto.INT4, UINT4, FLOAT4E2M1
+# bytes per element by TensorProto data type: FLOAT, UINT8, INT8, UINT16, INT16, INT32, INT64, -, BOOL,
+# FLOAT16, DOUBLE, UINT32, UINT64, COMPLEX64, COMPLEX128, BFLOAT16, the four FLOAT8s and FLOAT8E8M0
+# (a table, not onnx.helper, so reading a header needs no `import onnx`)
+_ITEM_BYTES = {
+    **dict(zip(range(1, 8), (4, 1, 1, 2, 2, 4, 8))),
+    **dict(zip(range(9, 17), (1, 2, 8, 4, 8, 8, 16, 2))),
+    **{t: 1 for t in (17, 18, 19, 20, 24)},
+}
 
 
 # --- onnx_ir models: counting, saving, checking
