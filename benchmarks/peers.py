@@ -142,8 +142,11 @@ def prepare(work: Path) -> list[dict]:
 
 
 def run_mhe_edge(path: str, batch: int, prompt_len: int, chunk: int, new_tokens: int) -> dict:
+    """Decode as `mhe-edge generate` does, in this (fresh) process: glibc's mmap threshold fixed first."""
     from mhe_edge.runtime.driver import ExportedModel
+    from mhe_edge.runtime.memory import return_large_blocks_to_the_os
 
+    return_large_blocks_to_the_os()
     model = ExportedModel(path)
     prompt = np.random.default_rng(0).integers(1, model.config.vocab_size, (batch, prompt_len))
     started = time.perf_counter()

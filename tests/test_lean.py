@@ -5,6 +5,8 @@ reports the peak of the session it measures (load included), which is the proces
 from __future__ import annotations
 
 import json
+import os
+import platform
 import subprocess
 import sys
 
@@ -243,6 +245,25 @@ def test_running_a_file_reads_its_header_without_importing_onnx(weighty):
         timeout=120,
     )
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr
+
+
+def test_large_blocks_go_back_to_the_os_unless_the_user_set_the_threshold():
+    """glibc's mmap threshold is fixed for session-running commands, and a threshold the user set
+    (MALLOC_MMAP_THRESHOLD_) is theirs to keep."""
+    script = "from mhe_edge.runtime.memory import return_large_blocks_to_the_os as f; print(f())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    results = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=extra,
+        ).stdout.strip()
+        for extra in (env, {**env, "MALLOC_MMAP_THRESHOLD_": "65536"})
+    ]
+    glibc = platform.libc_ver()[0] == "glibc"
+    assert results == [str(glibc), "False"]
 
 
 def test_a_tensor_of_a_type_without_a_known_size_is_refused(weighty, tmp_path):

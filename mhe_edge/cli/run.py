@@ -72,8 +72,10 @@ def generate(
     Examples: `mhe-edge generate my-model.onnx --text "The module" --max-new-tokens 40`;
     `mhe-edge generate model.onnx --prompt 3,1,4 --max-new-tokens 8` (prints `tokens:` and the new ids).
     """
+    from mhe_edge.runtime.memory import return_large_blocks_to_the_os
     from mhe_edge.text.sampling import SamplingOptions
 
+    return_large_blocks_to_the_os()  # this process only runs a session: freed weights-sized blocks go back
     if (text is None) == (prompt is None):
         raise RequestError("give either --text (one or more) or --prompt ids")
     sampling = SamplingOptions(temperature, top_k, top_p, repetition_penalty, seed)
@@ -165,8 +167,10 @@ def profile(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
+    from mhe_edge.runtime.memory import return_large_blocks_to_the_os
     from mhe_edge.runtime.profiler import profile as profile_model
 
+    return_large_blocks_to_the_os()  # the peak measured is then the session's, not the heap's leftovers
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -12,8 +12,12 @@ from mhe_edge.errors import MheEdgeError, first_line
 
 
 def _profile_child(queue, path: str, options: dict[str, Any]) -> None:
-    """Runs in a fresh (spawned) interpreter: its peak memory is this model's alone."""
+    """Runs in a fresh (spawned) interpreter: its peak memory is this model's alone, with the heap set
+    as `mhe-edge profile` sets it."""
+    from mhe_edge.runtime.memory import return_large_blocks_to_the_os
     from mhe_edge.runtime.profiler import profile
+
+    return_large_blocks_to_the_os()
 
     try:
         queue.put(("ok", profile(path, **options).to_dict()))
