@@ -177,9 +177,8 @@ def _publish_folder(staged: Path, target: Path, force: bool) -> None:
         try:
             os.rename(target, moved)
             os.rename(staged, target)
-        except (
-            BaseException
-        ):  # Ctrl-C or an error between the two renames: the old folder goes back
+        except BaseException:
+            # Ctrl-C or an error between the two renames: the old folder goes back
             if moved.exists() and not target.exists():
                 os.rename(moved, target)
             raise
