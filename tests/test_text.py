@@ -102,17 +102,21 @@ def test_quality_gate_refuses_beyond_threshold_and_writes_when_allowed(trained, 
     from mhe_edge.errors import ParityError
     from mhe_edge.files import read_header
     from mhe_edge.sessions import create_session
-    from mhe_edge.text.quality import judge_quality
+    from mhe_edge.text.quality import quality_gate
 
     _, root = trained
     header = read_header(root / "model.onnx")
     # a candidate that really is worse: the same shape with untrained weights
     untrained = mhe_edge.models.build_model(header.config, seed=1)
     mhe_edge.export(untrained, tmp_path / "untrained.onnx")
-    sessions = create_session(root / "model.onnx"), create_session(tmp_path / "untrained.onnx")
+    gate = quality_gate("int8", header.config, header.metadata)
+    base, worse = (
+        gate.score(create_session(path))
+        for path in (root / "model.onnx", tmp_path / "untrained.onnx")
+    )
     with pytest.raises(ParityError, match="bits per byte"):
-        judge_quality("int8", header.config, header.metadata, *sessions)
-    allowed = judge_quality("int8", header.config, header.metadata, *sessions, allow_loss=True)
+        gate.verdict(base, worse, allow_loss=False)
+    allowed = gate.verdict(base, worse, allow_loss=True)
     assert allowed.judged and allowed.change > 0.5
     # through the CLI: the measured change is reported and nothing is written when refused
     out = root / "gated.onnx"

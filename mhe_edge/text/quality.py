@@ -155,20 +155,3 @@ def quality_gate(
         )
         why = f"{reason} (a random-weight model?): quality cannot be judged"
     return QualityGate(step, config, threshold, tokenizer, text, why)
-
-
-def judge_quality(
-    step: str,
-    config,
-    metadata: dict[str, str],
-    before,
-    after,
-    *,
-    eval_text=None,
-    max_loss: float | None = None,
-    allow_loss: bool = False,
-) -> QualityCheck:
-    """Score `before` and `after` (sessions) on held-out text; raise ParityError when `after` costs more
-    than the threshold in bits per byte (unless `allow_loss`)."""
-    gate = quality_gate(step, config, metadata, eval_text=eval_text, max_loss=max_loss)
-    return gate.verdict(gate.score(before), gate.score(after), allow_loss)
