@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from mhe_edge.files import (
     save_ir_model,
     staged_output,
 )
-from mhe_edge.files.rewriter_state import COLLECT_ABOVE_BYTES
+from mhe_edge.files.rewriter_state import let_go_of_graph
 from mhe_edge.models import Transformer
 from mhe_edge.options import check_all
 from mhe_edge.progress import timed_steps
@@ -164,8 +163,7 @@ def export(
             del ir_model
             if from_path:
                 del model
-            if weight_bytes > COLLECT_ABOVE_BYTES:
-                gc.collect()  # modules and traced graphs hold reference cycles
+            let_go_of_graph(weight_bytes)  # modules and traced graphs hold reference cycles
             records = compare_runners(
                 config,
                 ort_runner(create_session(staged, "cpu", checking=True)),
