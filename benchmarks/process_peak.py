@@ -76,10 +76,17 @@ def main() -> None:
     parser.add_argument(
         "--work", type=Path, help="where the built model is kept (default: a temporary folder)"
     )
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds: each process once per round"
+    )
     parser.add_argument("--prompt", type=int, default=8, help="prompt tokens")
     parser.add_argument("--new-tokens", type=int, default=16)
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(__file__).parent / "results",
+        help="where process_peak.json goes",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
